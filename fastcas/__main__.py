@@ -1,0 +1,5 @@
+import sys
+
+from fastcas.cli import main
+
+sys.exit(main())

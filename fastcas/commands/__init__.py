@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fastcas`` CLI; see :mod:`fastcas.cli` for the protocol."""

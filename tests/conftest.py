@@ -1,0 +1,34 @@
+"""Shared test set-up.
+
+Without a CUDA GPU, Numba CUDA kernels run in Numba's CUDA simulator; the variable must be
+set before numba is first imported, hence here. GPU tests are marked ``gpu`` and skip.
+"""
+import os
+import shutil
+
+import pytest
+
+
+def _has_cuda_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidia0"):
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - torch missing or broken driver
+        return False
+
+
+HAS_GPU = _has_cuda_gpu()
+if not HAS_GPU:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
