@@ -1,0 +1,75 @@
+"""``fastcas sample DATASET``: draw weighted sample indices and save them as ``.npy``."""
+from __future__ import annotations
+
+HELP = "draw weighted sample indices (CAS, CMO, over/under-sampling)"
+
+
+def add_arguments(p) -> None:
+    from fastcas.weights import NAMES
+
+    p.add_argument("dataset", help="dataset directory or manifest")
+    p.add_argument("--weights", choices=NAMES, default="uniform")
+    p.add_argument("--scores", help="CAS score file (Parquet from `fastcas score`), for cas / cas-cmo")
+    p.add_argument("--b", type=float, default=1.2, help="CAS exponent (default 1.2)")
+    p.add_argument("--r", type=float, default=1.0, help="CMO exponent (default 1.0)")
+    p.add_argument("--threshold", type=float, default=None, help="over/under-sampling threshold")
+    p.add_argument("--num-samples", type=int, default=None, help="draws per epoch over all ranks (default N)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--mode", choices=["exact", "streaming"], default="exact")
+    p.add_argument("--shuffle-buffer", type=int, default=4096, help="streaming mode shuffle buffer")
+    p.add_argument("--out", required=True, help="output .npy of int64 global indices")
+    p.add_argument("--report", action="store_true", help="print drawn vs expected class frequencies")
+
+
+def class_report(labels, drawn, weights, class_names) -> str:
+    import numpy as np
+
+    k = len(class_names)
+    got = np.bincount(labels[drawn], minlength=k) / max(len(drawn), 1)
+    want = np.bincount(labels, weights=weights / weights.sum(), minlength=k)
+    width = max(5, max(len(n) for n in class_names))
+    lines = [f"{'class':<{width}} {'n':>8} {'expected':>9} {'drawn':>9}"]
+    counts = np.bincount(labels, minlength=k)
+    for i, name in enumerate(class_names):
+        lines.append(f"{name:<{width}} {counts[i]:>8} {want[i]:>9.4f} {got[i]:>9.4f}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from fastcas import weights as W
+    from fastcas._io import atomic_open
+    from fastcas.reader import ShardReader
+
+    reader = ShardReader(args.dataset)
+    scores = None
+    if args.scores:
+        from fastcas.scores import read_scores
+
+        scores = read_scores(args.scores, keys=reader.keys).cas
+    w = W.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
+    num = args.num_samples
+    if num is None and args.weights in ("oversample", "undersample"):
+        num = int(round(w.sum()))  # the resampled epoch size
+    if args.mode == "exact":
+        from fastcas.sampler import WeightedSampler
+
+        sampler = WeightedSampler(w, num, seed=args.seed, rank=args.rank, world_size=args.world_size)
+    else:
+        from fastcas.streaming import StreamingSampler
+
+        counts = [s["count"] for s in reader.manifest["shards"]]
+        sampler = StreamingSampler(counts, w, num, seed=args.seed, rank=args.rank,
+                                   world_size=args.world_size, shuffle_buffer=args.shuffle_buffer)
+    idx = sampler.indices(args.epoch)
+    with atomic_open(args.out, "wb") as f:
+        np.save(f, idx)
+    print(f"wrote {len(idx)} indices ({args.weights}, {args.mode}, rank {args.rank}/{args.world_size}, "
+          f"epoch {args.epoch}) to {args.out}")
+    if args.report:
+        print(class_report(reader.labels, idx, w, reader.class_names))
+    return 0

@@ -1,0 +1,20 @@
+"""Exception types. Every fastcas error is also a ``ValueError`` where the cause is bad input,
+so callers that only know the standard library still catch it."""
+from __future__ import annotations
+
+
+class FastcasError(Exception):
+    """Base class of fastcas's own errors."""
+
+
+class ShardError(FastcasError, ValueError):
+    """A shard, its index or the manifest is missing, truncated or inconsistent.
+    The message names the shard file (and the key where one is involved)."""
+
+
+class CorruptSampleError(ShardError):
+    """A stored sample cannot be decoded; the message names its key and shard."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key

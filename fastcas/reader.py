@@ -1,0 +1,182 @@
+"""Random access to sharded datasets through memory-mapped tars.
+
+``ShardReader(path)[i]`` returns the ``i``-th sample (global order = shard order) as a
+:class:`Sample` whose ``data`` is a zero-copy ``memoryview`` into the tar's mmap, so a DALI
+external source can hand JPEG bytes to the decoder without copying them in Python.
+Setup reads the manifest and the per-shard indexes (O(N) once, 16 bytes per sample of
+offsets); every access is O(1). Pickling carries only the path and the parsed arrays, and
+workers re-open the mmaps lazily.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fastcas.errors import CorruptSampleError, ShardError
+from fastcas.shards import MANIFEST
+from fastcas.wdsindex import parse_index
+
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class Sample(NamedTuple):
+    key: str
+    data: memoryview  # encoded image bytes, a view of the mmapped tar
+    label: int
+
+
+def resolve_manifest(path: str | Path) -> Path:
+    path = Path(path)
+    manifest = path / MANIFEST if path.is_dir() else path
+    if not manifest.exists():
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` first)")
+        raise FileNotFoundError(f"{path}: no such dataset or manifest")
+    return manifest
+
+
+class ShardReader:
+    """Indexed, read-only view of a dataset written by :func:`fastcas.shards.write_shards`.
+
+    ``on_error="raise"`` (default) checks every shard at open and raises :class:`ShardError`
+    naming the shard for a missing or truncated tar, a malformed index or unsafe member names.
+    ``on_error="defer"`` records such problems and raises :class:`CorruptSampleError` only when
+    a sample of a broken shard is read, so a loader can skip and count it.
+    """
+
+    def __init__(self, path: str | Path, *, on_error: str = "raise"):
+        if on_error not in ("raise", "defer"):
+            raise ValueError(f"on_error must be 'raise' or 'defer', got {on_error!r}")
+        self.manifest_path = resolve_manifest(path)
+        self.root = self.manifest_path.parent
+        self.on_error = on_error
+        try:
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ShardError(f"{self.manifest_path}: manifest is not valid JSON ({exc})") from None
+        m = self.manifest
+        for field in ("shards", "keys", "labels", "class_names"):
+            if field not in m:
+                raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
+        self.keys: list[str] = list(m["keys"])
+        self.labels = np.asarray(m["labels"], dtype=np.int64)
+        self.class_names: list[str] = list(m["class_names"])
+        self.num_classes = len(self.class_names)
+        self.class_counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
+        counts = [int(s["count"]) for s in m["shards"]]
+        if sum(counts) != len(self.keys) or len(self.labels) != len(self.keys):
+            raise ShardError(f"{self.manifest_path}: shard counts ({sum(counts)}), keys "
+                             f"({len(self.keys)}) and labels ({len(self.labels)}) disagree")
+        self.shard_paths = [self.root / s["tar"] for s in m["shards"]]
+        self.index_paths = [self.root / s["index"] for s in m["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        n = len(self.keys)
+        self._offset = np.zeros(n, np.int64)
+        self._size = np.zeros(n, np.int64)
+        self._meta_offset = np.full(n, -1, np.int64)
+        self._meta_size = np.zeros(n, np.int64)
+        self.broken: dict[int, str] = {}
+        for s in range(len(counts)):
+            try:
+                self._load_shard(s)
+            except (ShardError, FileNotFoundError) as exc:
+                if on_error == "raise":
+                    raise ShardError(str(exc)) from None
+                self.broken[s] = str(exc)
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def _load_shard(self, s: int) -> None:
+        tar, idx = self.shard_paths[s], self.index_paths[s]
+        if not tar.exists():
+            raise ShardError(f"{tar}: shard is missing")
+        try:
+            entries = parse_index(idx)
+        except ValueError as exc:
+            raise ShardError(str(exc)) from None
+        lo, hi = self.starts[s], self.starts[s + 1]
+        if len(entries) != hi - lo:
+            raise ShardError(f"{idx}: index lists {len(entries)} samples, manifest says {hi - lo} for {tar.name}")
+        size = tar.stat().st_size
+        for j, members in enumerate(entries):
+            key = self.keys[lo + j]
+            for mem in members:
+                if "/" in mem.name or ".." in mem.name:
+                    raise ShardError(f"{tar}: unsafe member name {mem.name!r}")
+                if mem.offset + mem.size > size:
+                    raise ShardError(f"{tar}: truncated (member {mem.name} ends at byte "
+                                     f"{mem.offset + mem.size}, file has {size})")
+                if mem.name.split(".", 1)[0] != key:
+                    raise ShardError(f"{idx}: index does not match the manifest at sample {j} "
+                                     f"(member {mem.name!r}, expected key {key!r})")
+                if mem.ext in _IMAGE_EXTS:
+                    self._offset[lo + j], self._size[lo + j] = mem.offset, mem.size
+                elif mem.ext == "json":
+                    self._meta_offset[lo + j], self._meta_size[lo + j] = mem.offset, mem.size
+            if self._size[lo + j] == 0:
+                raise ShardError(f"{tar}: sample {key!r} has no image member")
+
+    # -- access ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def shard_of(self, i: int) -> int:
+        return int(np.searchsorted(self.starts, i, side="right") - 1)
+
+    def _map(self, s: int) -> mmap.mmap:
+        m = self._maps.get(s)
+        if m is None:
+            with open(self.shard_paths[s], "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[s] = m
+        return m
+
+    def _view(self, i: int, offset: int, size: int) -> memoryview:
+        s = self.shard_of(i)
+        if s in self.broken:
+            raise CorruptSampleError(f"sample {self.keys[i]!r}: {self.broken[s]}", self.keys[i])
+        m = self._map(s)
+        # The member's own tar header sits right before its data: checking its name catches
+        # an index that was regenerated for a different tar.
+        name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
+        if name.split(".", 1)[0] != self.keys[i]:
+            raise CorruptSampleError(f"{self.shard_paths[s]}: index does not match its tar at "
+                                     f"key {self.keys[i]!r} (header says {name!r})", self.keys[i])
+        return memoryview(m)[offset : offset + size]
+
+    def __getitem__(self, i: int) -> Sample:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample index {i} out of range for {len(self)} samples")
+        return Sample(self.keys[i], self._view(i, int(self._offset[i]), int(self._size[i])), int(self.labels[i]))
+
+    def metadata(self, i: int) -> dict | None:
+        if self._meta_offset[i] < 0:
+            return None
+        return json.loads(bytes(self._view(i, int(self._meta_offset[i]), int(self._meta_size[i]))))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"ShardReader({str(self.root)!r}, samples={len(self)}, classes={self.num_classes}, shards={len(self.shard_paths)})"
+
+    # -- pickling: drop the mmaps, workers re-open them ------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            try:
+                m.close()
+            except BufferError:  # a caller still holds a view; the map closes with it
+                pass
+        self._maps = {}

@@ -1,0 +1,237 @@
+"""Per-sample sampling weights (float64 [N], >= 0, not normalised) and per-class loss weights.
+
+Pure NumPy. Every function validates its input and raises ``ValueError`` saying what is wrong.
+
+===================  =====================================================================
+``uniform``          every sample equally likely
+``cas``              w_i = CAS_i ** b (CAS paper, Sec. "Compositional Attribute Scarcity")
+``cmo``              class k drawn with probability q(r, k) = n_k^-r / sum n^-r (CMO Eq. 2),
+                     or 1/E(k) with the effective number (CMO Eq. 3); see ``per`` below
+``oversample``       classes below a threshold raised to it (importance-sampling paper Sec. 4)
+``undersample``      classes above a threshold cut to it (same paper)
+``cas_within_cmo``   CMO across classes, CAS-proportional within a class (fastcas's own)
+===================  =====================================================================
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NAMES = ("uniform", "cas", "cmo", "cmo-effective", "oversample", "undersample", "cas-cmo")
+LOSS_WEIGHTS = ("none", "inverse", "effective", "upweight-low")
+
+
+# -- validation ------------------------------------------------------------------------------
+def check_weights(w, n: int | None = None, name: str = "weights") -> np.ndarray:
+    """float64 copy of ``w`` after checking: 1-D, finite, >= 0, not all zero, length ``n``."""
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {w.shape}")
+    if n is not None and len(w) != n:
+        raise ValueError(f"{name} has {len(w)} entries but the dataset has {n} samples")
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} contain NaN or inf (first at index {i}: {w[i]})")
+    if (w < 0).any():
+        i = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(f"{name} contain negative values (first at index {i}: {w[i]})")
+    if not w.any():
+        raise ValueError(f"{name} are all zero: nothing can be drawn")
+    return w
+
+
+def _labels(labels, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N] or binary [N, C], class counts int64 [C])."""
+    y = np.asarray(labels)
+    if y.ndim == 2:  # multi-label binary matrix
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("multi-label labels must be a 0/1 matrix [N, C]")
+        return y.astype(bool), y.sum(axis=0).astype(np.int64)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"labels must be a non-empty int array [N] or 0/1 matrix [N, C], got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+        raise ValueError("labels must be non-negative integers")
+    y = y.astype(np.int64)
+    return y, np.bincount(y, minlength=num_classes or 0).astype(np.int64)
+
+
+# -- sampling weights ------------------------------------------------------------------------
+def uniform(n: int) -> np.ndarray:
+    if int(n) < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return np.ones(int(n), np.float64)
+
+
+def cas(scores, b: float = 1.2) -> np.ndarray:
+    """w_i = CAS_i ** b (CAS paper: b = 1.2). ``scores``: CAS per sample (>= 1: sums of ranks)."""
+    s = check_weights(scores, name="CAS scores")
+    if not np.isfinite(b):
+        raise ValueError(f"b must be finite, got {b}")
+    return check_weights(s ** float(b), name=f"CAS ** {b}")
+
+
+def class_probabilities(counts, r: float = 1.0, effective: bool = False) -> np.ndarray:
+    """CMO Eq. 2: q(r, k) = n_k^-r / sum_k' n_k'^-r; Eq. 3 (``effective``): q_k ∝ 1 / E(k),
+    E(k) = (1 - beta^n_k) / (1 - beta), beta = (N - 1) / N. Empty classes get 0. float64 [C]."""
+    n = np.asarray(counts, np.float64)
+    if r < 0 or not np.isfinite(r):
+        raise ValueError(f"r must be a finite number >= 0, got {r}")
+    present = n > 0
+    inv = np.zeros_like(n)
+    if effective:
+        N = n.sum()
+        beta = (N - 1.0) / N
+        # 1 - beta^n computed as -expm1(n*log(beta)): exact for N up to 1e9
+        eff = -np.expm1(n[present] * np.log(beta)) / (1.0 - beta) if beta > 0 else n[present]
+        inv[present] = 1.0 / eff
+    else:
+        inv[present] = n[present] ** -float(r)
+    return inv / inv.sum()
+
+
+def cmo(labels, r: float = 1.0, *, effective: bool = False, per: str = "class",
+        num_classes: int | None = None) -> np.ndarray:
+    """Weights of CMO's foreground (minority) stream.
+
+    ``per="class"`` (default): class k is drawn with probability q(r, k) (CMO Eq. 2/3 read as
+    the class sampling probability; the sample weight is q_k / n_k). ``per="sample"``: every
+    sample of class k gets weight q_k, as naver-ai/cmo's ``WeightedRandomSampler`` does; the
+    class is then drawn with probability ∝ n_k * q_k (class-balanced for r = 1).
+    """
+    y, counts = _labels(labels, num_classes)
+    if y.ndim != 1:
+        raise ValueError("cmo weights need single-label labels [N]")
+    q = class_probabilities(counts, r, effective)
+    if per == "class":
+        w = q / np.maximum(counts, 1)
+    elif per == "sample":
+        w = q.copy()
+    else:
+        raise ValueError(f"per must be 'class' or 'sample', got {per!r}")
+    return w[y]
+
+
+def low_frequency_classes(counts, percentile: float = 25.0) -> np.ndarray:
+    """bool [C]: classes whose frequency is within the ``percentile``-th percentile of all
+    class frequencies (importance-sampling paper, Sec. 4: 25th percentile)."""
+    counts = np.asarray(counts, np.float64)
+    return counts <= np.percentile(counts, percentile)
+
+
+def _resample_targets(counts: np.ndarray, threshold, mode: str) -> np.ndarray:
+    if threshold is None:
+        # Defaults: oversample to the largest class (balanced), undersample to the boundary of
+        # the low-frequency classes (25th percentile), as the paper's thresholds approximate.
+        present = counts[counts > 0]
+        threshold = present.max() if mode == "over" else np.percentile(present, 25)
+    threshold = float(threshold)
+    if not threshold >= 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold}")
+    return np.maximum(counts, threshold) if mode == "over" else np.minimum(counts, threshold)
+
+
+def _resample(labels, threshold, mode: str) -> np.ndarray:
+    y, counts = _labels(labels)
+    target = _resample_targets(counts, threshold, mode)
+    factor = np.where(counts > 0, target / np.maximum(counts, 1), 0.0)
+    if y.ndim == 1:
+        return factor[y]
+    # Multi-label: an image counts for each of its classes; it is repeated as often as its
+    # rarest class needs (oversampling) or kept as rarely as its most common class allows.
+    f = np.where(y, factor[None, :], np.nan)
+    w = np.nanmax(f, axis=1) if mode == "over" else np.nanmin(f, axis=1)
+    return np.nan_to_num(w, nan=0.0)
+
+
+def oversample(labels, threshold: float | None = None) -> np.ndarray:
+    """Expected draws per sample when every class below ``threshold`` is raised to it and
+    the others are kept (sum = the resampled epoch size). Labels [N] or 0/1 matrix [N, C].
+    For the paper's exact scheme (every original at least once) see :func:`oversample_plan`."""
+    return _resample(labels, threshold, "over")
+
+
+def undersample(labels, threshold: float | None = None) -> np.ndarray:
+    """Expected draws per sample when every class above ``threshold`` is cut to it."""
+    return _resample(labels, threshold, "under")
+
+
+def oversample_plan(labels, threshold: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one oversampled epoch, paper style: all originals of a class once, then
+    ``threshold - n_k`` extra draws with replacement from that class. Single-label only."""
+    y, counts = _labels(labels)
+    if y.ndim != 1:
+        raise ValueError("oversample_plan needs single-label labels [N]")
+    target = _resample_targets(counts, threshold, "over").astype(np.int64)
+    order = np.argsort(y, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    extra = [order[starts[k] + rng.integers(0, counts[k], target[k] - counts[k])]
+             for k in range(len(counts)) if counts[k] > 0 and target[k] > counts[k]]
+    return rng.permutation(np.concatenate([np.arange(len(y)), *extra]).astype(np.int64))
+
+
+def cas_within_cmo(labels, scores, r: float = 1.0, b: float = 1.2) -> np.ndarray:
+    """fastcas's own combination: classes drawn with CMO's q(r, k); within a class, samples
+    drawn in proportion to CAS ** b. p_i = q_k * CAS_i^b / sum_{j in k} CAS_j^b."""
+    y, counts = _labels(labels)
+    if y.ndim != 1:
+        raise ValueError("cas_within_cmo needs single-label labels [N]")
+    s = cas(scores, b)
+    if len(s) != len(y):
+        raise ValueError(f"scores have {len(s)} entries but labels have {len(y)}")
+    q = class_probabilities(counts, r)
+    class_sum = np.bincount(y, weights=s, minlength=len(counts))
+    return q[y] * s / class_sum[y]
+
+
+def make(name: str, labels, *, scores=None, b: float = 1.2, r: float = 1.0,
+         threshold: float | None = None) -> np.ndarray:
+    """Weights by name (one of :data:`NAMES`), checked and ready for the sampler."""
+    n = len(labels)
+    if name == "uniform":
+        w = uniform(n)
+    elif name in ("cas", "cas-cmo"):
+        if scores is None:
+            raise ValueError(f"weights {name!r} need CAS scores (a score file from `fastcas score`)")
+        if len(scores) != n:
+            raise ValueError(f"scores have {len(scores)} entries but the dataset has {n} samples")
+        w = cas(scores, b) if name == "cas" else cas_within_cmo(labels, scores, r, b)
+    elif name == "cmo":
+        w = cmo(labels, r)
+    elif name == "cmo-effective":
+        w = cmo(labels, r, effective=True)
+    elif name == "oversample":
+        w = oversample(labels, threshold)
+    elif name == "undersample":
+        w = undersample(labels, threshold)
+    else:
+        raise ValueError(f"unknown weights {name!r}; expected one of {', '.join(NAMES)}")
+    return check_weights(w, n)
+
+
+# -- loss weights ----------------------------------------------------------------------------
+def loss_weights(counts, kind: str = "inverse", *, beta: float | None = None, factor: float = 2.0,
+                 percentile: float = 25.0) -> np.ndarray:
+    """Per-class loss weights float64 [C], normalised to sum to C (so the loss scale stays).
+
+    ``inverse``: 1/n_k; ``effective``: (1 - beta)/(1 - beta^n_k) (Cui et al. 2019; beta
+    default (N-1)/N); ``upweight-low``: ``factor`` for the low-frequency classes
+    (``percentile``), 1 elsewhere (importance-sampling paper, Sec. 3); ``none``: ones.
+    """
+    n = np.asarray(counts, np.float64)
+    C = len(n)
+    if kind == "none":
+        return np.ones(C)
+    if kind == "inverse":
+        w = np.where(n > 0, 1.0 / np.maximum(n, 1), 0.0)
+    elif kind == "effective":
+        beta = (n.sum() - 1) / n.sum() if beta is None else float(beta)
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        w = np.where(n > 0, (1 - beta) / -np.expm1(np.maximum(n, 1) * np.log(beta)) if beta > 0 else 1.0, 0.0)
+    elif kind == "upweight-low":
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        w = np.where(low_frequency_classes(n, percentile), float(factor), 1.0)
+    else:
+        raise ValueError(f"unknown loss weights {kind!r}; expected one of {', '.join(LOSS_WEIGHTS)}")
+    return w * C / w.sum()
