@@ -1,0 +1,117 @@
+"""The stateless per-sample source behind the DALI ``external_source`` (and the baseline).
+
+``SampleSource(info)`` maps ``(epoch, idx_in_epoch)`` -> sampler index -> zero-copy JPEG
+bytes from the mmapped shards -> ``(jpeg, label, window, flip)`` for each stream, plus the
+index of a skipped broken sample per stream (-1 if none). It holds no mutable state, so it
+can run in any DALI worker process, and a resumed loader needs only ``(epoch, offset)``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastcas.augment import augment_key, crop_windows, flips, jpeg_size
+from fastcas.errors import CorruptSampleError
+
+
+class SequentialIndex:
+    """Evaluation order: rank ``r`` takes samples ``r, r + W, r + 2W, ...`` of ``[0, n)``."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.n - self.rank) // self.world_size))
+
+    def index_at(self, epoch: int, positions) -> np.ndarray:
+        return self.rank + np.asarray(positions, np.int64) * self.world_size
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """``streams``: samplers (one, or background + foreground for two-stream recipes);
+    ``positions``: samples per epoch (steps x batch size, padded by wrapping);
+    ``epoch0``/``offset``: the pipeline's first epoch number and the position it starts at
+    (a mid-epoch resume); ``train``: draw crop windows and flips; ``strict``: raise on a
+    broken sample instead of substituting the next readable one."""
+
+    dataset: str
+    streams: tuple
+    positions: int
+    seed: int = 0
+    rank: int = 0
+    epoch0: int = 0
+    offset: int = 0
+    train: bool = True
+    strict: bool = False
+
+
+class SampleSource:
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self._reader = None
+
+    def __getstate__(self):
+        return {"config": self.config, "_reader": None}
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from fastcas.reader import ShardReader
+
+            self._reader = ShardReader(self.config.dataset, on_error="defer")
+        return self._reader
+
+    def num_outputs(self) -> int:
+        return 4 * len(self.config.streams) + 1
+
+    def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
+        """(jpeg bytes as uint8 [n] view, label, (w, h), skipped index or -1)."""
+        reader, n = self.reader, len(self.reader)
+        skipped = -1
+        for probe in range(n):
+            i = (index + probe) % n
+            try:
+                sample = reader[i]
+                size = jpeg_size(sample.data)
+                if size is None:
+                    raise CorruptSampleError(f"sample {sample.key!r} in {reader.root}: not a complete JPEG", sample.key)
+            except CorruptSampleError:
+                if self.config.strict:
+                    raise
+                if skipped < 0:
+                    skipped = i
+                continue
+            return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
+        raise CorruptSampleError(f"{reader.root}: no readable sample at all")
+
+    def __call__(self, info):
+        c = self.config
+        pos = info.idx_in_epoch + (c.offset if info.epoch_idx == 0 else 0)
+        if pos >= c.positions:
+            raise StopIteration
+        epoch = c.epoch0 + info.epoch_idx
+        out, skipped = [], []
+        for s, sampler in enumerate(c.streams):
+            index = int(sampler.index_at(epoch, [pos % len(sampler)])[0])
+            data, label, size, bad = self.fetch(index)
+            key = augment_key(c.seed, epoch, c.rank, s)
+            if c.train:
+                window = crop_windows(key, [pos], [size])[0]
+                flip = flips(key, [pos]).astype(np.int32)
+            else:
+                window, flip = np.array([0, 0, 1, 1], np.float32), np.zeros(1, np.int32)
+            out += [data, np.array([label], np.int64), window, flip.reshape(1)]
+            skipped.append(bad)
+        out.append(np.array(skipped, np.int64))
+        return tuple(out)
+
+
+def warn_skipped(keys: list[str], counts: dict) -> None:
+    for k in keys:
+        if k not in counts:
+            warnings.warn(f"fastcas: skipped unreadable sample {k!r} (substituted the next readable one; "
+                          "pass strict=True to raise)", RuntimeWarning, stacklevel=3)
+        counts[k] = counts.get(k, 0) + 1
