@@ -1,0 +1,160 @@
+"""CLIP attributes: the CAS paper's visual attribute dictionary.
+
+For each secondary value, embed the prompt "The photo is {value}." with CLIP's text tower;
+its *key* is the image embedding from an anchor pool most similar to that text (top-1 as in
+the paper; mean of the top-k as an option). An image's secondary for a primary is the key
+with the highest cosine similarity to its embedding. Text-only matching (compare images with
+the text embeddings directly) is the ablation. The dictionary is saved (``.npz`` + hash) and
+reused, so training and validation sets are described by the same keys.
+
+Weights: an open_clip pretrained tag (needs the network) or a local checkpoint file; with
+neither the model has random weights (useful only for tests and benchmarks).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.attributes import load_vocabulary
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class VisualDictionary:
+    """keys: list over primaries of float32 [V_p, D] unit vectors; ``mode`` visual | text."""
+
+    keys: list
+    primaries: list
+    mode: str
+    meta: dict
+
+    def assign(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """int64 [N, P]: per primary, the id of the key most similar to each image."""
+        e = _normalise(np.asarray(image_embeddings, np.float32))
+        return np.stack([(e @ k.T).argmax(1) for k in self.keys], 1).astype(np.int64)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(self.mode.encode())
+        for k in self.keys:
+            h.update(np.ascontiguousarray(k, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path) -> None:
+        from fastcas._io import atomic_open
+        import json
+
+        arrays = {f"key_{p:02d}": k for p, k in enumerate(self.keys)}
+        meta = json.dumps({**self.meta, "mode": self.mode, "primaries": self.primaries, "hash": self.digest()})
+        with atomic_open(path, "wb") as f:
+            np.savez(f, meta=np.array(meta), **arrays)
+
+    @classmethod
+    def load(cls, path) -> "VisualDictionary":
+        import json
+
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            keys = [z[f"key_{p:02d}"] for p in range(len(meta["primaries"]))]
+        d = cls(keys, meta["primaries"], meta["mode"], {k: v for k, v in meta.items() if k not in ("mode", "primaries")})
+        if meta.get("hash") and d.digest() != meta["hash"]:
+            raise ValueError(f"{path}: dictionary content does not match its hash (corrupt file)")
+        return d
+
+
+def build_dictionary(text_embeddings: list, anchor_embeddings: np.ndarray, primaries: list, *, top_k: int = 1,
+                     mode: str = "visual", meta: dict | None = None) -> VisualDictionary:
+    """``text_embeddings``: per primary float [V_p, D]; ``anchor_embeddings`` float [M, D]."""
+    if mode not in ("visual", "text"):
+        raise ValueError(f"mode must be 'visual' or 'text', got {mode!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    keys = []
+    anchors = _normalise(np.asarray(anchor_embeddings, np.float32))
+    for t in text_embeddings:
+        t = _normalise(np.asarray(t, np.float32))
+        if mode == "text":
+            keys.append(t)
+            continue
+        sim = t @ anchors.T  # [V, M]
+        k = min(top_k, anchors.shape[0])
+        top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        keys.append(_normalise(anchors[top].mean(1)))
+    return VisualDictionary(keys, list(primaries), mode, dict(meta or {}, top_k=top_k))
+
+
+class ClipEncoder:
+    """open_clip image and text towers. ``weights``: a local file, an open_clip pretrained tag
+    (network), or None (random weights)."""
+
+    name = "clip"
+
+    def __init__(self, model: str = "ViT-B-32", weights: str | None = None, device: str = "cpu",
+                 dictionary: VisualDictionary | None = None):
+        import open_clip
+        import torch
+
+        pretrained = None
+        self.weights_hash = "random"
+        if weights:
+            p = Path(weights)
+            if p.exists():
+                pretrained = str(p)
+                h = hashlib.sha256()
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self.weights_hash = h.hexdigest()[:16]
+            else:
+                pretrained = weights  # an open_clip tag: downloads (needs the network)
+                self.weights_hash = f"tag:{weights}"
+        self.model_name, self.device = model, device
+        self.model = open_clip.create_model(model, pretrained=pretrained, device=device).eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.image_size = int(getattr(self.model.visual, "image_size", (224, 224))[0]) if hasattr(
+            self.model.visual, "image_size") else 224
+        self.dictionary = dictionary
+        self._torch = torch
+
+    def metadata(self) -> dict:
+        return {"encoder": "clip", "model": self.model_name, "weights_hash": self.weights_hash,
+                "dictionary_hash": self.dictionary.digest() if self.dictionary else None,
+                "dictionary_mode": self.dictionary.mode if self.dictionary else None}
+
+    def embed_images(self, images) -> np.ndarray:
+        """images float [B, 3, S, S] in [0, 1] on any device -> float32 [B, D] unit vectors."""
+        torch = self._torch
+        x = images.to(self.device).float()
+        if x.shape[-1] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
+                                                align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor(CLIP_MEAN, device=x.device)[:, None, None]
+        std = torch.tensor(CLIP_STD, device=x.device)[:, None, None]
+        with torch.no_grad():
+            e = self.model.encode_image((x - mean) / std)
+        return _normalise(e.float().cpu().numpy())
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        with torch.no_grad():
+            e = self.model.encode_text(self.tokenizer(texts).to(self.device))
+        return _normalise(e.float().cpu().numpy())
+
+    def vocabulary_texts(self, vocab: dict | None = None) -> tuple[list, list]:
+        vocab = vocab or load_vocabulary()
+        prims = [p["name"] for p in vocab["primaries"]]
+        texts = [self.embed_texts([vocab["prompt"].format(value=v) for v in p["values"]]) for p in vocab["primaries"]]
+        return texts, prims
+
+    def encode(self, images, sizes=None) -> np.ndarray:
+        if self.dictionary is None:
+            raise ValueError("ClipEncoder needs a visual dictionary (build_dictionary or --dictionary FILE)")
+        return self.dictionary.assign(self.embed_images(images))

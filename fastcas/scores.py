@@ -1,0 +1,179 @@
+"""Compositional Attribute Scarcity (CAS) scores and score files. Pure NumPy + pyarrow.
+
+CAS paper, Sec. "Compositional Attribute Imbalance": every image has one secondary value
+per primary attribute. Within each class and primary, secondaries are ranked by descending
+frequency in the *training* set (rank 1 = most common); CAS_i = sum over primaries of the
+rank of image i's secondary.
+
+Tie rule (pinned): secondaries with equal frequency share the smallest rank of their group
+(standard competition ranking, "1224"), so equally common values are equally scarce and the
+result does not depend on value ids. A secondary never seen in the image's class in the
+training set (possible for validation images) gets rank = (distinct secondaries seen in that
+class and primary) + 1, i.e. rarer than every seen one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RankTable:
+    """ranks[k][p] : dict secondary id -> rank, for class k and primary p; ``unseen[k, p]``."""
+
+    ranks: list
+    unseen: np.ndarray
+    num_classes: int
+    num_primaries: int
+
+
+def _check_attrs(attr_ids, labels) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(attr_ids)
+    y = np.asarray(labels)
+    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"attribute ids must be an int array [N, P], got {a.dtype} {a.shape}")
+    if y.shape != (len(a),):
+        raise ValueError(f"labels must have shape ({len(a)},), got {y.shape}")
+    if (a < 0).any() or (y < 0).any():
+        raise ValueError("attribute ids and labels must be non-negative")
+    return a.astype(np.int64), y.astype(np.int64)
+
+
+def fit_ranks(attr_ids, labels, num_classes: int | None = None) -> RankTable:
+    """Rank tables from the training set's attribute ids [N, P] and labels [N]."""
+    a, y = _check_attrs(attr_ids, labels)
+    C = int(num_classes or (y.max() + 1 if len(y) else 0))
+    P = a.shape[1]
+    ranks = [[{} for _ in range(P)] for _ in range(C)]
+    unseen = np.ones((C, P), np.int64)
+    for k in range(C):
+        ak = a[y == k]
+        for p in range(P):
+            values, counts = np.unique(ak[:, p], return_counts=True)
+            if not len(values):
+                continue
+            # competition ranking by descending count: rank = 1 + number of strictly more frequent values
+            sorted_counts = np.sort(counts)[::-1]
+            r = 1 + np.searchsorted(-sorted_counts, -counts, side="left")
+            ranks[k][p] = dict(zip(values.tolist(), r.tolist()))
+            unseen[k, p] = len(values) + 1
+    return RankTable(ranks, unseen, C, P)
+
+
+def cas_scores(attr_ids, labels, reference: RankTable | None = None) -> np.ndarray:
+    """int64 [N] CAS of each image; ``reference`` = the training set's :func:`fit_ranks`
+    (default: ranks fitted on these images, i.e. scoring the training set itself)."""
+    a, y = _check_attrs(attr_ids, labels)
+    table = reference or fit_ranks(a, y)
+    if a.shape[1] != table.num_primaries:
+        raise ValueError(f"images have {a.shape[1]} primaries, the rank table {table.num_primaries}")
+    if len(y) and y.max() >= table.num_classes:
+        raise ValueError(f"label {int(y.max())} is not a class of the reference ({table.num_classes} classes)")
+    out = np.zeros(len(a), np.int64)
+    for k in np.unique(y):
+        rows = np.flatnonzero(y == k)
+        for p in range(a.shape[1]):
+            lookup = table.ranks[k][p]
+            default = int(table.unseen[k, p])
+            out[rows] += np.fromiter((lookup.get(v, default) for v in a[rows, p].tolist()), np.int64, len(rows))
+    return out
+
+
+def class_statistics(attr_ids, labels, cas, class_names=None) -> list[dict]:
+    """Table-1 style statistics per class: samples, distinct attribute combinations,
+    CAS mean / min / max, and the share of images whose combination is unique in the class."""
+    a, y = _check_attrs(attr_ids, labels)
+    cas = np.asarray(cas)
+    rows = []
+    for k in np.unique(y):
+        m = y == k
+        combos, counts = np.unique(a[m], axis=0, return_counts=True)
+        rows.append({
+            "class": class_names[k] if class_names else int(k), "samples": int(m.sum()),
+            "distinct_combinations": int(len(combos)), "unique_combination_share": float((counts == 1).sum() / m.sum()),
+            "cas_mean": float(cas[m].mean()), "cas_min": int(cas[m].min()), "cas_max": int(cas[m].max())})
+    return rows
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """keys [N]; labels int64 [N]; cas int64 [N]; attrs int [N, P]; metadata dict."""
+
+    keys: list
+    labels: np.ndarray
+    cas: np.ndarray
+    attrs: np.ndarray
+    metadata: dict = field(default_factory=dict)
+
+
+def write_scores(path, table: ScoreTable) -> None:
+    """Parquet with columns key, label, cas, attr_00.. and JSON metadata; written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fastcas._io import atomic_open
+
+    cols = {"key": pa.array(table.keys, pa.string()), "label": pa.array(table.labels, pa.int64()),
+            "cas": pa.array(table.cas, pa.int64())}
+    for p in range(table.attrs.shape[1]):
+        cols[f"attr_{p:02d}"] = pa.array(table.attrs[:, p], pa.int32())
+    meta = {**table.metadata, "schema_version": SCHEMA_VERSION}
+    t = pa.table(cols).replace_schema_metadata({"fastcas": json.dumps(meta, sort_keys=True)})
+    with atomic_open(path, "wb") as f:
+        pq.write_table(t, f)
+
+
+def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
+    """Read a score file; with ``keys`` (a dataset's key order) check it matches, naming the
+    first mismatching key, and return rows in that order."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such score file")
+    try:
+        t = pq.read_table(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable Parquet score file ({exc})") from None
+    names = t.column_names
+    for c in ("key", "label", "cas"):
+        if c not in names:
+            raise ValueError(f"{path}: score file has no column {c!r}")
+    raw = (t.schema.metadata or {}).get(b"fastcas")
+    meta = json.loads(raw) if raw else {}
+    file_keys = t.column("key").to_pylist()
+    attr_cols = sorted(c for c in names if c.startswith("attr_"))
+    attrs = np.stack([t.column(c).to_numpy() for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
+    labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
+    if keys is not None:
+        if len(keys) != len(file_keys) or keys != file_keys:
+            pos = {k: i for i, k in enumerate(file_keys)}
+            missing = next((k for k in keys if k not in pos), None)
+            if missing is not None or len(keys) != len(file_keys):
+                first = missing if missing is not None else next(k for k in file_keys if k not in set(keys))
+                raise ValueError(f"{path}: scores do not match the dataset: key {first!r} "
+                                 f"({len(file_keys)} scored samples, dataset has {len(keys)})")
+            order = np.array([pos[k] for k in keys])
+            file_keys, labels, cas, attrs = list(keys), labels[order], cas[order], attrs[order]
+    return ScoreTable(file_keys, labels, cas, attrs, meta)
+
+
+def merge_parts(parts: list, out) -> ScoreTable:
+    """Concatenate per-rank score files into one (rows keep the order of their 'index' metadata)."""
+    tables = [read_scores(p) for p in parts]
+    if not tables:
+        raise ValueError("no score parts to merge")
+    meta = {k: v for k, v in tables[0].metadata.items() if k not in ("rank", "world_size", "indices")}
+    idx = np.concatenate([np.asarray(t.metadata.get("indices", []), np.int64) for t in tables])
+    keys = sum((t.keys for t in tables), [])
+    order = np.argsort(idx, kind="stable") if len(idx) == len(keys) else np.arange(len(keys))
+    merged = ScoreTable([keys[i] for i in order], np.concatenate([t.labels for t in tables])[order],
+                        np.concatenate([t.cas for t in tables])[order],
+                        np.concatenate([t.attrs for t in tables])[order], meta)
+    write_scores(out, merged)
+    return merged

@@ -1,0 +1,177 @@
+"""CAS: ranks, tie rule, validation against training statistics, score files, encoders, CLI."""
+import numpy as np
+import pytest
+
+from fastcas.metrics import accuracy_report, cas_subsets, shot_groups
+from fastcas.scores import ScoreTable, cas_scores, fit_ranks, read_scores, write_scores
+
+
+def test_cas_is_the_sum_of_within_class_frequency_ranks():
+    # class 0, primary 0: value 5 x3 (rank 1), value 7 x1 (rank 2); primary 1: 1 x2, 2 x2 (tie -> both rank 1)
+    attrs = np.array([[5, 1], [5, 1], [5, 2], [7, 2], [9, 4]])
+    labels = np.array([0, 0, 0, 0, 1])
+    assert cas_scores(attrs, labels).tolist() == [2, 2, 2, 3, 2]
+
+
+def test_competition_tie_rule():
+    attrs = np.array([[0], [0], [1], [1], [2]])  # counts 2, 2, 1 -> ranks 1, 1, 3 ("1224" rule)
+    assert cas_scores(attrs, np.zeros(5, int)).tolist() == [1, 1, 1, 1, 3]
+
+
+def test_validation_uses_training_ranks_and_unseen_values_are_rarest():
+    train = np.array([[0], [0], [0], [1], [2], [2]])
+    ref = fit_ranks(train, np.zeros(6, int))
+    val = np.array([[0], [1], [2], [9]])
+    # train ranks: 0 -> 1, 2 -> 2, 1 -> 3; unseen 9 -> 3 distinct + 1 = 4
+    assert cas_scores(val, np.zeros(4, int), ref).tolist() == [1, 3, 2, 4]
+    with pytest.raises(ValueError, match="label 3 is not a class of the reference"):
+        cas_scores(val, np.full(4, 3), ref)
+
+
+def test_cas_subsets_are_30_30_40_by_ascending_cas():
+    cas = np.arange(100)[::-1]
+    sub = cas_subsets(cas)
+    assert np.bincount(sub).tolist() == [30, 30, 40]
+    assert cas[sub == 0].max() < cas[sub == 1].min() and cas[sub == 1].max() < cas[sub == 2].min()
+
+
+def test_accuracy_report_groups():
+    counts = np.array([500, 50, 5])
+    assert shot_groups(counts).tolist() == [0, 1, 2]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 0, 1, 0, 0, 0])
+    rep = accuracy_report(y, p, counts, cas=np.arange(6))
+    assert rep["top1"] == pytest.approx(0.5)
+    assert (rep["many"], rep["medium"], rep["few"]) == (1.0, 0.5, 0.0)
+    assert rep["per_class"] == [1.0, 0.5, 0.0]
+
+
+def test_score_file_round_trip_and_key_mismatch(tmp_path):
+    t = ScoreTable(["a", "b", "c"], np.array([0, 1, 0]), np.array([3, 4, 5]), np.array([[1, 2], [3, 4], [5, 6]]),
+                   {"encoder": "pixel"})
+    path = tmp_path / "s.parquet"
+    write_scores(path, t)
+    back = read_scores(path, keys=["c", "a", "b"])  # reordered to the dataset's key order
+    assert back.keys == ["c", "a", "b"] and back.cas.tolist() == [5, 3, 4]
+    assert back.attrs.tolist() == [[5, 6], [1, 2], [3, 4]] and back.metadata["encoder"] == "pixel"
+    with pytest.raises(ValueError, match="key 'zz'"):
+        read_scores(path, keys=["a", "b", "zz"])
+    with pytest.raises(FileNotFoundError, match="no such score file"):
+        read_scores(tmp_path / "none.parquet")
+
+
+def test_pixel_encoder_bins_synthetic_images():
+    torch = pytest.importorskip("torch")
+    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder, secondary_names
+
+    x = torch.zeros(3, 3, 32, 32)
+    x[0, 0] = 0.85
+    x[0, 1:] = 0.1          # red
+    x[1] = 0.02             # nearly black
+    x[2] = 0.97             # nearly white
+    names = secondary_names()
+    ids = PixelEncoder().encode(x, [(32, 32), (640, 480), (300, 600)])
+    label = lambda i, p: names[PRIMARIES.index(p)][ids[i, PRIMARIES.index(p)]]
+    assert label(0, "dominant colour") == "red" and label(1, "dominant colour") == "black"
+    assert label(1, "brightness") == "very dark" and label(2, "brightness") == "very bright"
+    assert label(1, "saturation") == "grayscale" and label(0, "saturation") == "vivid"
+    assert [label(i, "aspect ratio") for i in range(3)] == ["square", "landscape", "portrait"]
+    assert [label(i, "resolution") for i in range(3)] == ["thumbnail", "medium", "medium"]
+
+
+def test_vocabulary_has_20_primaries_and_300_values():
+    from fastcas.attributes import load_vocabulary
+
+    v = load_vocabulary()
+    assert len(v["primaries"]) == 20 and sum(len(p["values"]) for p in v["primaries"]) >= 300
+    assert all(p["source"] for p in v["primaries"]) and v["version"]
+
+
+def test_visual_dictionary_picks_the_anchor_nearest_each_text(tmp_path):
+    from fastcas.attributes.clip import VisualDictionary, build_dictionary
+
+    anchors = np.eye(4, dtype=np.float32)          # four orthogonal image embeddings
+    texts = [np.array([[0.9, 0.1, 0, 0], [0, 0, 0.2, 1.0]], np.float32)]  # one primary, two values
+    d = build_dictionary(texts, anchors, ["p"])
+    np.testing.assert_allclose(d.keys[0], anchors[[0, 3]])  # top-1 anchors are the keys
+    imgs = np.array([[1, 0.2, 0, 0], [0, 0, 0.1, 0.9]], np.float32)
+    assert d.assign(imgs).tolist() == [[0], [1]]
+    d.save(tmp_path / "d.npz")
+    again = VisualDictionary.load(tmp_path / "d.npz")
+    assert again.digest() == d.digest() and again.assign(imgs).tolist() == [[0], [1]]
+    text_only = build_dictionary(texts, anchors, ["p"], mode="text")
+    assert text_only.mode == "text" and text_only.digest() != d.digest()
+    top2 = build_dictionary(texts, anchors, ["p"], top_k=2)
+    assert not np.allclose(top2.keys[0], d.keys[0])
+
+
+def test_clip_encoder_with_random_weights_offline():
+    pytest.importorskip("open_clip")
+    torch = pytest.importorskip("torch")
+    from fastcas.attributes.clip import ClipEncoder, build_dictionary
+
+    enc = ClipEncoder("ViT-S-32", None, "cpu")
+    imgs = torch.rand(4, 3, 64, 64)
+    emb = enc.embed_images(imgs)
+    assert emb.shape[0] == 4 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    texts = [enc.embed_texts(["The photo is red.", "The photo is blue."])]
+    enc.dictionary = build_dictionary(texts, emb, ["color"])
+    ids = enc.encode(imgs)
+    assert ids.shape == (4, 1) and set(ids.ravel()) <= {0, 1}
+    assert enc.metadata()["weights_hash"] == "random"
+
+
+@pytest.mark.dali
+def test_score_cli_single_and_split_over_ranks_agree(tmp_path):
+    from fastcas.cli import main
+    from fastcas.reader import ShardReader
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(7, 5, 3), size=(40, 30))
+    one = tmp_path / "one.parquet"
+    assert main(["score", str(tmp_path / "ds"), "--out", str(one), "--batch-size", "4", "--workers", "0"]) == 0
+    parts = []
+    for r in range(2):
+        part = tmp_path / f"part{r}.parquet"
+        assert main(["score", str(tmp_path / "ds"), "--out", str(part), "--rank", str(r), "--world-size", "2",
+                     "--batch-size", "4", "--workers", "0"]) == 0
+        parts.append(str(part))
+    merged = tmp_path / "merged.parquet"
+    assert main(["score", str(tmp_path / "ds"), "--out", str(merged), "--merge", *parts]) == 0
+    keys = ShardReader(tmp_path / "ds").keys
+    a, b = read_scores(one, keys=keys), read_scores(merged, keys=keys)
+    assert np.array_equal(a.attrs, b.attrs) and np.array_equal(a.cas, b.cas)
+    assert a.cas.min() >= a.attrs.shape[1]  # every rank is >= 1
+    assert not (tmp_path / "one.parquet.work").exists()  # resume chunks cleaned up
+    assert main(["stats", str(tmp_path / "ds"), "--scores", str(one), "--out", str(tmp_path / "st")]) == 0
+    assert (tmp_path / "st" / "cas.png").exists() and (tmp_path / "st" / "stats.json").exists()
+
+
+@pytest.mark.dali
+def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
+    from fastcas.attributes import run as R
+    from fastcas.attributes.pixel import PixelEncoder
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(6, 6), size=(40, 30))
+    enc = PixelEncoder()
+    full_i, full_f = R.encode_dataset(tmp_path / "ds", enc.encode, batch_size=2, chunk_batches=2, progress=False,
+                                      py_workers=0)
+    calls = {"n": 0}
+
+    def flaky(images, sizes):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return enc.encode(images, sizes)
+
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
+                         py_workers=0)
+    assert len(list(work.glob("*.npz"))) == 1  # one complete chunk survived
+    calls["n"] = 10
+    i, f = R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
+                            py_workers=0)
+    assert calls["n"] == 10 + 4  # only the 4 missing batches were encoded again
+    assert np.array_equal(i, full_i) and np.array_equal(f, full_f)
