@@ -188,7 +188,7 @@ class Loader:
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
-            train=cfg.train, strict=cfg.strict))
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size))
         device_id = None
         if self.device == "cuda":
             import torch
@@ -253,8 +253,9 @@ class Loader:
             fg, y_fg = images[perm], labels[perm]
         S = images.shape[-1]
         extra = {"foreground": fg} if kind == "saliencymix" else {}
+        # device: FMix masks are built where the images are (no host round trip)
         params = M.make_params(kind, n, S, S, alpha=cfg.alpha, prob=cfg.mix_prob, generator=rng,
-                               **extra, **cfg.mix_options)
+                               device=images.device, **extra, **cfg.mix_options)
         mixed = M.apply(params, images, fg)
         targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets

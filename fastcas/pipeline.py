@@ -58,7 +58,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                   py_num_workers=max(cfg.py_workers, 1), py_start_method="spawn" if gpu else "fork",
                   exec_dynamic=True)
     def pipe():
-        raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=False,
+        # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
+        raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
                                  parallel=parallel, dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams + [types.INT64])
         outs = []
         for s in range(streams):

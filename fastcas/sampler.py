@@ -153,8 +153,18 @@ class WeightedSampler:
         out = np.empty_like(g)
         for r in np.unique(rnd):  # one permutation per pass over the data (few)
             sel = rnd == r
-            out[sel] = FeistelPermutation(self.n, derive_key(self.seed, _PERM, epoch, int(r)))(within[sel])
+            out[sel] = self._permutation(int(epoch), int(r))(within[sel])
         return out
+
+    def _permutation(self, epoch: int, round_: int) -> "FeistelPermutation":
+        # Cached: a source asks for the same epoch's permutation once per batch.
+        cache = self.__dict__.setdefault("_perm_cache", {})
+        key = (epoch, round_)
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = FeistelPermutation(self.n, derive_key(self.seed, _PERM, epoch, round_))
+        return cache[key]
 
     def indices(self, epoch: int | None = None) -> np.ndarray:
         """int64 [len(self)]: this rank's draws for ``epoch`` (default: the current one)."""

@@ -46,6 +46,7 @@ class SourceConfig:
     offset: int = 0
     train: bool = True
     strict: bool = False
+    batch_size: int = 1
 
 
 class SampleSource:
@@ -87,26 +88,47 @@ class SampleSource:
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
-    def __call__(self, info):
+    def batch(self, epoch: int, positions: np.ndarray) -> tuple:
+        """Outputs for the positions of one batch, vectorised over the batch: per stream
+        (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
+        [B, 1]) then skipped int64 [B, streams]."""
         c = self.config
-        pos = info.idx_in_epoch + (c.offset if info.epoch_idx == 0 else 0)
-        if pos >= c.positions:
-            raise StopIteration
-        epoch = c.epoch0 + info.epoch_idx
-        out, skipped = [], []
+        outs, skipped = [], []
         for s, sampler in enumerate(c.streams):
-            index = int(sampler.index_at(epoch, [pos % len(sampler)])[0])
-            data, label, size, bad = self.fetch(index)
+            indices = sampler.index_at(epoch, positions % len(sampler))
+            fetched = [self.fetch(int(i)) for i in indices]
             key = augment_key(c.seed, epoch, c.rank, s)
+            n = len(positions)
             if c.train:
-                window = crop_windows(key, [pos], [size])[0]
-                flip = flips(key, [pos]).astype(np.int32)
+                windows = crop_windows(key, positions, np.array([f[2] for f in fetched]))
+                flip = flips(key, positions).astype(np.int32).reshape(n, 1)
             else:
-                window, flip = np.array([0, 0, 1, 1], np.float32), np.zeros(1, np.int32)
-            out += [data, np.array([label], np.int64), window, flip.reshape(1)]
-            skipped.append(bad)
-        out.append(np.array(skipped, np.int64))
-        return tuple(out)
+                windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
+                flip = np.zeros((n, 1), np.int32)
+            outs += [[f[0] for f in fetched], np.array([[f[1]] for f in fetched], np.int64), windows, flip]
+            skipped.append([f[3] for f in fetched])
+        outs.append(np.array(skipped, np.int64).T.copy())
+        return tuple(outs)
+
+    def __call__(self, info):
+        """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""
+        c = self.config
+        if hasattr(info, "idx_in_epoch"):  # one sample
+            pos = info.idx_in_epoch + (c.offset if info.epoch_idx == 0 else 0)
+            if pos >= c.positions:
+                raise StopIteration
+            out = self.batch(c.epoch0 + info.epoch_idx, np.array([pos], np.int64))
+            return tuple(o[0] for o in out)
+        start = info.iteration * self.batch_size + (c.offset if info.epoch_idx == 0 else 0)
+        if start >= c.positions:
+            raise StopIteration
+        positions = np.arange(start, min(start + self.batch_size, c.positions), dtype=np.int64)
+        out = self.batch(c.epoch0 + info.epoch_idx, positions)
+        return tuple(list(o) if isinstance(o, np.ndarray) else o for o in out)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
 
 
 def warn_skipped(keys: list[str], counts: dict) -> None:

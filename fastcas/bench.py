@@ -1,0 +1,163 @@
+"""End-to-end loader throughput: fastcas against a torchvision baseline and DALI ceilings.
+
+Every loader does the same work on the same images: decode, random-resized-crop to S,
+flip, normalise, and (for fastcas and torchvision) the same sampler and mixing. Loaders are
+built once (start-up excluded), warmed up, then timed in interleaved rounds — round r times
+every loader before round r+1 — so machine noise hits all of them alike; the median and
+spread over rounds are reported, with ratios to the torchvision baseline.
+
+* ``fastcas``: :class:`fastcas.Loader` (stateless weighted source -> DALI -> mixing)
+* ``torchvision``: :class:`fastcas.baseline.TorchvisionLoader` (PIL + v2 ops, DataLoader workers)
+* ``dali-plain``: DALI's own sequential ``readers.webdataset`` + the same decode/augment ops,
+  no sampler, no mixing: the ceiling fastcas's DALI path can reach
+* ``decode-only``: DALI reader + decode alone: the hardware ceiling
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+LOADERS = ("fastcas", "torchvision", "dali-plain", "decode-only")
+MIXES = ("none", "cutmix", "fmix", "saliencymix", "cmo")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    dataset: str
+    loaders: tuple = ("fastcas", "torchvision")
+    batch_size: int = 32
+    workers: int = 1              # fastcas: DALI python source workers (the source is cheap)
+    baseline_workers: int = 2     # torchvision: DataLoader workers (decode happens there)
+    threads: int = 2
+    image_size: int = 224
+    mix: str = "cutmix"
+    weights: str = "uniform"
+    scores: str | None = None
+    seconds: float = 5.0
+    rounds: int = 3
+    warmup: int = 3
+    device: str = "auto"
+
+    def __post_init__(self):
+        bad = [x for x in self.loaders if x not in LOADERS]
+        if bad:
+            raise ValueError(f"unknown loaders {bad}; expected some of {', '.join(LOADERS)}")
+        if self.mix not in MIXES:
+            raise ValueError(f"unknown mix {self.mix!r}; expected one of {', '.join(MIXES)}")
+        if self.seconds <= 0 or self.rounds < 1 or self.batch_size < 1:
+            raise ValueError("seconds must be > 0, rounds and batch_size >= 1")
+
+
+def _loader_options(cfg: BenchConfig, device: str) -> dict:
+    opts = dict(image_size=cfg.image_size, weights=cfg.weights, scores=cfg.scores, device=device,
+                epoch_length=10**9, py_workers=cfg.workers, num_threads=cfg.threads, seed=0)
+    if cfg.mix == "cmo":
+        opts.update(weights="uniform", foreground_weights="cmo", mix="cutmix")
+    elif cfg.mix != "none":
+        opts.update(mix=cfg.mix)
+        if cfg.mix == "saliencymix":
+            opts.update(mix_options={"saliency": "spectral-residual"})
+    return opts
+
+
+class _DaliPlain:
+    """DALI's sequential webdataset reader with DALI's own random crop/flip."""
+
+    def __init__(self, cfg: BenchConfig, device: str, decode_only: bool):
+        from nvidia.dali import fn, pipeline_def, types
+
+        from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+        from fastcas.reader import ShardReader
+
+        r = ShardReader(cfg.dataset)
+        gpu = device == "cuda"
+        S = cfg.image_size
+
+        @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=0 if gpu else None, seed=0)
+        def pipe():
+            jpeg, cls = fn.readers.webdataset(paths=[str(p) for p in r.shard_paths],
+                                              index_paths=[str(p) for p in r.index_paths], ext=["jpg", "cls"],
+                                              random_shuffle=True, initial_fill=1024, name="reader")
+            dev = "mixed" if gpu else "cpu"
+            if decode_only:
+                return fn.decoders.image(jpeg, device=dev, output_type=types.RGB), cls
+            img = fn.decoders.image_random_crop(jpeg, device=dev, output_type=types.RGB,
+                                                random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+            img = fn.resize(img, size=[S, S])
+            img = fn.crop_mirror_normalize(img, mirror=fn.random.coin_flip(), dtype=types.FLOAT,
+                                           mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+                                           output_layout="CHW")
+            return img, cls
+
+        self.pipe = pipe()
+        self.pipe.build()
+        self.device = device
+        self.decode_only = decode_only
+
+    def __iter__(self):
+        from fastcas.pipeline import to_torch
+
+        while True:
+            out = self.pipe.run()
+            if self.decode_only:  # ragged shapes: only make sure the data reached the host/device
+                yield out[0], None
+            else:
+                yield to_torch(out[0], self.device), None
+
+
+def _make(name: str, cfg: BenchConfig, device: str):
+    if name == "fastcas":
+        from fastcas.loader import Loader
+
+        return Loader(cfg.dataset, cfg.batch_size, **_loader_options(cfg, device))
+    if name == "torchvision":
+        from fastcas.baseline import TorchvisionLoader
+
+        return TorchvisionLoader(cfg.dataset, cfg.batch_size,
+                                 **{**_loader_options(cfg, device), "py_workers": cfg.baseline_workers})
+    return _DaliPlain(cfg, device, decode_only=name == "decode-only")
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Returns ``{"config", "rows": [{loader, images_per_s (median), min, max, ratio_vs_torchvision}], "device"}``."""
+    import torch
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    iters = {}
+    for name in cfg.loaders:
+        it = iter(_make(name, cfg, device))
+        for _ in range(cfg.warmup):
+            next(it)
+        iters[name] = it
+    rates: dict[str, list[float]] = {n: [] for n in cfg.loaders}
+    for _ in range(cfg.rounds):
+        for name, it in iters.items():
+            sync()
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < cfg.seconds:
+                images, _ = next(it)
+                n += cfg.batch_size
+            sync()
+            rates[name].append(n / (time.perf_counter() - t0))
+    base = statistics.median(rates["torchvision"]) if "torchvision" in rates else None
+    rows = []
+    for name, r in rates.items():
+        med = statistics.median(r)
+        rows.append({"loader": name, "images_per_s": med, "min": min(r), "max": max(r),
+                     "ratio_vs_torchvision": med / base if base else None})
+    return {"device": device, "rows": rows}
+
+
+def goals(rows: list[dict], device: str) -> list[dict]:
+    by = {r["loader"]: r for r in rows}
+    out = []
+    if "fastcas" in by and "torchvision" in by:
+        target = 3.0 if device == "cuda" else 1.5
+        ratio = by["fastcas"]["ratio_vs_torchvision"]
+        out.append({"goal": f"fastcas >= {target}x torchvision ({device})", "value": ratio, "met": ratio >= target})
+    if "fastcas" in by and "dali-plain" in by and device == "cuda":
+        frac = by["fastcas"]["images_per_s"] / by["dali-plain"]["images_per_s"]
+        out.append({"goal": "fastcas within 10% of dali-plain", "value": frac, "met": frac >= 0.9})
+    return out

@@ -1,0 +1,12 @@
+"""Batched, per-sample mixing: CutMix, FMix, SaliencyMix, MixUp, and CMO paste.
+
+Parameters are drawn on the host from an explicit ``numpy.random.Generator``
+(:func:`make_params`) and applied by a NumPy reference, torch ops, or Numba CUDA kernels
+(:func:`apply`); :func:`mix` does both and returns soft targets. See ``fastcas/mix/params.py``
+for the conventions (lam = kept-background fraction, boxes ``(y0, x0, y1, x1)`` half-open).
+"""
+from .api import apply, check_images, mix, soft_targets
+from .params import KINDS, MixParams, boxes_to_masks, in_batch_partner, make_params
+
+__all__ = ["KINDS", "MixParams", "apply", "boxes_to_masks", "check_images", "in_batch_partner",
+           "make_params", "mix", "soft_targets"]

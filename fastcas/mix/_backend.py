@@ -1,0 +1,197 @@
+"""Dispatch of mixing by array type and device; the only module that loads ``kernels/``.
+
+* NumPy arrays -> :mod:`fastcas.mix.reference` (or the Numba kernels with ``backend="numba"``,
+  which on a machine without a GPU runs them in Numba's CUDA simulator — used by the tests).
+* torch CPU tensors -> vectorised torch ops (masks built from boxes by broadcasting).
+* torch CUDA tensors and CuPy arrays -> Numba CUDA kernels, one launch per batch, on the
+  current torch / CuPy stream, zero-copy through ``__cuda_array_interface__``; dtypes the
+  kernels do not cover (float64, bfloat16) use the torch ops on the device.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from . import reference
+from .params import MixParams
+
+BACKENDS = ("auto", "numpy", "torch", "numba")
+KERNEL_DTYPES = ("uint8", "float16", "float32")
+
+
+def array_kind(x) -> str:
+    """'numpy' | 'torch' | 'cupy' (ValueError otherwise)."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        return "torch"
+    if mod.startswith("cupy"):
+        return "cupy"
+    raise ValueError(f"images must be numpy arrays, torch tensors or cupy arrays, got {type(x).__name__}")
+
+
+def dtype_name(x) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def device_of(x) -> str:
+    k = array_kind(x)
+    if k == "numpy":
+        return "cpu"
+    if k == "cupy":
+        return f"cuda:{x.device.id}"
+    return str(x.device)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    from numba import cuda  # noqa: F401  (simulator honoured when NUMBA_ENABLE_CUDASIM=1)
+
+    from fastcas.kernels import box_paste, mask_blend
+
+    return box_paste, mask_blend
+
+
+# ----------------------------------------------------------------------------- torch ops
+def _torch_compute_dtype(dtype):
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _torch_finish(v, dtype):
+    import torch
+
+    if not dtype.is_floating_point:
+        v = torch.floor(v + 0.5)
+    return v.to(dtype)
+
+
+def apply_torch(params: MixParams, bg, fg):
+    """Vectorised torch apply on the tensors' device (CPU or CUDA); returns a new tensor."""
+    import torch
+
+    dev, (b, c, h, w) = bg.device, bg.shape
+    if params.boxes is not None:
+        bx = torch.as_tensor(params.boxes, device=dev)
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        inside = ((rows >= bx[:, 0, None, None]) & (rows < bx[:, 2, None, None])
+                  & (cols >= bx[:, 1, None, None]) & (cols < bx[:, 3, None, None]))
+        return torch.where(inside[:, None], fg, bg)
+    ct = _torch_compute_dtype(bg.dtype)
+    if params.masks is not None:
+        m = torch.as_tensor(params.masks, device=dev).to(ct)[:, None]
+        v = (1 - m) * bg.to(ct) + m * fg.to(ct)
+    else:
+        wt = torch.as_tensor(params.lam, device=dev).to(ct).view(b, 1, 1, 1)
+        v = wt * bg.to(ct) + (1 - wt) * fg.to(ct)
+    return _torch_finish(v, bg.dtype)
+
+
+# ----------------------------------------------------------------------------- numba kernels
+def _stream_for(x, kind: str):
+    from numba import cuda
+
+    if kind == "torch":
+        import torch
+
+        return cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
+    if kind == "cupy":
+        import cupy
+
+        return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _as_device(arr, like, kind):
+    """Host/param array -> array on the images' device, in the images' framework."""
+    if kind == "torch":
+        import torch
+
+        return torch.as_tensor(arr, device=like.device)
+    if kind == "cupy":
+        import cupy
+
+        if array_kind(arr) == "torch":
+            return cupy.from_dlpack(arr)
+        return cupy.asarray(arr)
+    return np.asarray(arr.detach().cpu().numpy() if array_kind(arr) == "torch" else arr)
+
+
+def apply_numba(params: MixParams, bg, fg, out=None):
+    """Run the Numba kernels: torch CUDA tensors, CuPy arrays, or NumPy arrays (simulator)."""
+    from numba import cuda
+
+    kind = array_kind(bg)
+    if dtype_name(bg) not in KERNEL_DTYPES:
+        raise ValueError(f"the Numba kernels take {KERNEL_DTYPES}, got {dtype_name(bg)}")
+    box_paste, mask_blend = _kernels()
+    if out is None:
+        if kind == "torch":
+            import torch
+
+            out = torch.empty_like(bg, memory_format=torch.contiguous_format)
+        elif kind == "cupy":
+            import cupy
+
+            out = cupy.empty_like(bg)
+        else:
+            out = np.empty_like(bg)
+    b, c, h, w = bg.shape
+    if b * c * h * w == 0:
+        return out
+    grid = (math.ceil(w / box_paste.TX), math.ceil(h / box_paste.TY), b * c)
+    block = (box_paste.TX, box_paste.TY)
+    # sync=False: the launch goes on the producer's (torch / CuPy) current stream, so no host
+    # synchronisation is needed to order it after the work that made the inputs.
+    conv = (lambda a: cuda.as_cuda_array(a, sync=False)) if kind != "numpy" else (lambda a: a)
+    if kind == "torch":
+        bg, fg = bg.contiguous(), fg.contiguous()
+    d_out, d_bg, d_fg = conv(out), conv(bg), conv(fg)
+    is_int = dtype_name(bg) == "uint8"
+    stream = _stream_for(bg, kind)
+    if params.boxes is not None:
+        boxes = conv(_as_device(params.boxes, bg, kind))
+        box_paste.box_paste[grid, block, stream](d_out, d_bg, d_fg, boxes)
+    elif params.masks is not None:
+        masks = _as_device(params.masks, bg, kind)
+        if kind == "torch":
+            import torch
+
+            masks = masks.to(torch.float32).contiguous()
+        else:
+            masks = masks.astype("float32", copy=False)
+        mask_blend.mask_blend[grid, block, stream](d_out, d_bg, d_fg, conv(masks), is_int)
+    else:
+        w_bg = conv(_as_device(params.lam.astype(np.float32), bg, kind))
+        mask_blend.lam_blend[grid, block, stream](d_out, d_bg, d_fg, w_bg, is_int)
+    return out
+
+
+def apply(params: MixParams, bg, fg, backend: str = "auto"):
+    """Mix ``fg`` into ``bg`` with ``params``; same type and device as the inputs."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    kind = array_kind(bg)
+    if backend == "auto":
+        if kind == "numpy":
+            backend = "numpy"
+        elif kind == "cupy":
+            backend = "numba"
+        elif bg.is_cuda and dtype_name(bg) in KERNEL_DTYPES:
+            backend = "numba"
+        else:
+            backend = "torch"
+    if backend == "numpy":
+        if kind != "numpy":
+            raise ValueError(f"backend='numpy' needs numpy arrays, got {kind}")
+        return reference.apply_numpy(params, bg, fg)
+    if backend == "torch":
+        if kind != "torch":
+            raise ValueError(f"backend='torch' needs torch tensors, got {kind}")
+        return apply_torch(params, bg, fg)
+    return apply_numba(params, bg, fg)

@@ -1,0 +1,232 @@
+"""Mixing parameters, drawn on the host from an explicit generator, applied elsewhere.
+
+Kernels never draw random numbers: :func:`make_params` draws every random quantity (per-sample
+lambda, mix/no-mix decision, box centre, FMix spectrum) from the ``numpy.random.Generator`` it is
+given and returns a frozen :class:`MixParams` that can be replayed on NumPy, torch CPU or CUDA.
+
+Conventions (pinned, tested):
+
+* ``lam`` (float64 ``[B]``) is the fraction of BACKGROUND pixels kept, *measured* from the region
+  actually applied (clipped box area, exact FMix pixel count), not the drawn Beta value — the
+  CutMix paper's "lam corrected from the clipped area" (Yun et al. 2019, Sec. 3.1) and CMO's
+  "fraction of background pixels kept" (Park et al. 2022, Sec. 3). For MixUp it is the blend
+  weight of the background.
+* ``boxes`` (int32 ``[B, 4]``): ``(y0, x0, y1, x1)``, half-open; an empty box (all zero) means the
+  sample is not mixed. ``masks`` (float32 ``[B, H, W]``): 1 = take the foreground pixel.
+* Unlike the reference implementations (one lambda and one box per batch), lambda, box and
+  mask are drawn per sample (``mode="elem"``, default). ``mode="batch"`` reproduces the
+  references: one decision, one lambda and one region for the whole batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
+MODES = ("elem", "batch")
+
+
+def check_kind(kind) -> str:
+    if not isinstance(kind, str) or kind.lower() not in KINDS:
+        raise ValueError(f"unknown mix kind {kind!r}; accepted kinds: {', '.join(KINDS)}")
+    return kind.lower()
+
+
+def check_alpha_prob(alpha, prob) -> tuple[float, float]:
+    try:
+        a, p = float(alpha), float(prob)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha and prob must be numbers, got alpha={alpha!r} prob={prob!r}") from None
+    if not np.isfinite(a) or a <= 0:
+        raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got alpha={alpha!r}")
+    if not (0.0 <= p <= 1.0):
+        raise ValueError(f"prob must be in [0, 1], got prob={prob!r}")
+    return a, p
+
+
+@dataclass(frozen=True)
+class MixParams:
+    """Everything needed to mix one batch; pure data, replayable on any backend.
+
+    kind: one of :data:`KINDS`. height/width: image size the region was drawn for.
+    lam: float64 ``[B]`` host array, measured kept-background fraction (see module doc).
+    mixed: bool ``[B]``: the sample was selected by ``prob`` (unmixed samples have lam = 1).
+    boxes: int32 ``[B, 4]`` host array (cutmix, saliencymix) or None.
+    masks: float32 ``[B, H, W]`` (fmix) as a NumPy array or a torch tensor (on the device the
+    masks were made on) or None. mixup has neither boxes nor masks.
+    """
+
+    kind: str
+    height: int
+    width: int
+    lam: np.ndarray
+    mixed: np.ndarray
+    boxes: np.ndarray | None = None
+    masks: Any = None
+    drawn: np.ndarray | None = None
+
+    def __post_init__(self):
+        check_kind(self.kind)
+        b = len(self.lam)
+        if self.lam.dtype != np.float64 or self.lam.ndim != 1:
+            raise ValueError(f"MixParams.lam must be float64 [B], got {self.lam.dtype} {self.lam.shape}")
+        if self.mixed.shape != (b,):
+            raise ValueError(f"MixParams.mixed must be bool [{b}], got {self.mixed.shape}")
+        if self.kind in ("cutmix", "saliencymix"):
+            if self.boxes is None or self.boxes.shape != (b, 4) or self.boxes.dtype != np.int32:
+                raise ValueError(f"{self.kind} MixParams needs int32 boxes [{b}, 4]")
+        if self.kind == "fmix":
+            if self.masks is None or tuple(self.masks.shape) != (b, self.height, self.width):
+                raise ValueError(f"fmix MixParams needs float32 masks [{b}, {self.height}, {self.width}]")
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lam)
+
+    def box_masks(self) -> np.ndarray:
+        """float32 ``[B, H, W]`` masks (1 = foreground) for any kind (mixup: constant 1 - lam)."""
+        if self.masks is not None:
+            m = self.masks
+            return m if isinstance(m, np.ndarray) else m.detach().cpu().numpy()
+        if self.boxes is not None:
+            return boxes_to_masks(self.boxes, self.height, self.width)
+        return np.broadcast_to((1.0 - self.lam)[:, None, None],
+                               (self.batch_size, self.height, self.width)).astype(np.float32)
+
+
+def boxes_to_masks(boxes: np.ndarray, height: int, width: int, xp=np):
+    """Boolean-valued float32 masks ``[B, H, W]`` from int boxes ``[B, 4]`` by broadcasting."""
+    b = xp.asarray(boxes)
+    rows = xp.arange(height)[None, :, None]
+    cols = xp.arange(width)[None, None, :]
+    inside = ((rows >= b[:, 0, None, None]) & (rows < b[:, 2, None, None])
+              & (cols >= b[:, 1, None, None]) & (cols < b[:, 3, None, None]))
+    return inside.astype(xp.float32)
+
+
+def sample_lam(generator: np.random.Generator, n: int, alpha: float) -> np.ndarray:
+    """Drawn lambda ~ Beta(alpha, alpha), float64 ``[n]``."""
+    return generator.beta(alpha, alpha, size=n).astype(np.float64)
+
+
+def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """clovaai ``rand_bbox`` size rule: ``cut = int(side * sqrt(1 - lam))`` per sample."""
+    rat = np.sqrt(np.clip(1.0 - lam, 0.0, 1.0))
+    return (height * rat).astype(np.int64), (width * rat).astype(np.int64)
+
+
+def boxes_at(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
+             height: int, width: int) -> np.ndarray:
+    """Boxes centred at (cy, cx) with half-sizes ``cut // 2`` on both sides, clipped to the image
+    (clovaai rule: the unclipped box spans ``2 * (cut // 2)`` pixels). int32 ``[B, 4]``."""
+    y0 = np.clip(cy - cut_h // 2, 0, height)
+    y1 = np.clip(cy + cut_h // 2, 0, height)
+    x0 = np.clip(cx - cut_w // 2, 0, width)
+    x1 = np.clip(cx + cut_w // 2, 0, width)
+    return np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
+
+
+def box_lam(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Kept-background fraction of each box: ``1 - area / (H * W)``, float64 ``[B]``."""
+    b = boxes.astype(np.int64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return 1.0 - area / float(height * width)
+
+
+def random_boxes(generator: np.random.Generator, lam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """CutMix boxes (clovaai ``rand_bbox``), one per sample, uniform integer centre."""
+    n = len(lam)
+    cut_h, cut_w = cut_sizes(lam, height, width)
+    cy = generator.integers(0, height, size=n)
+    cx = generator.integers(0, width, size=n)
+    return boxes_at(cy, cx, cut_h, cut_w, height, width)
+
+
+def _draw_common(generator, batch_size, alpha, prob, mode):
+    """(drawn lam [B], mixed [B]); in batch mode one value broadcast to the batch."""
+    n = 1 if mode == "batch" else batch_size
+    mixed = generator.random(n) < prob
+    lam = sample_lam(generator, n, alpha)
+    if mode == "batch":
+        mixed = np.repeat(mixed, batch_size)
+        lam = np.repeat(lam, batch_size)
+    return lam, mixed
+
+
+def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: float = 1.0,
+                prob: float = 1.0, generator: np.random.Generator, foreground=None,
+                mode: str = "elem", decay: float = 3.0, max_soft: float = 0.0,
+                saliency: str = "spectral", device=None) -> MixParams:
+    """Draw the parameters of one batch.
+
+    kind: cutmix | fmix | saliencymix | mixup. alpha: Beta(alpha, alpha). prob: per-sample
+    probability of mixing (per-batch in ``mode="batch"``). generator: ``numpy.random.Generator``
+    (the only source of randomness). foreground: ``[B, C, H, W]`` NumPy array or torch tensor,
+    required by saliencymix (saliency of the patch source, per sample). FMix options: ``decay``
+    (spectrum decay power, 3), ``max_soft`` (soft ramp, 0). SaliencyMix option: ``saliency`` =
+    "spectral" (batched spectral residual, fast, default) or "finegrained" (OpenCV
+    StaticSaliencyFineGrained, the SaliencyMix reference method; a host loop over samples).
+    device: where FMix masks are built (None/"cpu": NumPy; a CUDA torch device: torch on it);
+    inferred from a CUDA ``foreground`` tensor when not given (pass ``foreground`` or ``device``
+    on the GPU so FMix masks never cross PCIe).
+    """
+    kind = check_kind(kind)
+    alpha, prob = check_alpha_prob(alpha, prob)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    batch_size, height, width = int(batch_size), int(height), int(width)
+    if batch_size < 0 or height < 1 or width < 1:
+        raise ValueError(f"bad batch geometry B={batch_size} H={height} W={width}")
+    if not isinstance(generator, np.random.Generator):
+        raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
+    if device is None and foreground is not None and type(foreground).__module__.startswith("torch"):
+        device = foreground.device if foreground.is_cuda else None
+    drawn, mixed = _draw_common(generator, batch_size, alpha, prob, mode)
+
+    if kind == "mixup":
+        lam = np.where(mixed, drawn, 1.0)
+        return MixParams(kind, height, width, lam.astype(np.float64), mixed, drawn=drawn)
+
+    if kind == "fmix":
+        from .fmix import fmix_masks
+
+        masks, lam = fmix_masks(generator, drawn, mixed, height, width, decay=decay,
+                                max_soft=max_soft, batch_mode=(mode == "batch"), device=device)
+        return MixParams(kind, height, width, lam, mixed, masks=masks, drawn=drawn)
+
+    if kind == "cutmix":
+        if mode == "batch":
+            boxes = np.repeat(random_boxes(generator, drawn[:1], height, width), batch_size, axis=0)
+        else:
+            boxes = random_boxes(generator, drawn, height, width)
+    else:  # saliencymix
+        from .saliency import saliency_centres
+
+        if foreground is None:
+            raise ValueError("saliencymix needs the foreground images (foreground=...) for saliency")
+        shape = tuple(foreground.shape)
+        if len(shape) != 4 or shape[0] != batch_size or shape[2:] != (height, width):
+            raise ValueError(f"foreground must be [{batch_size}, C, {height}, {width}], got {list(shape)}")
+        src = foreground[:1] if (mode == "batch" and batch_size) else foreground
+        cy, cx = saliency_centres(src, method=saliency)
+        cut_h, cut_w = cut_sizes(drawn, height, width)
+        if mode == "batch":
+            cy, cx = np.repeat(cy, batch_size), np.repeat(cx, batch_size)
+        boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
+    boxes[~mixed] = 0
+    return MixParams(kind, height, width, box_lam(boxes, height, width), mixed, boxes=boxes,
+                     drawn=drawn)
+
+
+def in_batch_partner(batch_size: int, generator: np.random.Generator) -> np.ndarray:
+    """A random permutation (int64 ``[B]``) for in-batch mixing: ``foreground = background[perm]``.
+
+    References use ``randperm`` (CutMix, SaliencyMix), ``flip(0)`` (timm) or ``roll(1)``
+    (torchvision); a permutation may map a sample to itself (then mixing is a no-op on pixels
+    but lam still weights identical labels, so targets stay correct).
+    """
+    if not isinstance(generator, np.random.Generator):
+        raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
+    return generator.permutation(int(batch_size)).astype(np.int64)
