@@ -62,48 +62,24 @@ def _loader_options(cfg: BenchConfig, device: str) -> dict:
 
 
 class _DaliPlain:
-    """DALI's sequential webdataset reader with DALI's own random crop/flip."""
+    """DALI's sequential webdataset reader with DALI's own random crop/flip (or decode only)."""
 
     def __init__(self, cfg: BenchConfig, device: str, decode_only: bool):
-        from nvidia.dali import fn, pipeline_def, types
-
-        from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+        from fastcas.pipeline import build_reader_pipeline
         from fastcas.reader import ShardReader
 
-        r = ShardReader(cfg.dataset)
-        gpu = device == "cuda"
-        S = cfg.image_size
-
-        @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=0 if gpu else None, seed=0)
-        def pipe():
-            jpeg, cls = fn.readers.webdataset(paths=[str(p) for p in r.shard_paths],
-                                              index_paths=[str(p) for p in r.index_paths], ext=["jpg", "cls"],
-                                              random_shuffle=True, initial_fill=1024, name="reader")
-            dev = "mixed" if gpu else "cpu"
-            if decode_only:
-                return fn.decoders.image(jpeg, device=dev, output_type=types.RGB), cls
-            img = fn.decoders.image_random_crop(jpeg, device=dev, output_type=types.RGB,
-                                                random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
-            img = fn.resize(img, size=[S, S])
-            img = fn.crop_mirror_normalize(img, mirror=fn.random.coin_flip(), dtype=types.FLOAT,
-                                           mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
-                                           output_layout="CHW")
-            return img, cls
-
-        self.pipe = pipe()
-        self.pipe.build()
-        self.device = device
-        self.decode_only = decode_only
+        self.pipe = build_reader_pipeline(ShardReader(cfg.dataset), batch_size=cfg.batch_size,
+                                          image_size=cfg.image_size, num_threads=cfg.threads, device=device,
+                                          decode_only=decode_only)
+        self.device, self.decode_only = device, decode_only
 
     def __iter__(self):
         from fastcas.pipeline import to_torch
 
         while True:
             out = self.pipe.run()
-            if self.decode_only:  # ragged shapes: only make sure the data reached the host/device
-                yield out[0], None
-            else:
-                yield to_torch(out[0], self.device), None
+            # decode-only outputs are ragged: the data has reached host/device, that is the point
+            yield (out[0] if self.decode_only else to_torch(out[0], self.device)), None
 
 
 def _make(name: str, cfg: BenchConfig, device: str):

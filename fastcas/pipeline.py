@@ -85,6 +85,37 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     return p
 
 
+def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,
+                          decode_only: bool = False):
+    """DALI's own sequential ``readers.webdataset`` over a dataset's shards and indexes, with
+    DALI's random-resized-crop (ROI decode), resize, flip and normalise, or decode alone:
+    the ceilings ``fastcas bench`` compares against (no sampler, no mixing)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device == "cuda"
+    S = image_size
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if gpu else None, seed=0)
+    def pipe():
+        jpeg, cls = fn.readers.webdataset(paths=[str(p) for p in reader.shard_paths],
+                                          index_paths=[str(p) for p in reader.index_paths], ext=["jpg", "cls"],
+                                          random_shuffle=True, initial_fill=1024, name="reader")
+        dev = "mixed" if gpu else "cpu"
+        if decode_only:
+            return fn.decoders.image(jpeg, device=dev, output_type=types.RGB), cls
+        img = fn.decoders.image_random_crop(jpeg, device=dev, output_type=types.RGB,
+                                            random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+        img = fn.resize(img, size=[S, S])
+        img = fn.crop_mirror_normalize(img, mirror=fn.random.coin_flip(), dtype=types.FLOAT,
+                                       mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+                                       output_layout="CHW")
+        return img, cls
+
+    p = pipe()
+    p.build()
+    return p
+
+
 def to_torch(tensor_list, device: str):
     """A DALI TensorList (uniform shape) -> torch tensor on ``device`` (copy on CPU; on the
     GPU DALI copies into a torch-allocated tensor on torch's current stream)."""

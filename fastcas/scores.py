@@ -9,7 +9,14 @@ Tie rule (pinned): secondaries with equal frequency share the smallest rank of t
 (standard competition ranking, "1224"), so equally common values are equally scarce and the
 result does not depend on value ids. A secondary never seen in the image's class in the
 training set (possible for validation images) gets rank = (distinct secondaries seen in that
-class and primary) + 1, i.e. rarer than every seen one.
+class and primary) + 1, i.e. rarer than every seen one. Scoring an image of a class that has
+no training samples in the reference is a ValueError naming the class.
+
+Example (one class, one primary, training values [a, a, b, b, c]): counts a 2, b 2, c 1 ->
+ranks a 1, b 1, c 3; a validation image with an unseen value d gets 3 distinct + 1 = 4.
+
+Evaluation subsets (:func:`cas_subsets`, CAS paper Sec. "Experiments"): low 30%, middle 30%,
+high 40% of images by ascending CAS, ties broken by sample order so sizes are exact.
 """
 from __future__ import annotations
 
@@ -77,10 +84,70 @@ def cas_scores(attr_ids, labels, reference: RankTable | None = None) -> np.ndarr
     out = np.zeros(len(a), np.int64)
     for k in np.unique(y):
         rows = np.flatnonzero(y == k)
+        if table.num_primaries and not table.ranks[k][0]:
+            raise ValueError(f"class {int(k)} has no samples in the reference (training) set: "
+                             f"cannot rank {len(rows)} image(s) of it")
         for p in range(a.shape[1]):
             lookup = table.ranks[k][p]
             default = int(table.unseen[k, p])
             out[rows] += np.fromiter((lookup.get(v, default) for v in a[rows, p].tolist()), np.int64, len(rows))
+    return out
+
+
+def cas(attribute_ids, labels, reference: RankTable | None = None) -> np.ndarray:
+    """Alias of :func:`cas_scores`: int64 [N] CAS for int [N, P] secondary ids and [N] labels."""
+    return cas_scores(attribute_ids, labels, reference)
+
+
+def cas_subsets(cas_values) -> np.ndarray:
+    """int8 [N]: 0 = low (30%), 1 = middle (30%), 2 = high (40%) by ascending CAS."""
+    from fastcas.metrics import cas_subsets as _subsets
+
+    return _subsets(cas_values)
+
+
+def subset_indices(cas_values) -> dict:
+    """{"low": int64 [~0.3 N], "middle": [~0.3 N], "high": [~0.4 N]} sample indices."""
+    sub = cas_subsets(cas_values)
+    return {name: np.flatnonzero(sub == k) for k, name in enumerate(("low", "middle", "high"))}
+
+
+def sampling_statistics(cas_values, b: float = 1.2, *, draws: int = 0, seed: int = 0) -> dict:
+    """The CAS paper's Table 1: mean and standard deviation of the CAS of drawn samples under
+    uniform sampling and under CAS-weighted sampling (p_i = CAS_i ** b / sum).
+
+    Exact moments of the sampling distribution; with ``draws`` > 0 also the empirical
+    mean / std of that many draws (with replacement, ``fastcas._rng.generator(seed)``)."""
+    c = np.asarray(cas_values, np.float64)
+    if not len(c):
+        raise ValueError("no CAS values to summarise")
+    if (c <= 0).any():
+        raise ValueError(f"CAS values must be positive for CAS ** b weights, min is {c.min()}")
+    w = c ** b
+    p = w / w.sum()
+    out = {"b": b}
+    for name, q in (("uniform", np.full(len(c), 1 / len(c))), ("cas_weighted", p)):
+        m = float((q * c).sum())
+        out[name] = {"mean": m, "std": float(np.sqrt(max((q * (c - m) ** 2).sum(), 0.0)))}
+        if draws:
+            from fastcas._rng import generator
+
+            d = c[generator(seed, 0 if name == "uniform" else 1).choice(len(c), size=draws, p=q)]
+            out[name].update(drawn_mean=float(d.mean()), drawn_std=float(d.std()), draws=int(draws))
+    return out
+
+
+def attribute_frequencies(attr_ids, names: list | None = None) -> list[dict]:
+    """Per primary: {"primary", "counts": [[secondary, n], ...]} over the whole set, most
+    common first (ties by secondary id). ``names``: [(primary, [secondary names])] or None."""
+    a = np.asarray(attr_ids)
+    out = []
+    for p in range(a.shape[1]):
+        values, counts = np.unique(a[:, p], return_counts=True)
+        order = np.lexsort((values, -counts))
+        label = (lambda v: names[p][1][v] if names and v < len(names[p][1]) else str(v))
+        out.append({"primary": names[p][0] if names else p,
+                    "counts": [[label(int(values[i])), int(counts[i])] for i in order]})
     return out
 
 
@@ -96,7 +163,8 @@ def class_statistics(attr_ids, labels, cas, class_names=None) -> list[dict]:
         rows.append({
             "class": class_names[k] if class_names else int(k), "samples": int(m.sum()),
             "distinct_combinations": int(len(combos)), "unique_combination_share": float((counts == 1).sum() / m.sum()),
-            "cas_mean": float(cas[m].mean()), "cas_min": int(cas[m].min()), "cas_max": int(cas[m].max())})
+            "cas_mean": float(cas[m].mean()), "cas_std": float(cas[m].std()),
+            "cas_min": int(cas[m].min()), "cas_max": int(cas[m].max())})
     return rows
 
 
@@ -111,9 +179,21 @@ class ScoreTable:
     metadata: dict = field(default_factory=dict)
 
 
-def write_scores(path, table: ScoreTable) -> None:
-    """Parquet with columns key, label, cas, attr_00.. and JSON metadata; written atomically."""
+def write_scores(path, table, labels=None, cas=None, attr_ids=None, metadata=None) -> None:
+    """Parquet with columns key (string), label (int64), cas (int64), attr_00.. (int32) and the
+    JSON metadata under the schema key ``fastcas``; written atomically (temp file + rename).
+
+    Call as ``write_scores(path, ScoreTable)`` or ``write_scores(path, keys, labels, cas,
+    attr_ids, metadata)``."""
     import pyarrow as pa
+
+    if not isinstance(table, ScoreTable):
+        a = np.asarray(attr_ids) if attr_ids is not None else np.zeros((len(table), 0), np.int64)
+        table = ScoreTable(list(table), np.asarray(labels), np.asarray(cas), a.reshape(len(a), -1), dict(metadata or {}))
+    n = len(table.keys)
+    if not (len(table.labels) == len(table.cas) == len(table.attrs) == n):
+        raise ValueError(f"{path}: score columns differ in length (keys {n}, labels {len(table.labels)}, "
+                         f"cas {len(table.cas)}, attrs {len(table.attrs)})")
     import pyarrow.parquet as pq
 
     from fastcas._io import atomic_open
@@ -148,7 +228,7 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
     meta = json.loads(raw) if raw else {}
     file_keys = t.column("key").to_pylist()
     attr_cols = sorted(c for c in names if c.startswith("attr_"))
-    attrs = np.stack([t.column(c).to_numpy() for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
+    attrs = np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
     labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
     if keys is not None:
         if len(keys) != len(file_keys) or keys != file_keys:

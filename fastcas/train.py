@@ -284,7 +284,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 break
         epoch_done = loader.step >= len(loader)
-        if cfg.max_steps is not None and global_step >= cfg.max_steps and not epoch_done:
+        reached = cfg.max_steps is not None and global_step >= cfg.max_steps
+        if reached and not epoch_done:
             save(loader)
             break
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
@@ -299,6 +300,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         epoch += 1
         loader.set_epoch(epoch)
         save(loader)
+        if reached:
+            break
     final = {"config": asdict(cfg), "report": report, "global_step": global_step,
              "skipped": {**plain.skipped, **(mixed.skipped if mixed else {})}}
     if dist.rank == 0:

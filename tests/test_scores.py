@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from fastcas.metrics import accuracy_report, cas_subsets, shot_groups
-from fastcas.scores import ScoreTable, cas_scores, fit_ranks, read_scores, write_scores
+from fastcas.scores import (ScoreTable, attribute_frequencies, cas, cas_scores, fit_ranks, read_scores,
+                            sampling_statistics, subset_indices, write_scores)
 
 
 def test_cas_is_the_sum_of_within_class_frequency_ranks():
@@ -129,12 +130,12 @@ def test_score_cli_single_and_split_over_ranks_agree(tmp_path):
 
     make_dataset(tmp_path / "ds", counts=(7, 5, 3), size=(40, 30))
     one = tmp_path / "one.parquet"
-    assert main(["score", str(tmp_path / "ds"), "--out", str(one), "--batch-size", "4", "--workers", "0"]) == 0
+    assert main(["score", str(tmp_path / "ds"), "--out", str(one), "--batch-size", "4", "--workers", "0", "--decoder", "dali"]) == 0
     parts = []
     for r in range(2):
         part = tmp_path / f"part{r}.parquet"
         assert main(["score", str(tmp_path / "ds"), "--out", str(part), "--rank", str(r), "--world-size", "2",
-                     "--batch-size", "4", "--workers", "0"]) == 0
+                     "--batch-size", "4", "--workers", "0", "--decoder", "dali"]) == 0
         parts.append(str(part))
     merged = tmp_path / "merged.parquet"
     assert main(["score", str(tmp_path / "ds"), "--out", str(merged), "--merge", *parts]) == 0
@@ -156,7 +157,7 @@ def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
     make_dataset(tmp_path / "ds", counts=(6, 6), size=(40, 30))
     enc = PixelEncoder()
     full_i, full_f = R.encode_dataset(tmp_path / "ds", enc.encode, batch_size=2, chunk_batches=2, progress=False,
-                                      py_workers=0)
+                                      py_workers=0, decoder="dali")
     calls = {"n": 0}
 
     def flaky(images, sizes):
@@ -168,10 +169,69 @@ def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
     work = tmp_path / "work"
     with pytest.raises(KeyboardInterrupt):
         R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
-                         py_workers=0)
+                         py_workers=0, decoder="dali")
     assert len(list(work.glob("*.npz"))) == 1  # one complete chunk survived
     calls["n"] = 10
     i, f = R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
-                            py_workers=0)
+                            py_workers=0, decoder="dali")
     assert calls["n"] == 10 + 4  # only the 4 missing batches were encoded again
     assert np.array_equal(i, full_i) and np.array_equal(f, full_f)
+
+
+def test_cas_alias_and_hand_computed_multi_class_example():
+    # class 0: p0 values [1,1,2,3,3,3] -> counts 1:2, 2:1, 3:3 -> ranks 3:1, 1:2, 2:3
+    #          p1 values [0,0,0,0,5,5] -> ranks 0:1, 5:2
+    # class 1: p0 [4,4] -> 4:1 ; p1 [7,8] tie -> both rank 1
+    attrs = np.array([[1, 0], [1, 0], [2, 0], [3, 0], [3, 5], [3, 5], [4, 7], [4, 8]])
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    expected = [2 + 1, 2 + 1, 3 + 1, 1 + 1, 1 + 2, 1 + 2, 1 + 1, 1 + 1]
+    assert cas(attrs, labels).tolist() == expected
+    assert cas(attrs[::-1], labels[::-1]).tolist() == expected[::-1]  # order-free
+    assert cas(attrs + 100, labels).tolist() == expected              # id-free (competition ranks)
+
+
+def test_reference_class_without_samples_is_an_error():
+    ref = fit_ranks(np.array([[0], [1]]), np.array([0, 0]), num_classes=3)
+    with pytest.raises(ValueError, match="class 2 has no samples in the reference"):
+        cas_scores(np.array([[0]]), np.array([2]), ref)
+    with pytest.raises(ValueError, match=r"attribute ids must be an int array \[N, P\]"):
+        cas_scores(np.array([0.5, 1.0]), np.array([0, 0]))
+
+
+def test_sampling_statistics_table1_moments():
+    c = np.array([1.0, 3.0])
+    s = sampling_statistics(c, b=1.0, draws=20000, seed=3)
+    assert s["uniform"]["mean"] == pytest.approx(2.0) and s["uniform"]["std"] == pytest.approx(1.0)
+    # p = [1/4, 3/4]: mean 2.5, var = 1/4*2.25 + 3/4*0.25 = 0.75
+    assert s["cas_weighted"]["mean"] == pytest.approx(2.5)
+    assert s["cas_weighted"]["std"] == pytest.approx(np.sqrt(0.75))
+    assert abs(s["cas_weighted"]["drawn_mean"] - 2.5) < 0.05
+    assert sampling_statistics(c, b=1.0, draws=100, seed=3) == sampling_statistics(c, b=1.0, draws=100, seed=3)
+    with pytest.raises(ValueError, match="must be positive"):
+        sampling_statistics(np.array([0, 2]))
+
+
+def test_subset_indices_and_attribute_frequencies():
+    sub = subset_indices(np.arange(10))
+    assert [len(sub[k]) for k in ("low", "middle", "high")] == [3, 3, 4]
+    assert sub["high"].tolist() == [6, 7, 8, 9]
+    f = attribute_frequencies(np.array([[0, 1], [2, 1], [2, 0]]), [("c", ["a", "b", "z"]), ("d", ["x", "y"])])
+    assert f[0] == {"primary": "c", "counts": [["z", 2], ["a", 1]]}
+    assert f[1]["counts"] == [["y", 2], ["x", 1]]
+
+
+def test_score_file_metadata_and_missing_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.parquet"
+    write_scores(path, ScoreTable(["a"], np.array([0]), np.array([2]), np.array([[1, 1]]),
+                                  {"encoder": "clip", "dictionary_hash": "abc", "vocabulary_version": "1.0"}))
+    t = read_scores(path)
+    assert t.metadata["dictionary_hash"] == "abc" and t.metadata["schema_version"] == 1
+    assert t.attrs.shape == (1, 2) and pq.read_table(path).column_names == ["key", "label", "cas", "attr_00", "attr_01"]
+    pq.write_table(pa.table({"key": ["a"], "label": [0]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="bad.parquet: score file has no column 'cas'"):
+        read_scores(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="key 'b'"):
+        read_scores(path, keys=["a", "b"])

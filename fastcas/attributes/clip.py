@@ -49,22 +49,31 @@ class VisualDictionary:
         return h.hexdigest()[:16]
 
     def save(self, path) -> None:
-        from fastcas._io import atomic_open
+        """``path`` (.npz: keys + embedded meta) and ``path`` with suffix .json (meta, hash)."""
+        from fastcas._io import atomic_open, atomic_write_json
         import json
 
         arrays = {f"key_{p:02d}": k for p, k in enumerate(self.keys)}
-        meta = json.dumps({**self.meta, "mode": self.mode, "primaries": self.primaries, "hash": self.digest()})
+        info = {**self.meta, "mode": self.mode, "primaries": self.primaries, "hash": self.digest(),
+                "sizes": [int(len(k)) for k in self.keys]}
         with atomic_open(path, "wb") as f:
-            np.savez(f, meta=np.array(meta), **arrays)
+            np.savez(f, meta=np.array(json.dumps(info)), **arrays)
+        atomic_write_json(Path(path).with_suffix(".json"), info)
 
     @classmethod
     def load(cls, path) -> "VisualDictionary":
         import json
 
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            keys = [z[f"key_{p:02d}"] for p in range(len(meta["primaries"]))]
-        d = cls(keys, meta["primaries"], meta["mode"], {k: v for k, v in meta.items() if k not in ("mode", "primaries")})
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no such visual dictionary file")
+        try:
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+                keys = [z[f"key_{p:02d}"] for p in range(len(meta["primaries"]))]
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: not a fastcas visual dictionary ({exc})") from None
+        drop = ("mode", "primaries", "sizes")
+        d = cls(keys, meta["primaries"], meta["mode"], {k: v for k, v in meta.items() if k not in drop})
         if meta.get("hash") and d.digest() != meta["hash"]:
             raise ValueError(f"{path}: dictionary content does not match its hash (corrupt file)")
         return d
@@ -91,9 +100,42 @@ def build_dictionary(text_embeddings: list, anchor_embeddings: np.ndarray, prima
     return VisualDictionary(keys, list(primaries), mode, dict(meta or {}, top_k=top_k))
 
 
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def resolve_model(model: str) -> str:
+    """An open_clip model name, or a model-config JSON file (registered under its stem)."""
+    import open_clip
+
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such open_clip model config")
+        open_clip.add_model_config(path)
+        model = path.stem
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model!r} (see open_clip.list_models(), or pass a config .json)")
+    return model
+
+
 class ClipEncoder:
-    """open_clip image and text towers. ``weights``: a local file, an open_clip pretrained tag
-    (network), or None (random weights)."""
+    """open_clip image and text towers.
+
+    ``model``: open_clip model name (e.g. "ViT-B-32") or a model-config ``.json`` file.
+    ``weights``: None (random weights: tests and benchmarks only), a local checkpoint file
+    (never touches the network; a checkpoint that does not fit the model is a ValueError
+    naming both), or an open_clip pretrained tag for that model (e.g. "openai"), the only case
+    that may download. A path-like string that does not exist is a FileNotFoundError (it is
+    never sent to the network as a tag).
+    """
 
     name = "clip"
 
@@ -102,25 +144,35 @@ class ClipEncoder:
         import open_clip
         import torch
 
-        pretrained = None
+        model = resolve_model(model)
         self.weights_hash = "random"
+        tag = None
+        path = Path(weights) if weights else None
         if weights:
-            p = Path(weights)
-            if p.exists():
-                pretrained = str(p)
-                h = hashlib.sha256()
-                with open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                self.weights_hash = h.hexdigest()[:16]
+            if path.exists():
+                self.weights_hash = _file_hash(path)
+            elif path.suffix in WEIGHT_SUFFIXES or "/" in weights or "\\" in weights:
+                raise FileNotFoundError(f"{weights}: no such CLIP weights file")
             else:
-                pretrained = weights  # an open_clip tag: downloads (needs the network)
-                self.weights_hash = f"tag:{weights}"
+                tags = open_clip.list_pretrained_tags_by_model(model)
+                if weights not in tags:
+                    raise ValueError(f"{weights!r} is neither a weights file nor a pretrained tag of {model} "
+                                     f"(tags: {', '.join(tags) or 'none'})")
+                tag, self.weights_hash = weights, f"tag:{weights}"
         self.model_name, self.device = model, device
-        self.model = open_clip.create_model(model, pretrained=pretrained, device=device).eval()
+        # random initialisation is seeded (0) inside fork_rng, so every process (rank) builds
+        # the same "random" model and the global torch RNG is left untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.model = open_clip.create_model(model, pretrained=tag, device=device).eval()
+        if tag is None and path is not None:
+            try:
+                open_clip.load_checkpoint(self.model, str(path), device=device)
+            except Exception as exc:  # shape / key mismatch, unreadable file
+                raise ValueError(f"{path}: CLIP weights do not fit model {model}: {str(exc)[:300]}") from None
         self.tokenizer = open_clip.get_tokenizer(model)
-        self.image_size = int(getattr(self.model.visual, "image_size", (224, 224))[0]) if hasattr(
-            self.model.visual, "image_size") else 224
+        size = getattr(self.model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.dictionary = dictionary
         self._torch = torch
 
@@ -129,10 +181,12 @@ class ClipEncoder:
                 "dictionary_hash": self.dictionary.digest() if self.dictionary else None,
                 "dictionary_mode": self.dictionary.mode if self.dictionary else None}
 
-    def embed_images(self, images) -> np.ndarray:
-        """images float [B, 3, S, S] in [0, 1] on any device -> float32 [B, D] unit vectors."""
+    def embed_images(self, images, sizes=None) -> np.ndarray:
+        """images [B, 3, S, S] (uint8, or float in [0, 1]) on any device -> float32 NumPy [B, D]
+        unit vectors. Resized (bicubic, antialiased) to the model's size, CLIP-normalised."""
         torch = self._torch
-        x = images.to(self.device).float()
+        x = images.to(self.device)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[-1] != self.image_size:
             x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
                                                 align_corners=False, antialias=True).clamp(0, 1)

@@ -1,7 +1,20 @@
 """The weight-free pixel encoder: 12 low-level primaries binned into named secondaries.
 
-Computed with torch on the images' device ([B, 3, H, W] float in [0, 1]) plus the original
-image sizes from the JPEG headers. Bins are fixed (below) so train and validation agree.
+Computed with torch on the images' device from batches [B, 3, H, W] (uint8 in [0, 255] or
+float in [0, 1]) plus the original image sizes (width, height) from the JPEG headers. Bins are
+fixed (``BINS`` below: ``np.digitize`` edges, value == edge goes to the upper bin) so training
+and validation sets agree. Measurements (luma Y = 0.299 R + 0.587 G + 0.114 B, all in [0, 1]):
+
+- dominant colour: the palette entry (``PALETTE``, 12 names) nearest (RGB L2) to most pixels
+- brightness: mean Y;  saturation: mean HSV saturation (max-min)/max;  contrast: std of Y
+- colourfulness: Hasler & Suesstrunk (2003) M = sigma_rgyb + 0.3 mu_rgyb, on [0, 1] scale
+- sharpness: variance of the 4-neighbour Laplacian of Y
+- edge density: share of pixels with central-difference gradient magnitude > 0.1
+- dominant edge orientation: gradient-magnitude-weighted histogram over 4 directions
+  ("no dominant edges" when edge density <= 0.01)
+- texture coarseness: 4 x mean gradient magnitude at 1/4 scale / mean at full scale
+- entropy: Shannon entropy (bits) of the 32-bin Y histogram
+- aspect ratio: original width / height;  resolution: original shorter side in pixels
 """
 from __future__ import annotations
 
@@ -58,19 +71,25 @@ def _gradients(gray):
     return dx[:, 0], dy[:, 0]
 
 
-def measure(images, sizes) -> dict:
+def measure(images, sizes=None) -> dict:
     """Raw measurements per primary: float64 NumPy [B] each (dominant colour / orientation: ids)."""
     import torch
     import torch.nn.functional as F
 
-    x = images.float().clamp(0, 1)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"pixel encoder needs images [B, 3, H, W], got shape {tuple(images.shape)}")
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
     B = x.shape[0]
+    if sizes is None:  # no original sizes: use the decoded ones
+        sizes = [(int(images.shape[3]), int(images.shape[2]))] * B
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
     pal = torch.tensor(list(PALETTE.values()), dtype=x.dtype, device=x.device)  # [K, 3]
     dist = ((x[:, None] - pal[None, :, :, None, None]) ** 2).sum(2)  # [B, K, H, W]
     nearest = dist.argmin(1).reshape(B, -1)
-    colour = torch.stack([torch.bincount(n, minlength=len(PALETTE)) for n in nearest]).argmax(1) if B else torch.zeros(0)
+    K = len(PALETTE)
+    offs = torch.arange(B, device=x.device)[:, None]
+    colour = torch.bincount((nearest + K * offs).flatten(), minlength=K * B).reshape(B, K).argmax(1)
     mx, mn = x.max(1).values, x.min(1).values
     sat = torch.where(mx > 0, (mx - mn) / mx.clamp_min(1e-6), torch.zeros_like(mx))
     rg, yb = r - g, 0.5 * (r + g) - b
@@ -91,7 +110,8 @@ def measure(images, sizes) -> dict:
     sdx, sdy = _gradients(small)
     fine_e = mag.flatten(1).mean(1).clamp_min(1e-6)
     coarse_e = (sdx ** 2 + sdy ** 2).sqrt().flatten(1).mean(1)
-    hist_l = torch.stack([torch.histc(v, bins=32, min=0, max=1) for v in luma]) if B else torch.zeros(0, 32)
+    lbin = (luma * 32).long().clamp_(0, 31).flatten(1)  # 32 equal bins on [0, 1]
+    hist_l = torch.bincount((lbin + 32 * offs).flatten(), minlength=32 * B).reshape(B, 32).double()
     p = hist_l / hist_l.sum(1, keepdim=True).clamp_min(1)
     entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
     sizes = np.asarray(sizes, np.float64).reshape(B, 2)
@@ -106,7 +126,11 @@ def measure(images, sizes) -> dict:
 
 
 class PixelEncoder:
-    """``encode(images, sizes) -> int64 [B, 12]`` secondary ids, one column per primary."""
+    """``encode(images, sizes=None) -> int64 NumPy [B, 12]`` secondary ids, one column per primary.
+
+    ``images``: torch [B, 3, H, W] uint8 or float in [0, 1], any device (computed there);
+    ``sizes``: original (width, height) per image, int [B, 2] (default: the batch's H, W).
+    Deterministic: the same pixels give the same ids."""
 
     name = "pixel"
     primaries = PRIMARIES
@@ -114,8 +138,20 @@ class PixelEncoder:
     def metadata(self) -> dict:
         return {"encoder": "pixel", "primaries": PRIMARIES, "secondaries": secondary_names(), "version": 1}
 
-    def encode(self, images, sizes) -> np.ndarray:
-        m = measure(images, sizes)
+    def encode(self, images, sizes=None) -> np.ndarray:
+        import torch
+
+        if images.device.type == "cpu":
+            # many small ops: intra-op threads only add synchronisation cost (100x slower on a
+            # busy 2-core machine); run single-threaded and restore the caller's setting
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                m = measure(images, sizes)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            m = measure(images, sizes)
         cols = []
         for p in PRIMARIES:
             if p in BINS:

@@ -1,8 +1,21 @@
-"""``fastcas score DATASET --out scores.parquet``: attributes and CAS per image."""
+"""``fastcas score DATASET --out scores.parquet``: attributes and CAS per image.
+
+Single process: decode + encode in resumable chunks (``OUT.work/``), then rank within classes
+and write OUT. Split over ranks, either explicitly (``--rank R --world-size W --out PART``,
+then ``--merge PART... --out OUT``) or under ``torchrun`` (RANK / WORLD_SIZE from the
+environment: each rank writes ``OUT.part-RRR-of-WWW.parquet``, rank 0 merges into OUT after a
+gloo barrier and removes the parts). CAS needs the whole training set, so parts carry
+attribute ids (or, for CLIP without a saved dictionary, image embeddings in a sidecar
+``.npy``) and the ranking, and the dictionary, is done once at the merge: the merged file is
+identical to a single-process run.
+"""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 HELP = "score images with attribute encoders and compute CAS"
 
@@ -11,91 +24,29 @@ def add_arguments(p) -> None:
     p.add_argument("dataset", help="dataset directory or manifest")
     p.add_argument("--out", required=True, help="score file (Parquet)")
     p.add_argument("--encoder", choices=["pixel", "clip"], default="pixel")
-    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (clip encoder)")
-    p.add_argument("--weights", default=None, help="CLIP weights: a local file or an open_clip pretrained tag "
-                   "(the tag needs the network); default random weights (tests only)")
-    p.add_argument("--dictionary", default=None, help="visual dictionary .npz to reuse (built and saved beside "
-                   "OUT when missing)")
+    p.add_argument("--model", "--clip-model", dest="model", default="ViT-B-32",
+                   help="open_clip model name or model-config .json (clip encoder)")
+    p.add_argument("--weights", "--clip-weights", "--clip-pretrained", dest="weights", default=None,
+                   help="CLIP weights: a local file, or an open_clip pretrained tag (only a tag may use the "
+                   "network); default random weights (tests and benchmarks only)")
+    p.add_argument("--dictionary", default=None, help="visual dictionary .npz to reuse (built and saved there, "
+                   "or beside OUT as OUT.dictionary.npz, when missing)")
     p.add_argument("--anchors", default=None, help="anchor-pool dataset for the dictionary (default: DATASET)")
     p.add_argument("--top-k", type=int, default=1, help="dictionary key = mean of the top-k anchors (paper: 1)")
     p.add_argument("--text-only", action="store_true", help="ablation: match images to text embeddings")
-    p.add_argument("--reference", default=None, help="training set's score file: rank with its class statistics "
-                   "(use for validation sets)")
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--reference", "--train-scores", dest="reference", default=None,
+                   help="training set's score file: rank with its class statistics (for validation sets)")
+    p.add_argument("--rank", type=int, default=None, help="this part's rank (default: $RANK or 0)")
+    p.add_argument("--world-size", type=int, default=None, help="number of parts (default: $WORLD_SIZE or 1)")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge per-rank part files into OUT")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="decode size (pixel: 64, clip: the model's)")
+    p.add_argument("--chunk-batches", type=int, default=16, help="batches per resume chunk")
+    p.add_argument("--decoder", choices=["auto", "dali", "torchvision"], default="auto",
+                   help="torchvision.io.decode_jpeg (auto; nvJPEG on a GPU) or fastcas's DALI loader")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=1, help="DALI python workers")
-
-
-def score_dataset(args) -> dict:
-    import numpy as np
-
-    from fastcas.attributes.run import encode_dataset
-    from fastcas.reader import ShardReader
-    from fastcas.scores import ScoreTable, cas_scores, fit_ranks, read_scores, write_scores
-
-    if args.world_size < 1 or not 0 <= args.rank < args.world_size:
-        raise ValueError(f"rank must be in [0, world_size={args.world_size}), got rank={args.rank}")
-    reader = ShardReader(args.dataset)
-    out = Path(args.out)
-    work = out.with_name(out.name + ".work")
-    kw = dict(batch_size=args.batch_size, rank=args.rank, world_size=args.world_size, device=args.device,
-              py_workers=args.workers)
-    if args.encoder == "pixel":
-        from fastcas.attributes.pixel import PixelEncoder
-
-        enc = PixelEncoder()
-        idx, attrs = encode_dataset(args.dataset, enc.encode, image_size=args.image_size or 64,
-                                    work_dir=work, **kw)
-        meta = enc.metadata()
-    else:
-        from fastcas.attributes.clip import ClipEncoder, VisualDictionary, build_dictionary
-
-        device = "cuda" if args.device in ("auto", "cuda") and _cuda() else "cpu"
-        enc = ClipEncoder(args.model, args.weights, device)
-        size = args.image_size or enc.image_size
-        idx, emb = encode_dataset(args.dataset, enc.embed_images, image_size=size, work_dir=work, **kw)
-        dict_path = Path(args.dictionary) if args.dictionary else out.with_suffix(".dictionary.npz")
-        if dict_path.exists():
-            enc.dictionary = VisualDictionary.load(dict_path)
-        else:
-            texts, prims = enc.vocabulary_texts()
-            anchors = emb
-            if args.anchors:
-                _, anchors = encode_dataset(args.anchors, enc.embed_images, image_size=size,
-                                            work_dir=Path(str(work) + ".anchors"), **kw)
-            enc.dictionary = build_dictionary(texts, anchors, prims, top_k=args.top_k,
-                                              mode="text" if args.text_only else "visual",
-                                              meta={"model": args.model, "weights_hash": enc.weights_hash})
-            if args.rank == 0:
-                enc.dictionary.save(dict_path)
-        attrs = enc.dictionary.assign(emb)
-        meta = enc.metadata()
-    from fastcas.attributes import load_vocabulary
-
-    meta.update(vocabulary_version=load_vocabulary()["version"], dataset=str(reader.root),
-                content_hash=reader.manifest.get("content_hash"))
-    labels = reader.labels[idx]
-    keys = [reader.keys[i] for i in idx]
-    if args.world_size > 1:  # a part: CAS needs the whole set, computed at merge
-        part = ScoreTable(keys, labels, np.zeros(len(idx), np.int64), attrs,
-                          {**meta, "rank": args.rank, "world_size": args.world_size, "indices": idx.tolist()})
-        write_scores(out, part)
-        shutil.rmtree(work, ignore_errors=True)
-        return {"part": str(out), "samples": len(idx)}
-    ref = None
-    if args.reference:
-        r = read_scores(args.reference)
-        ref = fit_ranks(r.attrs, r.labels, reader.num_classes)
-        meta["reference"] = str(args.reference)
-    cas = cas_scores(attrs, labels, ref)
-    write_scores(out, ScoreTable(keys, labels, cas, attrs, meta))
-    shutil.rmtree(work, ignore_errors=True)  # chunks are only for resuming an interrupted run
-    shutil.rmtree(Path(str(work) + ".anchors"), ignore_errors=True)
-    return {"samples": len(idx), "cas_mean": float(cas.mean()), "cas_min": int(cas.min()), "cas_max": int(cas.max())}
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _cuda() -> bool:
@@ -107,23 +58,214 @@ def _cuda() -> bool:
         return False
 
 
-def merge(args) -> dict:
-    from fastcas.reader import ShardReader
-    from fastcas.scores import ScoreTable, cas_scores, fit_ranks, merge_parts, read_scores, write_scores
+def _clip(args):
+    from fastcas.attributes.clip import ClipEncoder
 
-    reader = ShardReader(args.dataset)
-    merged = merge_parts(args.merge, args.out)
-    table = read_scores(args.out, keys=reader.keys)
+    device = "cuda" if args.device in ("auto", "cuda") and _cuda() else "cpu"
+    return ClipEncoder(args.model, args.weights, device)
+
+
+def _dictionary_path(args) -> Path:
+    out = Path(args.out)
+    return Path(args.dictionary) if args.dictionary else out.with_name(out.name + ".dictionary.npz")
+
+
+def _encode(args, dataset, features, image_size, rank, world, work) -> tuple[np.ndarray, np.ndarray]:
+    from fastcas.attributes.run import encode_dataset
+
+    return encode_dataset(dataset, features, batch_size=args.batch_size, image_size=image_size, rank=rank,
+                          world_size=world, work_dir=work, chunk_batches=args.chunk_batches, device=args.device,
+                          progress=not args.no_progress, py_workers=args.workers, decoder=args.decoder)
+
+
+def _base_meta(args, reader, image_size) -> dict:
+    from fastcas.attributes import load_vocabulary, vocabulary_digest
+    from fastcas.attributes.run import _resolve_decoder
+
+    vocab = load_vocabulary()
+    return {"vocabulary_version": vocab["version"], "vocabulary_hash": vocabulary_digest(vocab),
+            "dataset": str(reader.root), "content_hash": reader.manifest.get("content_hash"),
+            "decoder": _resolve_decoder(args.decoder), "image_size": int(image_size)}
+
+
+def _finish(args, reader, idx, attrs, emb, meta, enc=None) -> dict:
+    """Shared tail of single runs and merges: CLIP dictionary (build or load) and assignment,
+    key check against the dataset, CAS with the reference's ranks, atomic write."""
+    from fastcas.scores import ScoreTable, cas_scores, fit_ranks, read_scores, write_scores
+
+    order = np.argsort(idx, kind="stable")
+    idx = idx[order]
+    keys = [reader.keys[int(i)] for i in idx]
+    if len(idx) != len(reader) or not np.array_equal(idx, np.arange(len(reader))):
+        missing = sorted(set(range(len(reader))) - set(idx.tolist()))
+        what = f"sample {reader.keys[missing[0]]!r} is missing" if missing else "some samples appear twice"
+        raise ValueError(f"{args.out}: scored samples do not cover the dataset ({len(idx)} of {len(reader)}): {what}")
+    if emb is not None:
+        emb = emb[order]
+        enc = enc or _clip(args)
+        enc.dictionary = _get_dictionary(args, enc, emb, meta["image_size"])
+        attrs = enc.dictionary.assign(emb)
+        meta.update(enc.metadata())
+    else:
+        attrs = attrs[order]
+    labels = reader.labels[idx]
     ref = None
     if args.reference:
         r = read_scores(args.reference)
         ref = fit_ranks(r.attrs, r.labels, reader.num_classes)
-    cas = cas_scores(table.attrs, table.labels, ref)
-    write_scores(args.out, ScoreTable(table.keys, table.labels, cas, table.attrs, merged.metadata))
-    return {"samples": len(cas), "parts": len(args.merge)}
+        meta["reference"] = str(args.reference)
+        if r.metadata.get("encoder") != meta.get("encoder"):
+            raise ValueError(f"{args.reference}: reference was scored with encoder {r.metadata.get('encoder')!r}, "
+                             f"this run uses {meta.get('encoder')!r}")
+        if r.metadata.get("dictionary_hash") != meta.get("dictionary_hash"):
+            raise ValueError(f"{args.reference}: reference was scored with dictionary "
+                             f"{r.metadata.get('dictionary_hash')}, this run uses {meta.get('dictionary_hash')} "
+                             "(pass the reference's --dictionary)")
+    cas = cas_scores(attrs, labels, ref)
+    write_scores(args.out, ScoreTable(keys, labels, cas, attrs, meta))
+    return {"samples": len(idx), "cas_mean": float(cas.mean()) if len(cas) else None,
+            "cas_min": int(cas.min()) if len(cas) else None, "cas_max": int(cas.max()) if len(cas) else None}
+
+
+def _get_dictionary(args, enc, emb, image_size):
+    from fastcas.attributes.clip import VisualDictionary, build_dictionary
+
+    path = _dictionary_path(args)
+    if path.exists():
+        return VisualDictionary.load(path)
+    texts, prims = enc.vocabulary_texts()
+    anchors = emb
+    if args.anchors:
+        work = Path(str(args.out) + ".anchors.work")
+        _, anchors = _encode(args, args.anchors, enc.embed_images, image_size, 0, 1, work)
+        shutil.rmtree(work, ignore_errors=True)
+    d = build_dictionary(texts, anchors, prims, top_k=args.top_k, mode="text" if args.text_only else "visual",
+                         meta={"model": enc.model_name, "weights_hash": enc.weights_hash,
+                               "anchors": str(args.anchors or args.dataset)})
+    d.save(path)
+    return d
+
+
+def _rank_world(args) -> tuple[int, int, bool]:
+    """(rank, world_size, under_torchrun)."""
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.world_size is None and env_world > 1:
+        return int(os.environ.get("RANK", "0")), env_world, True
+    world = args.world_size or 1
+    rank = args.rank or 0
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, world_size={world}), got rank={rank}")
+    return rank, world, False
+
+
+def score_dataset(args, rank: int, world: int, out: Path) -> dict:
+    from fastcas.reader import ShardReader
+    from fastcas.scores import ScoreTable, write_scores
+
+    reader = ShardReader(args.dataset)
+    work = out.with_name(out.name + ".work")
+    enc = None
+    emb = attrs = None
+    if args.encoder == "pixel":
+        from fastcas.attributes.pixel import PixelEncoder
+
+        pix = PixelEncoder()
+        size = args.image_size or 64
+        idx, attrs = _encode(args, args.dataset, pix.encode, size, rank, world, work)
+        meta = {**_base_meta(args, reader, size), **pix.metadata()}
+    else:
+        enc = _clip(args)
+        size = args.image_size or enc.image_size
+        idx, emb = _encode(args, args.dataset, enc.embed_images, size, rank, world, work)
+        meta = {**_base_meta(args, reader, size), **enc.metadata()}
+        if world > 1 and _dictionary_path(args).exists():  # parts can assign right away
+            from fastcas.attributes.clip import VisualDictionary
+
+            enc.dictionary = VisualDictionary.load(_dictionary_path(args))
+            attrs, emb = enc.dictionary.assign(emb), None
+            meta.update(enc.metadata())
+    if world > 1:  # a part: CAS (and a new dictionary) need the whole set, made at the merge
+        part_meta = {**meta, "rank": rank, "world_size": world, "indices": idx.tolist()}
+        if emb is not None:
+            from fastcas._io import atomic_open
+
+            side = out.with_name(out.name + ".embeddings.npy")
+            with atomic_open(side, "wb") as f:
+                np.save(f, emb.astype(np.float32))
+            part_meta["embeddings"] = side.name
+            attrs = np.zeros((len(idx), 0), np.int64)
+        write_scores(out, ScoreTable([reader.keys[int(i)] for i in idx], reader.labels[idx],
+                                     np.zeros(len(idx), np.int64), attrs, part_meta))
+        shutil.rmtree(work, ignore_errors=True)
+        return {"part": str(out), "samples": len(idx)}
+    result = _finish(args, reader, idx, attrs, emb, meta, enc)
+    shutil.rmtree(work, ignore_errors=True)  # chunks are only for resuming an interrupted run
+    return result
+
+
+def merge(args, parts: list) -> dict:
+    from fastcas.reader import ShardReader
+    from fastcas.scores import read_scores
+
+    reader = ShardReader(args.dataset)
+    tables = [read_scores(p) for p in parts]
+    if not tables:
+        raise ValueError("no score parts to merge")
+    worlds = {t.metadata.get("world_size") for t in tables}
+    ranks = sorted(t.metadata.get("rank") for t in tables)
+    if len(worlds) != 1 or ranks != list(range(len(tables))) or worlds != {len(tables)}:
+        raise ValueError(f"parts {', '.join(map(str, parts))} are not ranks 0..{len(tables) - 1} of one split "
+                         f"(ranks {ranks}, world sizes {sorted(map(str, worlds))})")
+    meta = {k: v for k, v in tables[0].metadata.items()
+            if k not in ("rank", "world_size", "indices", "embeddings", "schema_version")}
+    idx = np.concatenate([np.asarray(t.metadata["indices"], np.int64) for t in tables])
+    for t, p in zip(tables, parts):
+        if len(t.metadata["indices"]) != len(t.keys):
+            raise ValueError(f"{p}: part has {len(t.keys)} rows but {len(t.metadata['indices'])} indices")
+        bad = next((k for i, k in zip(t.metadata["indices"], t.keys) if i >= len(reader) or reader.keys[i] != k), None)
+        if bad is not None:
+            raise ValueError(f"{p}: key {bad!r} does not match the dataset {reader.root}")
+    if any("embeddings" in t.metadata for t in tables):
+        emb = np.concatenate([np.load(Path(p).with_name(t.metadata["embeddings"])) for t, p in zip(tables, parts)])
+        result = _finish(args, reader, idx, None, emb, meta)
+    else:
+        result = _finish(args, reader, idx, np.concatenate([t.attrs for t in tables]), None, meta)
+    return {**result, "parts": len(parts)}
+
+
+def _part_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f"{out.name}.part-{rank:03d}-of-{world:03d}.parquet")
+
+
+def _remove_part(p: Path) -> None:
+    p.unlink(missing_ok=True)
+    p.with_name(p.name + ".embeddings.npy").unlink(missing_ok=True)
 
 
 def run(args) -> int:
-    result = merge(args) if args.merge else score_dataset(args)
+    out = Path(args.out)
+    if args.merge:
+        result = merge(args, args.merge)
+    else:
+        rank, world, torchrun = _rank_world(args)
+        if not torchrun:
+            result = score_dataset(args, rank, world, out)
+        else:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            part = _part_path(out, rank, world)
+            result = score_dataset(args, rank, world, part)
+            dist.barrier()
+            if rank == 0:
+                parts = [_part_path(out, r, world) for r in range(world)]
+                result = merge(args, parts)
+                for p in parts:
+                    _remove_part(p)
+            dist.barrier()
+            dist.destroy_process_group()
+            if rank != 0:
+                return 0
     print(f"wrote {args.out}: {result}")
     return 0

@@ -1,0 +1,69 @@
+"""fastcas in a PyTorch Lightning ``LightningDataModule``.
+
+Lightning calls ``train_dataloader()`` and iterates what it returns; a fastcas ``Loader`` is
+such an iterable (with ``len``), so the module returns it instead of a DataLoader. Set
+``use_distributed_sampler=False`` on the Trainer: fastcas shards the stream by rank itself.
+
+    python examples/lightning_datamodule.py TRAIN VAL [--steps N]
+"""
+import argparse
+
+import lightning as L
+import torch
+import torchvision
+
+import fastcas
+
+
+class FastcasData(L.LightningDataModule):
+    def __init__(self, train, val, batch_size=32, image_size=64):
+        super().__init__()
+        self.train_path, self.val_path = train, val
+        self.batch_size, self.image_size = batch_size, image_size
+
+    def setup(self, stage=None):
+        # rank / world size come from torch.distributed once Lightning has set it up
+        self.train = fastcas.Loader(self.train_path, self.batch_size, weights="uniform", foreground_weights="cmo",
+                                    mix="cutmix", mix_prob=0.5, image_size=self.image_size)
+        self.val = fastcas.Loader(self.val_path, self.batch_size, train=False, last_batch="partial",
+                                  image_size=self.image_size)
+
+    def train_dataloader(self):
+        return self.train
+
+    def val_dataloader(self):
+        return self.val
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.net = torchvision.models.resnet18(num_classes=num_classes)
+
+    def training_step(self, batch, _):
+        images, targets = batch
+        return torch.nn.functional.cross_entropy(self.net(images), targets)
+
+    def validation_step(self, batch, _):
+        images, labels = batch
+        self.log("val_acc", (self.net(images).argmax(1) == labels).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("train")
+    p.add_argument("val")
+    p.add_argument("--steps", type=int, default=-1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=64)
+    a = p.parse_args()
+    data = FastcasData(a.train, a.val, a.batch_size, a.image_size)
+    data.setup()
+    trainer = L.Trainer(max_epochs=1, max_steps=a.steps, limit_val_batches=2, accelerator="auto",
+                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False)
+    trainer.fit(Classifier(data.train.num_classes), datamodule=data)
+    print(f"trained {trainer.global_step} steps")

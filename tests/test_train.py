@@ -1,0 +1,160 @@
+"""Training: recipes validate and dry-run, SIGKILL + --resume ends bitwise equal, DDP on 2 CPU
+processes, the drop-in examples run, the demo writes its report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nvidia.dali")
+
+from fastcas.commands.train import RECIPES  # noqa: E402
+from fastcas.train import TrainConfig, train  # noqa: E402
+from tests.helpers import make_dataset  # noqa: E402
+
+pytestmark = [pytest.mark.dali, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    make_dataset(d / "train", counts=(20, 10, 5, 3), shard_size=16, size=(24, 20), seed=1)
+    make_dataset(d / "val", counts=(4, 4, 4, 4), shard_size=16, size=(24, 20), seed=2)
+    return d
+
+
+def run_cli(args, env=None, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "fastcas", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stdout[-3000:] + p.stderr[-3000:])
+    return p
+
+
+def small(data, out, **kw):
+    base = dict(train=str(data / "train"), val=str(data / "val"), out=str(out), model="resnet32", epochs=2,
+                batch_size=8, image_size=16, epoch_length=32, py_workers=0, many=15, few=4, amp=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.json")))
+def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe):
+    cfg = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"), val=str(data / "val"),
+                                out=str(tmp_path), batch_size=8, image_size=16, epoch_length=16, max_steps=2,
+                                py_workers=0, model="resnet32", epochs=max(8, 1),
+                                scores=None, mix_start=0, mix_end=0)
+    if cfg.weights in ("cas", "cas-cmo"):
+        scores = tmp_path / "s.parquet"
+        run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0"])
+        cfg = TrainConfig(**{**cfg.__dict__, "scores": str(scores)})
+    final = train(cfg)
+    assert final["global_step"] == 2
+
+
+def test_recipe_errors():
+    with pytest.raises(ValueError, match="unknown model 'vgg'; expected one of resnet32"):
+        TrainConfig(train="x", model="vgg")
+    with pytest.raises(ValueError, match="unknown loss weights 'focal'"):
+        TrainConfig(train="x", loss_weights="focal")
+
+
+def test_training_reports_groups_and_cas_subsets(data, tmp_path):
+    scores = tmp_path / "train.parquet"
+    run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0"])
+    val_scores = tmp_path / "val.parquet"
+    run_cli(["score", str(data / "val"), "--out", str(val_scores), "--reference", str(scores), "--batch-size", "8",
+             "--workers", "0"])
+    final = train(small(data, tmp_path / "run", weights="cas", scores=str(scores), val_scores=str(val_scores),
+                        mix="cutmix", alpha=0.2, loss_weights="effective", drw_epoch=1))
+    rep = final["report"]
+    assert rep["samples"] == 16 and 0 <= rep["top1"] <= 1
+    assert all(k in rep for k in ("many", "medium", "few", "cas_low", "cas_middle", "cas_high"))
+    assert (tmp_path / "run" / "eval-epoch001.png").exists()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(data, tmp_path):
+    common = ["train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32", "--epochs", "2",
+              "--batch-size", "8", "--image-size", "16", "--epoch-length", "48", "--py-workers", "0",
+              "--mix", "cutmix", "--weights", "cmo", "--checkpoint-every", "2", "--no-amp"]
+    run_cli(common + ["--out", str(tmp_path / "a")])
+    # 6 steps an epoch: crash after step 9 (mid-epoch 1, one step past the step-8 checkpoint)
+    p = run_cli(common + ["--out", str(tmp_path / "b"), "--crash-at-step", "9"], check=False)
+    assert p.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "final.json").exists()
+    run_cli(common + ["--out", str(tmp_path / "b"), "--resume"])
+    a, b = _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.distributed
+def test_torchrun_two_cpu_processes(data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "fastcas", "train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32",
+           "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--epoch-length", "32", "--py-workers", "0",
+           "--out", str(out), "--no-amp", "--weights", "cmo"]
+    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["report"]["samples"] == 16  # both ranks' halves of the validation set, reduced
+    assert final["global_step"] == 4          # 32 draws / 2 ranks / batch 4
+
+
+@pytest.mark.distributed
+def test_sampler_under_torchrun_reads_rank_from_the_process_group(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import numpy as np, torch.distributed as d\n"
+        "d.init_process_group('gloo')\n"
+        "from fastcas.sampler import WeightedSampler\n"
+        "s = WeightedSampler(np.ones(100), num_samples=1000, seed=3)\n"
+        "idx = s.indices(0)\n"
+        "import torch; t = [torch.zeros(500, dtype=torch.long) for _ in range(2)]\n"
+        "d.all_gather(t, torch.from_numpy(idx))\n"
+        "if d.get_rank() == 0:\n"
+        "    assert (s.rank, s.world_size, len(idx)) == (0, 2, 500)\n"
+        "    assert not torch.equal(t[0], t[1])\n"
+        "    open(%r, 'w').write('ok')\n"
+        "d.barrier()\n"
+        "d.destroy_process_group()\n" % str(tmp_path / "ok"))
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29534", str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and (tmp_path / "ok").exists(), p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("example, extra", [
+    ("plain_loop.py", []), ("timm_style.py", []), ("lightning_datamodule.py", ["VAL"])])
+def test_examples_run(data, example, extra):
+    args = [str(data / "train")] + [str(data / "val") for _ in extra] + ["--steps", "2"]
+    args += ["--image-size", "32", "--batch-size", "8"]
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / example), *args], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "trained 2 steps" in p.stdout
+
+
+def test_demo_writes_the_report(data, tmp_path):
+    from fastcas.demo import DemoConfig, run_demo
+
+    rep = run_demo(DemoConfig(train=str(data / "train"), val=str(data / "val"), out=str(tmp_path / "demo"),
+                              epochs=1, epoch_length=16, batch_size=8, image_size=16, many=15, few=4,
+                              py_workers=0))
+    assert set(rep["results"]) == {"CE", "CE + CMO", "CAS CutMix"}
+    text = (tmp_path / "demo" / "report.md").read_text()
+    assert "| CE + CMO |" in text and (tmp_path / "demo" / "recipes.png").exists()
