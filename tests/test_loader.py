@@ -150,3 +150,47 @@ def test_ranks_split_the_epoch(ds):
     b = Loader(ds, 4, image_size=16, rank=1, world_size=2, py_workers=0, epoch_length=40)
     ia, ib = a.sampler_indices(0)[0], b.sampler_indices(0)[0]
     assert len(a) == len(b) == 5 and not set(ia) & set(ib)
+
+
+def test_loader_deleted_mid_epoch_shuts_down_cleanly(ds):
+    """Parallel workers are stopped when the loader goes away; the process exits promptly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import fastcas, gc\n"
+            f"l = fastcas.Loader({str(ds)!r}, 4, image_size=16, epoch_length=400, py_workers=2)\n"
+            "it = iter(l); next(it); next(it)\n"
+            "del it, l; gc.collect()\n"
+            "print('closed')\n")
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "closed" in p.stdout, p.stderr[-2000:]
+
+
+def test_bench_smoke(ds, tmp_path):
+    import json
+
+    from fastcas.cli import main
+
+    out = tmp_path / "b.json"
+    assert main(["bench", str(ds), "--loaders", "fastcas,torchvision,dali-plain,decode-only", "--batch-size", "4",
+                 "--image-size", "16", "--seconds", "0.2", "--rounds", "1", "--warmup", "1", "--baseline-workers", "0",
+                 "--workers", "0", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+    res = json.loads(out.read_text())
+    assert [r["loader"] for r in res["rows"]] == ["fastcas", "torchvision", "dali-plain", "decode-only"]
+    assert all(r["images_per_s"] > 0 for r in res["rows"]) and res["machine"]["cores"]
+    assert (tmp_path / "b.png").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mix", [None, "cutmix", "fmix"])
+def test_gpu_decoder_path(ds, mix):
+    """device='cuda': nvJPEG ('mixed') decode, batches and mixing on the GPU, same labels as CPU."""
+    kw = dict(weights="cmo", image_size=32, epoch_length=32, seed=4, py_workers=0, mix=mix)
+    gpu = collect(Loader(ds, 8, device="cuda", **kw))
+    cpu = collect(Loader(ds, 8, device="cpu", **kw))
+    for (xg, yg), (xc, yc) in zip(gpu, cpu):
+        assert xg.is_cuda and xg.shape == xc.shape
+        torch.testing.assert_close(yg.cpu(), yc, atol=1e-6, rtol=0)
+        assert (xg.cpu() - xc).abs().mean() < 0.1  # nvJPEG vs libjpeg-turbo: close, not bitwise
