@@ -66,7 +66,6 @@ def main(argv=None) -> int:
                              "bytes_per_sample": None, "note": "refuses > 2^24 categories"})
         except ImportError:
             pass
-        del w
     print_table(rows, ["method", "N", "setup_s", "draws_per_s", "bytes_per_sample"],
                 title=f"sampler: {draws} draws per epoch")
     write_json("bench_sampler", {"sizes": sizes, "draws": draws}, rows, a.out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-import numpy as np
 
 from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loader import Loader
@@ -90,8 +89,6 @@ class _DataLoaderPipe:
         out = next(self.it)
         if self.device == "cuda":
             out = [t.cuda(non_blocking=True) for t in out]
-        if isinstance(out[0], np.ndarray):  # pragma: no cover
-            out = list(out)
         return out
 
     def reset(self):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,8 @@ class LoaderConfig:
         return None if self.mix in (None, "none") else self.mix
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values unchanged."""
     if device != "auto":
         return device
     try:
@@ -107,7 +108,7 @@ class Loader:
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(self.dataset)
         self.num_classes = self.reader.num_classes
         self.rank, self.world_size = _dist_defaults(rank, world_size)
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.scores = self._load_scores(scores)
         self.streams = self._make_streams()
         per_rank = len(self.streams[0])
@@ -269,9 +270,7 @@ class Loader:
 
     def close(self) -> None:
         """Stop the DALI pipeline and its worker processes."""
-        if self._pipe is not None:
-            pipe, self._pipe = self._pipe, None
-            del pipe
+        self._pipe = None  # dropping the last reference stops DALI and its workers
         self._pipe_at = None
 
     def __del__(self):

@@ -108,8 +108,9 @@ class _Dist:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        from fastcas.loader import resolve_device
+
+        device = resolve_device(device)
         self.device = device
         if device == "cuda":
             torch.cuda.set_device(local)

@@ -9,7 +9,6 @@ pytest.importorskip("nvidia.dali")
 from fastcas import Loader  # noqa: E402
 from fastcas import weights as W  # noqa: E402
 from fastcas.baseline import TorchvisionLoader  # noqa: E402
-from fastcas.errors import CorruptSampleError  # noqa: E402
 from fastcas.reader import ShardReader  # noqa: E402
 from fastcas.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
 from tests.helpers import jpeg_bytes, make_dataset  # noqa: E402
