@@ -32,3 +32,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:  # a marker, not a keyword: a folder named gpu is not one
             item.add_marker(skip)
+
+
+# fails any test not marked gpu that resolves device="auto" or initialises CUDA (issue 12, finding 8)
+from tests.cuda_guard import no_cuda_in_unmarked_tests  # noqa: E402,F401
