@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "nvidia-dali-cuda130==2.4.0",
     "cupy-cuda13x==14.2.0",
     "numba==0.68.1",
-    "numba-cuda==0.30.4",
+    "numba-cuda[cu13]==0.30.4",  # cu13: libNVVM and the CUDA 13 runtime pieces the JIT needs
     "webdataset==1.0.2",
     "open_clip_torch==3.3.0",
     "pillow>=10",

@@ -16,17 +16,17 @@ import fastcas
 
 
 class FastcasData(L.LightningDataModule):
-    def __init__(self, train, val, batch_size=32, image_size=64):
+    def __init__(self, train, val, batch_size=32, image_size=64, device="auto"):
         super().__init__()
         self.train_path, self.val_path = train, val
-        self.batch_size, self.image_size = batch_size, image_size
+        self.batch_size, self.image_size, self.device = batch_size, image_size, device
 
     def setup(self, stage=None):
         # rank / world size come from torch.distributed once Lightning has set it up
         self.train = fastcas.Loader(self.train_path, self.batch_size, weights="uniform", foreground_weights="cmo",
-                                    mix="cutmix", mix_prob=0.5, image_size=self.image_size)
+                                    mix="cutmix", mix_prob=0.5, image_size=self.image_size, device=self.device)
         self.val = fastcas.Loader(self.val_path, self.batch_size, train=False, last_batch="partial",
-                                  image_size=self.image_size)
+                                  image_size=self.image_size, device=self.device)
 
     def train_dataloader(self):
         return self.train
@@ -59,10 +59,12 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=-1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (a GPU when torch sees one)")
     a = p.parse_args()
-    data = FastcasData(a.train, a.val, a.batch_size, a.image_size)
+    data = FastcasData(a.train, a.val, a.batch_size, a.image_size, a.device)
     data.setup()
-    trainer = L.Trainer(max_epochs=1, max_steps=a.steps, limit_val_batches=2, accelerator="auto",
+    trainer = L.Trainer(max_epochs=1, max_steps=a.steps, limit_val_batches=2,
+                        accelerator="cpu" if data.train.device == "cpu" else "gpu",
                         use_distributed_sampler=False, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False)
     trainer.fit(Classifier(data.train.num_classes), datamodule=data)

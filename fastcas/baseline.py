@@ -74,7 +74,9 @@ class TorchvisionLoader(Loader):
         sampler = range(start, len(ds))
         dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
                                          num_workers=cfg.py_workers, persistent_workers=False,
-                                         prefetch_factor=4 if cfg.py_workers else None)
+                                         prefetch_factor=4 if cfg.py_workers else None,
+                                         # page-locked batches: the copy to the GPU is truly asynchronous
+                                         pin_memory=self.device == "cuda")
         self._pipe = _DataLoaderPipe(dl, self.device)
         self._pipe_at = (self.epoch, self.step)
 
@@ -87,8 +89,8 @@ class _DataLoaderPipe:
 
     def run(self):
         out = next(self.it)
-        if self.device == "cuda":
-            out = [t.cuda(non_blocking=True) for t in out]
+        if self.device == "cuda":  # from pinned memory; the skipped-sample column stays on the host
+            out = [t.cuda(non_blocking=True) for t in out[:-1]] + [out[-1]]
         return out
 
     def reset(self):

@@ -76,10 +76,11 @@ class _DaliPlain:
     def __iter__(self):
         from fastcas.pipeline import to_torch
 
+        copy = not self.pipe.exec_dynamic  # the hand-off rule of fastcas.pipeline.run
         while True:
             out = self.pipe.run()
             # decode-only outputs are ragged: the data has reached host/device, that is the point
-            yield (out[0] if self.decode_only else to_torch(out[0], self.device)), None
+            yield (out[0] if self.decode_only else to_torch(out[0], copy=copy)), None
 
 
 def _make(name: str, cfg: BenchConfig, device: str):
@@ -99,7 +100,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Returns ``{"config", "rows": [{loader, images_per_s (median), min, max, ratio_vs_torchvision}], "device"}``."""
     import torch
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    from fastcas.loader import resolve_device
+
+    device = resolve_device(cfg.device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     iters = {}
     for name in cfg.loaders:

@@ -33,6 +33,7 @@ class DemoConfig:
     few: int = 200
     py_workers: int = 1
     bench_seconds: float = 3.0
+    device: str = "auto"  # "cpu" / "cuda" / "auto" (scoring, training and the throughput check)
 
 
 def recipes(cfg: DemoConfig) -> dict:
@@ -43,13 +44,14 @@ def recipes(cfg: DemoConfig) -> dict:
     }
 
 
-def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_workers: int) -> Path:
+def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_workers: int,
+          device: str = "auto") -> Path:
     """Pixel-encoder CAS scores through the ``fastcas score`` command (reused when present)."""
     from fastcas.cli import main
 
     if not out.exists():
         argv = ["score", dataset, "--out", str(out), "--encoder", "pixel", "--batch-size", "256",
-                "--image-size", str(image_size), "--workers", str(py_workers), "--rank", "0", "--world-size", "1"]
+                "--image-size", str(image_size), "--workers", str(py_workers), "--rank", "0", "--world-size", "1", "--device", device]
         if reference:
             argv += ["--reference", str(reference)]
         if main(argv) != 0:
@@ -87,8 +89,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.image_size, cfg.py_workers)
-    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.image_size, cfg.py_workers)
+    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.image_size, cfg.py_workers, cfg.device)
+    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.image_size, cfg.py_workers, cfg.device)
     results = {}
     for name, opts in recipes(cfg).items():
         slug = name.lower().replace(" + ", "-").replace(" ", "-")
@@ -96,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                          batch_size=cfg.batch_size, image_size=cfg.image_size, lr=0.1, weight_decay=2e-4,
                          scores=str(train_scores), val_scores=str(val_scores), epoch_length=cfg.epoch_length,
                          many=cfg.many, few=cfg.few, eval_every=cfg.epochs, py_workers=cfg.py_workers,
-                         checkpoint_every=10**6, **opts)
+                         checkpoint_every=10**6, device=cfg.device, **opts)
         print(f"== {name}", flush=True)
         final = train(tc)
         results[name] = {g: final["report"].get(g) for g in GROUPS}
@@ -105,7 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         from fastcas.bench import BenchConfig, run_bench
 
         bench = run_bench(BenchConfig(dataset=cfg.corpus, loaders=("fastcas", "torchvision"), batch_size=32,
-                                      mix="cutmix", seconds=cfg.bench_seconds, rounds=2))
+                                      mix="cutmix", seconds=cfg.bench_seconds, rounds=2, device=cfg.device))
     _plot(results, out / "recipes.png")
     report = {"config": cfg.__dict__, "results": results, "bench": bench}
     atomic_write_json(out / "report.json", report)

@@ -228,13 +228,17 @@ class Loader:
     def _finish(self, out):
         import torch
 
+        from fastcas import pipeline
+
         cfg = self.config
         n = self._last_size if self.step == self.steps - 1 else cfg.batch_size
         skipped = out[-1][:n].reshape(-1).cpu().numpy()
         bad = [self.reader.keys[i] for i in skipped[skipped >= 0]]
         if bad:
             warn_skipped(bad, self.skipped)
-        images, labels = out[0][:n], out[1][:n].reshape(-1)
+        images = out[0][:n]
+        # labels are a host output even of a GPU pipeline: they follow the images' device
+        labels = pipeline.to_device(out[1][:n].reshape(-1), images.device)
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
@@ -246,11 +250,11 @@ class Loader:
 
         rng = generator(cfg.seed, _MIX_TAG, self.epoch, self.rank, self.step)
         if len(self.streams) == 2:
-            fg, y_fg = out[2][:n], out[3][:n].reshape(-1)
+            fg, y_fg = out[2][:n], pipeline.to_device(out[3][:n].reshape(-1), images.device)
             if cfg.channels_last:
                 fg = fg.permute(0, 3, 1, 2)
         else:
-            perm = torch.from_numpy(M.in_batch_partner(n, rng)).to(images.device)
+            perm = pipeline.to_device(torch.from_numpy(M.in_batch_partner(n, rng)), images.device)
             fg, y_fg = images[perm], labels[perm]
         S = images.shape[-1]
         extra = {"foreground": fg} if kind == "saliencymix" else {}

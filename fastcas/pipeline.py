@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.source import SampleSource
 
@@ -43,6 +41,22 @@ class PipelineConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
 
 
+def source_prefetch(cfg: PipelineConfig) -> int:
+    """Batches the parallel external source computes ahead. In batch mode each batch is one task
+    for one worker, so fewer than ``py_workers`` batches in flight leaves workers idle (DALI's
+    default is 1)."""
+    return max(cfg.py_workers, cfg.prefetch, 1)
+
+
+def worker_start_method(gpu: bool) -> str:
+    """How DALI starts the source's worker processes: ``spawn`` for a GPU pipeline and whenever
+    the CUDA driver is already initialised in this process (by torch, CuPy, Numba or DALI),
+    where DALI refuses to fork; ``fork`` otherwise (fast, nothing to pickle)."""
+    from nvidia.dali import backend
+
+    return "spawn" if gpu or backend.IsDriverInitialized() else "fork"
+
+
 def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped."""
     from nvidia.dali import fn, pipeline_def, types
@@ -55,12 +69,13 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                   device_id=cfg.device_id if gpu else None, seed=1, prefetch_queue_depth=cfg.prefetch,
-                  py_num_workers=max(cfg.py_workers, 1), py_start_method="spawn" if gpu else "fork",
+                  py_num_workers=max(cfg.py_workers, 1), py_start_method=worker_start_method(gpu),
                   exec_dynamic=True)
     def pipe():
         # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
         raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
-                                 parallel=parallel, dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams + [types.INT64])
+                                 parallel=parallel, prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
+                                 dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams + [types.INT64])
         outs = []
         for s in range(streams):
             jpeg, label, window, flip = raw[4 * s : 4 * s + 4]
@@ -86,16 +101,21 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,
-                          decode_only: bool = False):
+                          decode_only: bool = False, device_id: int | None = None):
     """DALI's own sequential ``readers.webdataset`` over a dataset's shards and indexes, with
     DALI's random-resized-crop (ROI decode), resize, flip and normalise, or decode alone:
-    the ceilings ``fastcas bench`` compares against (no sampler, no mixing)."""
+    the ceilings ``fastcas bench`` compares against (no sampler, no mixing). ``device_id``: the
+    GPU ordinal on ``cuda`` (default: torch's current device, i.e. this rank's GPU)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device == "cuda"
     S = image_size
+    if gpu and device_id is None:
+        import torch
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=0 if gpu else None, seed=0)
+        device_id = torch.cuda.current_device()
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None, seed=0)
     def pipe():
         jpeg, cls = fn.readers.webdataset(paths=[str(p) for p in reader.shard_paths],
                                           index_paths=[str(p) for p in reader.index_paths], ext=["jpg", "cls"],
@@ -116,29 +136,62 @@ def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threa
     return p
 
 
-def to_torch(tensor_list, device: str):
-    """A DALI TensorList (uniform shape) -> torch tensor on ``device`` (copy on CPU; on the
-    GPU DALI copies into a torch-allocated tensor on torch's current stream)."""
+def to_torch(tensor_list, *, copy: bool = False):
+    """One DALI output (uniform shape) -> a torch tensor where DALI produced it, through DALI's
+    own PyTorch plugin. The CPU suite and the GPU run this same function.
+
+    Dispatch is on the TYPE of the output, never on the loader's device: a ``TensorListGPU``
+    (images of a GPU pipeline) becomes a CUDA tensor on the pipeline's GPU; a
+    ``TensorListCPU`` (every output of a CPU pipeline, and the labels and skipped-sample
+    column of a GPU pipeline) becomes a host tensor. A CPU TensorList is never fed into CUDA
+    memory (a host memcpy to a device pointer); use :func:`to_device` to move it.
+
+    ``copy=False``: zero-copy through DLPack, as ``DALIGenericIterator`` does with the dynamic
+    executor (whose outputs own their buffers); for a GPU output torch makes its current stream
+    wait on DALI's. ``copy=True``: a fresh torch tensor filled by ``feed_ndarray`` (on torch's
+    current stream for GPU outputs), as the iterator does with the older executors.
+    """
+    import torch
+    from nvidia.dali.backend import TensorListCPU, TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    if isinstance(tensor_list, TensorListGPU):
+        device = torch.device("cuda", tensor_list.device_id())
+    elif isinstance(tensor_list, TensorListCPU):
+        device = torch.device("cpu")
+    else:
+        raise TypeError(f"expected a DALI TensorListCPU or TensorListGPU, got {type(tensor_list).__name__}")
+    t = tensor_list.as_tensor()
+    if not copy:
+        return torch.from_dlpack(t)
+    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    return feed_ndarray(t, out, cuda_stream=stream)
+
+
+def to_device(tensor, device):
+    """``tensor`` on ``device`` (the images' device). Host -> GPU goes through pinned memory
+    with ``non_blocking=True``: no host synchronisation, ordered on torch's current stream
+    (torch keeps the pinned buffer alive until the copy has run). Unchanged when already there."""
     import torch
 
-    if device == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        t = tensor_list.as_tensor()
-        dtype = {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float16,
-                 np.dtype("int64"): torch.int64, np.dtype("int32"): torch.int32}[np.dtype(t.dtype)]
-        out = torch.empty(t.shape(), dtype=dtype, device="cuda")
-        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
-        return out
-    return torch.from_numpy(np.array(tensor_list.as_tensor()))
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
-def run(pipe, device: str) -> list:
-    """One batch as torch tensors; raises StopIteration at the end of the epoch.
-    Objects that are not DALI pipelines (the baseline's DataLoader) give tensors already."""
+def run(pipe, device: str | None = None) -> list:
+    """One batch as torch tensors, each where DALI produced it (:func:`to_torch`); raises
+    StopIteration at the end of the epoch. ``device`` is not consulted (outputs dispatch on
+    their type; kept for callers). Objects that are not DALI pipelines (the baseline's
+    DataLoader) give tensors already."""
     if not hasattr(pipe, "schedule_run"):
         return pipe.run()
-    return [to_torch(o, device) for o in pipe.run()]
+    copy = not getattr(pipe, "exec_dynamic", False)  # DALIGenericIterator's rule
+    return [to_torch(o, copy=copy) for o in pipe.run()]
 
 
 def reset(pipe) -> None:

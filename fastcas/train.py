@@ -203,6 +203,33 @@ def _save_report(out: Path, epoch: int, report: dict, class_names) -> None:
     atomic_write_bytes(out / f"eval-epoch{epoch:03d}.png", buf.getvalue())
 
 
+def _amp_dtype(cfg: TrainConfig, device: str):
+    """Autocast dtype, or None for full precision: bfloat16 where the GPU supports it (no loss
+    scaler, hence no host synchronisation per step), float16 with a GradScaler otherwise."""
+    import torch
+
+    if not (cfg.amp and device == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _load_checkpoint(path) -> dict:
+    """A checkpoint's contents on the host, whatever device wrote it. The model and optimizer
+    states are copied to their parameters' device by ``load_state_dict``; the torch RNG state
+    must stay a CPU ByteTensor (``map_location=<cuda>`` moved it to the GPU and
+    ``torch.set_rng_state`` raised "RNG state must be a torch.ByteTensor")."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _restore_rng(saved) -> None:
+    """Restore torch's CPU generator from a saved ``torch.get_rng_state()``."""
+    import torch
+
+    torch.set_rng_state(saved.to("cpu", torch.uint8))
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None = None) -> dict:
     """Run ``cfg``; returns the final report (top-1 etc. of the last evaluation)."""
     import torch
@@ -229,19 +256,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     if dist.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if dist.device == "cuda" else None)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and dist.device == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = _amp_dtype(cfg, dist.device)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no scaler
+    if dist.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune once
     class_w = torch.as_tensor(W.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
     ones = torch.ones_like(class_w)
     epoch, global_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=dist.device, weights_only=False)
+        state = _load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         epoch, global_step = state["epoch"], state["global_step"]
-        torch.set_rng_state(state["torch_rng"])
+        _restore_rng(state["torch_rng"])
         active = mixed if (mixed is not None and cfg.mixing_at(epoch)) else plain
         active.load_state_dict(state["loader"])
     steps_per_epoch = len(plain)
@@ -259,6 +289,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     t0 = time.time()
     while epoch < cfg.epochs:
         loader = mixed if (mixed is not None and cfg.mixing_at(epoch)) else plain
+        for idle in (plain, mixed):
+            if idle is not None and idle is not loader:
+                idle.close()  # its pipeline and workers (GPU memory on cuda) are not needed now
         if loader.epoch != epoch:
             loader.set_epoch(epoch)
         use_w = cfg.drw_epoch is None or epoch >= cfg.drw_epoch
@@ -268,7 +301,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
                 g["lr"] = _lr_at(cfg, progress)
             if targets.dtype == torch.int64:
                 targets = F.one_hot(targets, reader.num_classes).float()
-            with torch.autocast(dist.device, enabled=use_amp, dtype=torch.float16 if use_amp else torch.bfloat16):
+            with torch.autocast(dist.device, enabled=use_amp, dtype=amp_dtype or torch.bfloat16):
                 logits = net(images.float() if not use_amp else images)
             logp = torch.log_softmax(logits.float(), dim=1)
             wk = class_w if use_w else ones
@@ -291,6 +324,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             break
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             report = evaluate(net, val, counts, cfg, dist, val_cas)
+            val.close()  # rebuilt at the next evaluation; training does not pay for its workers
             report.update(epoch=epoch, loss=loss.item(), seconds=time.time() - t0)
             if dist.rank == 0:
                 _save_report(out, epoch, report, reader.class_names)

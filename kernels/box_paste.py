@@ -12,7 +12,7 @@ from numba import cuda
 TX, TY = 32, 8
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def box_paste(out, bg, fg, boxes):
     """out, bg, fg: ``[B, C, H, W]`` (same dtype); boxes: int32 ``[B, 4]`` (y0, x0, y1, x1),
     half-open. ``out = fg`` inside the box of each sample, ``bg`` elsewhere."""

@@ -141,7 +141,7 @@ def test_resume_with_torchvision_decoder(dataset, tmp_path):
     from fastcas.attributes.pixel import PixelEncoder
 
     enc = PixelEncoder()
-    kw = dict(batch_size=2, chunk_batches=2, progress=False, decoder="torchvision")
+    kw = dict(batch_size=2, chunk_batches=2, progress=False, decoder="torchvision", device="cpu")
     full_i, full_f = R.encode_dataset(dataset, enc.encode, **kw)
     calls = {"n": 0}
 
@@ -213,7 +213,7 @@ def test_dictionary_files_and_errors(tmp_path):
 def _score(args):
     from fastcas.cli import main
 
-    return main(["score", *map(str, args), "--no-progress"])
+    return main(["score", *map(str, args), "--no-progress", "--device", "cpu"])
 
 
 def test_clip_score_cli_split_merge_equals_single_and_reference(dataset, tiny_clip, tmp_path, capsys):
@@ -271,7 +271,7 @@ def test_torchrun_two_cpu_ranks_equal_single_process(dataset, tiny_clip, tmp_pat
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not found")
-    common = ["--encoder", "clip", "--model", str(tiny_clip), "--batch-size", "4", "--no-progress"]
+    common = ["--device", "cpu", "--encoder", "clip", "--model", str(tiny_clip), "--batch-size", "4", "--no-progress"]
     one = tmp_path / "one.parquet"
     assert _score([dataset, "--out", one, *common[:-1]]) == 0
     out = tmp_path / "tr.parquet"

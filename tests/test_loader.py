@@ -35,7 +35,7 @@ def collect(loader, n=None):
 
 def test_eval_batches_follow_the_shards(ds):
     r = ShardReader(ds)
-    loader = Loader(ds, 10, train=False, image_size=16, last_batch="partial", py_workers=0)
+    loader = Loader(ds, 10, train=False, image_size=16, last_batch="partial", py_workers=0, device="cpu")
     batches = collect(loader)
     assert len(loader) == len(batches) == 5 and [len(b[1]) for b in batches] == [10, 10, 10, 10, 5]
     images = torch.cat([b[0] for b in batches])
@@ -48,7 +48,7 @@ def test_eval_batches_follow_the_shards(ds):
 
 def test_weighted_stream_delivers_the_samplers_labels(ds):
     r = ShardReader(ds)
-    loader = Loader(ds, 8, weights="cmo", image_size=16, epoch_length=400, py_workers=1, seed=3)
+    loader = Loader(ds, 8, weights="cmo", image_size=16, epoch_length=400, py_workers=1, seed=3, device="cpu")
     labels = torch.cat([b[1] for b in collect(loader)]).numpy()
     expected = r.labels[loader.sampler_indices(0)[0]][: len(labels)]
     assert np.array_equal(labels, expected)
@@ -57,7 +57,7 @@ def test_weighted_stream_delivers_the_samplers_labels(ds):
 
 
 def test_mid_epoch_resume_gives_identical_batches(ds):
-    kw = dict(weights="cmo", image_size=16, epoch_length=48, seed=5, py_workers=0, mix="cutmix", alpha=1.0)
+    kw = dict(weights="cmo", image_size=16, epoch_length=48, seed=5, py_workers=0, mix="cutmix", alpha=1.0, device="cpu")
     full = Loader(ds, 8, **kw)
     reference = collect(full)
     assert len(reference) == 6
@@ -77,7 +77,7 @@ def test_mid_epoch_resume_gives_identical_batches(ds):
 
 
 def test_mixed_targets_are_soft_and_sum_to_one(ds):
-    loader = Loader(ds, 8, image_size=16, epoch_length=16, mix="cutmix", py_workers=0, label_smoothing=0.1)
+    loader = Loader(ds, 8, image_size=16, epoch_length=16, mix="cutmix", py_workers=0, label_smoothing=0.1, device="cpu")
     for images, targets in loader:
         assert targets.shape == (8, 4) and targets.dtype == torch.float32
         torch.testing.assert_close(targets.sum(1), torch.ones(8))
@@ -86,7 +86,7 @@ def test_mixed_targets_are_soft_and_sum_to_one(ds):
 def test_cmo_two_streams(ds):
     r = ShardReader(ds)
     loader = Loader(ds, 8, weights="uniform", foreground_weights="cmo", mix="cutmix", image_size=16,
-                    epoch_length=400, py_workers=0, seed=1)
+                    epoch_length=400, py_workers=0, seed=1, device="cpu")
     bg_idx, fg_idx = loader.sampler_indices(0)
     fg = r.labels[fg_idx]
     q = W.class_probabilities(r.class_counts)
@@ -105,37 +105,37 @@ def test_broken_sample_is_skipped_counted_or_raised(tmp_path):
     samples = [RawSample(f"k{i:02d}", jpeg_bytes(i), i % 2) for i in range(12)]
     samples[5] = RawSample("k05", jpeg_bytes(5)[:150], 1)  # truncated JPEG inside a shard
     write_shards(samples, tmp_path / "ds", ShardWriterConfig(shard_size=6))
-    loader = Loader(tmp_path / "ds", 4, train=False, image_size=16, py_workers=0, last_batch="partial")
+    loader = Loader(tmp_path / "ds", 4, train=False, image_size=16, py_workers=0, last_batch="partial", device="cpu")
     with pytest.warns(RuntimeWarning, match="skipped unreadable sample 'k05'"):
         labels = torch.cat([b[1] for b in collect(loader)])
     assert len(labels) == 12 and loader.skipped == {"k05": 1}
-    strict = Loader(tmp_path / "ds", 4, train=False, image_size=16, py_workers=0, strict=True)
+    strict = Loader(tmp_path / "ds", 4, train=False, image_size=16, py_workers=0, strict=True, device="cpu")
     with pytest.raises(Exception, match="k05"):
         collect(strict)
 
 
 def test_bad_arguments_name_the_accepted_values(ds):
     with pytest.raises(ValueError, match="unknown weights 'zipf'; expected one of uniform, cas"):
-        Loader(ds, 4, weights="zipf")
+        Loader(ds, 4, weights="zipf", device="cpu")
     with pytest.raises(ValueError, match="unknown mix 'cutout'; expected one of none, cutmix"):
-        Loader(ds, 4, mix="cutout")
+        Loader(ds, 4, mix="cutout", device="cpu")
     with pytest.raises(ValueError, match="need scores="):
-        Loader(ds, 4, weights="cas")
+        Loader(ds, 4, weights="cas", device="cpu")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        Loader(ds, 0)
+        Loader(ds, 0, device="cpu")
     with pytest.raises(ValueError, match="unknown last_batch 'keep'"):
-        Loader(ds, 4, last_batch="keep")
+        Loader(ds, 4, last_batch="keep", device="cpu")
 
 
 def test_cas_weights_from_an_array(ds):
     r = ShardReader(ds)
     scores = np.arange(len(r)) % 5 + 20.0
-    loader = Loader(ds, 8, weights="cas", scores=scores, image_size=16, epoch_length=16, py_workers=0)
+    loader = Loader(ds, 8, weights="cas", scores=scores, image_size=16, epoch_length=16, py_workers=0, device="cpu")
     assert len(collect(loader)) == 2
 
 
 def test_baseline_does_the_same_work(ds):
-    kw = dict(weights="cmo", image_size=16, epoch_length=16, seed=2, mix="cutmix")
+    kw = dict(weights="cmo", image_size=16, epoch_length=16, seed=2, mix="cutmix", device="cpu")
     fast = collect(Loader(ds, 8, py_workers=0, **kw))
     base = collect(TorchvisionLoader(ds, 8, py_workers=0, **kw))
     for (xa, ya), (xb, yb) in zip(fast, base):
@@ -145,8 +145,8 @@ def test_baseline_does_the_same_work(ds):
 
 
 def test_ranks_split_the_epoch(ds):
-    a = Loader(ds, 4, image_size=16, rank=0, world_size=2, py_workers=0, epoch_length=40)
-    b = Loader(ds, 4, image_size=16, rank=1, world_size=2, py_workers=0, epoch_length=40)
+    a = Loader(ds, 4, image_size=16, rank=0, world_size=2, py_workers=0, epoch_length=40, device="cpu")
+    b = Loader(ds, 4, image_size=16, rank=1, world_size=2, py_workers=0, epoch_length=40, device="cpu")
     ia, ib = a.sampler_indices(0)[0], b.sampler_indices(0)[0]
     assert len(a) == len(b) == 5 and not set(ia) & set(ib)
 
@@ -158,7 +158,7 @@ def test_loader_deleted_mid_epoch_shuts_down_cleanly(ds):
     from pathlib import Path
 
     code = ("import fastcas, gc\n"
-            f"l = fastcas.Loader({str(ds)!r}, 4, image_size=16, epoch_length=400, py_workers=2)\n"
+            f"l = fastcas.Loader({str(ds)!r}, 4, image_size=16, epoch_length=400, py_workers=2, device='cpu')\n"
             "it = iter(l); next(it); next(it)\n"
             "del it, l; gc.collect()\n"
             "print('closed')\n")
@@ -175,7 +175,7 @@ def test_bench_smoke(ds, tmp_path):
     out = tmp_path / "b.json"
     assert main(["bench", str(ds), "--loaders", "fastcas,torchvision,dali-plain,decode-only", "--batch-size", "4",
                  "--image-size", "16", "--seconds", "0.2", "--rounds", "1", "--warmup", "1", "--baseline-workers", "0",
-                 "--workers", "0", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+                 "--workers", "0", "--json", str(out), "--plot", str(tmp_path / "b.png"), "--device", "cpu"]) == 0
     res = json.loads(out.read_text())
     assert [r["loader"] for r in res["rows"]] == ["fastcas", "torchvision", "dali-plain", "decode-only"]
     assert all(r["images_per_s"] > 0 for r in res["rows"]) and res["machine"]["cores"]

@@ -39,7 +39,7 @@ def run_cli(args, env=None, check=True):
 
 def small(data, out, **kw):
     base = dict(train=str(data / "train"), val=str(data / "val"), out=str(out), model="resnet32", epochs=2,
-                batch_size=8, image_size=16, epoch_length=32, py_workers=0, many=15, few=4, amp=False)
+                batch_size=8, image_size=16, epoch_length=32, py_workers=0, many=15, few=4, amp=False, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -49,10 +49,11 @@ def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe):
     cfg = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"), val=str(data / "val"),
                                 out=str(tmp_path), batch_size=8, image_size=16, epoch_length=16, max_steps=2,
                                 py_workers=0, model="resnet32", epochs=max(8, 1),
-                                scores=None, mix_start=0, mix_end=0)
+                                scores=None, mix_start=0, mix_end=0, device="cpu")
     if cfg.weights in ("cas", "cas-cmo"):
         scores = tmp_path / "s.parquet"
-        run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0"])
+        run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0",
+                 "--device", "cpu"])
         cfg = TrainConfig(**{**cfg.__dict__, "scores": str(scores)})
     final = train(cfg)
     assert final["global_step"] == 2
@@ -67,10 +68,11 @@ def test_recipe_errors():
 
 def test_training_reports_groups_and_cas_subsets(data, tmp_path):
     scores = tmp_path / "train.parquet"
-    run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0"])
+    run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0",
+             "--device", "cpu"])
     val_scores = tmp_path / "val.parquet"
     run_cli(["score", str(data / "val"), "--out", str(val_scores), "--reference", str(scores), "--batch-size", "8",
-             "--workers", "0"])
+             "--workers", "0", "--device", "cpu"])
     final = train(small(data, tmp_path / "run", weights="cas", scores=str(scores), val_scores=str(val_scores),
                         mix="cutmix", alpha=0.2, loss_weights="effective", drw_epoch=1))
     rep = final["report"]
@@ -88,7 +90,7 @@ def _weights(path):
 def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(data, tmp_path):
     common = ["train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32", "--epochs", "2",
               "--batch-size", "8", "--image-size", "16", "--epoch-length", "48", "--py-workers", "0",
-              "--mix", "cutmix", "--weights", "cmo", "--checkpoint-every", "2", "--no-amp"]
+              "--mix", "cutmix", "--weights", "cmo", "--checkpoint-every", "2", "--no-amp", "--device", "cpu"]
     run_cli(common + ["--out", str(tmp_path / "a")])
     # 6 steps an epoch: crash after step 9 (mid-epoch 1, one step past the step-8 checkpoint)
     p = run_cli(common + ["--out", str(tmp_path / "b"), "--crash-at-step", "9"], check=False)
@@ -105,7 +107,7 @@ def test_torchrun_two_cpu_processes(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "fastcas", "train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32",
            "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--epoch-length", "32", "--py-workers", "0",
-           "--out", str(out), "--no-amp", "--weights", "cmo"]
+           "--out", str(out), "--no-amp", "--weights", "cmo", "--device", "cpu"]
     p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -141,7 +143,7 @@ def test_sampler_under_torchrun_reads_rank_from_the_process_group(tmp_path):
     ("plain_loop.py", []), ("timm_style.py", []), ("lightning_datamodule.py", ["VAL"])])
 def test_examples_run(data, example, extra):
     args = [str(data / "train")] + [str(data / "val") for _ in extra] + ["--steps", "2"]
-    args += ["--image-size", "32", "--batch-size", "8"]
+    args += ["--image-size", "32", "--batch-size", "8", "--device", "cpu"]
     p = subprocess.run([sys.executable, str(ROOT / "examples" / example), *args], cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -153,7 +155,7 @@ def test_demo_writes_the_report(data, tmp_path):
 
     rep = run_demo(DemoConfig(train=str(data / "train"), val=str(data / "val"), out=str(tmp_path / "demo"),
                               epochs=1, epoch_length=16, batch_size=8, image_size=16, many=15, few=4,
-                              py_workers=0))
+                              py_workers=0, device="cpu"))
     assert set(rep["results"]) == {"CE", "CE + CMO", "CAS CutMix"}
     text = (tmp_path / "demo" / "report.md").read_text()
     assert "| CE + CMO |" in text and (tmp_path / "demo" / "recipes.png").exists()

@@ -158,6 +158,21 @@ def _rank_world(args) -> tuple[int, int, bool]:
     return rank, world, False
 
 
+def _bind_local_gpu(device: str) -> int | None:
+    """Under torchrun, each rank scores on its own GPU: ``torch.cuda.set_device(LOCAL_RANK)``
+    before anything touches CUDA (the encoder, nvJPEG and the DALI loader all use the current
+    device). Returns the ordinal, or None on the CPU."""
+    from fastcas.loader import resolve_device
+
+    if resolve_device(device) != "cuda":
+        return None
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return local
+
+
 def score_dataset(args, rank: int, world: int, out: Path) -> dict:
     from fastcas.reader import ShardReader
     from fastcas.scores import ScoreTable, write_scores
@@ -253,6 +268,7 @@ def run(args) -> int:
         else:
             import torch.distributed as dist
 
+            _bind_local_gpu(args.device)
             if not dist.is_initialized():
                 dist.init_process_group("gloo")
             part = _part_path(out, rank, world)

@@ -46,10 +46,56 @@ def device_of(x) -> str:
     return str(x.device)
 
 
+def _checkout_kernels_dir():
+    """``kernels/`` beside the imported ``fastcas`` package when it runs from a source checkout
+    (``PYTHONPATH=<repo>``, as ``benchmarks/gpu.sh`` does), else None. An installed wheel has
+    ``fastcas/kernels/`` (setup.py's ``package_dir`` mapping) and no ``setup.py`` beside it."""
+    from pathlib import Path
+
+    import fastcas
+
+    pkg = Path(fastcas.__file__).resolve().parent
+    if (pkg / "kernels" / "__init__.py").exists():
+        return None  # installed: the real subpackage
+    root = pkg.parent / "kernels"
+    if (pkg.parent / "setup.py").exists() and (root / "__init__.py").exists():
+        return root
+    return None
+
+
+def _import_kernels_package():
+    """Import ``fastcas.kernels`` (the top-level ``kernels/`` folder of the repository) in every
+    supported layout: a wheel (a real subpackage), an editable install (setuptools' finder maps
+    it), and a plain checkout on ``PYTHONPATH`` with no install, where it is loaded from
+    ``kernels/`` beside this ``fastcas`` (taking precedence over an editable install of another
+    checkout, so the kernels always match the code calling them)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    root = _checkout_kernels_dir()
+    if root is None or "fastcas.kernels" in sys.modules:
+        return importlib.import_module("fastcas.kernels")
+    spec = importlib.util.spec_from_file_location("fastcas.kernels", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fastcas.kernels"] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules["fastcas.kernels"]
+        raise
+    import fastcas
+
+    fastcas.kernels = mod
+    return mod
+
+
 @functools.lru_cache(maxsize=1)
 def _kernels():
     from numba import cuda  # noqa: F401  (simulator honoured when NUMBA_ENABLE_CUDASIM=1)
 
+    _import_kernels_package()
     from fastcas.kernels import box_paste, mask_blend
 
     return box_paste, mask_blend
@@ -122,6 +168,19 @@ def _as_device(arr, like, kind):
     return np.asarray(arr.detach().cpu().numpy() if array_kind(arr) == "torch" else arr)
 
 
+def _empty_like(bg, kind):
+    """The kernels' output: same shape, dtype, device and memory format (strides) as ``bg``."""
+    if kind == "torch":
+        import torch
+
+        return torch.empty_like(bg, memory_format=torch.preserve_format)
+    if kind == "cupy":
+        import cupy
+
+        return cupy.empty_like(bg, order="K")
+    return np.empty_like(bg, order="K")
+
+
 def apply_numba(params: MixParams, bg, fg, out=None):
     """Run the Numba kernels: torch CUDA tensors, CuPy arrays, or NumPy arrays (simulator)."""
     from numba import cuda
@@ -131,16 +190,7 @@ def apply_numba(params: MixParams, bg, fg, out=None):
         raise ValueError(f"the Numba kernels take {KERNEL_DTYPES}, got {dtype_name(bg)}")
     box_paste, mask_blend = _kernels()
     if out is None:
-        if kind == "torch":
-            import torch
-
-            out = torch.empty_like(bg, memory_format=torch.contiguous_format)
-        elif kind == "cupy":
-            import cupy
-
-            out = cupy.empty_like(bg)
-        else:
-            out = np.empty_like(bg)
+        out = _empty_like(bg, kind)
     b, c, h, w = bg.shape
     if b * c * h * w == 0:
         return out
@@ -149,8 +199,7 @@ def apply_numba(params: MixParams, bg, fg, out=None):
     # sync=False: the launch goes on the producer's (torch / CuPy) current stream, so no host
     # synchronisation is needed to order it after the work that made the inputs.
     conv = (lambda a: cuda.as_cuda_array(a, sync=False)) if kind != "numpy" else (lambda a: a)
-    if kind == "torch":
-        bg, fg = bg.contiguous(), fg.contiguous()
+    # no .contiguous(): the kernels index by strides, so channels-last stays channels-last
     d_out, d_bg, d_fg = conv(out), conv(bg), conv(fg)
     is_int = dtype_name(bg) == "uint8"
     stream = _stream_for(bg, kind)

@@ -39,6 +39,18 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def _as_torch(images):
+    """A CuPy array -> a torch tensor on the same GPU, zero-copy through DLPack (CuPy forbids the
+    implicit host conversion ``np.asarray`` would need)."""
+    import torch
+
+    return torch.from_dlpack(images)
+
+
 def spectral_residual_numpy(images: np.ndarray) -> np.ndarray:
     """images ``[B, C, H, W]`` (any real dtype) -> saliency ``[B, h, w]`` (float32 FFTs) at the
     downsampled size ``(H // f, W // f)``, ``f = max(1, max(H, W) // 64)``."""
@@ -119,12 +131,14 @@ def finegrained_map(img_chw: np.ndarray) -> np.ndarray:
 
 
 def saliency_centres(images, method: str = "spectral") -> tuple[np.ndarray, np.ndarray]:
-    """Most salient pixel of each image. images: ``[B, C, H, W]`` NumPy array or torch tensor
-    (CPU or CUDA). Returns host int64 arrays ``(cy, cx)``, each ``[B]``, in full-resolution
+    """Most salient pixel of each image. images: ``[B, C, H, W]`` NumPy array, torch tensor
+    (CPU or CUDA) or CuPy array (through DLPack to torch, never through ``np.asarray``). Returns host int64 arrays ``(cy, cx)``, each ``[B]``, in full-resolution
     pixel coordinates. Ties: first maximum in raster order."""
     method = ALIASES.get(method, method)
     if method not in METHODS:
         raise ValueError(f"saliency method must be one of {METHODS}, got {method!r}")
+    if _is_cupy(images):  # CuPy (GPU): the torch twin on the same device
+        images = _as_torch(images)
     b, c, height, width = tuple(images.shape)
     if b == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
