@@ -56,8 +56,6 @@ def _loader_options(cfg: BenchConfig, device: str) -> dict:
         opts.update(weights="uniform", foreground_weights="cmo", mix="cutmix")
     elif cfg.mix != "none":
         opts.update(mix=cfg.mix)
-        if cfg.mix == "saliencymix":
-            opts.update(mix_options={"saliency": "spectral-residual"})
     return opts
 
 
