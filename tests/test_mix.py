@@ -159,7 +159,8 @@ def test_spectral_saliency_centre_on_bright_spot_numpy_and_torch():
 def test_saliencymix_box_centred_on_salient_pixel():
     centres = [(30, 40), (60, 90), (20, 100)]
     img = spot_images(centres)
-    p = make_params("saliencymix", 3, 96, 128, alpha=1.0, generator=generator(3), foreground=img)
+    p = make_params("saliencymix", 3, 96, 128, alpha=1.0, generator=generator(3), foreground=img,
+                    saliency="spectral")
     cy, cx = saliency_centres(img, "spectral")
     cut_h, cut_w = cut_sizes(p.drawn, 96, 128)
     np.testing.assert_array_equal(p.boxes, boxes_at(cy, cx, cut_h, cut_w, 96, 128))

@@ -13,7 +13,9 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=8, help="samples to show (default 8)")
     p.add_argument("--size", type=int, default=128, help="display size in pixels")
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--saliency", choices=["fine-grained", "spectral-residual"], default="fine-grained")
+    p.add_argument("--saliency", choices=["fine-grained", "opencv", "spectral-residual"], default="fine-grained",
+                   help="SaliencyMix saliency: the reference's fine-grained static saliency (batched, default), "
+                        "the same through OpenCV, or spectral residual")
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -158,7 +158,7 @@ def _draw_common(generator, batch_size, alpha, prob, mode):
 def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: float = 1.0,
                 prob: float = 1.0, generator: np.random.Generator, foreground=None,
                 mode: str = "elem", decay: float = 3.0, max_soft: float = 0.0,
-                saliency: str = "spectral", device=None) -> MixParams:
+                saliency: str = "finegrained", device=None) -> MixParams:
     """Draw the parameters of one batch.
 
     kind: cutmix | fmix | saliencymix | mixup. alpha: Beta(alpha, alpha). prob: per-sample
@@ -166,8 +166,9 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
     (the only source of randomness). foreground: ``[B, C, H, W]`` NumPy array or torch tensor,
     required by saliencymix (saliency of the patch source, per sample). FMix options: ``decay``
     (spectrum decay power, 3), ``max_soft`` (soft ramp, 0). SaliencyMix option: ``saliency`` =
-    "spectral" (batched spectral residual, fast, default) or "finegrained" (OpenCV
-    StaticSaliencyFineGrained, the SaliencyMix reference method; a host loop over samples).
+    "finegrained" (default: the SaliencyMix reference's OpenCV StaticSaliencyFineGrained,
+    batched in torch on the images' device, bit-exact), "opencv" (the same through OpenCV, a
+    host loop) or "spectral" (batched spectral residual).
     device: where FMix masks are built (None/"cpu": NumPy; a CUDA torch device: torch on it);
     inferred from a CUDA ``foreground`` tensor when not given (pass ``foreground`` or ``device``
     on the GPU so FMix masks never cross PCIe).

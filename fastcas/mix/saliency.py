@@ -1,12 +1,15 @@
 """Per-sample saliency peaks for SaliencyMix (Uddin et al. 2021, "SaliencyMix", Sec. 3.2).
 
-Two methods:
+Three methods:
 
-* ``"finegrained"`` — OpenCV contrib ``StaticSaliencyFineGrained``, the method of the
-  SaliencyMix reference (``saliency_bbox``): HWC uint8 image in, float map out, the map is
-  quantised to uint8 (``map * 255``) and the first argmax in raster order is the centre. A host
-  loop over samples (OpenCV has no batched call); slow, the exact reference.
-* ``"spectral"`` (default) — spectral residual (Hou & Zhang, CVPR 2007), batched over the whole
+* ``"finegrained"`` (default) — the fine-grained static saliency of the SaliencyMix reference
+  (``saliency_bbox`` calls OpenCV contrib ``StaticSaliencyFineGrained``; Montabone & Soto
+  2010), batched over the whole batch in torch on the images' device
+  (:mod:`fastcas.mix.finegrained`); its maps equal OpenCV's bit for bit (tested on real
+  photos), so the centre is the reference's: the first argmax in raster order.
+* ``"opencv"`` — the same maps from OpenCV itself, a host loop over samples (OpenCV has no
+  batched call): the reference the batched version is tested against.
+* ``"spectral"`` — spectral residual (Hou & Zhang, CVPR 2007), batched over the whole
   batch with one FFT: grey image area-downsampled by an integer factor to about 64 pixels on the
   long side, log-amplitude minus its 3x3 mean, back-transformed with the original phase,
   squared, Gaussian-smoothed (sigma 2.5, zero padding); the argmax is mapped back to the centre of its block. NumPy
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-METHODS = ("spectral", "finegrained")
+METHODS = ("finegrained", "opencv", "spectral")
 ALIASES = {"spectral-residual": "spectral", "fine-grained": "finegrained"}
 _TARGET = 64
 _SIGMA = 2.5
@@ -130,9 +133,10 @@ def finegrained_map(img_chw: np.ndarray) -> np.ndarray:
     return (m * 255).astype(np.uint8)
 
 
-def saliency_centres(images, method: str = "spectral") -> tuple[np.ndarray, np.ndarray]:
+def saliency_centres(images, method: str = "finegrained") -> tuple[np.ndarray, np.ndarray]:
     """Most salient pixel of each image. images: ``[B, C, H, W]`` NumPy array, torch tensor
-    (CPU or CUDA) or CuPy array (through DLPack to torch, never through ``np.asarray``). Returns host int64 arrays ``(cy, cx)``, each ``[B]``, in full-resolution
+    (CPU or CUDA) or CuPy array (through DLPack to torch, never through ``np.asarray``).
+    Returns host int64 arrays ``(cy, cx)``, each ``[B]``, in full-resolution
     pixel coordinates. Ties: first maximum in raster order."""
     method = ALIASES.get(method, method)
     if method not in METHODS:
@@ -143,6 +147,11 @@ def saliency_centres(images, method: str = "spectral") -> tuple[np.ndarray, np.n
     if b == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if method == "finegrained":
+        from .finegrained import finegrained_argmax
+
+        flat = finegrained_argmax(images).cpu().numpy().astype(np.int64)
+        return flat // width, flat % width
+    if method == "opencv":
         host = images.detach().cpu().numpy() if _is_torch(images) else np.asarray(images)
         flat = np.array([int(np.argmax(finegrained_map(img))) for img in host], dtype=np.int64)
         return flat // width, flat % width
