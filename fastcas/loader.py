@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas import _workers
 from fastcas import weights as W
 from fastcas._rng import generator
 from fastcas.reader import ShardReader
@@ -198,8 +199,22 @@ class Loader:
         pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
                               device=self.device, device_id=device_id, num_threads=cfg.num_threads,
                               py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
-        self._pipe = build_pipeline(source, pcfg)
+        with _workers.die_with_parent():  # workers forked here exit when this process dies
+            self._pipe = build_pipeline(source, pcfg)
+        self._watch = _workers.WorkerWatch(self._pipe)
         self._pipe_at = (self.epoch, self.step)
+
+    def _run(self):
+        """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
+        and closes the pipeline, so the next ``iter(loader)`` rebuilds it at this step."""
+        from fastcas import pipeline
+
+        try:
+            with getattr(self, "_watch", None) or _workers.NO_WATCH:
+                return pipeline.run(self._pipe, self.device)
+        except _workers.WorkerDiedError:
+            self.close()
+            raise
 
     def __iter__(self):
         from fastcas import pipeline
@@ -210,7 +225,7 @@ class Loader:
             self._build()
         while self.step < self.steps:
             try:
-                out = pipeline.run(self._pipe, self.device)
+                out = self._run()
             except StopIteration:  # pragma: no cover - the step count ends the epoch first
                 break
             batch = self._finish(out)
@@ -220,7 +235,7 @@ class Loader:
         # drain the pipeline's epoch so the next one starts clean
         try:
             while True:
-                pipeline.run(self._pipe, self.device)
+                self._run()
         except StopIteration:
             pipeline.reset(self._pipe)
         self._pipe_at = (self.epoch + 1, 0)
@@ -270,6 +285,9 @@ class Loader:
 
     def close(self) -> None:
         """Stop the DALI pipeline and its worker processes."""
+        watch, self._watch = getattr(self, "_watch", None), None
+        if watch is not None:
+            watch.close()
         self._pipe = None  # dropping the last reference stops DALI and its workers
         self._pipe_at = None
 

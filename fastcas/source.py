@@ -55,7 +55,15 @@ class SampleSource:
         self._reader = None
 
     def __getstate__(self):
-        return {"config": self.config, "_reader": None}
+        from fastcas._workers import spawn_parent_hint
+
+        return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
+
+    def __setstate__(self, state):
+        from fastcas._workers import arm_if_child_of
+
+        self.__dict__.update(state)
+        arm_if_child_of(state.pop("_parent", None))  # a spawned worker exits when its parent dies
 
     @property
     def reader(self):
