@@ -31,6 +31,41 @@ from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_ski
 MIX_KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 LAST_BATCH = ("drop", "partial", "pad")
 _MIX_TAG = 0x313
+# valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
+# (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
+# power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
+# SaliencyMix ``saliency`` "spectral" (default) or "finegrained"
+MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
+               "saliencymix": ("mode", "saliency")}
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    """A clear ValueError unless ``value`` is an integer >= ``minimum`` (bools and 2.5 refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_mix_options(mix: str | None, options) -> None:
+    if not isinstance(options, dict):
+        raise ValueError(f"mix_options must be a dict, got {type(options).__name__}")
+    if options and mix is None:
+        raise ValueError(f"mix_options {sorted(options)} given without mix=")
+    if mix is None:
+        return
+    unknown = sorted(set(options) - set(MIX_OPTIONS[mix]))
+    if unknown:
+        raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
+    if options.get("mode", "elem") not in ("elem", "batch"):
+        raise ValueError(f"mix_options mode must be 'elem' or 'batch', got {options['mode']!r}")
+    if options.get("saliency", "spectral") not in ("spectral", "finegrained", "spectral-residual", "fine-grained"):
+        raise ValueError(f"mix_options saliency must be 'spectral' or 'finegrained', got {options['saliency']!r}")
+    for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
+        if key in options:
+            v = options[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (key == "decay" and v <= 0):
+                raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -58,8 +93,17 @@ class LoaderConfig:
     mix_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("image_size", self.image_size, 8)
+        _check_int("num_threads", self.num_threads, 1)
+        _check_int("py_workers", self.py_workers, 0)
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
             if value not in W.NAMES:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(W.NAMES)}")
@@ -71,10 +115,11 @@ class LoaderConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not 0 <= self.mix_prob <= 1:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
-        if self.epoch_length is not None and self.epoch_length < 1:
-            raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}")
+        if self.epoch_length is not None:
+            _check_int("epoch_length", self.epoch_length, 1)
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
+        _check_mix_options(self.mix_kind, self.mix_options)
 
     @property
     def mix_kind(self) -> str | None:
@@ -83,6 +128,12 @@ class LoaderConfig:
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values unchanged."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                             "use device='cpu' or 'auto'")
     if device != "auto":
         return device
     try:
