@@ -172,6 +172,7 @@ class Loader:
         self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
         self.epoch, self.step = 0, 0
         self.skipped: dict[str, int] = {}
+        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.faults
         self._pipe = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
 
@@ -224,13 +225,21 @@ class Loader:
     def state_dict(self) -> dict:
         """Where the next batch comes from; everything else is a function of the config."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.config.seed, "rank": self.rank,
-                "world_size": self.world_size, "skipped": dict(self.skipped)}
+                "world_size": self.world_size, "skipped": dict(self.skipped),
+                "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.config.seed) != self.config.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {self.config.seed}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.skipped = dict(state.get("skipped", {}))
+        quarantine = set()
+        if state.get("quarantine"):
+            where = {k: i for i, k in enumerate(self.reader.keys)}
+            quarantine = {where[k] for k in state["quarantine"] if k in where}
+        if quarantine != self._quarantine:
+            self._quarantine = quarantine
+            self.close()  # the pipeline's source carries the quarantine: rebuild
 
     # -- iteration ---------------------------------------------------------------------------
     def _build(self):
@@ -241,7 +250,8 @@ class Loader:
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
-            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size))
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size,
+            quarantine=frozenset(getattr(self, "_quarantine", ()))))
         device_id = None
         if self.device == "cuda":
             import torch
@@ -254,18 +264,64 @@ class Loader:
             self._pipe = build_pipeline(source, pcfg)
         self._watch = _workers.WorkerWatch(self._pipe)
         self._pipe_at = (self.epoch, self.step)
+        self._built = (source, pcfg, self.epoch, self.step)  # for fastcas.faults after a decode error
 
     def _run(self):
         """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
         and closes the pipeline, so the next ``iter(loader)`` rebuilds it at this step."""
         from fastcas import pipeline
 
-        try:
-            with getattr(self, "_watch", None) or _workers.NO_WATCH:
-                return pipeline.run(self._pipe, self.device)
-        except _workers.WorkerDiedError:
-            self.close()
-            raise
+        while True:
+            try:
+                with getattr(self, "_watch", None) or _workers.NO_WATCH:
+                    return pipeline.run(self._pipe, self.device)
+            except _workers.WorkerDiedError:
+                self.close()
+                raise
+            except StopIteration:
+                raise
+            except Exception as exc:  # an undecodable sample? quarantined and rebuilt, or raised
+                if not self._quarantine_undecodable(exc):
+                    raise
+
+    def _quarantine_undecodable(self, exc) -> bool:
+        """After a failed batch: find the samples DALI cannot decode (fastcas.faults). strict:
+        raise naming key and shard; else quarantine them, rebuild at this step, return True.
+        False when no sample is to blame (the error is not a decode error)."""
+        import warnings
+
+        from fastcas.errors import CorruptSampleError
+        from fastcas.faults import undecodable
+        from fastcas.pipeline import DecodeProbe
+
+        built = getattr(self, "_built", None)
+        if built is None:
+            return False
+        source, pcfg, epoch0, step0 = built
+        epoch_idx = self.epoch - epoch0
+        first = self.step - (step0 if epoch_idx == 0 else 0)
+        probe = DecodeProbe(pcfg.device, pcfg.device_id)
+        bad = []
+        for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
+            bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+            if bad:
+                break
+        if not bad:
+            return False
+        r = self.reader
+        where = {i: f"sample {r.keys[i]!r} in {r.shard_paths[r.shard_of(i)]}" for i, _ in bad}
+        if self.config.strict:
+            i, why = bad[0]
+            raise CorruptSampleError(f"{where[i]}: DALI cannot decode it ({why}); pass strict=False to skip and "
+                                     "count such samples", r.keys[i]) from exc
+        for i, why in bad:
+            warnings.warn(f"fastcas: {where[i]}: DALI cannot decode it ({why}); quarantined: every draw of it is "
+                          "substituted by the next readable sample and counted in loader.skipped", RuntimeWarning,
+                          stacklevel=4)
+            self._quarantine.add(i)
+        self.close()
+        self._build()  # same (epoch, step): only the quarantined samples change
+        return True
 
     def __iter__(self):
         from fastcas import pipeline

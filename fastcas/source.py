@@ -47,6 +47,7 @@ class SourceConfig:
     train: bool = True
     strict: bool = False
     batch_size: int = 1
+    quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
 
 
 class SampleSource:
@@ -83,6 +84,8 @@ class SampleSource:
         for probe in range(n):
             i = (index + probe) % n
             try:
+                if i in self.config.quarantine:
+                    raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
                 sample = reader[i]
                 size = jpeg_size(sample.data)
                 if size is None:
@@ -93,6 +96,9 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
+            trace = getattr(self, "_trace", None)
+            if trace is not None:  # fastcas.faults records which sample each slot got
+                trace.append(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
