@@ -64,7 +64,8 @@ def describe_exit(pid, exitcode) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (out of memory? see `dmesg`)" if -exitcode == signal.SIGKILL else ""
+        hint = {signal.SIGKILL: " (out of memory? see `dmesg`)",
+                signal.SIGBUS: " (a memory-mapped shard was truncated or rewritten while being read?)"}.get(-exitcode, "")
         return f"pid {pid} killed by {name}{hint}"
     return f"pid {pid} exited with status {exitcode}"
 

@@ -302,10 +302,13 @@ class Loader:
         first = self.step - (step0 if epoch_idx == 0 else 0)
         probe = DecodeProbe(pcfg.device, pcfg.device_id)
         bad = []
-        for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
-            bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
-            if bad:
-                break
+        try:
+            for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
+                bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+                if bad:
+                    break
+        except Exception:  # the batch cannot even be recomputed: report the original error
+            return False
         if not bad:
             return False
         r = self.reader
