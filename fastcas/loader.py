@@ -70,6 +70,11 @@ def _check_mix_options(mix: str | None, options) -> None:
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """Loader options, validated here (a ValueError naming the value), not at the first batch.
+    ``mix_options`` keys per mix (:data:`MIX_OPTIONS`): ``mode`` ("elem" | "batch") for all;
+    fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
+    ("spectral" | "finegrained")."""
+
     batch_size: int
     weights: str = "uniform"
     foreground_weights: str | None = None
@@ -290,12 +295,12 @@ class Loader:
         False when no sample is to blame (the error is not a decode error)."""
         import warnings
 
-        from fastcas.errors import CorruptSampleError
+        from fastcas.errors import CorruptSampleError, FastcasError
         from fastcas.faults import undecodable
         from fastcas.pipeline import DecodeProbe
 
         built = getattr(self, "_built", None)
-        if built is None:
+        if built is None or isinstance(exc, FastcasError):  # fastcas's own errors already say what failed
             return False
         source, pcfg, epoch0, step0 = built
         epoch_idx = self.epoch - epoch0
