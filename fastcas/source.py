@@ -63,8 +63,10 @@ class SampleSource:
     def __setstate__(self, state):
         from fastcas._workers import arm_if_child_of
 
+        state = dict(state)
+        hint = state.pop("_parent", None)
         self.__dict__.update(state)
-        arm_if_child_of(state.pop("_parent", None))  # a spawned worker exits when its parent dies
+        arm_if_child_of(hint)  # a spawned worker exits when its parent dies
 
     @property
     def reader(self):
