@@ -18,3 +18,13 @@ class CorruptSampleError(ShardError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+
+class WorkerDiedError(FastcasError, RuntimeError):
+    """A data-loading worker process died (killed, out of memory, crashed); the message names
+    its pid and exit signal or status. The loader's pipeline is closed; iterating again
+    rebuilds it at the same step."""
+
+    def __init__(self, message: str, pids=()):
+        super().__init__(message)
+        self.pids = list(pids)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas import _workers
 from fastcas import weights as W
 from fastcas._rng import generator
 from fastcas.reader import ShardReader
@@ -30,10 +31,50 @@ from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_ski
 MIX_KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 LAST_BATCH = ("drop", "partial", "pad")
 _MIX_TAG = 0x313
+# valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
+# (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
+# power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
+# SaliencyMix ``saliency`` "spectral" (default) or "finegrained"
+MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
+               "saliencymix": ("mode", "saliency")}
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    """A clear ValueError unless ``value`` is an integer >= ``minimum`` (bools and 2.5 refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_mix_options(mix: str | None, options) -> None:
+    if not isinstance(options, dict):
+        raise ValueError(f"mix_options must be a dict, got {type(options).__name__}")
+    if options and mix is None:
+        raise ValueError(f"mix_options {sorted(options)} given without mix=")
+    if mix is None:
+        return
+    unknown = sorted(set(options) - set(MIX_OPTIONS[mix]))
+    if unknown:
+        raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
+    if options.get("mode", "elem") not in ("elem", "batch"):
+        raise ValueError(f"mix_options mode must be 'elem' or 'batch', got {options['mode']!r}")
+    if options.get("saliency", "spectral") not in ("spectral", "finegrained", "spectral-residual", "fine-grained"):
+        raise ValueError(f"mix_options saliency must be 'spectral' or 'finegrained', got {options['saliency']!r}")
+    for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
+        if key in options:
+            v = options[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (key == "decay" and v <= 0):
+                raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
 
 
 @dataclass(frozen=True)
 class LoaderConfig:
+    """Loader options, validated here (a ValueError naming the value), not at the first batch.
+    ``mix_options`` keys per mix (:data:`MIX_OPTIONS`): ``mode`` ("elem" | "batch") for all;
+    fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
+    ("spectral" | "finegrained")."""
+
     batch_size: int
     weights: str = "uniform"
     foreground_weights: str | None = None
@@ -57,8 +98,17 @@ class LoaderConfig:
     mix_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("image_size", self.image_size, 8)
+        _check_int("num_threads", self.num_threads, 1)
+        _check_int("py_workers", self.py_workers, 0)
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
             if value not in W.NAMES:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(W.NAMES)}")
@@ -70,10 +120,11 @@ class LoaderConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not 0 <= self.mix_prob <= 1:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
-        if self.epoch_length is not None and self.epoch_length < 1:
-            raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}")
+        if self.epoch_length is not None:
+            _check_int("epoch_length", self.epoch_length, 1)
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
+        _check_mix_options(self.mix_kind, self.mix_options)
 
     @property
     def mix_kind(self) -> str | None:
@@ -82,6 +133,12 @@ class LoaderConfig:
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values unchanged."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                             "use device='cpu' or 'auto'")
     if device != "auto":
         return device
     try:
@@ -120,6 +177,7 @@ class Loader:
         self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
         self.epoch, self.step = 0, 0
         self.skipped: dict[str, int] = {}
+        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.faults
         self._pipe = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
 
@@ -172,13 +230,21 @@ class Loader:
     def state_dict(self) -> dict:
         """Where the next batch comes from; everything else is a function of the config."""
         return {"epoch": self.epoch, "step": self.step, "seed": self.config.seed, "rank": self.rank,
-                "world_size": self.world_size, "skipped": dict(self.skipped)}
+                "world_size": self.world_size, "skipped": dict(self.skipped),
+                "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.config.seed) != self.config.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {self.config.seed}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.skipped = dict(state.get("skipped", {}))
+        quarantine = set()
+        if state.get("quarantine"):
+            where = {k: i for i, k in enumerate(self.reader.keys)}
+            quarantine = {where[k] for k in state["quarantine"] if k in where}
+        if quarantine != self._quarantine:
+            self._quarantine = quarantine
+            self.close()  # the pipeline's source carries the quarantine: rebuild
 
     # -- iteration ---------------------------------------------------------------------------
     def _build(self):
@@ -189,7 +255,8 @@ class Loader:
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
-            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size))
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size,
+            quarantine=frozenset(getattr(self, "_quarantine", ()))))
         device_id = None
         if self.device == "cuda":
             import torch
@@ -198,8 +265,71 @@ class Loader:
         pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
                               device=self.device, device_id=device_id, num_threads=cfg.num_threads,
                               py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
-        self._pipe = build_pipeline(source, pcfg)
+        with _workers.die_with_parent():  # workers forked here exit when this process dies
+            self._pipe = build_pipeline(source, pcfg)
+        self._watch = _workers.WorkerWatch(self._pipe)
         self._pipe_at = (self.epoch, self.step)
+        self._built = (source, pcfg, self.epoch, self.step)  # for fastcas.faults after a decode error
+
+    def _run(self):
+        """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
+        and closes the pipeline, so the next ``iter(loader)`` rebuilds it at this step."""
+        from fastcas import pipeline
+
+        while True:
+            try:
+                with getattr(self, "_watch", None) or _workers.NO_WATCH:
+                    return pipeline.run(self._pipe, self.device)
+            except _workers.WorkerDiedError:
+                self.close()
+                raise
+            except StopIteration:
+                raise
+            except Exception as exc:  # an undecodable sample? quarantined and rebuilt, or raised
+                if not self._quarantine_undecodable(exc):
+                    raise
+
+    def _quarantine_undecodable(self, exc) -> bool:
+        """After a failed batch: find the samples DALI cannot decode (fastcas.faults). strict:
+        raise naming key and shard; else quarantine them, rebuild at this step, return True.
+        False when no sample is to blame (the error is not a decode error)."""
+        import warnings
+
+        from fastcas.errors import CorruptSampleError, FastcasError
+        from fastcas.faults import undecodable
+        from fastcas.pipeline import DecodeProbe
+
+        built = getattr(self, "_built", None)
+        if built is None or isinstance(exc, FastcasError):  # fastcas's own errors already say what failed
+            return False
+        source, pcfg, epoch0, step0 = built
+        epoch_idx = self.epoch - epoch0
+        first = self.step - (step0 if epoch_idx == 0 else 0)
+        probe = DecodeProbe(pcfg.device, pcfg.device_id)
+        bad = []
+        try:
+            for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
+                bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+                if bad:
+                    break
+        except Exception:  # the batch cannot even be recomputed: report the original error
+            return False
+        if not bad:
+            return False
+        r = self.reader
+        where = {i: f"sample {r.keys[i]!r} in {r.shard_paths[r.shard_of(i)]}" for i, _ in bad}
+        if self.config.strict:
+            i, why = bad[0]
+            raise CorruptSampleError(f"{where[i]}: DALI cannot decode it ({why}); pass strict=False to skip and "
+                                     "count such samples", r.keys[i]) from exc
+        for i, why in bad:
+            warnings.warn(f"fastcas: {where[i]}: DALI cannot decode it ({why}); quarantined: every draw of it is "
+                          "substituted by the next readable sample and counted in loader.skipped", RuntimeWarning,
+                          stacklevel=4)
+            self._quarantine.add(i)
+        self.close()
+        self._build()  # same (epoch, step): only the quarantined samples change
+        return True
 
     def __iter__(self):
         from fastcas import pipeline
@@ -210,7 +340,7 @@ class Loader:
             self._build()
         while self.step < self.steps:
             try:
-                out = pipeline.run(self._pipe, self.device)
+                out = self._run()
             except StopIteration:  # pragma: no cover - the step count ends the epoch first
                 break
             batch = self._finish(out)
@@ -220,7 +350,7 @@ class Loader:
         # drain the pipeline's epoch so the next one starts clean
         try:
             while True:
-                pipeline.run(self._pipe, self.device)
+                self._run()
         except StopIteration:
             pipeline.reset(self._pipe)
         self._pipe_at = (self.epoch + 1, 0)
@@ -274,6 +404,9 @@ class Loader:
 
     def close(self) -> None:
         """Stop the DALI pipeline and its worker processes."""
+        watch, self._watch = getattr(self, "_watch", None), None
+        if watch is not None:
+            watch.close()
         self._pipe = None  # dropping the last reference stops DALI and its workers
         self._pipe_at = None
 

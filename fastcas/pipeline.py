@@ -196,3 +196,43 @@ def run(pipe, device: str | None = None) -> list:
 
 def reset(pipe) -> None:
     pipe.reset()
+
+
+class DecodeProbe:
+    """Decodes one sample at a time with the loader's decoder (``decoders.image_slice`` on
+    ``device``, the same crop window), to find which sample of a failed batch DALI cannot
+    decode. ``probe(jpeg, window)`` -> None if it decodes, else DALI's error message. A
+    failure invalidates a DALI pipeline, so the probe rebuilds its own after each one."""
+
+    def __init__(self, device: str = "cpu", device_id: int | None = None):
+        self.device, self.device_id = device, device_id
+        self._pipe = None
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        gpu = self.device == "cuda"
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=self.device_id if gpu else None, seed=1,
+                      prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
+        def pipe():
+            jpeg = fn.external_source(name="jpeg", dtype=types.UINT8)
+            window = fn.external_source(name="window", dtype=types.FLOAT)
+            return fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device="mixed" if gpu else "cpu",
+                                           output_type=types.RGB, axis_names="WH")
+
+        p = pipe()
+        p.build()
+        return p
+
+    def __call__(self, jpeg: np.ndarray, window) -> str | None:
+        if self._pipe is None:
+            self._pipe = self._build()
+        try:
+            self._pipe.feed_input("jpeg", [np.asarray(jpeg, np.uint8)])
+            self._pipe.feed_input("window", [np.asarray(window, np.float32).reshape(4)])
+            self._pipe.run()
+        except RuntimeError as exc:
+            self._pipe = None
+            return str(exc)
+        return None

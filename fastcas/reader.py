@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -88,6 +89,7 @@ class ShardReader:
                     raise ShardError(str(exc)) from None
                 self.broken[s] = str(exc)
         self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}  # open descriptors of the mapped shards, for the size check
 
     def _load_shard(self, s: int) -> None:
         tar, idx = self.shard_paths[s], self.index_paths[s]
@@ -129,16 +131,31 @@ class ShardReader:
     def _map(self, s: int) -> mmap.mmap:
         m = self._maps.get(s)
         if m is None:
-            with open(self.shard_paths[s], "rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[s] = m
+            fd = os.open(self.shard_paths[s], os.O_RDONLY)
+            try:
+                m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._maps[s], self._fds[s] = m, fd
         return m
+
+    def _check_size(self, s: int, m: mmap.mmap, i: int, end: int) -> None:
+        """Reading a mapped page past the end of a file truncated in place kills the process
+        with SIGBUS; an fstat first (about a microsecond) turns that into an error naming the
+        shard. A truncation racing with the read that follows can still fault (see README)."""
+        size = os.fstat(self._fds[s]).st_size
+        if size < end or len(m) < end:
+            raise ShardError(f"{self.shard_paths[s]}: shard changed while it was being read: sample "
+                             f"{self.keys[i]!r} ends at byte {end}, the file now has {min(size, len(m))} bytes "
+                             "(truncated or rewritten in place; replace shards with a new file and a rename)")
 
     def _view(self, i: int, offset: int, size: int) -> memoryview:
         s = self.shard_of(i)
         if s in self.broken:
             raise CorruptSampleError(f"sample {self.keys[i]!r}: {self.broken[s]}", self.keys[i])
         m = self._map(s)
+        self._check_size(s, m, i, offset + size)
         # The member's own tar header sits right before its data: checking its name catches
         # an index that was regenerated for a different tar.
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
@@ -171,6 +188,7 @@ class ShardReader:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_maps"] = {}
+        state["_fds"] = {}
         return state
 
     def close(self) -> None:
@@ -179,4 +197,6 @@ class ShardReader:
                 m.close()
             except BufferError:  # a caller still holds a view; the map closes with it
                 pass
-        self._maps = {}
+        for fd in self._fds.values():
+            os.close(fd)
+        self._maps, self._fds = {}, {}

@@ -47,6 +47,7 @@ class SourceConfig:
     train: bool = True
     strict: bool = False
     batch_size: int = 1
+    quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
 
 
 class SampleSource:
@@ -55,7 +56,17 @@ class SampleSource:
         self._reader = None
 
     def __getstate__(self):
-        return {"config": self.config, "_reader": None}
+        from fastcas._workers import spawn_parent_hint
+
+        return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
+
+    def __setstate__(self, state):
+        from fastcas._workers import arm_if_child_of
+
+        state = dict(state)
+        hint = state.pop("_parent", None)
+        self.__dict__.update(state)
+        arm_if_child_of(hint)  # a spawned worker exits when its parent dies
 
     @property
     def reader(self):
@@ -75,6 +86,8 @@ class SampleSource:
         for probe in range(n):
             i = (index + probe) % n
             try:
+                if i in self.config.quarantine:
+                    raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
                 sample = reader[i]
                 size = jpeg_size(sample.data)
                 if size is None:
@@ -85,6 +98,9 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
+            trace = getattr(self, "_trace", None)
+            if trace is not None:  # fastcas.faults records which sample each slot got
+                trace.append(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 

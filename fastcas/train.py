@@ -80,6 +80,14 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.mix_start + self.mix_end > self.epochs:
             raise ValueError("mix_start + mix_end leave no epoch to mix in")
+        from fastcas.loader import _check_int
+
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("image_size", self.image_size, 8)
+        _check_int("num_threads", self.num_threads, 1)
+        _check_int("py_workers", self.py_workers, 0)
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
     @classmethod
     def from_file(cls, path, **overrides) -> "TrainConfig":
