@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.source import SampleSource
 

@@ -112,6 +112,8 @@ def test_score_binds_the_local_rank_gpu(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    # stand in for a GPU machine: 'cuda' resolves without asking torch (no GPU here)
+    monkeypatch.setattr("fastcas.loader.resolve_device", lambda d: "cpu" if d == "auto" else d)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert score._bind_local_gpu("cpu") is None and calls == []
     assert score._bind_local_gpu("cuda") == 3 and calls == [3]
@@ -139,6 +141,8 @@ def test_baseline_pins_memory_for_gpu_copies(tmp_path, monkeypatch, device, pinn
             return iter(())
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", DL)
+    # stand in for a GPU machine: 'cuda' resolves without asking torch (no GPU here)
+    monkeypatch.setattr("fastcas.loader.resolve_device", lambda d: "cpu" if d == "auto" else d)
     loader = baseline.TorchvisionLoader(tmp_path / "ds", 4, image_size=8, py_workers=0, device=device)
     loader._build()  # builds the DataLoader only; no CUDA is touched
     assert seen["pin_memory"] is pinned
