@@ -348,7 +348,7 @@ def check_decoder(gpu_runs: dict, cpu_runs: dict) -> Check:
 
 def check_mix_params(gpu_runs: dict, cpu_runs: dict) -> Check:
     """Mixing parameters (lam, decision, boxes, masks) identical on both devices; targets equal."""
-    bad, count, worst = [], 0, 0.0
+    bad, count, worst, mask_px = [], 0, 0.0, 0
     for name, run in gpu_runs.items():
         if not run.mixed:
             continue
@@ -360,13 +360,15 @@ def check_mix_params(gpu_runs: dict, cpu_runs: dict) -> Check:
             count += 1
             if not _same_params(g["params"], c["params"]):
                 bad.append(f"{name} step {step}: parameters differ")
+                if g["params"].masks is not None and c["params"].masks is not None:  # how far, for the report
+                    mask_px += int((g["params"].box_masks() != c["params"].box_masks()).sum())
             if not np.array_equal(g["y_fg"], c["y_fg"]):
                 bad.append(f"{name} step {step}: foreground labels differ")
             worst = max(worst, float(np.abs(run.targets[step].astype(np.float64) - ref.targets[step]).max()))
     ok = not bad and count > 0 and worst <= TARGET_ATOL
     return _verdict("mix-params", "gpu", ok, f"{count} batches: identical lam, boxes, masks; targets within {worst:.1g}",
                     "; ".join(bad[:3]) or f"targets differ by {worst:.3g}",
-                    {"batches": count, "target_max_abs": worst, "problems": bad}, f"params exact; targets <= {TARGET_ATOL}")
+                    {"batches": count, "target_max_abs": worst, "mask_pixels_differing": mask_px, "problems": bad}, f"params exact; targets <= {TARGET_ATOL}")
 
 
 def check_resume(dataset, device: str, half: str, cfg: SelftestConfig, names=("cutmix", "cmo-paste")) -> Check:
@@ -483,9 +485,12 @@ def check_throughput(dataset, device: str, half: str, cfg: SelftestConfig) -> Ch
     """A short fastcas.bench run: fastcas vs DALI's own reader vs torchvision, same data."""
     from fastcas.bench import BenchConfig, run_bench
 
-    bc = BenchConfig(dataset=str(dataset), loaders=("fastcas", "dali-plain", "torchvision"), batch_size=2 * cfg.batch_size,
-                     workers=1, baseline_workers=min(os.cpu_count() or 2, 16), threads=min(os.cpu_count() or 2, 8),
-                     image_size=224, mix="cutmix", seconds=cfg.bench_seconds, rounds=1, warmup=2, device=device)
+    quick = cfg.quick and device == "cpu"  # --quick on a CPU: smaller batches, one warm-up batch
+    bc = BenchConfig(dataset=str(dataset), loaders=("fastcas", "dali-plain", "torchvision"),
+                     batch_size=cfg.batch_size if quick else 2 * cfg.batch_size, workers=1,
+                     baseline_workers=min(os.cpu_count() or 2, 16), threads=min(os.cpu_count() or 2, 8),
+                     image_size=160 if quick else 224, mix="cutmix", seconds=cfg.bench_seconds, rounds=1,
+                     warmup=1 if quick else 2, device=device)
     res = run_bench(bc)
     rows = {r["loader"]: round(r["images_per_s"], 1) for r in res["rows"]}
     ok = all(v > 0 for v in rows.values())
