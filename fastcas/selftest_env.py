@@ -204,8 +204,9 @@ def _synthetic(rng, size) -> np.ndarray:
     return (img % 256).astype(np.uint8)
 
 
-def make_dataset(out: str | Path, samples: int = 240, seed: int = 0) -> dict:
-    """Write the selftest dataset under ``out`` (must be empty or absent); returns the manifest.
+def make_dataset(out: str | Path, samples: int = 240, seed: int = 0, *, overwrite: bool = False) -> dict:
+    """Write the selftest dataset under ``out`` (empty or absent, or replace its shards with
+    ``overwrite``); returns the manifest.
 
     Sample ``i`` is a seeded crop of shipped photo ``i mod P`` resized to 256x192 or 192x256
     (quality 90), or a smooth synthetic image when no photos are installed; labels follow
@@ -236,6 +237,7 @@ def make_dataset(out: str | Path, samples: int = 240, seed: int = 0) -> dict:
         else:
             im = Image.fromarray(_synthetic(rng, size))
         raws.append(RawSample(f"st{i:05d}", encode_jpeg(im, QUALITY), int(labels[i])))
-    cfg = ShardWriterConfig(shard_size=64, prefix="selftest", class_names=tuple(f"class{k}" for k in range(NUM_CLASSES)),
+    cfg = ShardWriterConfig(shard_size=64, prefix="selftest", overwrite=overwrite,
+                            class_names=tuple(f"class{k}" for k in range(NUM_CLASSES)),
                             extra={"source": {"dataset": "fastcas selftest", "photos": len(photos), "seed": seed}})
     return write_shards([raws[j] for j in order], out, cfg)

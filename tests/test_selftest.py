@@ -247,3 +247,51 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
     assert status["cpu.keys-labels"] == "PASS" and status["cpu.determinism"] == "PASS"
     text = capsys.readouterr().out
     assert "FAIL  cpu.mix-reference" in text and "selftest FAILED" in text
+
+
+def test_keep_builds_the_dataset_once_and_refuses_foreign_directories(tmp_path):
+    from fastcas.selftest import SelftestError, _ensure_dataset, dataset_dir
+
+    cfg = SelftestConfig(device="cpu", keep=str(tmp_path / "kept"), samples=64, batch_size=4)
+    with dataset_dir(cfg) as root:
+        first = _ensure_dataset(root, cfg)
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    with dataset_dir(cfg) as again:
+        assert _ensure_dataset(again, cfg)["keys"] == first["keys"]
+    assert again == root and (root / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SelftestError, match="not empty"):
+        with dataset_dir(SelftestConfig(keep=str(tmp_path / "other"))):
+            pass
+    with dataset_dir(SelftestConfig(device="cpu", samples=64, batch_size=4)) as tmp:
+        _ensure_dataset(tmp, cfg)
+    assert not tmp.parent.exists()  # the temporary directory is removed
+    kept = SelftestConfig(device="cpu", keep=str(tmp_path / "kept"), samples=72, batch_size=4)
+    (root / "notes.txt").write_text("mine")
+    with dataset_dir(kept) as root:  # another size: its shards are replaced, nothing else
+        assert len(_ensure_dataset(root, kept)["keys"]) == 72
+    assert (root / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, monkeypatch):
+    """The GPU half's plumbing (collect on a second device, compare with the CPU runs) on real
+    loader batches, with "cuda" mapped to the CPU: every comparison must PASS with zero
+    difference. The checks that need CUDA itself (hand-off devices, host syncs, throughput)
+    are stubbed."""
+    from fastcas import selftest, selftest_checks
+
+    make = selftest_checks.make_loader
+    monkeypatch.setattr(selftest_checks, "make_loader",
+                        lambda dataset, device, *a, **kw: make(dataset, "cpu", *a, **kw))
+    monkeypatch.setattr(selftest, "resolve_device", lambda requested: ("cuda", None))
+    for name in ("check_handoff", "check_host_sync", "check_throughput"):
+        monkeypatch.setattr(selftest, name, lambda *a, _n=name: selftest.Check(_n, a[2], "PASS"))
+    r = selftest.run_selftest(SelftestConfig(device="cuda", quick=True), out=lambda line: None)
+    status = {f"{c['half']}.{c['name']}": c for c in r["checks"]}
+    for name in ("keys-labels", "decoder", "mix-params", "mix-reference", "resume"):
+        assert status[f"gpu.{name}"]["status"] == "PASS", status[f"gpu.{name}"]
+    assert r["ok"] and r["gpu_half"]["ran"]
+    assert status["gpu.decoder"]["numbers"]["max_batch_mad_levels"] == 0
+    assert status["gpu.mix-params"]["numbers"]["batches"] == 9
