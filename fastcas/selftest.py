@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.selftest_checks import (CONFIGS, DECODER_MAD_LEVELS, GPU_CHECKS, MIX_ULP, TARGET_ATOL, Check,
-                                     SelftestConfig, SelftestError, _need, check_decoder, check_handoff,
-                                     check_host_sync, check_identical, check_keys_labels, check_mix_params,
-                                     check_mix_reference, check_resume, check_throughput, collect)
+from fastcas.selftest_checks import (CONFIGS, GPU_CHECKS, MIX_ULP, TARGET_ATOL, Check, SelftestConfig, SelftestError,
+                                     _need, check_handoff, check_identical, check_keys_labels, check_mix_reference,
+                                     check_resume, check_throughput, collect)
+from fastcas.selftest_gpu import DECODER_MAD_LEVELS, EXPECTED_SYNCS, check_decoder, check_host_sync, check_mix_params
 from fastcas.selftest_env import environment, format_environment, make_dataset
 
 __all__ = ["Check", "SelftestConfig", "SelftestError", "resolve_device", "run_selftest"]
@@ -155,7 +155,8 @@ def run_selftest(cfg: SelftestConfig, out=print) -> dict:
         out(f"  data: {data['samples']} JPEGs, {data['classes']} classes {data['class_counts']}, "
             f"{'from ' + str(data['photos']) + ' shipped photos' if data['photos'] else 'synthetic'} "
             f"({data['build_s']} s){', kept in ' + str(root) if cfg.keep else ''}")
-        out(f"  GPU half: {'runs on ' + (env['torch'].get('gpu') or {}).get('name', 'cuda') if gpu_skip is None else 'SKIPPED: ' + gpu_skip}")
+        gpu_name = (env["torch"].get("gpu") or {}).get("name", "cuda")
+        out(f"  GPU half: {'runs on ' + gpu_name if gpu_skip is None else 'SKIPPED: ' + gpu_skip}")
         out(f"  loaders: {', '.join(names)}; batch {cfg.batch_size}, {cfg.image_size} px, {cfg.steps} batches each")
 
         # CPU half: run every configuration twice (determinism), then the checks.
@@ -197,5 +198,6 @@ def run_selftest(cfg: SelftestConfig, out=print) -> dict:
         "selftest": "fastcas", "format": 1, "ok": ok, "device_requested": cfg.device, "device": device,
         "gpu_half": {"ran": gpu_skip is None, "reason": gpu_skip}, "config": asdict(cfg),
         "environment": env, "dataset": data, "configs": CONFIGS,
-        "tolerances": {"decoder_mad_levels": DECODER_MAD_LEVELS, "mix_ulp": MIX_ULP, "target_atol": TARGET_ATOL},
+        "tolerances": {"decoder_mad_levels": DECODER_MAD_LEVELS, "mix_ulp": MIX_ULP, "target_atol": TARGET_ATOL,
+                       "expected_syncs": EXPECTED_SYNCS},
         "checks": [asdict(c) for c in checks], "counts": counts, "elapsed_s": round(elapsed, 2)})

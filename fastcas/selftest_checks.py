@@ -1,16 +1,15 @@
-"""The checks of ``fastcas selftest`` (run and reported by :mod:`fastcas.selftest`).
+"""The checks of ``fastcas selftest`` that run on any device (run and reported by
+:mod:`fastcas.selftest`; the GPU-vs-CPU comparisons and the host-sync check are in
+:mod:`fastcas.selftest_gpu`).
 
 Each check returns one :class:`Check` (PASS / FAIL / SKIP with its numbers, tolerance and
-reason). The same loader configurations (:data:`CONFIGS`) run on every device (:func:`collect`).
-
-CPU half: delivered labels match the keys the sampler drew; two runs are identical (images,
-targets, mixing parameters); mixed pixels and targets equal the NumPy reference
-(:mod:`fastcas.mix.reference`); a mid-epoch resume (``state_dict`` / ``load_state_dict``) gives
-the identical next batch; the DALI -> torch hand-off gives the promised dtypes, layouts and
-devices; throughput (fastcas vs DALI's own reader vs torchvision, via :mod:`fastcas.bench`).
-GPU half: the same on the GPU, plus: identical keys, labels, mixing parameters and targets to
-the CPU run; decoded images within :data:`DECODER_MAD_LEVELS` of the CPU decoder; no
-unexpected host synchronisation in the steady-state loop (``torch.cuda.set_sync_debug_mode``).
+reason). The same loader configurations (:data:`CONFIGS`) run on every device (:func:`collect`):
+delivered labels match the keys the sampler drew (and, on the GPU, the CPU run's keys and
+labels); two runs are identical (images, targets, mixing parameters); mixed pixels and targets
+equal the NumPy reference (:mod:`fastcas.mix.reference`); a mid-epoch resume (``state_dict`` /
+``load_state_dict``) gives the identical next batch; the DALI -> torch hand-off gives the
+promised dtypes, layouts and devices; throughput (fastcas vs DALI's own reader vs torchvision,
+via :mod:`fastcas.bench`).
 
 The mixing parameters are observed through the public :mod:`fastcas.mix` API the loader calls
 (:func:`recording_mix`), not through loader internals.
@@ -19,17 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 
-# nvJPEG (GPU) and libjpeg-turbo (CPU) differ in IDCT rounding and chroma upsampling: a few
-# levels at edges, about one on average. Bound: mean |GPU - CPU| per batch on the 0..255 scale.
-DECODER_MAD_LEVELS = 3.0
 # Mixed pixels vs the NumPy reference: boxes are copies (exact); blends may differ by one
 # rounding of the products (FMA contraction in the CUDA kernels): |d| <= MIX_ULP ulp(max(|bg|, |fg|)).
 MIX_ULP = 1
@@ -46,8 +41,6 @@ CONFIGS = {
 }
 GPU_CHECKS = ("keys-labels", "decoder", "mix-params", "mix-reference", "resume", "handoff", "host-sync",
               "throughput")
-# Host syncs the steady-state loop is allowed today, by file: why.
-EXPECTED_SYNCS = {"fastcas/mix/api.py": "soft-target label range check (one .tolist() per mixed batch)"}
 
 
 class SelftestError(ValueError):
@@ -241,7 +234,10 @@ def check_keys_labels(reader, runs: dict, half: str, reference: dict | None = No
                 differ.append(name)
     if differ:
         bad.append(f"keys or labels differ from the CPU run in {', '.join(differ)}")
-    n = {"configs": sorted(runs), "samples_checked": total, "problems": bad}
+    # a digest of the drawn keys per configuration: the same on every machine for the same seed
+    digests = {name: hashlib.sha1("\n".join(keys[np.concatenate(run.indices)]).encode()).hexdigest()[:16]
+               for name, run in runs.items()}
+    n = {"configs": sorted(runs), "samples_checked": total, "keys_sha1": digests, "problems": bad}
     return _verdict("keys-labels", half, not bad,
                     f"{total} samples in {len(runs)} configs: labels match the drawn keys"
                     + (", keys and labels identical to CPU" if reference is not None else ""),
@@ -307,7 +303,8 @@ def check_mix_reference(runs: dict, half: str) -> Check:
             errs.append(e)
             boxes = call["params"].boxes is not None
             if (boxes and not e["exact"]) or e["max_ulp"] > MIX_ULP:
-                bad.append(f"{name} step {step}: pixels off the reference by {e['max_abs']:.3g} ({e['max_ulp']:.1f} ulp)")
+                bad.append(f"{name} step {step}: pixels off the reference by {e['max_abs']:.3g} "
+                           f"({e['max_ulp']:.1f} ulp)")
             if e["target_max_abs"] > TARGET_ATOL:
                 bad.append(f"{name} step {step}: targets off the reference by {e['target_max_abs']:.3g}")
     n = {"batches": len(errs), "max_abs": max((e["max_abs"] for e in errs), default=0.0),
@@ -317,58 +314,6 @@ def check_mix_reference(runs: dict, half: str) -> Check:
                     f"{len(errs)} mixed batches equal fastcas.mix.reference (max {n['max_ulp']:.1f} ulp, "
                     f"targets within {n['target_max_abs']:.1g})", "; ".join(bad[:3]) or "no mixed batch observed", n,
                     f"boxes exact; blends <= {MIX_ULP} ulp of max(|bg|, |fg|); targets <= {TARGET_ATOL}")
-
-
-def to_levels(x: np.ndarray) -> np.ndarray:
-    """Normalised float images [B, 3, H, W] -> the 0..255 scale of the decoded JPEG."""
-    m = np.asarray(IMAGENET_MEAN, np.float64)[None, :, None, None]
-    s = np.asarray(IMAGENET_STD, np.float64)[None, :, None, None]
-    return (x.astype(np.float64) * s + m) * 255.0
-
-
-def _unmixed(run: Run) -> list:
-    return [c["bg"] for c in run.calls] if run.mixed else run.images
-
-
-def check_decoder(gpu_runs: dict, cpu_runs: dict) -> Check:
-    """Decoded (pre-mixing) images: mean |GPU - CPU| per batch <= DECODER_MAD_LEVELS."""
-    mads, worst = [], 0.0
-    for name, run in gpu_runs.items():
-        for g, c in zip(_unmixed(run), _unmixed(cpu_runs[name])):
-            d = np.abs(to_levels(g) - to_levels(c))
-            mads.append(float(d.mean()))
-            worst = max(worst, float(d.max()))
-    ok = bool(mads) and max(mads) <= DECODER_MAD_LEVELS
-    n = {"batches": len(mads), "max_batch_mad_levels": max(mads, default=None),
-         "mean_mad_levels": float(np.mean(mads)) if mads else None, "max_abs_levels": worst}
-    return _verdict("decoder", "gpu", ok, f"{len(mads)} batches: mean |GPU - CPU| <= {max(mads, default=0):.2f} "
-                    f"levels (max pixel {worst:.0f})", f"mean |GPU - CPU| up to {max(mads, default=0):.2f} levels",
-                    n, f"mean absolute difference per batch <= {DECODER_MAD_LEVELS} of 255 levels")
-
-
-def check_mix_params(gpu_runs: dict, cpu_runs: dict) -> Check:
-    """Mixing parameters (lam, decision, boxes, masks) identical on both devices; targets equal."""
-    bad, count, worst, mask_px = [], 0, 0.0, 0
-    for name, run in gpu_runs.items():
-        if not run.mixed:
-            continue
-        ref = cpu_runs[name]
-        if (msg := _check_calls(run) or _check_calls(ref)):
-            bad.append(msg)
-            continue
-        for step, (g, c) in enumerate(zip(run.calls, ref.calls)):
-            count += 1
-            if not _same_params(g["params"], c["params"]):
-                bad.append(f"{name} step {step}: parameters differ")
-                if g["params"].masks is not None and c["params"].masks is not None:  # how far, for the report
-                    mask_px += int((g["params"].box_masks() != c["params"].box_masks()).sum())
-            if not np.array_equal(g["y_fg"], c["y_fg"]):
-                bad.append(f"{name} step {step}: foreground labels differ")
-            worst = max(worst, float(np.abs(run.targets[step].astype(np.float64) - ref.targets[step]).max()))
-    ok = not bad and count > 0 and worst <= TARGET_ATOL
-    return _verdict("mix-params", "gpu", ok, f"{count} batches: identical lam, boxes, masks; targets within {worst:.1g}",
-                    "; ".join(bad[:3]) or f"targets differ by {worst:.3g}",
-                    {"batches": count, "target_max_abs": worst, "mask_pixels_differing": mask_px, "problems": bad}, f"params exact; targets <= {TARGET_ATOL}")
 
 
 def check_resume(dataset, device: str, half: str, cfg: SelftestConfig, names=("cutmix", "cmo-paste")) -> Check:
@@ -391,7 +336,8 @@ def check_resume(dataset, device: str, half: str, cfg: SelftestConfig, names=("c
         n[name] = {"resumed_at_step": k, "max_abs_diff": diff}
         if not all(np.array_equal(x, y) for x, y in zip(want, got)):
             bad.append(f"{name}: batch {k} after resume differs (max {diff:.3g})")
-    return _verdict("resume", half, not bad, f"resumed mid-epoch at step {k} ({', '.join(names)}): identical next batch",
+    return _verdict("resume", half, not bad,
+                    f"resumed mid-epoch at step {k} ({', '.join(names)}): identical next batch",
                     "; ".join(bad), n, "exact")
 
 
@@ -415,7 +361,8 @@ def check_handoff(dataset, device: str, half: str, cfg: SelftestConfig) -> Check
         if v.device.type != device:
             bad.append(f"{what} on {v.device}, expected {device}")
     want = {"mixed images": (torch.float32, [B, 3, S, S]), "targets": (torch.float32, None),
-            "images": (torch.float32, [B, 3, S, S]), "labels": (torch.int64, [B]), "fp16 images": (torch.float16, [B, 3, S, S])}
+            "images": (torch.float32, [B, 3, S, S]), "labels": (torch.int64, [B]),
+            "fp16 images": (torch.float16, [B, 3, S, S])}
     for (what, (dt, shape)), v in zip(want.items(), (x, t, y_x, y, h)):
         if v.dtype != dt or (shape and list(v.shape) != shape):
             bad.append(f"{what}: {v.dtype} {list(v.shape)}, expected {dt} {shape}")
@@ -429,56 +376,6 @@ def check_handoff(dataset, device: str, half: str, cfg: SelftestConfig) -> Check
     return _verdict("handoff", half, not bad, f"dtypes, shapes, layouts and devices as promised ({device})",
                     "; ".join(bad), {"tensors": seen, "fp16_relative_error": fp16_err},
                     "fp16 vs fp32 relative error <= 2^-10")
-
-
-def classify_syncs(records, expected=EXPECTED_SYNCS) -> tuple[list, list]:
-    """Split recorded sync warnings (``warnings.WarningMessage``) into (expected, unexpected),
-    each a list of ``"file:line"`` (expected ones with their reason)."""
-    ok, unexpected = [], []
-    for w in records:
-        path = str(w.filename).replace(os.sep, "/")
-        why = next((r for f, r in expected.items() if path.endswith(f)), None)
-        site = f"{path}:{w.lineno}"
-        (ok if why else unexpected).append(f"{site} ({why})" if why else site)
-    return ok, unexpected
-
-
-def check_host_sync(dataset, device: str, half: str, cfg: SelftestConfig, names=("weighted", "cutmix")) -> Check:
-    """Steady-state loop under ``torch.cuda.set_sync_debug_mode("warn")``: every host sync is
-    recorded with the Python line that caused it; only :data:`EXPECTED_SYNCS` are allowed.
-    On the CPU there is nothing to observe: SKIP with the reason."""
-    if device != "cuda":
-        return Check("host-sync", half, "SKIP", reason="torch.cuda.set_sync_debug_mode observes CUDA host "
-                     "synchronisation only; nothing to check on the CPU")
-    import torch
-
-    n, all_bad = {}, []
-    for name in names:
-        loader = make_loader(dataset, device, name, cfg)
-        try:
-            it = iter(loader)
-            for _ in range(2):  # warm-up: pipeline start, kernel compilation, allocator growth
-                next(it)
-            torch.cuda.synchronize()
-            with warnings.catch_warnings(record=True) as rec:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    for _ in range(cfg.steps):
-                        x, t = next(it)
-                        (x.float().mean() + t.float().mean()).add_(0)  # device work only, like a train step
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
-            torch.cuda.synchronize()
-        finally:
-            loader.close()
-        syncs = [w for w in rec if "synchroniz" in str(w.message).lower()]
-        ok, bad = classify_syncs(syncs)
-        n[name] = {"steps": cfg.steps, "expected": ok, "unexpected": bad}
-        all_bad += [f"{name}: {s}" for s in bad]
-    return _verdict("host-sync", half, not all_bad, "no unexpected host synchronisation in the steady-state loop",
-                    f"unexpected host syncs: {', '.join(sorted(set(all_bad))[:4])}", n,
-                    f"allowed: {EXPECTED_SYNCS}")
 
 
 def check_throughput(dataset, device: str, half: str, cfg: SelftestConfig) -> Check:

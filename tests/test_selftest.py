@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +14,10 @@ from fastcas import cli
 from fastcas._rng import generator
 from fastcas.mix import make_params
 from fastcas.mix.reference import apply_numpy
-from fastcas.selftest_checks import (DECODER_MAD_LEVELS, Run, SelftestConfig, check_decoder, check_host_sync,
-                                     check_identical, check_keys_labels, check_mix_params, check_mix_reference, classify_syncs,
-                                     to_levels)
+from fastcas.selftest_checks import (Run, SelftestConfig, check_identical, check_keys_labels,
+                                     check_mix_reference)
+from fastcas.selftest_gpu import (DECODER_MAD_LEVELS, check_decoder, check_host_sync, check_mix_params,
+                                  classify_syncs, record_syncs, to_levels)
 from fastcas.selftest_env import class_counts, hw_decoder, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +157,20 @@ def test_sync_classification_allows_only_the_listed_sites():
     ok, bad = classify_syncs(rec)
     assert len(ok) == 1 and "label range" in ok[0]
     assert bad == ["/x/fastcas/loader.py:200"]
+
+
+def _sync_here():
+    warnings.warn("called a synchronizing CUDA operation", UserWarning)  # what torch's "warn" mode raises
+
+
+def test_sync_recorder_traces_each_sync_to_its_line_and_stack():
+    with record_syncs() as rec:
+        _sync_here()
+        _sync_here()
+        warnings.warn("something else")  # not a sync: ignored
+    assert len(rec) == 2 and rec[0].filename == __file__
+    assert any("_sync_here" in f for f in rec[0].stack) and any("test_sync_recorder" in f for f in rec[0].stack)
+    assert classify_syncs(rec)[1] == [f"{__file__}:{rec[0].lineno}"] * 2
 
 
 def test_host_sync_check_is_a_noop_with_reason_on_cpu():
