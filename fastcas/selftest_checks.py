@@ -126,8 +126,10 @@ def recording_mix():
 
     def soft_targets(params, y_bg, y_fg, num_classes, label_smoothing=0.0):
         t = targets0(params, y_bg, y_fg, num_classes, label_smoothing)
-        rec = calls[-1] if calls and calls[-1]["params"] is params else {"params": params}
-        if rec is not (calls[-1] if calls else None):
+        if calls and calls[-1]["params"] is params and "y_bg" not in calls[-1]:
+            rec = calls[-1]  # the apply() of the same batch
+        else:
+            rec = {"params": params}
             calls.append(rec)
         rec.update(y_bg=_host(y_bg), y_fg=_host(y_fg), num_classes=int(num_classes),
                    label_smoothing=float(label_smoothing), targets=_host(t))

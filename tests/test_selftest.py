@@ -311,3 +311,23 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
     assert r["ok"] and r["gpu_half"]["ran"]
     assert status["gpu.decoder"]["numbers"]["max_batch_mad_levels"] == 0
     assert status["gpu.mix-params"]["numbers"]["batches"] == 9
+
+
+def test_recording_mix_pairs_each_apply_with_its_targets_and_restores_the_api():
+    import torch
+
+    from fastcas import mix as M
+    from fastcas.selftest_checks import recording_mix
+
+    apply0 = M.apply
+    bg, fg = torch.from_numpy(_images(1)), torch.from_numpy(_images(2))
+    y = torch.tensor([0, 1, 2, 1])
+    with recording_mix() as calls:
+        for seed in (1, 2):
+            p = M.make_params("cutmix", B, S, S, generator=generator(seed))
+            out = M.apply(p, bg, fg)
+            M.soft_targets(p, y, y.flip(0), 3)
+    assert M.apply is apply0 and len(calls) == 2
+    assert calls[1]["params"] is p and np.array_equal(calls[1]["out"], out.numpy())
+    assert np.array_equal(calls[1]["y_fg"], [1, 2, 1, 0]) and calls[1]["targets"].shape == (B, 3)
+    assert check_mix_reference({"cutmix": Run("cutmix", "cpu", [], [None, None], [], calls)}, "cpu").status == "PASS"
