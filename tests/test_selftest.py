@@ -302,6 +302,8 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
     monkeypatch.setattr(selftest_checks, "make_loader",
                         lambda dataset, device, *a, **kw: make(dataset, "cpu", *a, **kw))
     monkeypatch.setattr(selftest, "resolve_device", lambda requested: ("cuda", None))
+    env = selftest.environment
+    monkeypatch.setattr(selftest, "environment", lambda use_cuda: env(use_cuda=False))  # never touch CUDA
     for name in ("check_handoff", "check_host_sync", "check_throughput"):
         monkeypatch.setattr(selftest, name, lambda *a, _n=name: selftest.Check(_n, a[2], "PASS"))
     r = selftest.run_selftest(SelftestConfig(device="cuda", quick=True), out=lambda line: None)
