@@ -30,6 +30,7 @@ demo: setup data
 
 test: setup
 	$(PY) -m pytest
+	$(VENV)/bin/fastcas selftest --device cpu --quick --json build/selftest-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "preview": "preview",
     "train": "train",
     "bench": "bench",
+    "selftest": "selftest",
 }
 
 # One-line help without importing the command module (kept in step by a test).
@@ -36,6 +37,7 @@ SUMMARY: dict[str, str] = {
     "preview": "PNG grid of mixed samples and their masks",
     "train": "train and evaluate a classifier with a fastcas recipe",
     "bench": "loader throughput against the torchvision baseline",
+    "selftest": "check the environment and prove the loader on this machine (CPU and GPU)",
 }
 
 
