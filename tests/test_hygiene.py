@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _gradient16(h=48, w=64) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
-    return ((xx * 1000 + yy * 300) % 65536).astype(np.uint16)  # spans the whole 16-bit range
+    # 8000..56000: most of the 16-bit range, but not all of it, so min-max stretching is caught too
+    return (8000 + (xx * 1000 + yy * 300) % 48001).astype(np.uint16)
 
 
 def _decode(jpeg: bytes) -> np.ndarray:
@@ -279,3 +280,20 @@ def test_readme_bench_commands_name_the_stored_results():
         assert (ROOT / path).exists(), path
     stored = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks/results/cpu2").glob("loader-*.json")}
     assert stored <= set(named)
+
+
+@pytest.mark.slow
+@pytest.mark.dali
+def test_plain_loop_steps_limit_the_whole_run_not_one_epoch(tmp_path):
+    import os
+
+    pytest.importorskip("nvidia.dali")
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(6, 6), shard_size=16)  # 12 samples, batch 8: one step an epoch
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "plain_loop.py"), str(tmp_path / "ds"), "--epochs", "3",
+                        "--steps", "2", "--batch-size", "8", "--image-size", "32"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "trained 2 steps" in p.stdout, p.stdout

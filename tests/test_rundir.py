@@ -169,14 +169,26 @@ def test_other_ranks_neither_lock_nor_refuse(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.dali
-def test_train_twice_into_one_out_resume_and_overwrite(tmp_path, capsys):
+def test_train_twice_into_one_out_resume_and_overwrite(tmp_path, capsys, monkeypatch):
     pytest.importorskip("nvidia.dali")
+    import fastcas.train as T
     from fastcas.train import train
 
     make_dataset(tmp_path / "train", counts=(6, 5, 5), shard_size=16, size=(24, 20), seed=1)
     make_dataset(tmp_path / "val", counts=(2, 2, 2), shard_size=16, size=(24, 20), seed=2)
     cfg = cfg_for(tmp_path, val=str(tmp_path / "val"), epochs=1, many=5, few=3)
+    loaders, tried = T._loaders, []
+
+    def concurrent_start(c, dist):  # a second run starting while the first one runs
+        with pytest.raises(ValueError, match="in use by another training run"):
+            claim_run_dir(c, resume=False, overwrite=True)
+        tried.append(1)
+        return loaders(c, dist)
+
+    monkeypatch.setattr(T, "_loaders", concurrent_start)
     train(cfg)
+    monkeypatch.setattr(T, "_loaders", loaders)
+    assert tried == [1]
     out = capsys.readouterr().out
     assert re.search(r"epoch 0: top1 \d\.\d{4} many (\d\.\d{4}|-) medium (\d\.\d{4}|-) few (\d\.\d{4}|-) loss", out), out
     with pytest.raises(ValueError, match="is not empty"):
