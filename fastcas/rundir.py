@@ -16,8 +16,13 @@ written to ``OUT``:
    configuration compatible with the saved one (``OUT/run.json``, written by every run; for
    checkpoints older than ``run.json`` the checkpoint's own ``config``). Every
    :class:`~fastcas.train.TrainConfig` field may differ only if it is in
-   :data:`RESUMABLE_CHANGES`; any other difference refuses the resume and lists every changed
-   field as ``name: saved -> new``.
+   :data:`RESUMABLE_CHANGES`: ``epochs``, ``max_steps``, ``eval_every``, ``checkpoint_every``,
+   ``val``, ``val_scores``, ``many``, ``few``, ``out``, ``py_workers``, ``num_threads``,
+   ``device``, ``amp``, ``channels_last``, ``batch_size`` (only with the same global batch,
+   below) and ``train`` (only with the same dataset content hash). Any other difference
+   (model, image size, weights, mixing, seed, schedule, ...) refuses the resume and lists
+   every changed field as ``name: saved -> new``. Fields added to TrainConfig later are
+   compared too (refused when changed) unless added to :data:`RESUMABLE_CHANGES`.
 
 The data stream depends on the GLOBAL batch (per-rank batch x world size, see the key scheme
 in docs/ARCHITECTURE.md), not on the per-rank ``batch_size``: ``run.json`` records
