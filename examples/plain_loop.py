@@ -36,4 +36,6 @@ for epoch in range(args.epochs):
         step += 1
         if args.steps and step >= args.steps:
             break
+    if args.steps and step >= args.steps:                                # --steps limits the whole run
+        break
 print(f"trained {step} steps, last loss {loss.item():.3f}")

@@ -100,7 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                          many=cfg.many, few=cfg.few, eval_every=cfg.epochs, py_workers=cfg.py_workers,
                          checkpoint_every=10**6, device=cfg.device, **opts)
         print(f"== {name}", flush=True)
-        final = train(tc)
+        final = train(tc, overwrite=True)  # the demo owns its run directories: a re-run replaces them
         results[name] = {g: final["report"].get(g) for g in GROUPS}
     bench = None
     if cfg.corpus and cfg.bench_seconds > 0:

@@ -2,7 +2,8 @@
 
 Sources: an ImageFolder tree (one sub-folder per class), a list file (``path<TAB>label``
 per line) and Fashion-MNIST idx files. JPEG files are stored byte-for-byte after a decode
-check; anything else PIL reads is re-encoded as JPEG at :data:`JPEG_QUALITY`.
+check; anything else PIL reads is re-encoded as JPEG at :data:`JPEG_QUALITY` (16-bit and
+other high-bit-depth greyscale scaled to 8 bits, see :func:`to_8bit`).
 """
 from __future__ import annotations
 
@@ -36,12 +37,44 @@ def sanitize_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
 
 
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(image):
+    """A high-bit-depth greyscale PIL image -> mode "L", values scaled (never clipped).
+
+    PIL's own ``convert`` clips 16-bit values at 255 (a 16-bit PNG became an all-white JPEG).
+    Scaling: "I;16*" (16-bit PNG / TIFF) -> round(v * 255 / 65535); "I" (32-bit int) the same
+    when every value lies in [0, 65535], else min-max to [0, 255]; "F" (float) -> round(v * 255)
+    when every value lies in [0, 1], else min-max; non-finite floats count as 0. Other modes
+    are returned unchanged."""
+    from PIL import Image
+
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image
+    a = np.asarray(image)
+    if image.mode == "F":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if a.size and a.min() >= 0 and a.max() <= 1:
+            return Image.fromarray(np.rint(a * 255).astype(np.uint8), "L")
+    else:
+        a = a.astype(np.int64)
+        if not a.size or (a.min() >= 0 and a.max() <= 65535):
+            return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")  # round half up
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    scaled = np.zeros(a.shape) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+
+
 def encode_jpeg(image, quality: int = JPEG_QUALITY) -> bytes:
-    """PIL image (or HxW / HxWx3 uint8 array) -> JPEG bytes. Deterministic for equal input."""
+    """PIL image (or HxW / HxWx3 uint8 array) -> JPEG bytes. Deterministic for equal input.
+    High-bit-depth greyscale (16-bit PNG, 32-bit int or float TIFF) is scaled to 8 bits by
+    :func:`to_8bit`, not clipped."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
+    image = to_8bit(image)
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     buf = io.BytesIO()

@@ -208,9 +208,28 @@ def write_scores(path, table, labels=None, cas=None, attr_ids=None, metadata=Non
         pq.write_table(t, f)
 
 
+def _check_finite(path, name: str, column, keys: list) -> None:
+    """``ValueError`` naming ``path`` and the first key whose ``name`` value is missing (null),
+    NaN or infinite, or not a whole number: a cast to int64 would silently turn it into
+    -9.2e18 (or truncate it)."""
+    bad = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = bad | ~np.isfinite(values) | (np.nan_to_num(values) != np.round(np.nan_to_num(values)))
+    elif values.dtype.kind not in "iu":
+        raise ValueError(f"{path}: column {name!r} must hold integers, got {column.type}")
+    if bad.any():
+        i = int(np.argmax(bad))
+        what = "null" if column[i].as_py() is None else str(float(values[i]))
+        raise ValueError(f"{path}: {int(bad.sum())} missing, non-finite or fractional {name} value(s); "
+                         f"first at key {keys[i]!r} ({name} = {what})")
+
+
 def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
     """Read a score file; with ``keys`` (a dataset's key order) check it matches, naming the
-    first mismatching key, and return rows in that order."""
+    first mismatching key, and return rows in that order. A missing (null), NaN, infinite or
+    fractional ``label`` or ``cas`` is a ``ValueError`` naming the file and the first bad key."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -229,6 +248,8 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
     file_keys = t.column("key").to_pylist()
     attr_cols = sorted(c for c in names if c.startswith("attr_"))
     attrs = np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
+    for c in ("label", "cas"):
+        _check_finite(path, c, t.column(c), file_keys)
     labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
     if keys is not None:
         if len(keys) != len(file_keys) or keys != file_keys:

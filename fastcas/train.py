@@ -187,6 +187,11 @@ def evaluate(model, loader, train_counts, cfg: TrainConfig, dist: _Dist, val_cas
     return accuracy_report(labels, pred.astype(np.int64), train_counts, cas=val_cas, many=cfg.many, few=cfg.few)
 
 
+def _r4(v) -> str:
+    """An accuracy for the console: 4 decimals, '-' for a group with no samples."""
+    return "-" if v is None else f"{v:.4f}"
+
+
 def _save_report(out: Path, epoch: int, report: dict, class_names) -> None:
     import matplotlib
 
@@ -238,8 +243,11 @@ def _restore_rng(saved) -> None:
     torch.set_rng_state(saved.to("cpu", torch.uint8))
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None = None) -> dict:
-    """Run ``cfg``; returns the final report (top-1 etc. of the last evaluation)."""
+def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None = None,
+          overwrite: bool = False) -> dict:
+    """Run ``cfg``; returns the final report (top-1 etc. of the last evaluation).
+    ``cfg.out`` is locked for the run and must be empty unless ``resume`` (a compatible
+    configuration, see :mod:`fastcas.rundir`) or ``overwrite`` (clears the earlier run)."""
     import torch
     import torch.nn.functional as F
 
@@ -248,6 +256,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     torch.manual_seed(cfg.seed)  # model initialisation only; data randomness is fastcas's own
     dist = _Dist(cfg.device)
     out = Path(cfg.out)
+    from fastcas.rundir import claim_run_dir  # lock, non-empty OUT and resume checks (hygiene)
+
+    run_dir = claim_run_dir(cfg, resume=resume, overwrite=overwrite, rank=dist.rank, world_size=dist.world_size)
     out.mkdir(parents=True, exist_ok=True)
     plain, mixed, val = _loaders(cfg, dist)
     reader = plain.reader
@@ -329,6 +340,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         reached = cfg.max_steps is not None and global_step >= cfg.max_steps
         if reached and not epoch_done:
             save(loader)
+            if dist.rank == 0:
+                print(f"stopped by max_steps={cfg.max_steps} at step {loader.step} of {len(loader)} in epoch {epoch}; "
+                      f"checkpoint saved", flush=True)
             break
         if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             report = evaluate(net, val, counts, cfg, dist, val_cas)
@@ -338,8 +352,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
                 _save_report(out, epoch, report, reader.class_names)
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({k: v for k, v in report.items() if k != "per_class"}) + "\n")
-                print(f"epoch {epoch}: top1 {report['top1']:.4f} many {report['many']} medium {report['medium']} "
-                      f"few {report['few']} loss {loss.item():.3f}", flush=True)
+                print(f"epoch {epoch}: " + " ".join(f"{g} {_r4(report.get(g))}" for g in ("top1", "many", "medium", "few"))
+                      + f" loss {loss.item():.3f}", flush=True)
+        elif val is None and dist.rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            print(f"epoch {epoch}: loss {loss.item():.3f} (no --val: no evaluation)", flush=True)
         epoch += 1
         loader.set_epoch(epoch)
         save(loader)
@@ -355,4 +371,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     for l_ in (plain, mixed, val):
         if l_ is not None:
             l_.close()
+    run_dir.release()
     return final

@@ -47,7 +47,7 @@ def small(data, out, **kw):
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.json")))
 def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe):
     cfg = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"), val=str(data / "val"),
-                                out=str(tmp_path), batch_size=8, image_size=16, epoch_length=16, max_steps=2,
+                                out=str(tmp_path / "run"), batch_size=8, image_size=16, epoch_length=16, max_steps=2,
                                 py_workers=0, model="resnet32", epochs=max(8, 1),
                                 scores=None, mix_start=0, mix_end=0, device="cpu")
     if cfg.weights in ("cas", "cas-cmo"):

@@ -126,6 +126,62 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def _host_reachable(host: str, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host``:443 opens within ``timeout`` s (DNS included)."""
+    import socket
+    import threading
+
+    ok = []
+
+    def probe():
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def check_pretrained_available(model: str, tag: str) -> None:
+    """Fail fast (``ValueError`` naming the tag) when the weights of open_clip tag ``tag`` are
+    neither in the local cache nor downloadable (offline): without this, open_clip retries
+    for ~50 s and ends in a traceback."""
+    import os
+    from urllib.parse import urlparse
+
+    from open_clip import pretrained as P
+
+    cfg = P.get_pretrained_cfg(model, tag) or {}
+    hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if cfg.get("file") and Path(cfg["file"]).exists():
+        return
+    host = "huggingface.co"
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, filename = os.path.split(hub)  # open_clip's convention: "org/name/" or "org/name/file"
+            names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+            if any(isinstance(try_to_load_from_cache(repo, n), str) for n in names):
+                return
+        except ImportError:
+            host = urlparse(url).hostname or host
+    elif url:
+        if (Path.home() / ".cache" / "clip" / os.path.basename(urlparse(url).path)).exists():
+            return
+        host = urlparse(url).hostname or host
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and hub
+    if offline or not _host_reachable(host):
+        raise ValueError(f"CLIP weights {model} pretrained={tag!r} are not in the local cache and {host} "
+                         f"cannot be reached ({'HF_HUB_OFFLINE is set' if offline else 'offline?'}); "
+                         "download them on a machine with network access, or pass --weights FILE "
+                         "(an open_clip checkpoint)")
+
+
 class ClipEncoder:
     """open_clip image and text towers.
 
@@ -159,12 +215,19 @@ class ClipEncoder:
                     raise ValueError(f"{weights!r} is neither a weights file nor a pretrained tag of {model} "
                                      f"(tags: {', '.join(tags) or 'none'})")
                 tag, self.weights_hash = weights, f"tag:{weights}"
+                check_pretrained_available(model, tag)
         self.model_name, self.device = model, device
         # random initialisation is seeded (0) inside fork_rng, so every process (rank) builds
         # the same "random" model and the global torch RNG is left untouched
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.model = open_clip.create_model(model, pretrained=tag, device=device).eval()
+            try:
+                self.model = open_clip.create_model(model, pretrained=tag, device=device).eval()
+            except Exception as exc:  # download or cache failure: name the tag, no traceback
+                if tag is None:
+                    raise
+                raise ValueError(f"CLIP weights {model} pretrained={tag!r} could not be loaded: "
+                                 f"{str(exc)[:300]}") from None
         if tag is None and path is not None:
             try:
                 open_clip.load_checkpoint(self.model, str(path), device=device)

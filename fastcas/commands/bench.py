@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per loader per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3, help="untimed batches per loader")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda")
     p.add_argument("--json", dest="json_out", help="write the result JSON here")
     p.add_argument("--plot", help="write a PNG bar chart here")
 
@@ -33,7 +33,9 @@ def run(args) -> int:
     from fastcas._io import atomic_write_json
     from fastcas._machine import machine_info
     from fastcas.bench import BenchConfig, goals, run_bench
+    from fastcas.commands._device import require_device
 
+    require_device(args.device)
     cfg = BenchConfig(dataset=args.dataset, loaders=tuple(x.strip() for x in args.loaders.split(",") if x.strip()),
                       batch_size=args.batch_size, workers=args.workers, baseline_workers=args.baseline_workers, threads=args.threads,
                       image_size=args.image_size, mix=args.mix, weights=args.weights, scores=args.scores,

@@ -14,11 +14,14 @@ def add_arguments(p) -> None:
     p.add_argument("--r", type=float, default=1.0, help="CMO exponent (default 1.0)")
     p.add_argument("--threshold", type=float, default=None, help="over/under-sampling threshold")
     p.add_argument("--num-samples", type=int, default=None, help="draws per epoch over all ranks (default N)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("--rank", type=int, default=0)
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--mode", choices=["exact", "streaming"], default="exact")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--epoch", type=int, default=0, help="epoch whose indices to draw (default 0)")
+    p.add_argument("--rank", type=int, default=0, help="this rank's share of the epoch (default 0)")
+    p.add_argument("--world-size", type=int, default=1, help="number of ranks sharing the epoch (default 1)")
+    p.add_argument("--mode", choices=["exact", "streaming"], default="exact",
+                   help="exact: independent weighted draws over the whole dataset (random access); streaming: "
+                   "each rank reads whole shards in order, repeating each sample by its weight (systematic "
+                   "rounding) and mixing through --shuffle-buffer (sequential reads) (default exact)")
     p.add_argument("--shuffle-buffer", type=int, default=4096, help="streaming mode shuffle buffer")
     p.add_argument("--out", required=True, help="output .npy of int64 global indices")
     p.add_argument("--report", action="store_true", help="print drawn vs expected class frequencies")

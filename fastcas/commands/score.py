@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--chunk-batches", type=int, default=16, help="batches per resume chunk")
     p.add_argument("--decoder", choices=["auto", "dali", "torchvision"], default="auto",
                    help="torchvision.io.decode_jpeg (auto; nvJPEG on a GPU) or fastcas's DALI loader")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="DALI python workers")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -258,6 +258,9 @@ def _remove_part(p: Path) -> None:
 
 
 def run(args) -> int:
+    from fastcas.commands._device import require_device
+
+    require_device(args.device)
     out = Path(args.out)
     if args.merge:
         result = merge(args, args.merge)

@@ -8,7 +8,9 @@ HELP = "write WebDataset shards + DALI indexes + manifest from images"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", nargs="?", help="ImageFolder directory or 'path<TAB>label' list file "
+    p.add_argument("src", nargs="?", help="ImageFolder directory or 'path<TAB>label' list file, one image a "
+                   "line, LABEL a non-negative integer class id (class names: use an ImageFolder tree); "
+                   "relative paths are relative to the list file "
                    "(with --from fashion-mnist: the idx directory, default the Debian package)")
     p.add_argument("out", help="output directory (must be empty unless --overwrite)")
     p.add_argument("--from", dest="source", choices=["auto", "folder", "list", "fashion-mnist"], default="auto",
