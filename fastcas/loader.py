@@ -290,10 +290,10 @@ class Loader:
                 saved = {**saved, "global_batch": state["global_batch"]}
             where = "Loader.load_state_dict"
             check_same(saved, now, self._STREAM_KEYS, where)
-            position = int(state["position"])
-            if position > 0:
+            step = self.geometry.step_at(int(state["position"]), where)
+            if 0 < step < self.steps:
                 check_same(saved, now, self._AUGMENT_KEYS, where + " (resuming mid-epoch)")
-            self.epoch, self.step = int(state["epoch"]), self.geometry.step_at(position, where)
+            self.epoch, self.step = int(state["epoch"]), step
         self.skipped = dict(state.get("skipped", {}))
 
     # -- iteration ---------------------------------------------------------------------------
