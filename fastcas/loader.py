@@ -224,9 +224,7 @@ class Loader:
                                                              self.config.mix_prob)
                 res.update(params=None, drawn=drawn, mixed=mixed)
             else:
-                S = self.config.image_size
-                res["params"] = M.make_params_at(kind, self.config.seed, epoch, pos, S, S, alpha=self.config.alpha,
-                                                 prob=self.config.mix_prob, **self.config.mix_options)
+                res["params"] = self._mix_params(epoch, pos, self.config.image_size)
         return res
 
     # -- epochs and state ------------------------------------------------------------------
@@ -289,6 +287,12 @@ class Loader:
             if "global_batch" not in saved and "global_batch" in state:
                 saved = {**saved, "global_batch": state["global_batch"]}
             where = "Loader.load_state_dict"
+            if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
+                raise ValueError(f"{where}: the state was saved with global_batch {saved['global_batch']} "
+                                 f"(saved {saved['global_batch']}, now {now['global_batch']} = batch_size "
+                                 f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
+                                 f"size {self.world_size} use a per-rank batch of "
+                                 f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
             check_same(saved, now, self._STREAM_KEYS, where)
             step = self.geometry.step_at(int(state["position"]), where)
             if 0 < step < self.steps:
@@ -375,12 +379,20 @@ class Loader:
             fg, y_fg = images[perm], labels[perm]
         S = images.shape[-1]
         extra = {"foreground": fg} if kind == "saliencymix" else {}
-        # device: FMix masks are built where the images are, from noise drawn on the host
-        params = M.make_params_at(kind, cfg.seed, self.epoch, positions, S, S, alpha=cfg.alpha,
-                                  prob=cfg.mix_prob, device=images.device, **extra, **cfg.mix_options)
+        params = self._mix_params(self.epoch, positions, S, device=images.device, **extra)
         mixed = M.apply(params, images, fg)
         targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets
+
+    def _mix_params(self, epoch: int, positions, size: int, **extra):
+        """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,
+        position) only. ``device``: FMix masks are built where the images are, from noise
+        drawn on the host."""
+        from fastcas import mix as M
+
+        cfg = self.config
+        return M.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
+                                prob=cfg.mix_prob, **extra, **cfg.mix_options)
 
     def _smooth(self, labels):
         import torch

@@ -256,3 +256,42 @@ def test_geometry_partial_and_pad_last_steps():
         assert np.concatenate([geo.positions(3, r) for r in range(ws)]).tolist() == list(range(24, 32))
     with pytest.raises(ValueError, match="not a multiple of the global batch 8"):
         StreamGeometry(64, 2, 4).step_at(12)
+
+
+def _torchrun(nproc, args, root):
+    import os
+    import subprocess
+    import sys
+
+    # --standalone: torchrun picks a free rendezvous port itself (no fixed port to collide on)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "fastcas", *args]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_training_resumes_at_another_nproc_per_node(tmp_path):
+    """2 processes x batch 4 for 4 steps, then --resume with 1 process x batch 8 (same global
+    batch): the run continues at global step 4 and finishes; another global batch is refused."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("nvidia.dali")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    make_dataset(tmp_path / "train", counts=(20, 10, 5, 3), shard_size=16, size=(24, 20), seed=1)
+    out = tmp_path / "run"
+    common = ["train", str(tmp_path / "train"), "--model", "resnet32", "--epochs", "2", "--image-size", "16",
+              "--epoch-length", "48", "--py-workers", "0", "--out", str(out), "--no-amp", "--weights", "cmo",
+              "--mix", "cutmix", "--checkpoint-every", "2", "--device", "cpu"]
+    p = _torchrun(2, common + ["--batch-size", "4", "--max-steps", "4"], root)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert (state["global_step"], state["loader"]["position"], state["loader"]["world_size"]) == (4, 32, 2)
+    bad = _torchrun(1, common + ["--batch-size", "4", "--resume"], root)
+    assert bad.returncode != 0 and "global_batch 8" in bad.stderr + bad.stdout
+    p = _torchrun(1, common + ["--batch-size", "8", "--resume"], root)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 12 and final["epoch"] == 2 and final["loader"]["world_size"] == 1
