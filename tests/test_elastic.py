@@ -295,3 +295,45 @@ def test_torchrun_training_resumes_at_another_nproc_per_node(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 12 and final["epoch"] == 2 and final["loader"]["world_size"] == 1
+
+
+def test_streaming_resume_exact_at_the_same_world_size_and_shard_granular_at_another():
+    from fastcas.streaming import StreamingSampler
+
+    labels = np.repeat(np.arange(5), [400, 200, 100, 40, 10])
+    w = W.cmo(labels)
+    counts = [50] * 15
+
+    def group(ws):
+        return [StreamingSampler(counts, w, seed=2, rank=r, world_size=ws, shuffle_buffer=16) for r in range(ws)]
+
+    full = [s.indices(0) for s in group(2)]
+    k = 120
+    saver = group(2)[1]
+    it = iter(saver)
+    for _ in range(k):
+        next(it)
+    state = saver.state_dict()
+    assert state["consumed"] == k
+    same = group(2)
+    for s in same:
+        s.load_state_dict(state)
+    assert all(np.array_equal(s.indices(0), f[k:]) for s, f in zip(same, full))  # exact
+    for ws in (3, 1):
+        resumed = group(ws)
+        for s in resumed:
+            s.load_state_dict(state)
+        rest = np.concatenate([s.indices(0) for s in resumed])
+        assert abs(len(rest) - (750 - 2 * k)) < ws  # the remaining draws, split over the new ranks
+        shard = np.searchsorted(saver.starts, rest, side="right") - 1
+        before = np.concatenate([f[:k] for f in full])
+        c0 = saver.counts(0)
+        # shards the old ranks had finished are not read again; every other drawn sample still comes
+        unfinished = [s_ for s_ in range(15) if np.bincount(before, minlength=750)[saver.starts[s_]:saver.starts[s_ + 1]].sum()
+                      < c0[saver.starts[s_]:saver.starts[s_ + 1]].sum()]
+        assert set(np.unique(shard)) <= set(unfinished) and len(unfinished) < 15
+    with pytest.raises(ValueError, match="seed"):
+        StreamingSampler(counts, w, seed=3).load_state_dict(state)
+    end = group(1)[0]
+    end.load_state_dict({**state, "consumed": 375})
+    assert end.epoch == 1
