@@ -91,6 +91,8 @@ class StreamGeometry:
         """int64 global positions of rank-local draws ``local`` (the j-th draw of this rank in the
         epoch, counting ``b`` per step; a partial last step is padded to ``b``)."""
         j = np.asarray(local, np.int64)
+        if self.batch_size == 1:  # fast path (a partial last step of b = 1 is a full one)
+            return j * self.world_size + rank
         t, i = np.divmod(j, self.batch_size)
         G = self.global_batch
         rem = self.num_samples - t * G

@@ -288,7 +288,7 @@ class Loader:
                 saved = {**saved, "global_batch": state["global_batch"]}
             where = "Loader.load_state_dict"
             if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
-                raise ValueError(f"{where}: the state was saved with global_batch {saved['global_batch']} "
+                raise ValueError(f"{where}: the state was saved with another global batch: global_batch "
                                  f"(saved {saved['global_batch']}, now {now['global_batch']} = batch_size "
                                  f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
                                  f"size {self.world_size} use a per-rank batch of "

@@ -162,7 +162,8 @@ class WeightedSampler:
         g = np.asarray(positions, np.int64)
         if g.size and g.min() < 0:
             raise ValueError("global positions must be >= 0")
-        g = g % self.num_samples
+        if g.size and g.max() >= self.num_samples:
+            g = g % self.num_samples
         if self.replacement:
             u = counter_uniform(derive_key(self.seed, _DRAW, epoch, self.stream), g)
             if self._cdf is None:

@@ -206,7 +206,7 @@ def test_bad_states_name_what_differs(ds, scores, tmp_path):
 
     with pytest.raises(ValueError, match=r"seed"):
         load(ds, 4, scores=scores, rank=0, world_size=2, **{**base, "seed": 12})
-    with pytest.raises(ValueError, match=r"global_batch \(saved 8, now 12\)"):
+    with pytest.raises(ValueError, match=r"global_batch \(saved 8, now 12 = batch_size 4 x world size 3\); .* per-rank batch of 8 / 3"):
         load(ds, 4, scores=scores, rank=0, world_size=3, **base)
     with pytest.raises(ValueError, match=r"weights_digest"):
         load(ds, 8, scores=scores + 1, **base)
@@ -290,7 +290,7 @@ def test_torchrun_training_resumes_at_another_nproc_per_node(tmp_path):
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert (state["global_step"], state["loader"]["position"], state["loader"]["world_size"]) == (4, 32, 2)
     bad = _torchrun(1, common + ["--batch-size", "4", "--resume"], root)
-    assert bad.returncode != 0 and "global_batch 8" in bad.stderr + bad.stdout
+    assert bad.returncode != 0 and "global_batch (saved 8, now 4" in bad.stderr + bad.stdout
     p = _torchrun(1, common + ["--batch-size", "8", "--resume"], root)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
