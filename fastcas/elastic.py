@@ -19,9 +19,10 @@ The key scheme (issue 16; issue 13 builds on it):
 The last step of an epoch of ``E`` positions (``last_batch``): ``"drop"`` skips the
 ``E mod G`` tail; ``"pad"`` fills the last step with positions past ``E``, which samplers
 wrap to the start of the epoch (like torch's ``DistributedSampler`` padding); ``"partial"``
-gives every rank ``ceil((E - t * G) / W)`` positions of the last step
-(``t * G + r * b' + i``), so every position before ``E`` is consumed once and all ranks take
-equally many steps (DDP needs that); only that last step's split depends on ``W``.
+gives every rank ``b' = ceil((E - t * G) / W)`` positions of the last step
+(``t * G + r * b' + i``; those past ``E`` wrap, as padding), so every position before ``E`` is
+consumed once and all ranks take equally many steps (DDP needs that); only that last step's
+split depends on ``W``.
 """
 from __future__ import annotations
 

@@ -90,6 +90,7 @@ def test_resume_at_another_world_size_continues_the_stream_exactly(ds, scores, r
     assert stream(loaders(ds, scores, recipe, 4), epoch=1) == stream(ref_group, epoch=1) != reference
 
 
+@pytest.mark.dali
 def test_dali_batches_at_world_size_one_equal_the_concatenated_world_size_two_batches(ds):
     """Through DALI on CPU: after 2 steps at world size 2 (b = 4), world size 1 (b = 8) resumes
     with batches whose pixels and targets are the two ranks' batches concatenated."""
@@ -271,6 +272,7 @@ def _torchrun(nproc, args, root):
 
 
 @pytest.mark.slow
+@pytest.mark.dali
 @pytest.mark.distributed
 def test_torchrun_training_resumes_at_another_nproc_per_node(tmp_path):
     """2 processes x batch 4 for 4 steps, then --resume with 1 process x batch 8 (same global
