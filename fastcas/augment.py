@@ -1,7 +1,8 @@
 """Stateless augmentation parameters shared by the DALI loader and the torchvision baseline.
 
-The random-resized-crop window and the flip of draw ``position`` in ``epoch`` are pure
-functions of ``(seed, epoch, rank, position)`` and the image size (read from the JPEG
+The random-resized-crop window and the flip at global ``position`` of ``epoch`` are pure
+functions of ``(seed, epoch, stream, position)`` (:mod:`fastcas.elastic`'s key scheme; no
+rank: the same position gets the same crop at any world size) and the image size (read from the JPEG
 header), computed with the counter-based generator. So both loaders do identical work,
 and a resumed run reproduces every crop without DALI's RNG state.
 """
@@ -87,5 +88,6 @@ def flips(key: np.uint64, positions) -> np.ndarray:
     return (counter_uniform(key, np.asarray(positions, np.int64) * 32 + 29) < 0.5).astype(np.uint8)
 
 
-def augment_key(seed: int, epoch: int, rank: int, stream: int = 0) -> np.uint64:
-    return derive_key(seed, 0xA6, epoch, rank, stream)
+def augment_key(seed: int, epoch: int, stream: int = 0) -> np.uint64:
+    """Key of the crop/flip draws of ``stream`` in ``epoch``; the counter is the global position."""
+    return derive_key(seed, 0xA6, epoch, stream)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loader import Loader
 from fastcas.pipeline import EVAL_CROP_FRACTION
-from fastcas.source import SampleSource, SourceConfig
+from fastcas.source import SampleSource
 
 
 class _Positions:
@@ -66,9 +66,7 @@ class TorchvisionLoader(Loader):
 
         cfg = self.config
         self.close()
-        source = SampleSource(SourceConfig(
-            dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
-            seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=0, train=cfg.train, strict=cfg.strict))
+        source = SampleSource(self._source_config(self.epoch, 0))  # same stream geometry as the Loader
         ds = _Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         start = self.step * cfg.batch_size
         sampler = range(start, len(ds))

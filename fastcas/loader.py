@@ -11,6 +11,13 @@ Stages: weights -> stateless sampler(s) -> :class:`~fastcas.source.SampleSource`
 DALI pipeline (:mod:`fastcas.pipeline`) -> mixing (:mod:`fastcas.mix`) on the same device.
 Two-stream recipes (CMO) set ``foreground_weights``: each slot holds a background drawn by
 ``weights`` (uniform for CMO) and a foreground drawn by ``foreground_weights`` ("cmo").
+
+Training reads one global stream per epoch (:mod:`fastcas.elastic`): rank ``r`` of ``W`` takes
+positions ``t * W * b + r * b + i`` at step ``t``, and the sample, crop, flip and mixing
+parameters of a position do not depend on ``(W, b)``. So :meth:`Loader.state_dict` (the global
+position consumed and a digest of what must match) resumes exactly at another world size and
+per-rank batch with the same global batch ``W * b``; :meth:`Loader.plan` shows a step's
+positions, samples and parameters without running DALI.
 """
 from __future__ import annotations
 
@@ -23,18 +30,18 @@ import numpy as np
 
 from fastcas import _workers
 from fastcas import weights as W
-from fastcas._rng import generator
+from fastcas.elastic import StreamGeometry, check_same, digest
 from fastcas.reader import ShardReader
 from fastcas.sampler import WeightedSampler, _dist_defaults
 from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_skipped
 
 MIX_KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 LAST_BATCH = ("drop", "partial", "pad")
-_MIX_TAG = 0x313
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
-# SaliencyMix ``saliency`` "spectral" (default) or "finegrained"
+# SaliencyMix ``saliency`` "finegrained" (default: the reference's saliency, batched), "opencv"
+# (the same through OpenCV) or "spectral" (spectral residual)
 MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
                "saliencymix": ("mode", "saliency")}
 
@@ -59,8 +66,10 @@ def _check_mix_options(mix: str | None, options) -> None:
         raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
     if options.get("mode", "elem") not in ("elem", "batch"):
         raise ValueError(f"mix_options mode must be 'elem' or 'batch', got {options['mode']!r}")
-    if options.get("saliency", "spectral") not in ("spectral", "finegrained", "spectral-residual", "fine-grained"):
-        raise ValueError(f"mix_options saliency must be 'spectral' or 'finegrained', got {options['saliency']!r}")
+    if options.get("saliency", "finegrained") not in ("spectral", "finegrained", "opencv", "spectral-residual",
+                                                      "fine-grained"):
+        raise ValueError("mix_options saliency must be 'finegrained', 'opencv' or 'spectral', "
+                         f"got {options['saliency']!r}")
     for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
         if key in options:
             v = options[key]
@@ -168,13 +177,25 @@ class Loader:
         self.device = resolve_device(cfg.device)
         self.scores = self._load_scores(scores)
         self.streams = self._make_streams()
-        per_rank = len(self.streams[0])
-        steps = per_rank / cfg.batch_size
-        self.steps = math.floor(steps) if cfg.last_batch == "drop" else math.ceil(steps)
-        if self.steps < 1:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than this rank's {per_rank} samples per epoch "
-                             "with last_batch='drop'")
-        self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+        self.geometry = None
+        if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.elastic)
+            self.geometry = StreamGeometry(cfg.epoch_length or len(self.reader), self.world_size, cfg.batch_size,
+                                           cfg.last_batch)
+            self.steps = self.geometry.steps
+            if self.steps < 1:
+                raise ValueError(f"the global batch {self.geometry.global_batch} (batch_size {cfg.batch_size} x "
+                                 f"{self.world_size} ranks) is larger than the {self.geometry.num_samples} samples "
+                                 "per epoch with last_batch='drop'")
+            self._last_size = self.geometry.step_size(self.steps - 1)
+        else:
+            per_rank = len(self.streams[0])
+            steps = per_rank / cfg.batch_size
+            self.steps = math.floor(steps) if cfg.last_batch == "drop" else math.ceil(steps)
+            if self.steps < 1:
+                raise ValueError(f"batch_size {cfg.batch_size} is larger than this rank's {per_rank} samples per "
+                                 "epoch with last_batch='drop'")
+            self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+        self._digests: dict = {}
         self.epoch, self.step = 0, 0
         self.skipped: dict[str, int] = {}
         self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.faults
@@ -195,27 +216,77 @@ class Loader:
             return read_scores(scores, keys=self.reader.keys).cas
         return np.asarray(scores, np.float64)
 
-    def _sampler(self, name: str):
+    def _sampler(self, name: str, stream: int = 0):
         cfg = self.config
         w = W.make(name, self.reader.labels, scores=self.scores, b=cfg.b, r=cfg.r)
         num = cfg.epoch_length or len(self.reader)
+        common = dict(seed=cfg.seed, stream=stream, rank=self.rank, world_size=self.world_size,
+                      batch_size=cfg.batch_size)
         if name == "uniform":
-            return WeightedSampler(len(self.reader), num, seed=cfg.seed, rank=self.rank,
-                                   world_size=self.world_size, replacement=False)
-        return WeightedSampler(w, num, seed=cfg.seed + 7919 * len(name), rank=self.rank, world_size=self.world_size)
+            return WeightedSampler(len(self.reader), num, replacement=False, **common)
+        return WeightedSampler(w, num, **common)
 
     def _make_streams(self) -> tuple:
         cfg = self.config
         if not cfg.train:
             return (SequentialIndex(len(self.reader), self.rank, self.world_size),)
-        streams = [self._sampler(cfg.weights)]
+        streams = [self._sampler(cfg.weights, 0)]
         if cfg.foreground_weights:
-            streams.append(self._sampler(cfg.foreground_weights))
+            streams.append(self._sampler(cfg.foreground_weights, 1))
         return tuple(streams)
 
     def sampler_indices(self, epoch: int) -> list[np.ndarray]:
         """Per stream, the global indices this rank reads in ``epoch`` (before padding)."""
+        if self.geometry is not None:
+            pos = self.geometry.rank_positions(self.rank)
+            return [s.global_index_at(epoch, pos) for s in self.streams]
         return [s.index_at(epoch, np.arange(len(s))) for s in self.streams]
+
+    def positions(self, step: int, epoch: int | None = None) -> np.ndarray:
+        """int64 global positions this rank consumes at ``step`` (training; evaluation: this
+        rank's local positions)."""
+        if self.geometry is not None:
+            return self.geometry.positions(int(step), self.rank)
+        n = self._last_size if step == self.steps - 1 else self.config.batch_size
+        return int(step) * self.config.batch_size + np.arange(n, dtype=np.int64)
+
+    def plan(self, step: int | None = None, epoch: int | None = None) -> dict:
+        """What this rank's batch at ``step`` of ``epoch`` (default: the next one) is made of,
+        computed on the host without DALI: ``positions`` int64 [n]; per stream (lists)
+        ``indices`` int64 [n], ``keys``, ``labels`` int64 [n], ``windows`` float32 [n, 4]
+        ``(x, y, w, h)`` normalised, ``flips`` int32 [n]; and when mixing, ``partner`` (local
+        indices of the in-batch partners, or None for two-stream recipes), ``partner_keys`` and
+        ``params`` (:class:`fastcas.mix.MixParams`; SaliencyMix needs pixels for its boxes, so
+        there ``params`` is None and ``drawn``/``mixed`` are given)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        step = self.step if step is None else int(step)
+        if not 0 <= step < self.steps:
+            raise ValueError(f"step must be in [0, {self.steps}), got {step}")
+        pos = self.positions(step, epoch)
+        n = len(pos)
+        source = SampleSource(self._source_config(epoch, 0))
+        out = source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64))
+        ns = len(self.streams)
+        indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
+                   for s in self.streams]
+        res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
+               "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
+               "labels": [out[4 * s + 1].reshape(-1) for s in range(ns)],
+               "windows": [out[4 * s + 2] for s in range(ns)], "flips": [out[4 * s + 3].reshape(-1) for s in range(ns)]}
+        kind = self.config.mix_kind
+        if kind:
+            from fastcas import mix as M
+
+            partner = None if ns == 2 else M.pair_partner(pos)
+            res["partner"] = partner
+            res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
+            if kind == "saliencymix":
+                drawn, mixed, _, _ = M.params.position_draws(self.config.seed, epoch, pos, self.config.alpha,
+                                                             self.config.mix_prob)
+                res.update(params=None, drawn=drawn, mixed=mixed)
+            else:
+                res["params"] = self._mix_params(epoch, pos, self.config.image_size)
+        return res
 
     # -- epochs and state ------------------------------------------------------------------
     def __len__(self) -> int:
@@ -227,16 +298,68 @@ class Loader:
         if int(epoch) != self.epoch:
             self.epoch, self.step = int(epoch), 0
 
+    # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
+    _STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
+                    "global_batch", "last_batch", "train")
+    _AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options")
+
+    def _config_digest(self) -> dict:
+        cfg = self.config
+        if "dataset" not in self._digests:
+            self._digests["dataset"] = digest(self.reader.manifest_path.read_bytes().decode("utf-8", "replace"))
+            self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
+                                               for s in self.streams], cfg.b, cfg.r)
+        return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
+                "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
+                "epoch_length": cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
+                "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
+                "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
+                "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
+
     def state_dict(self) -> dict:
-        """Where the next batch comes from; everything else is a function of the config."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.config.seed, "rank": self.rank,
-                "world_size": self.world_size, "skipped": dict(self.skipped),
+        """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
+        in the epoch, a multiple of the global batch), this rank's ``step``, the geometry it was
+        saved at, and ``config`` (what must match to resume: dataset, seed, weights and their
+        digest, epoch length, global batch, mixing and image size). Everything else is a
+        function of the config."""
+        position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
+        return {"epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
+                "global_batch": self.world_size * self.config.batch_size, "config": self._config_digest(),
+                "skipped": dict(self.skipped),
                 "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.config.seed) != self.config.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {self.config.seed}")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        """Continue from ``state``, saved by this loader or by one at another world size and
+        per-rank batch with the same global batch (training). Raises ValueError naming what
+        differs for a state of another dataset, seed, weights, epoch length or global batch
+        (and, mid-epoch, of other mixing settings or image size). A state at the end of its
+        epoch starts the next epoch. Evaluation loaders and states without ``position``
+        (older fastcas) continue at ``step`` with the same world size only."""
+        cfg = self.config
+        if state.get("seed", cfg.seed) != cfg.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
+        if self.geometry is None or "position" not in state:
+            if state.get("world_size", self.world_size) != self.world_size and int(state["step"]) > 0:
+                raise ValueError(f"state was saved at world size {state['world_size']} mid-epoch without a global "
+                                 f"position; this loader has world size {self.world_size}")
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        else:
+            saved, now = state.get("config", {}), self._config_digest()
+            if "global_batch" not in saved and "global_batch" in state:
+                saved = {**saved, "global_batch": state["global_batch"]}
+            where = "Loader.load_state_dict"
+            if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
+                raise ValueError(f"{where}: the state was saved with another global batch: global_batch "
+                                 f"(saved {saved['global_batch']}, now {now['global_batch']} = batch_size "
+                                 f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
+                                 f"size {self.world_size} use a per-rank batch of "
+                                 f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
+            check_same(saved, now, self._STREAM_KEYS, where)
+            step = self.geometry.step_at(int(state["position"]), where)
+            if 0 < step < self.steps:
+                check_same(saved, now, self._AUGMENT_KEYS, where + " (resuming mid-epoch)")
+            self.epoch, self.step = int(state["epoch"]), step
         self.skipped = dict(state.get("skipped", {}))
         quarantine = set()
         if state.get("quarantine"):
@@ -247,16 +370,20 @@ class Loader:
             self.close()  # the pipeline's source carries the quarantine: rebuild
 
     # -- iteration ---------------------------------------------------------------------------
+    def _source_config(self, epoch: int, step: int) -> SourceConfig:
+        cfg = self.config
+        return SourceConfig(
+            dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
+            seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
+            quarantine=frozenset(getattr(self, "_quarantine", ())))
+
     def _build(self):
         from fastcas.pipeline import PipelineConfig, build_pipeline
 
         cfg = self.config
         self.close()
-        source = SampleSource(SourceConfig(
-            dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
-            seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
-            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size,
-            quarantine=frozenset(getattr(self, "_quarantine", ()))))
+        source = SampleSource(self._source_config(self.epoch, self.step))
         device_id = None
         if self.device == "cuda":
             import torch
@@ -378,22 +505,31 @@ class Loader:
             return images, labels
         from fastcas import mix as M
 
-        rng = generator(cfg.seed, _MIX_TAG, self.epoch, self.rank, self.step)
+        # every parameter is keyed by the samples' global positions (fastcas.elastic)
+        positions = self.positions(self.step)[:n]
         if len(self.streams) == 2:
             fg, y_fg = out[2][:n], pipeline.to_device(out[3][:n].reshape(-1), images.device)
             if cfg.channels_last:
                 fg = fg.permute(0, 3, 1, 2)
         else:
-            perm = pipeline.to_device(torch.from_numpy(M.in_batch_partner(n, rng)), images.device)
+            perm = pipeline.to_device(torch.from_numpy(M.pair_partner(positions)), images.device)
             fg, y_fg = images[perm], labels[perm]
         S = images.shape[-1]
         extra = {"foreground": fg} if kind == "saliencymix" else {}
-        # device: FMix masks are built where the images are (no host round trip)
-        params = M.make_params(kind, n, S, S, alpha=cfg.alpha, prob=cfg.mix_prob, generator=rng,
-                               device=images.device, **extra, **cfg.mix_options)
+        params = self._mix_params(self.epoch, positions, S, device=images.device, **extra)
         mixed = M.apply(params, images, fg)
         targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets
+
+    def _mix_params(self, epoch: int, positions, size: int, **extra):
+        """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,
+        position) only. ``device``: FMix masks are built where the images are, from noise
+        drawn on the host."""
+        from fastcas import mix as M
+
+        cfg = self.config
+        return M.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
+                                prob=cfg.mix_prob, **extra, **cfg.mix_options)
 
     def _smooth(self, labels):
         import torch

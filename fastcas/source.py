@@ -1,9 +1,10 @@
 """The stateless per-sample source behind the DALI ``external_source`` (and the baseline).
 
-``SampleSource(info)`` maps ``(epoch, idx_in_epoch)`` -> sampler index -> zero-copy JPEG
-bytes from the mmapped shards -> ``(jpeg, label, window, flip)`` for each stream, plus the
-index of a skipped broken sample per stream (-1 if none). It holds no mutable state, so it
-can run in any DALI worker process, and a resumed loader needs only ``(epoch, offset)``.
+``SampleSource(info)`` maps ``(epoch, idx_in_epoch)`` -> global position (``geometry``, see
+:mod:`fastcas.elastic`) -> sampler index -> zero-copy JPEG bytes from the mmapped shards ->
+``(jpeg, label, window, flip)`` for each stream, plus the index of a skipped broken sample per
+stream (-1 if none). It holds no mutable state, so it can run in any DALI worker process, and
+a resumed loader needs only ``(epoch, offset)``.
 """
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ class SourceConfig:
     ``positions``: samples per epoch (steps x batch size, padded by wrapping);
     ``epoch0``/``offset``: the pipeline's first epoch number and the position it starts at
     (a mid-epoch resume); ``train``: draw crop windows and flips; ``strict``: raise on a
-    broken sample instead of substituting the next readable one."""
+    broken sample instead of substituting the next readable one. ``geometry``: a
+    :class:`fastcas.elastic.StreamGeometry` mapping this rank's positions to global positions
+    of the epoch's one stream (training); None: the streams take rank-local positions
+    (evaluation's :class:`SequentialIndex`)."""
 
     dataset: str
     streams: tuple
@@ -48,6 +52,7 @@ class SourceConfig:
     strict: bool = False
     batch_size: int = 1
     quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
+    geometry: object = None
 
 
 class SampleSource:
@@ -105,19 +110,25 @@ class SampleSource:
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
     def batch(self, epoch: int, positions: np.ndarray) -> tuple:
-        """Outputs for the positions of one batch, vectorised over the batch: per stream
+        """Outputs for this rank's local ``positions`` of one batch, vectorised: per stream
         (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
         [B, 1]) then skipped int64 [B, streams]."""
         c = self.config
         outs, skipped = [], []
+        # rank-local positions -> global positions of the epoch's one stream (training)
+        g = None if c.geometry is None else c.geometry.local_to_global(positions, c.rank)
         for s, sampler in enumerate(c.streams):
-            indices = sampler.index_at(epoch, positions % len(sampler))
+            if g is None:
+                indices = sampler.index_at(epoch, positions % len(sampler))
+            else:
+                indices = sampler.global_index_at(epoch, g)
             fetched = [self.fetch(int(i)) for i in indices]
-            key = augment_key(c.seed, epoch, c.rank, s)
+            key = augment_key(c.seed, epoch, s)
             n = len(positions)
             if c.train:
-                windows = crop_windows(key, positions, np.array([f[2] for f in fetched]))
-                flip = flips(key, positions).astype(np.int32).reshape(n, 1)
+                counter = positions if g is None else g
+                windows = crop_windows(key, counter, np.array([f[2] for f in fetched]))
+                flip = flips(key, counter).astype(np.int32).reshape(n, 1)
             else:
                 windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
                 flip = np.zeros((n, 1), np.int32)

@@ -4,7 +4,15 @@ One :class:`TrainConfig` (frozen, validated) describes a run; :func:`train` runs
 writes ``OUT/metrics.jsonl`` (one line per evaluation), ``OUT/eval-epochNNN.json`` and
 ``.png`` reports, ``OUT/checkpoint.pt`` (atomic, every ``checkpoint_every`` steps and at
 each epoch end) and ``OUT/final.json``. Under ``torchrun`` the process group is set up from
-the environment (NCCL on GPU, gloo on CPU) and every rank draws its own stream.
+the environment (NCCL on GPU, gloo on CPU) and every rank takes its own block of each step of
+the epoch's one global sample stream (:mod:`fastcas.elastic`).
+
+``--resume`` continues from the checkpoint at any ``torchrun --nproc_per_node`` as long as the
+global batch (``--batch-size`` x processes) is the same: the data stream (samples, crops, flips,
+mixing parameters, step count and learning-rate schedule) continues exactly. The model weights
+then cannot be bitwise identical to an uninterrupted run at the old world size: gradients are
+reduced in another order, and BatchNorm statistics are per rank (computed over ``--batch-size``
+samples). At the same world size the resume is bitwise exact.
 """
 from __future__ import annotations
 

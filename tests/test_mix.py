@@ -284,9 +284,10 @@ def test_fmix_torch_mask_builder_exact_counts():
     from fastcas.mix.fmix import _counts, _masks_torch
 
     drawn = np.array([0.0, 0.3, 0.77, 1.0])
+    noise = generator(3).standard_normal((4, 16, 11, 2), dtype=np.float32)
     for max_soft in (0.0, 0.1):
         num, soft = _counts(drawn, 16 * 20, max_soft)
-        m = _masks_torch(3, 4, 16, 20, 3.0, num, soft, torch.device("cpu")).numpy()
+        m = _masks_torch(noise, 16, 20, 3.0, num, soft, torch.device("cpu")).numpy()
         assert m.shape == (4, 16, 20) and m.dtype == np.float32
         np.testing.assert_allclose((1 - m).reshape(4, -1).sum(1), num, atol=1e-4)
         if max_soft:

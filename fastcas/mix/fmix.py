@@ -12,12 +12,18 @@ linear soft ramp of half-width ``max_soft * H * W``). Differences, on purpose:
 * the mask here is 1 where the FOREGROUND is taken, so the top ``round(lam*N)`` pixels are 0
   and the measured kept-background fraction is exactly ``round(lam*N) / N``.
 
-NumPy on the host; with ``device`` a CUDA torch device the noise comes from a torch generator
-seeded by one draw of the NumPy generator and the FFT, sort and binarisation run on the device.
+The spectrum noise is always drawn with NumPy on the host (:func:`fmix_masks` from the
+generator it is given; :func:`noise_at` per global position, from ``(seed, epoch, position)``
+alone), so the same parameters give the same noise on every device (issue 12, finding 5).
+With ``device`` a CUDA torch device the FFT, sort and binarisation then run on the device;
+float32 FFTs of different libraries may differ in the last bits, which can move a pixel whose
+value ties the threshold, but the kept count (and so lam) is exact everywhere.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from fastcas._rng import generator
 
 
 def _freqs(height: int, width: int) -> np.ndarray:
@@ -69,13 +75,27 @@ def low_freq_numpy(noise: np.ndarray, height: int, width: int, decay: float) -> 
     return np.fft.irfft2(spec, s=(height, width), axes=(-2, -1))
 
 
-def _masks_torch(seed: int, m: int, height: int, width: int, decay: float, num, soft, device):
+_NOISE_TAG = 0x314  # purpose tag of the per-position FMix noise
+
+
+def noise_at(seed: int, epoch: int, positions, height: int, width: int) -> np.ndarray:
+    """float32 ``[n, H, W//2+1, 2]`` spectrum noise of each global position: one NumPy
+    generator per position seeded from ``(seed, tag, epoch, position)``, so any subset of
+    positions (any split of the batch over ranks) gets the same per-sample noise."""
+    g = np.asarray(positions, np.int64).reshape(-1)
+    out = np.empty((len(g), height, width // 2 + 1, 2), np.float32)
+    for j, p in enumerate(g.tolist()):
+        out[j] = generator(int(seed), _NOISE_TAG, int(epoch), p).standard_normal(out.shape[1:], dtype=np.float32)
+    return out
+
+
+def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device):
+    """Torch twin of the NumPy mask builder: host ``noise`` float32 [m, H, W//2+1, 2] is copied
+    to ``device``; FFT, sort and binarisation run there."""
     import torch
 
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    wf = width // 2 + 1
-    noise = torch.randn((m, height, wf, 2), generator=g, device=device, dtype=torch.float32)
+    noise = torch.as_tensor(noise, dtype=torch.float32).to(device, non_blocking=True)
+    m = noise.shape[0]
     scale = torch.as_tensor(spectrum_scale(height, width, decay), dtype=torch.float32, device=device)
     spec = torch.complex(noise[..., 0], noise[..., 1]) * scale
     img = torch.fft.irfft2(spec, s=(height, width)).reshape(m, -1)
@@ -97,7 +117,7 @@ def _masks_torch(seed: int, m: int, height: int, width: int, decay: float, num, 
     return (1.0 - t).to(torch.float32).reshape(m, height, width)
 
 
-def fmix_masks(generator: np.random.Generator, drawn: np.ndarray, mixed: np.ndarray, height: int,
+def fmix_masks(rng: np.random.Generator, drawn: np.ndarray, mixed: np.ndarray, height: int,
                width: int, *, decay: float = 3.0, max_soft: float = 0.0, batch_mode: bool = False,
                device=None):
     """Per-sample FMix masks and measured lam.
@@ -107,6 +127,17 @@ def fmix_masks(generator: np.random.Generator, drawn: np.ndarray, mixed: np.ndar
     foreground, zero for unmixed samples; lam float64 ``[B]`` = kept-background fraction,
     exactly ``round(drawn * H * W) / (H * W)`` for mixed samples, 1 otherwise.
     """
+    b, n = len(drawn), height * width
+    m = min(b, 1) if batch_mode else b
+    noise = rng.standard_normal((m, height, width // 2 + 1, 2), dtype=np.float32)
+    return masks_from_noise(noise, drawn, mixed, height, width, decay=decay, max_soft=max_soft,
+                            batch_mode=batch_mode, device=device)
+
+
+def masks_from_noise(noise: np.ndarray, drawn: np.ndarray, mixed: np.ndarray, height: int, width: int, *,
+                     decay: float = 3.0, max_soft: float = 0.0, batch_mode: bool = False, device=None):
+    """Masks and lam (as :func:`fmix_masks`) from host ``noise`` float32 ``[m, H, W//2+1, 2]``
+    (``m = B``, or 1 in batch mode); NumPy, or torch on ``device`` when it is a CUDA device."""
     if not decay > 0:
         raise ValueError(f"fmix decay must be > 0, got decay={decay!r}")
     if not 0.0 <= max_soft <= 0.5:
@@ -119,14 +150,12 @@ def fmix_masks(generator: np.random.Generator, drawn: np.ndarray, mixed: np.ndar
     if on_cuda:
         import torch
 
-        seed = int(generator.integers(0, 2**63 - 1))
-        masks = _masks_torch(seed, m, height, width, decay, num, soft, torch.device(device))
+        masks = _masks_torch(noise[:m], height, width, decay, num, soft, torch.device(device))
         if batch_mode:
             masks = masks.expand(b, height, width)
         keep = torch.as_tensor(mixed, device=masks.device)[:, None, None]
         return (masks * keep).contiguous(), lam.astype(np.float64)
-    noise = generator.standard_normal((m, height, width // 2 + 1, 2), dtype=np.float32)
-    img = low_freq_numpy(noise, height, width, decay).reshape(m, n)
+    img = low_freq_numpy(noise[:m], height, width, decay).reshape(m, n)
     masks = _binarise_numpy(img, num, soft).reshape(m, height, width)
     if batch_mode:
         masks = np.repeat(masks, b, axis=0)

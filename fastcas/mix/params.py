@@ -16,6 +16,13 @@ Conventions (pinned, tested):
 * Unlike the reference implementations (one lambda and one box per batch), lambda, box and
   mask are drawn per sample (``mode="elem"``, default). ``mode="batch"`` reproduces the
   references: one decision, one lambda and one region for the whole batch.
+
+Two ways to draw: :func:`make_params` from a ``numpy.random.Generator`` (direct API use), and
+:func:`make_params_at` from the global positions of the samples (the loader; the key scheme
+of :mod:`fastcas.elastic`): the mix decision, lambda, box centre and FMix noise of position
+``g`` of epoch ``e`` are pure functions of ``(seed, purpose, e, g)``, and the in-batch partner
+is position ``g ^ 1`` (:func:`pair_partner`), so the parameters of a sample do not depend on
+how the global batch is split over ranks.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fastcas._rng import counter_uniform, derive_key
 
 KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 MODES = ("elem", "batch")
@@ -170,8 +179,9 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
     batched in torch on the images' device, bit-exact), "opencv" (the same through OpenCV, a
     host loop) or "spectral" (batched spectral residual).
     device: where FMix masks are built (None/"cpu": NumPy; a CUDA torch device: torch on it);
-    inferred from a CUDA ``foreground`` tensor when not given (pass ``foreground`` or ``device``
-    on the GPU so FMix masks never cross PCIe).
+    inferred from a CUDA ``foreground`` tensor when not given. The FMix noise is drawn from
+    ``generator`` on the host either way, so the same generator gives the same mask on every
+    device (only the noise crosses PCIe; FFT and binarisation run on the device).
     """
     kind = check_kind(kind)
     alpha, prob = check_alpha_prob(alpha, prob)
@@ -186,22 +196,42 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
         device = foreground.device if foreground.is_cuda else None
     drawn, mixed = _draw_common(generator, batch_size, alpha, prob, mode)
 
+    def centres(n):
+        return generator.integers(0, height, size=n), generator.integers(0, width, size=n)
+
+    def noise(m):
+        return generator.standard_normal((m, height, width // 2 + 1, 2), dtype=np.float32)
+
+    return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
+                  decay=decay, max_soft=max_soft, saliency=saliency, device=device)
+
+
+def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mode, decay, max_soft,
+           saliency, device) -> MixParams:
+    """MixParams from drawn lambda / decisions; ``centres(n)`` gives CutMix centres and
+    ``noise(m)`` FMix spectrum noise (host float32), called lazily in that order."""
+    batch_size = len(drawn)
     if kind == "mixup":
         lam = np.where(mixed, drawn, 1.0)
         return MixParams(kind, height, width, lam.astype(np.float64), mixed, drawn=drawn)
 
     if kind == "fmix":
-        from .fmix import fmix_masks
+        from .fmix import masks_from_noise
 
-        masks, lam = fmix_masks(generator, drawn, mixed, height, width, decay=decay,
-                                max_soft=max_soft, batch_mode=(mode == "batch"), device=device)
+        m = min(batch_size, 1) if mode == "batch" else batch_size
+        masks, lam = masks_from_noise(noise(m), drawn, mixed, height, width, decay=decay,
+                                      max_soft=max_soft, batch_mode=(mode == "batch"), device=device)
         return MixParams(kind, height, width, lam, mixed, masks=masks, drawn=drawn)
 
     if kind == "cutmix":
         if mode == "batch":
-            boxes = np.repeat(random_boxes(generator, drawn[:1], height, width), batch_size, axis=0)
+            cy, cx = centres(1)
+            cut_h, cut_w = cut_sizes(drawn[:1], height, width)
+            boxes = np.repeat(boxes_at(cy, cx, cut_h, cut_w, height, width), batch_size, axis=0)
         else:
-            boxes = random_boxes(generator, drawn, height, width)
+            cy, cx = centres(batch_size)
+            cut_h, cut_w = cut_sizes(drawn, height, width)
+            boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
     else:  # saliencymix
         from .saliency import saliency_centres
 
@@ -219,6 +249,91 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
     boxes[~mixed] = 0
     return MixParams(kind, height, width, box_lam(boxes, height, width), mixed, boxes=boxes,
                      drawn=drawn)
+
+
+_MIX_TAG = 0x313  # purpose tag of the per-position mixing draws
+_DECIDE, _LAM, _CY, _CX = range(4)
+
+
+def beta_quantile(u, alpha: float) -> np.ndarray:
+    """Beta(alpha, alpha) by inversion: float64 quantiles of uniforms ``u`` (exact and
+    deterministic per value, unlike a rejection sampler, so one uniform gives one lambda)."""
+    from scipy.special import betaincinv
+
+    return np.asarray(betaincinv(alpha, alpha, np.asarray(u, np.float64)), np.float64)
+
+
+def position_draws(seed: int, epoch: int, positions, alpha: float = 1.0, prob: float = 1.0):
+    """The per-position draws of :func:`make_params_at`: ``(drawn lam float64 [n], mixed bool
+    [n], u_y float64 [n], u_x float64 [n])`` (``u_*``: uniforms of the box centre). Each is a
+    pure function of ``(seed, purpose, epoch, position)``."""
+    g = np.asarray(positions, np.int64).reshape(-1)
+    if g.size and g.min() < 0:
+        raise ValueError("positions must be >= 0")
+
+    def u(purpose):
+        return counter_uniform(derive_key(int(seed), _MIX_TAG, int(epoch), purpose), g)
+
+    return beta_quantile(u(_LAM), alpha), u(_DECIDE) < prob, u(_CY), u(_CX)
+
+
+def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, width: int, *,
+                   alpha: float = 1.0, prob: float = 1.0, foreground=None, mode: str = "elem",
+                   decay: float = 3.0, max_soft: float = 0.0, saliency: str = "spectral",
+                   device=None) -> MixParams:
+    """The parameters of a batch whose samples sit at global ``positions`` (int [B]) of ``epoch``.
+
+    Like :func:`make_params` (same kinds, options and conventions), but every random quantity of
+    sample ``j`` is a pure function of ``(seed, purpose, epoch, positions[j])``: the mix
+    decision (uniform < ``prob``), the drawn lambda (Beta(alpha, alpha) by inversion of a
+    counter uniform, :func:`beta_quantile`), the CutMix centre (``floor(u * H)``,
+    ``floor(u * W)``) and the FMix spectrum noise (:func:`fastcas.mix.fmix.noise_at`, NumPy on
+    the host whatever ``device`` is). So a sample's parameters are the same whatever batch,
+    rank or device it is mixed on. ``mode="batch"`` takes the draws of ``positions[0]`` for the
+    whole batch (the references' one region per batch; that does depend on the split).
+    SaliencyMix centres come from the foreground pixels, as in :func:`make_params`.
+    """
+    kind = check_kind(kind)
+    alpha, prob = check_alpha_prob(alpha, prob)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    pos = np.asarray(positions, np.int64).reshape(-1)
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"bad batch geometry H={height} W={width}")
+    if device is None and foreground is not None and type(foreground).__module__.startswith("torch"):
+        device = foreground.device if foreground.is_cuda else None
+    b = len(pos)
+    src = pos[:1] if mode == "batch" else pos
+    drawn, mixed, uy, ux = position_draws(seed, epoch, src, alpha, prob)
+    if mode == "batch":
+        drawn, mixed = np.repeat(drawn, b), np.repeat(mixed, b)
+
+    def centres(n):
+        return (np.minimum((uy[:n] * height).astype(np.int64), height - 1),
+                np.minimum((ux[:n] * width).astype(np.int64), width - 1))
+
+    def noise(m):
+        from .fmix import noise_at
+
+        return noise_at(seed, epoch, src[:m], height, width)
+
+    return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
+                  decay=decay, max_soft=max_soft, saliency=saliency, device=device)
+
+
+def pair_partner(positions) -> np.ndarray:
+    """In-batch partner of each sample, as local indices int64 ``[B]``: the sample at global
+    position ``g`` takes its foreground from position ``g ^ 1`` (adjacent pairs swap; the
+    stream order is random, so this is as random as a permutation), whatever rank or batch
+    holds the pair. ``positions``: the batch's global positions. A sample whose partner is not
+    in the batch (an odd per-rank batch: the block's first or last sample; a partial last
+    batch) is paired with itself: its pixels stay unmixed and its target is its own label, but
+    its lambda, box and crop are still those of its position.
+    """
+    pos = np.asarray(positions, np.int64).reshape(-1)
+    where = {int(p): j for j, p in enumerate(pos.tolist())}
+    return np.array([where.get(int(p) ^ 1, j) for j, p in enumerate(pos.tolist())], np.int64)
 
 
 def in_batch_partner(batch_size: int, generator: np.random.Generator) -> np.ndarray:
