@@ -225,7 +225,7 @@ def test_quarantine_is_state_and_gives_the_same_stream(bad_ds):
     assert state["quarantine"] == ["k05"] and state["skipped"]["k05"] >= 1
     # a loader given the quarantine never meets the decode error and yields the same stream
     second = Loader(bad_ds, 4, **kw)
-    second.load_state_dict({**state, "epoch": 0, "step": 0, "skipped": {}})
+    second.load_state_dict({**state, "epoch": 0, "step": 0, "position": 0, "skipped": {}})
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*DALI cannot decode")
         warnings.filterwarnings("ignore", message=".*skipped unreadable")
@@ -317,6 +317,7 @@ def test_train_config_is_validated_at_construction(options, match):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_cuda_without_a_gpu_fails_at_construction(ds):
+def test_cuda_without_a_gpu_fails_at_construction(ds, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     with pytest.raises(ValueError, match="device='cuda' but torch sees no CUDA GPU"):
         Loader(ds, 4, device="cuda")
