@@ -28,10 +28,11 @@ class _Positions:
 
     def _image(self, jpeg, window, flip):
         import torch
-        from PIL import Image
+        from PIL import Image, ImageOps
         from torchvision.transforms.v2 import functional as F
 
-        im = Image.open(io.BytesIO(jpeg.tobytes())).convert("RGB")
+        # EXIF orientation applied, as DALI's decoder does (the window is on the displayed size)
+        im = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg.tobytes()))).convert("RGB")
         W, H = im.size
         x, y, w, h = (float(v) for v in window)
         S = self.size
@@ -68,7 +69,8 @@ class TorchvisionLoader(Loader):
         self.close()
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
-            seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=0, train=cfg.train, strict=cfg.strict))
+            seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=0, train=cfg.train, strict=cfg.strict,
+            max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir))
         ds = _Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         start = self.step * cfg.batch_size
         sampler = range(start, len(ds))

@@ -23,6 +23,7 @@ import numpy as np
 
 from fastcas import weights as W
 from fastcas._rng import generator
+from fastcas.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.reader import ShardReader
 from fastcas.sampler import WeightedSampler, _dist_defaults
 from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_skipped
@@ -55,6 +56,8 @@ class LoaderConfig:
     py_workers: int = 1
     strict: bool = False
     mix_options: dict = field(default_factory=dict)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if int(self.batch_size) < 1:
@@ -72,6 +75,9 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None and self.epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or int(self.max_pixels) != self.max_pixels
+                                            or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
 
@@ -105,7 +111,7 @@ class Loader:
         self.config = LoaderConfig(batch_size=batch_size, **options)
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
-        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(self.dataset)
+        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(self.dataset, cache_dir=cfg.cache_dir)
         self.num_classes = self.reader.num_classes
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
@@ -189,7 +195,8 @@ class Loader:
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
-            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size))
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels,
+            cache_dir=cfg.cache_dir))
         device_id = None
         if self.device == "cuda":
             import torch
