@@ -131,6 +131,8 @@ def _members(path: Path, where: str, data: memoryview):
             except tarfile.TarError as exc:
                 raise ShardError(f"{where}: corrupt or truncated tar at byte {tar.offset} ({exc})") from None
             if info is None:
+                if tar.offset + 512 > size:  # cut at a member boundary: no end-of-archive block
+                    raise ShardError(f"{where}: truncated tar (no end-of-archive marker after byte {tar.offset:,})")
                 return
             name = info.name
             if info.issym() or info.islnk():
@@ -285,6 +287,8 @@ def _relative(tar: Path, out: Path) -> str:
 
 
 def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str]) -> dict:
+    empty = [r["tar"] for r in results if r["samples"] == 0]  # DALI refuses an index of 0 samples
+    results = [r for r in results if r["samples"] > 0]
     cols = {k: [] for k in results[0]["cols"]} if results else {}
     for r in results:
         for k, v in r["cols"].items():
@@ -314,6 +318,7 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         "label_ext": config.label_ext,
         **cols,
         "skipped": skipped,
+        "empty_tars": empty,
         "content_hash": content,
         "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
         **config.extra,

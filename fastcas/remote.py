@@ -61,6 +61,8 @@ def _filesystem(url: str):
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):  # fsspec's translation of HTTP 404 / NoSuchKey
+        return "not found on the server"
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
@@ -107,7 +109,7 @@ class ShardCache:
     def _usable(self, path: Path, size: int | None) -> bool:
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except OSError:  # missing, or the cache root is not a directory (reported on download)
             return False
         if size is not None and st.st_size != size:
             return False
@@ -132,7 +134,9 @@ class ShardCache:
         try:
             try:
                 fs = _filesystem(url)
-                with os.fdopen(fd, "wb") as out, fs.open(url, "rb", block_size=_CHUNK, cache_type="none") as src:
+                # http: block_size=0 streams one GET (no range requests, any server works)
+                opts = {"block_size": 0} if url.lower().startswith("http") else {"block_size": _CHUNK}
+                with os.fdopen(fd, "wb") as out, fs.open(url, "rb", **opts) as src:
                     while True:
                         chunk = src.read(_CHUNK)
                         if not chunk:
@@ -210,3 +214,12 @@ class Prefetcher:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+
+def iter_streaming(reader, sampler, epoch: int):
+    """Streaming mode over (possibly remote) shards: the samples of ``sampler``
+    (:class:`fastcas.streaming.StreamingSampler`) for this rank in ``epoch``, with this rank's
+    shards downloaded in the order it reads them, ahead of the reads, and no other shard."""
+    reader.prefetch(sampler.shards_of_rank(epoch))
+    for i in sampler.iter_epoch(epoch):
+        yield reader[i]

@@ -31,6 +31,7 @@ def run(args) -> int:
 
     from fastcas import imagehdr
     from fastcas.indexer import IndexConfig, index_dataset
+    from fastcas.remote import RemoteError
 
     names = None
     if args.class_names:
@@ -45,7 +46,10 @@ def run(args) -> int:
         label_key=args.label_key, class_names=names, strict=args.strict,
         max_pixels=args.max_pixels or imagehdr.DEFAULT_MAX_PIXELS, cache_dir=args.cache_dir,
         overwrite=args.overwrite, hash_local=args.hash)
-    m = index_dataset(args.src, args.out, config, progress=True)
+    try:
+        m = index_dataset(args.src, args.out, config, progress=True)
+    except RemoteError as exc:  # an OSError: the CLI reports ValueErrors as `error:` lines
+        raise ValueError(str(exc)) from None
     print(f"indexed {m['num_samples']} samples in {len(m['shards'])} tars, {len(m['class_names'])} classes, "
           f"into {args.out}")
     if m["skipped"]:
