@@ -243,9 +243,11 @@ def scan_tar(path: Path, where: str, config: IndexConfig) -> dict:
 
 
 # -- the whole dataset ---------------------------------------------------------------------------
-def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: bool = False) -> dict:
+def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: bool = False,
+                  workers: int = 1) -> dict:
     """Index ``sources`` into ``out`` (manifest + one DALI index per tar); returns the manifest.
-    Nothing is written to ``out`` unless every tar indexes cleanly."""
+    Nothing is written to ``out`` unless every tar indexes cleanly. ``workers``: processes
+    scanning local tars."""
     config = config or IndexConfig()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -254,29 +256,67 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
         raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
     tars = expand_sources(sources)
     cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
-    it = tars
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(tars, unit="tar", desc=f"index {out.name}")
-    results, owner = [], {}
-    for n, src in enumerate(it):
+        it = tqdm(total=len(tars), unit="tar", desc=f"index {out.name}")
+    scans = _scan_all(tars, config, cache, workers)
+    try:
+        results = _collect(tars, scans, out, {}, it if progress else None)
+    finally:
+        scans.close()  # stops the worker processes at once on an error
+        if progress:
+            it.close()
+    return _write(results, out, config, tars)
+
+
+def _collect(tars, scans, out: Path, owner: dict, bar) -> list[dict]:
+    results = []
+    for n, (src, r) in enumerate(zip(tars, scans)):
         if is_url(src):
-            local, size, sha = cache.fetch_hashed(src)
-            r = scan_tar(local, src, config)
-            r["size"], r["sha256"], r["tar"] = size, sha, src
+            r["tar"] = src
         else:
-            r = scan_tar(Path(src), src, config)
             r["tar"] = _relative(Path(src), out)
+        if bar is not None:
+            bar.update(1)
         for key in r["cols"]["keys"] + [s["key"] for s in r["skipped"]]:
             if key in owner:
                 raise ValueError(f"duplicate key {key!r}: in {owner[key]} and in {src}")
             owner[key] = src
         r["index_name"] = f"{n:06d}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(src.rsplit('/', 1)[-1]).stem)}.idx"
         results.append(r)
-        if progress:
-            it.set_postfix(samples=len(owner))
-    return _write(results, out, config, tars)
+        if bar is not None:
+            bar.set_postfix(samples=len(owner))
+    return results
+
+
+def _scan_one(src: str, config: IndexConfig) -> dict:
+    return scan_tar(Path(src), src, config)
+
+
+def _scan_all(tars: list[str], config: IndexConfig, cache, workers: int):
+    """Scan results in ``tars`` order: URLs downloaded (and hashed) one at a time in this
+    process, local tars scanned by ``workers`` processes (tarfile parsing is CPU-bound)."""
+    local = [t for t in tars if not is_url(t)]
+    pool = None
+    if workers > 1 and len(local) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(local)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {t: pool.submit(_scan_one, t, config) for t in local} if pool else {}
+        for src in tars:
+            if is_url(src):
+                path, size, sha = cache.fetch_hashed(src)
+                r = scan_tar(path, src, config)
+                r["size"], r["sha256"] = size, sha
+                yield r
+            else:
+                yield futures[src].result() if pool else _scan_one(src, config)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
 
 
 def _relative(tar: Path, out: Path) -> str:

@@ -35,7 +35,7 @@ def resolve_manifest(path: str | Path) -> Path:
     manifest = path / MANIFEST if path.is_dir() else path
     if not manifest.exists():
         if path.is_dir():
-            raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` first)")
+            raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` or `fastcas index` first)")
         raise FileNotFoundError(f"{path}: no such dataset or manifest")
     return manifest
 

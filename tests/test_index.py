@@ -57,7 +57,7 @@ def _loader_epoch(ds, **kw):
 def test_index_matches_a_shard_dataset_of_the_same_images(tmp_path):
     items = write_wds(tmp_path / "wds")
     # two label rules over two sets of tars: index each, then compare with write_shards
-    a = index_dataset([str(tmp_path / "wds" / "a-{000000..000001}.tar")], tmp_path / "ia")
+    a = index_dataset([str(tmp_path / "wds" / "a-{000000..000001}.tar")], tmp_path / "ia", workers=2)
     b = index_dataset([str(tmp_path / "wds" / "b-*.tar")], tmp_path / "ib",
                       IndexConfig(label_key="json:label", class_names=("x", "y", "z")))
     assert a["num_samples"] == 7 and b["num_samples"] == 5 and a["skipped"] == b["skipped"] == []
@@ -164,7 +164,7 @@ def test_bad_inputs_are_named_and_nothing_is_written(tmp_path, case, match):
         _tar(bad, [("k0.jpg", jpeg_bytes(0)), ("k0.cls", b"5")])
         sources, cfg = [str(bad)], IndexConfig(class_names=("a", "b"))
     with pytest.raises((ValueError, ShardError), match=match):
-        index_dataset(sources, tmp_path / "out", cfg)
+        index_dataset(sources, tmp_path / "out", cfg, workers=2)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -200,6 +200,9 @@ def test_commands_accept_an_indexed_dataset(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "idx"), "--weights", "uniform", "--mode", "streaming",
                  "--out", str(tmp_path / "s.npy")]) == 0
     assert len(np.load(tmp_path / "i.npy")) == 6
+    assert main(["score", str(tmp_path / "idx"), "--out", str(tmp_path / "s.parquet"), "--device", "cpu",
+                 "--decoder", "dali", "--batch-size", "4", "--workers", "0"]) == 0
+    assert main(["stats", str(tmp_path / "idx"), "--scores", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "st")]) == 0
 
 
 @pytest.mark.dali

@@ -191,3 +191,35 @@ def test_index_cli_over_http(tmp_path, served, capsys):
     served.gets.clear()
     r = ShardReader(tmp_path / "out", cache_dir=tmp_path / "cache")  # indexing filled the cache
     assert len([r[i] for i in range(len(r))]) == 7 and served.gets == []
+
+
+def test_s3_through_a_local_moto_server(tmp_path, monkeypatch):
+    """s3:// through s3fs against moto's S3-compatible server on 127.0.0.1 (skips without them)."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            monkeypatch.setenv(k, v)
+        import s3fs
+
+        write_wds(tmp_path / "src", n_jpeg=5, n_png=0)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir("bucket")
+        fs.put(str(tmp_path / "src" / "a-000000.tar"), "bucket/wds/a-000000.tar")
+        fs.put(str(tmp_path / "src" / "a-000001.tar"), "bucket/wds/a-000001.tar")
+        index_dataset(["s3://bucket/wds/a-{000000..000001}.tar"], tmp_path / "idx",
+                      IndexConfig(cache_dir=str(tmp_path / "c0")))
+        index_dataset([str(tmp_path / "src" / "a-{000000..000001}.tar")], tmp_path / "local")
+        x1, y1 = _epoch(tmp_path / "idx", tmp_path / "c1")
+        x0, y0 = _epoch(tmp_path / "local", tmp_path / "unused")
+        assert y1.tolist() == y0.tolist() and np.array_equal(x1, x0)
+        with pytest.raises(RemoteError, match=r"s3://bucket/nope\.tar: download failed"):
+            ShardCache(tmp_path / "c2").get("s3://bucket/nope.tar")
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "index existing WebDataset tars (local or URLs) without rewriting them"
 
@@ -23,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse images declaring more pixels (default 178,956,970, PIL's bomb limit)")
     p.add_argument("--cache-dir", help="shard cache for URLs (default ~/.cache/fastcas/shards)")
     p.add_argument("--hash", action="store_true", help="also record SHA-256 of local tars (reads them whole)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes scanning local tars (default: up to 4 cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
 
 
@@ -47,7 +50,9 @@ def run(args) -> int:
         max_pixels=args.max_pixels or imagehdr.DEFAULT_MAX_PIXELS, cache_dir=args.cache_dir,
         overwrite=args.overwrite, hash_local=args.hash)
     try:
-        m = index_dataset(args.src, args.out, config, progress=True)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        m = index_dataset(args.src, args.out, config, progress=True, workers=args.workers)
     except RemoteError as exc:  # an OSError: the CLI reports ValueErrors as `error:` lines
         raise ValueError(str(exc)) from None
     print(f"indexed {m['num_samples']} samples in {len(m['shards'])} tars, {len(m['class_names'])} classes, "
