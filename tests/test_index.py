@@ -13,6 +13,7 @@ from fastcas.reader import ShardReader
 from fastcas.shards import RawSample, ShardWriterConfig, write_shards
 from fastcas.wdsindex import parse_index
 from tests.helpers import jpeg_bytes
+from tests.test_imagehdr import _bomb, _exif_jpeg
 
 
 def png_bytes(seed, size=(36, 28)):
@@ -91,15 +92,19 @@ def test_index_cli_skips_and_lists_samples_without_label(tmp_path, capsys):
         w.write({"__key__": "k2", "txt": "caption", "cls": 0})           # no image
         w.write({"__key__": "k3", "jpg": jpeg_bytes(3)[:200], "cls": 0})  # truncated image
         w.write({"__key__": "k4", "jpg": jpeg_bytes(4), "cls": 0})
+        w.write({"__key__": "k5", "jpg": _bomb(), "cls": 0})                # 20000x20000 header
+        w.write({"__key__": "k6", "jpg": _exif_jpeg(6), "cls": 1})          # stored 80x40, shown 40x80
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\n")
     assert main(["index", str(tmp_path / "wds"), "--out", str(tmp_path / "idx"), "--class-names", str(names)]) == 0
     out = capsys.readouterr().out
-    assert "indexed 2 samples" in out and "skipped 3" in out
+    assert "indexed 3 samples" in out and "skipped 4" in out
     r = ShardReader(tmp_path / "idx")
-    assert r.keys == ["k0", "k4"] and r.class_names == ["cat", "dog"] and r.labels.tolist() == [1, 0]
+    assert r.keys == ["k0", "k4", "k6"] and r.class_names == ["cat", "dog"] and r.labels.tolist() == [1, 0, 1]
+    assert r.sizes.tolist() == [[40, 32], [40, 32], [40, 80]]  # displayed sizes
     skipped = {s["key"]: s["reason"] for s in r.manifest["skipped"]}
-    assert set(skipped) == {"k1", "k2", "k3"} and "no label" in skipped["k1"] and "truncated" in skipped["k3"]
+    assert set(skipped) == {"k1", "k2", "k3", "k5"} and "no label" in skipped["k1"] and "truncated" in skipped["k3"]
+    assert "400,000,000 pixels, over the limit" in skipped["k5"]
     # --strict: the first such sample is an error naming tar and key, and nothing is written
     assert main(["index", str(tmp_path / "wds"), "--out", str(tmp_path / "strict"), "--strict"]) == 2
     err = capsys.readouterr().err

@@ -172,16 +172,21 @@ def test_unreachable_url_and_unwritable_cache(tmp_path, served, capsys):
 
 def test_lru_eviction_beyond_the_size_limit(tmp_path, served):
     import os
+    import shutil
     import time
 
-    size = (served.root / "a-000000.tar").stat().st_size
-    cache = ShardCache(tmp_path / "cache", max_bytes=size + 100)  # room for one shard
-    p0 = cache.get(f"{served.url}/a-000000.tar")
-    os.utime(p0, (time.time() - 100, time.time() - 100))
-    p1 = cache.get(f"{served.url}/a-000001.tar")
-    assert p1.exists() and not p0.exists() and cache.downloads == 2
+    shutil.copy(served.root / "a-000000.tar", served.root / "c.tar")
+    size = max((served.root / n).stat().st_size for n in ("a-000000.tar", "a-000001.tar", "c.tar"))
+    cache = ShardCache(tmp_path / "cache", max_bytes=2 * size + 100)  # room for two shards
+    a = cache.get(f"{served.url}/a-000000.tar")
+    os.utime(a, (time.time() - 100, time.time() - 100))
+    b = cache.get(f"{served.url}/a-000001.tar")
+    os.utime(b, (time.time() - 50, time.time() - 50))
     served.gets.clear()
-    assert cache.get(f"{served.url}/a-000001.tar") == p1 and served.gets == []  # a hit
+    assert cache.get(f"{served.url}/a-000000.tar") == a and served.gets == []  # a hit, now the most recent
+    c = cache.get(f"{served.url}/c.tar")
+    assert a.exists() and c.exists() and not b.exists()  # b was the least recently used
+    assert cache.downloads == 3
 
 
 def test_index_cli_over_http(tmp_path, served, capsys):
