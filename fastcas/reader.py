@@ -93,8 +93,9 @@ class ShardReader:
             self._meta_offset = np.asarray(m["meta_offset"], np.int64)
             self._meta_size = np.asarray(m["meta_size"], np.int64)
             self.image_exts = sorted(set(m["image_ext"]))
-            self._names = [f"{k}.{e}" for k, e in zip(self.keys, m["image_ext"])]
-            if not all(len(a) == n for a in (self._offset, self._size, self._meta_offset, self._meta_size, self._names)):
+            code = {e: j for j, e in enumerate(self.image_exts)}  # small ints, not N strings per process
+            self._ext = np.array([code[e] for e in m["image_ext"]], np.uint8)
+            if not all(len(a) == n for a in (self._offset, self._size, self._meta_offset, self._meta_size, self._ext)):
                 raise ShardError(f"{self.manifest_path}: per-sample columns do not have {n} entries")
         else:
             self._offset = np.zeros(n, np.int64)
@@ -203,7 +204,7 @@ class ShardReader:
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
         if self.indexed:
             # foreign tars: long names live in pax/GNU headers, so compare what fits the field
-            expected = self._names[i] if offset == self._offset[i] else None
+            expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
             ok = expected is None or len(expected.encode()) > 100 or name == expected
         else:
             ok = name.split(".", 1)[0] == self.keys[i]
