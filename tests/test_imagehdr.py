@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from fastcas import imagehdr
-from fastcas.errors import CorruptSampleError
 from fastcas.shards import RawSample, ShardWriterConfig, write_shards
 from tests.helpers import jpeg_bytes
 
@@ -125,7 +124,7 @@ def test_exif_rotated_training_crop_is_not_stretched(tmp_path):
     rotation) gives the same pixels as PIL's exif_transpose + resize of that window."""
     from PIL import Image, ImageOps
 
-    from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD, augment_key, crop_windows
+    from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD, augment_key, crop_windows, flips
 
     data = _exif_jpeg(6)
     ds = _dataset(tmp_path / "ds", [data] * 4)
@@ -135,7 +134,6 @@ def test_exif_rotated_training_crop_is_not_stretched(tmp_path):
     shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")  # 40 wide, 80 tall
     W, H = shown.size
     windows = crop_windows(augment_key(5, 0, 0, 0), np.arange(4), np.array([[W, H]] * 4))
-    from fastcas.augment import flips
     flip = flips(augment_key(5, 0, 0, 0), np.arange(4))
     errs = []
     for b in range(4):

@@ -16,17 +16,17 @@ from tests.helpers import jpeg_bytes
 from tests.test_imagehdr import _bomb, _exif_jpeg
 
 
-def png_bytes(seed, size=(36, 28)):
+def png_bytes(seed, size=(36, 28), fmt="PNG"):
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.open(io.BytesIO(jpeg_bytes(seed, size))).save(buf, "PNG")
+    Image.open(io.BytesIO(jpeg_bytes(seed, size))).save(buf, fmt, **({"quality": 90} if fmt == "WEBP" else {}))
     return buf.getvalue()
 
 
 def write_wds(root, n_jpeg=7, n_png=5, maxcount=4):
     """WebDataset tars written by webdataset.ShardWriter: ``a-*.tar`` with .jpeg + .cls,
-    ``b-*.tar`` with .png + .json {"label": y}. Returns the (key, bytes, label) written."""
+    ``b-*.tar`` with .png (every third .webp) + .json {"label": y}. Returns the (key, bytes, label) written."""
     import webdataset as wds
 
     root.mkdir(parents=True, exist_ok=True)
@@ -38,8 +38,9 @@ def write_wds(root, n_jpeg=7, n_png=5, maxcount=4):
             items.append((key, data, y))
     with wds.ShardWriter(str(root / "b-%06d.tar"), maxcount=maxcount, verbose=0) as w:
         for i in range(n_png):
-            key, data, y = f"b{i:03d}", png_bytes(100 + i), (i + 1) % 3
-            w.write({"__key__": key, "png": data, "json": {"label": y, "note": "x"}})
+            ext = "webp" if i % 3 == 2 else "png"
+            key, data, y = f"b{i:03d}", png_bytes(100 + i, fmt=ext.upper()), (i + 1) % 3
+            w.write({"__key__": key, ext: data, "json": {"label": y, "note": "x"}})
             items.append((key, data, y))
     return items
 
@@ -62,7 +63,7 @@ def test_index_matches_a_shard_dataset_of_the_same_images(tmp_path):
     b = index_dataset([str(tmp_path / "wds" / "b-*.tar")], tmp_path / "ib",
                       IndexConfig(label_key="json:label", class_names=("x", "y", "z")))
     assert a["num_samples"] == 7 and b["num_samples"] == 5 and a["skipped"] == b["skipped"] == []
-    assert len(a["shards"]) == 2 and set(a["image_ext"]) == {"jpeg"} and set(b["image_ext"]) == {"png"}
+    assert len(a["shards"]) == 2 and set(a["image_ext"]) == {"jpeg"} and set(b["image_ext"]) == {"png", "webp"}
     for sub, idx in (("a", tmp_path / "ia"), ("b", tmp_path / "ib")):
         part = [it for it in items if it[0].startswith(sub)]
         ref = tmp_path / f"ref-{sub}"
