@@ -75,8 +75,8 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None and self.epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}")
-        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or int(self.max_pixels) != self.max_pixels
-                                            or self.max_pixels < 1):
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(
+                self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
