@@ -105,7 +105,7 @@ def _epoch(ds, **kw):
     opts = dict(train=False, image_size=16, last_batch="partial", py_workers=0, device="cpu")
     opts.update(kw)
     loader = Loader(ds, opts.pop("batch", 4), **opts)
-    out = [(x.numpy().copy(), y.numpy().copy()) for x, y in loader]
+    out = [(x.cpu().numpy().copy(), y.cpu().numpy().copy()) for x, y in loader]
     loader.close()
     return loader, out
 
@@ -119,9 +119,11 @@ def test_loader_trains_on_jpeg_with_trailing_bytes(tmp_path):
     assert len(batches) == 1 and batches[0][0].shape == (4, 3, 16, 16)
 
 
-def test_exif_rotated_training_crop_is_not_stretched(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_exif_rotated_training_crop_is_not_stretched(tmp_path, device):
     """17.5: the crop window is drawn on the displayed size; DALI (which applies EXIF
-    rotation) gives the same pixels as PIL's exif_transpose + resize of that window."""
+    rotation, also in the ROI decode; on the GPU through nvImageCodec) gives the same pixels
+    as PIL's exif_transpose + resize of that window."""
     from PIL import Image, ImageOps
 
     from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD, augment_key, crop_windows, flips
@@ -129,7 +131,7 @@ def test_exif_rotated_training_crop_is_not_stretched(tmp_path):
     data = _exif_jpeg(6)
     ds = _dataset(tmp_path / "ds", [data] * 4)
     S = 32
-    _, batches = _epoch(ds, train=True, image_size=S, batch=4, seed=5)
+    _, batches = _epoch(ds, train=True, image_size=S, batch=4, seed=5, device=device)
     images = batches[0][0]
     shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")  # 40 wide, 80 tall
     W, H = shown.size
