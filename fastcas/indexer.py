@@ -361,6 +361,8 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         "empty_tars": empty,
         "content_hash": content,
         "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
+        # readers default to the cache the index filled (commands without --cache-dir use it)
+        "cache_dir": str(Path(config.cache_dir).resolve()) if config.cache_dir and any(is_url(t) for t in tars) else None,
         **config.extra,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,9 @@ class ShardReader:
     Datasets made by ``fastcas index`` (foreign WebDataset tars) carry per-sample member
     offsets, sizes and extensions in the manifest, so no index file is parsed at open. Their
     shards may be URLs: those are fetched whole into ``cache_dir`` (:class:`fastcas.remote.
-    ShardCache`) when a sample of theirs is first read, in the process that reads it.
+    ShardCache`) when a sample of theirs is first read, in the process that reads it;
+    ``cache_dir=None`` means the directory given to ``fastcas index --cache-dir``, else
+    :func:`fastcas.remote.default_cache_dir`.
     """
 
     def __init__(self, path: str | Path, *, on_error: str = "raise", cache_dir: str | Path | None = None,
@@ -79,6 +81,8 @@ class ShardReader:
             raise ShardError(f"{self.manifest_path}: shard counts ({sum(counts)}), keys "
                              f"({len(self.keys)}) and labels ({len(self.labels)}) disagree")
         self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
+        if cache_dir is None:
+            cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
         self.cache = ShardCache(cache_dir, cache_max_bytes) if any(self.shard_urls) else None
         self.shard_paths = [self.cache.path_for(u) if u else self.root / s["tar"]
                             for u, s in zip(self.shard_urls, m["shards"])]

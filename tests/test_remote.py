@@ -194,8 +194,10 @@ def test_index_cli_over_http(tmp_path, served, capsys):
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "indexed 7 samples in 2 tars" in capsys.readouterr().out
     served.gets.clear()
-    r = ShardReader(tmp_path / "out", cache_dir=tmp_path / "cache")  # indexing filled the cache
+    r = ShardReader(tmp_path / "out")  # the cache dir given to `fastcas index`, which it filled
+    assert r.cache.root == (tmp_path / "cache").resolve()
     assert len([r[i] for i in range(len(r))]) == 7 and served.gets == []
+    assert main(["info", str(tmp_path / "out")]) == 0 and served.gets == []
 
 
 def test_s3_through_a_local_moto_server(tmp_path, monkeypatch):
