@@ -99,9 +99,11 @@ def _dataset(path, datas, labels=None):
     return path
 
 
-def _epoch(ds, **kw):
+def _epoch(ds, baseline=False, **kw):
     from fastcas.loader import Loader
 
+    if baseline:
+        from fastcas.baseline import TorchvisionLoader as Loader  # noqa: F811
     opts = dict(train=False, image_size=16, last_batch="partial", py_workers=0, device="cpu")
     opts.update(kw)
     loader = Loader(ds, opts.pop("batch", 4), **opts)
@@ -119,11 +121,12 @@ def test_loader_trains_on_jpeg_with_trailing_bytes(tmp_path):
     assert len(batches) == 1 and batches[0][0].shape == (4, 3, 16, 16)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_exif_rotated_training_crop_is_not_stretched(tmp_path, device):
+@pytest.mark.parametrize("device,baseline", [("cpu", False), ("cpu", True),
+                                             pytest.param("cuda", False, marks=pytest.mark.gpu)])
+def test_exif_rotated_training_crop_is_not_stretched(tmp_path, device, baseline):
     """17.5: the crop window is drawn on the displayed size; DALI (which applies EXIF
     rotation, also in the ROI decode; on the GPU through nvImageCodec) gives the same pixels
-    as PIL's exif_transpose + resize of that window."""
+    as PIL's exif_transpose + resize of that window; so does the torchvision baseline."""
     from PIL import Image, ImageOps
 
     from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD, augment_key, crop_windows, flips
@@ -131,7 +134,7 @@ def test_exif_rotated_training_crop_is_not_stretched(tmp_path, device):
     data = _exif_jpeg(6)
     ds = _dataset(tmp_path / "ds", [data] * 4)
     S = 32
-    _, batches = _epoch(ds, train=True, image_size=S, batch=4, seed=5, device=device)
+    _, batches = _epoch(ds, baseline, train=True, image_size=S, batch=4, seed=5, device=device)
     images = batches[0][0]
     shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")  # 40 wide, 80 tall
     W, H = shown.size
