@@ -70,7 +70,7 @@ class TorchvisionLoader(Loader):
         source = SampleSource(SourceConfig(
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=0, train=cfg.train, strict=cfg.strict,
-            max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir))
+            max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes))
         ds = _Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         start = self.step * cfg.batch_size
         sampler = range(start, len(ds))

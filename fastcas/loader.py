@@ -58,6 +58,7 @@ class LoaderConfig:
     mix_options: dict = field(default_factory=dict)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None
+    cache_max_bytes: int | None = None
 
     def __post_init__(self):
         if int(self.batch_size) < 1:
@@ -75,6 +76,8 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None and self.epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}")
+        if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
+            raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(
                 self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
@@ -111,7 +114,8 @@ class Loader:
         self.config = LoaderConfig(batch_size=batch_size, **options)
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
-        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(self.dataset, cache_dir=cfg.cache_dir)
+        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
+            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
         self.num_classes = self.reader.num_classes
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
@@ -196,7 +200,7 @@ class Loader:
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=self.epoch, offset=self.step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir))
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes))
         device_id = None
         if self.device == "cuda":
             import torch

@@ -50,6 +50,7 @@ class SourceConfig:
     batch_size: int = 1
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
     cache_dir: str | None = None  # local cache for remote shards (None: fastcas.remote's default)
+    cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
 
 
 class SampleSource:
@@ -65,7 +66,8 @@ class SampleSource:
         if self._reader is None:
             from fastcas.reader import ShardReader
 
-            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir)
+            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
+                                       cache_max_bytes=self.config.cache_max_bytes)
         return self._reader
 
     def num_outputs(self) -> int:

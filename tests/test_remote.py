@@ -189,6 +189,20 @@ def test_lru_eviction_beyond_the_size_limit(tmp_path, served):
     assert cache.downloads == 3
 
 
+def test_loader_with_a_cache_smaller_than_the_dataset(tmp_path, served):
+    """cache_max_bytes on the Loader: shards are evicted as others arrive; batches stay right."""
+    index_dataset([f"{served.url}/a-{{000000..000001}}.tar"], tmp_path / "remote",
+                  IndexConfig(cache_dir=str(tmp_path / "c0")))
+    index_dataset([str(served.root / "a-{000000..000001}.tar")], tmp_path / "local")
+    size = max(p.stat().st_size for p in served.root.glob("a-*.tar"))
+    x1, y1 = _epoch(tmp_path / "remote", tmp_path / "small", cache_max_bytes=size + 100)
+    x0, y0 = _epoch(tmp_path / "local", tmp_path / "unused")
+    assert y1.tolist() == y0.tolist() and np.array_equal(x1, x0)
+    assert len(list((tmp_path / "small").glob("*.tar"))) == 1
+    with pytest.raises(ValueError, match="cache_max_bytes must be"):
+        _epoch(tmp_path / "remote", tmp_path / "small", cache_max_bytes=-1)
+
+
 def test_index_cli_over_http(tmp_path, served, capsys):
     assert main(["index", f"{served.url}/a-{{000000..000001}}.tar", "--out", str(tmp_path / "out"),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
