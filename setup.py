@@ -25,6 +25,9 @@ INSTALL_REQUIRES = [
     "scipy>=1.11",
     "matplotlib>=3.8",
     "tqdm>=4.66",
+    # `fastcas index` / remote shards: brace patterns, http(s):// through fsspec + aiohttp
+    "braceexpand>=0.1.7",
+    "fsspec[http]>=2023.1",
 ]
 
 EXTRAS = {
@@ -36,7 +39,13 @@ EXTRAS = {
         "scikit-image>=0.24",
         "scikit-learn>=1.4",
         "lightning>=2.4",
+        # an S3-compatible server on 127.0.0.1 for the s3:// test
+        "moto[server]>=5",
+        "s3fs>=2023.1",
     ],
+    # object-store backends for remote shards (http(s):// needs nothing extra)
+    "s3": ["s3fs>=2023.1"],
+    "gcs": ["gcsfs>=2023.1"],
 }
 
 setup(

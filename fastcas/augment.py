@@ -9,44 +9,25 @@ and a resumed run reproduces every crop without DALI's RNG state.
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 
+from fastcas import imagehdr
 from fastcas._rng import counter_uniform, derive_key
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 _ATTEMPTS = 10
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def jpeg_size(buf) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's SOF header, or None if the bytes are not a well-formed
-    JPEG start or end (missing SOI/EOI markers: truncated or not a JPEG)."""
-    b = memoryview(buf)
-    n = len(b)
-    if n < 4 or b[0] != 0xFF or b[1] != 0xD8 or bytes(b[n - 2 : n]) != b"\xff\xd9":
-        return None
-    i = 2
-    while i + 4 <= n:
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", b[i + 2 : i + 4])
-        if marker in _SOF and i + 9 <= n:
-            h, w = struct.unpack(">HH", b[i + 5 : i + 9])
-            return (w, h) if w and h else None
-        i += 2 + length
-    return None
+    """Displayed (width, height) of an encoded JPEG / PNG / WebP (EXIF orientation applied),
+    or None if the bytes are not a complete image. Compatibility wrapper around
+    :func:`fastcas.imagehdr.read`, which says why and gives the stored size too."""
+    header = imagehdr.read(buf)
+    return None if header is None else header.display_size
 
 
 def crop_windows(key: np.uint64, positions, sizes, scale=SCALE, ratio=RATIO) -> np.ndarray:

@@ -28,10 +28,11 @@ class _Positions:
 
     def _image(self, jpeg, window, flip):
         import torch
-        from PIL import Image
+        from PIL import Image, ImageOps
         from torchvision.transforms.v2 import functional as F
 
-        im = Image.open(io.BytesIO(jpeg.tobytes())).convert("RGB")
+        # EXIF orientation applied, as DALI's decoder does (the window is on the displayed size)
+        im = ImageOps.exif_transpose(Image.open(io.BytesIO(jpeg.tobytes()))).convert("RGB")
         W, H = im.size
         x, y, w, h = (float(v) for v in window)
         S = self.size

@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "shard": "shard",
+    "index": "index",
     "make-lt": "make_lt",
     "info": "info",
     "sample": "sample",
@@ -29,6 +30,7 @@ COMMANDS: dict[str, str] = {
 SUMMARY: dict[str, str] = {
     "demo": "build the embedded demo data and run the end-to-end demo",
     "shard": "write WebDataset shards + DALI indexes + manifest from images",
+    "index": "index existing WebDataset tars (local or URLs) without rewriting them",
     "make-lt": "make a long-tailed subset of a sharded dataset",
     "info": "print a sharded dataset's statistics",
     "sample": "draw weighted sample indices (CAS, CMO, over/under-sampling)",

@@ -31,6 +31,7 @@ import numpy as np
 from fastcas import _workers
 from fastcas import weights as W
 from fastcas.elastic import StreamGeometry, check_same, digest
+from fastcas.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.reader import ShardReader
 from fastcas.sampler import WeightedSampler, _dist_defaults
 from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_skipped
@@ -105,6 +106,9 @@ class LoaderConfig:
     py_workers: int = 1
     strict: bool = False
     mix_options: dict = field(default_factory=dict)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -131,6 +135,11 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None:
             _check_int("epoch_length", self.epoch_length, 1)
+        if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
+            raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(
+                self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
         _check_mix_options(self.mix_kind, self.mix_options)
@@ -171,7 +180,8 @@ class Loader:
         self.config = LoaderConfig(batch_size=batch_size, **options)
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
-        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(self.dataset)
+        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
+            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
         self.num_classes = self.reader.num_classes
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
@@ -376,7 +386,8 @@ class Loader:
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
-            quarantine=frozenset(getattr(self, "_quarantine", ())))
+            quarantine=frozenset(getattr(self, "_quarantine", ())), max_pixels=cfg.max_pixels,
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
 
     def _build(self):
         from fastcas.pipeline import PipelineConfig, build_pipeline

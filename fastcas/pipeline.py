@@ -119,8 +119,10 @@ def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threa
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None, seed=0)
     def pipe():
-        jpeg, cls = fn.readers.webdataset(paths=[str(p) for p in reader.shard_paths],
-                                          index_paths=[str(p) for p in reader.index_paths], ext=["jpg", "cls"],
+        jpeg, cls = fn.readers.webdataset(paths=[str(reader.local_shard(s)) for s in range(len(reader.shard_paths))],
+                                          index_paths=[str(p) for p in reader.index_paths],
+                                          ext=[";".join(reader.image_exts), reader.label_ext],
+                                          missing_component_behavior="skip",
                                           random_shuffle=True, initial_fill=1024, name="reader")
         dev = "mixed" if gpu else "cpu"
         if decode_only:

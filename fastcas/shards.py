@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas import imagehdr
 from fastcas._io import atomic_open, atomic_write_json
 from fastcas.wdsindex import Member, format_index
 
@@ -189,6 +190,7 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
     sink = _ShardSink(out, config, width)
     keys: list[str] = []
     labels: list[int] = []
+    sizes: list[tuple[int, int]] = []  # displayed (w, h) from the header; (0, 0) if unreadable
     seen: dict[str, str] = {}
     it: Iterator = iter(samples)
     if progress:
@@ -213,6 +215,8 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
             sink.add(s)
             keys.append(s.key)
             labels.append(label)
+            header = imagehdr.read(s.data)
+            sizes.append(header.display_size if header else (0, 0))
         sink.close()
     except BaseException:
         sink.abort()
@@ -230,6 +234,7 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
         "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
         "keys": keys,
         "labels": labels,
+        "sizes": [list(wh) for wh in sizes],
         "content_hash": content,
         **config.extra,
     }

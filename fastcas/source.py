@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastcas.augment import augment_key, crop_windows, flips, jpeg_size
+from fastcas import imagehdr
+from fastcas.augment import augment_key, crop_windows, flips
 from fastcas.errors import CorruptSampleError
 
 
@@ -53,6 +54,9 @@ class SourceConfig:
     batch_size: int = 1
     quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
     geometry: object = None
+    max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
+    cache_dir: str | None = None  # local cache for remote shards (None: fastcas.remote's default)
+    cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
 
 
 class SampleSource:
@@ -78,14 +82,16 @@ class SampleSource:
         if self._reader is None:
             from fastcas.reader import ShardReader
 
-            self._reader = ShardReader(self.config.dataset, on_error="defer")
+            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
+                                       cache_max_bytes=self.config.cache_max_bytes)
         return self._reader
 
     def num_outputs(self) -> int:
         return 4 * len(self.config.streams) + 1
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
-        """(jpeg bytes as uint8 [n] view, label, (w, h), skipped index or -1)."""
+        """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
+        Incomplete images and images over ``max_pixels`` are skipped (or raise with strict)."""
         reader, n = self.reader, len(self.reader)
         skipped = -1
         for probe in range(n):
@@ -94,9 +100,13 @@ class SampleSource:
                 if i in self.config.quarantine:
                     raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
                 sample = reader[i]
-                size = jpeg_size(sample.data)
-                if size is None:
-                    raise CorruptSampleError(f"sample {sample.key!r} in {reader.root}: not a complete JPEG", sample.key)
+                # the displayed size: the decoder applies EXIF orientation, so windows are drawn on it
+                try:
+                    header = imagehdr.parse(sample.data)
+                    imagehdr.check_pixels(header, self.config.max_pixels)
+                except imagehdr.ImageHeaderError as exc:
+                    raise CorruptSampleError(f"sample {sample.key!r} in {reader.root}: {exc}", sample.key) from None
+                size = header.display_size
             except CorruptSampleError:
                 if self.config.strict:
                     raise
