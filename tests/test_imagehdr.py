@@ -138,8 +138,8 @@ def test_exif_rotated_training_crop_is_not_stretched(tmp_path, device, baseline)
     images = batches[0][0]
     shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")  # 40 wide, 80 tall
     W, H = shown.size
-    windows = crop_windows(augment_key(5, 0, 0, 0), np.arange(4), np.array([[W, H]] * 4))
-    flip = flips(augment_key(5, 0, 0, 0), np.arange(4))
+    windows = crop_windows(augment_key(5, 0, 0), np.arange(4), np.array([[W, H]] * 4))
+    flip = flips(augment_key(5, 0, 0), np.arange(4))
     errs = []
     for b in range(4):
         x, y, w, h = windows[b]
