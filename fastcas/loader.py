@@ -83,7 +83,9 @@ class LoaderConfig:
     """Loader options, validated here (a ValueError naming the value), not at the first batch.
     ``mix_options`` keys per mix (:data:`MIX_OPTIONS`): ``mode`` ("elem" | "batch") for all;
     fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
-    ("spectral" | "finegrained")."""
+    ("finegrained" (default) | "opencv" | "spectral"). ``prefetch``: batches finished (mixed,
+    targets built) ahead on a background thread (:mod:`fastcas.prefetch`); 0 finishes them
+    on the consuming thread."""
 
     batch_size: int
     weights: str = "uniform"
@@ -109,9 +111,11 @@ class LoaderConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None
     cache_max_bytes: int | None = None
+    prefetch: int = 2
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
+        _check_int("prefetch", self.prefetch, 0)
         _check_int("image_size", self.image_size, 8)
         _check_int("num_threads", self.num_threads, 1)
         _check_int("py_workers", self.py_workers, 0)
@@ -183,6 +187,10 @@ class Loader:
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
         self.num_classes = self.reader.num_classes
+        labels = np.asarray(self.reader.labels)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
+            raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
         self.scores = self._load_scores(scores)
@@ -389,12 +397,14 @@ class Loader:
             quarantine=frozenset(getattr(self, "_quarantine", ())), max_pixels=cfg.max_pixels,
             cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
 
-    def _build(self):
+    def _build(self, step: int | None = None):
+        """A pipeline whose next batch is ``step`` (default: the next one consumed) of this epoch."""
         from fastcas.pipeline import PipelineConfig, build_pipeline
 
         cfg = self.config
+        step = self.step if step is None else int(step)
         self.close()
-        source = SampleSource(self._source_config(self.epoch, self.step))
+        source = SampleSource(self._source_config(self.epoch, step))
         device_id = None
         if self.device == "cuda":
             import torch
@@ -406,8 +416,8 @@ class Loader:
         with _workers.die_with_parent():  # workers forked here exit when this process dies
             self._pipe = build_pipeline(source, pcfg)
         self._watch = _workers.WorkerWatch(self._pipe)
-        self._pipe_at = (self.epoch, self.step)
-        self._built = (source, pcfg, self.epoch, self.step)  # for fastcas.faults after a decode error
+        self._pipe_at = (self.epoch, step)
+        self._built = (source, pcfg, self.epoch, step)  # for fastcas.faults after a decode error
 
     def _run(self):
         """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
@@ -442,7 +452,8 @@ class Loader:
             return False
         source, pcfg, epoch0, step0 = built
         epoch_idx = self.epoch - epoch0
-        first = self.step - (step0 if epoch_idx == 0 else 0)
+        at = self._pipe_at[1] if self._pipe_at else self.step  # the batch that failed (the producer's)
+        first = at - (step0 if epoch_idx == 0 else 0)
         probe = DecodeProbe(pcfg.device, pcfg.device_id)
         bad = []
         try:
@@ -466,47 +477,82 @@ class Loader:
                           stacklevel=4)
             self._quarantine.add(i)
         self.close()
-        self._build()  # same (epoch, step): only the quarantined samples change
+        self._build(at)  # same (epoch, step): only the quarantined samples change
         return True
 
     def __iter__(self):
-        from fastcas import pipeline
+        """Batches of this epoch from the next step on. With ``prefetch > 0`` the pipeline is
+        run and each batch finished (mixed, targets) on a background thread, ``prefetch``
+        batches ahead of the consumer (:class:`fastcas.prefetch.Prefetcher`; on CUDA on its own
+        stream); the training thread only takes finished batches."""
+        from fastcas.prefetch import Prefetcher
 
         if self.step >= self.steps:  # a finished epoch: the next one starts
             self.epoch, self.step = self.epoch + 1, 0
         if self._pipe is None or self._pipe_at != (self.epoch, self.step):
             self._build()
-        while self.step < self.steps:
+        if self.config.prefetch == 0:
+            for batch in self._produce(self.step):
+                self.step += 1
+                yield batch
+            return
+        start = self.step
+        stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch, device=self.device)
+        try:
+            for batch in stage:
+                self.step += 1
+                yield batch
+        finally:
+            stage.close()
+
+    def _produce(self, step: int):
+        """Finished batches from ``step`` to the end of the epoch (the producer side). Keeps
+        ``_pipe_at`` = where the pipeline is, so a consumer that stops early (or a prefetcher
+        that ran ahead) makes the next ``iter()`` rebuild at the step it really wants."""
+        from fastcas import pipeline
+
+        epoch = self.epoch
+        while step < self.steps:
             try:
                 out = self._run()
             except StopIteration:  # pragma: no cover - the step count ends the epoch first
-                break
-            batch = self._finish(out)
-            self.step += 1
-            self._pipe_at = (self.epoch, self.step)
-            yield batch
+                return
+            self._pipe_at = (epoch, step + 1)
+            yield self._finish(out, step)
+            step += 1
         # drain the pipeline's epoch so the next one starts clean
         try:
             while True:
                 self._run()
         except StopIteration:
             pipeline.reset(self._pipe)
-        self._pipe_at = (self.epoch + 1, 0)
+        self._pipe_at = (epoch + 1, 0)
 
-    def _finish(self, out):
+    def _finish(self, out, step: int | None = None):
+        """Pipeline outputs of ``step`` -> ``(images, targets)`` on the images' device, with no
+        host synchronisation: host outputs (labels, the skipped column) and the host-drawn
+        mixing parameters cross to the device once each, pinned and non-blocking
+        (:func:`fastcas.pipeline.to_device`); pixel-dependent parameters (SaliencyMix boxes) are
+        computed there (:mod:`fastcas.mix.device`); labels were range-checked at construction."""
         import torch
 
         from fastcas import pipeline
 
         cfg = self.config
-        n = self._last_size if self.step == self.steps - 1 else cfg.batch_size
-        skipped = out[-1][:n].reshape(-1).cpu().numpy()
+        step = self.step if step is None else step
+        n = self._last_size if step == self.steps - 1 else cfg.batch_size
+        skipped = out[-1][:n].reshape(-1).numpy()  # a host output: no device round trip
         bad = [self.reader.keys[i] for i in skipped[skipped >= 0]]
         if bad:
             warn_skipped(bad, self.skipped)
         images = out[0][:n]
+        dev = images.device
+
+        def to_dev(t):
+            return pipeline.to_device(t, dev)
+
         # labels are a host output even of a GPU pipeline: they follow the images' device
-        labels = pipeline.to_device(out[1][:n].reshape(-1), images.device)
+        labels = to_dev(out[1][:n].reshape(-1))
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
@@ -517,20 +563,29 @@ class Loader:
         from fastcas import mix as M
 
         # every parameter is keyed by the samples' global positions (fastcas.elastic)
-        positions = self.positions(self.step)[:n]
+        positions = self.positions(step)[:n]
         if len(self.streams) == 2:
-            fg, y_fg = out[2][:n], pipeline.to_device(out[3][:n].reshape(-1), images.device)
+            fg, y_fg = out[2][:n], to_dev(out[3][:n].reshape(-1))
             if cfg.channels_last:
                 fg = fg.permute(0, 3, 1, 2)
         else:
-            perm = pipeline.to_device(torch.from_numpy(M.pair_partner(positions)), images.device)
+            perm = to_dev(torch.from_numpy(M.pair_partner(positions)))
             fg, y_fg = images[perm], labels[perm]
-        S = images.shape[-1]
-        extra = {"foreground": fg} if kind == "saliencymix" else {}
-        params = self._mix_params(self.epoch, positions, S, device=images.device, **extra)
+        params = self._device_params(self.epoch, positions, images.shape[-1], fg, to_dev)
         mixed = M.apply(params, images, fg)
         targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets
+
+    def _device_params(self, epoch: int, positions, size: int, fg, to_dev):
+        """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
+        from fastcas.mix import device as D
+
+        cfg = self.config
+        if cfg.mix_kind == "saliencymix":
+            opts = {k: v for k, v in cfg.mix_options.items() if k in ("saliency", "mode")}
+            return D.saliency_params(cfg.seed, epoch, positions, fg, alpha=cfg.alpha, prob=cfg.mix_prob,
+                                     to_device=to_dev, **opts)
+        return D.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
 
     def _mix_params(self, epoch: int, positions, size: int, **extra):
         """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,

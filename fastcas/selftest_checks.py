@@ -119,17 +119,21 @@ def recording_mix():
     calls: list[dict] = []
     apply0, targets0 = M.apply, M.soft_targets
 
+    def host(params):  # device-resident parameters (fastcas.mix.device) as a host MixParams
+        return params.host() if hasattr(params, "host") else params
+
     def apply(params, background, foreground, **kw):
         out = apply0(params, background, foreground, **kw)
-        calls.append({"params": params, "bg": _host(background), "fg": _host(foreground), "out": _host(out)})
+        calls.append({"raw": params, "params": host(params), "bg": _host(background), "fg": _host(foreground),
+                      "out": _host(out)})
         return out
 
     def soft_targets(params, y_bg, y_fg, num_classes, label_smoothing=0.0):
         t = targets0(params, y_bg, y_fg, num_classes, label_smoothing)
-        if calls and calls[-1]["params"] is params and "y_bg" not in calls[-1]:
+        if calls and calls[-1].get("raw") is params and "y_bg" not in calls[-1]:
             rec = calls[-1]  # the apply() of the same batch
         else:
-            rec = {"params": params}
+            rec = {"raw": params, "params": host(params)}
             calls.append(rec)
         rec.update(y_bg=_host(y_bg), y_fg=_host(y_fg), num_classes=int(num_classes),
                    label_smoothing=float(label_smoothing), targets=_host(t))

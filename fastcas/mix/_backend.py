@@ -216,7 +216,9 @@ def apply_numba(params: MixParams, bg, fg, out=None):
             masks = masks.astype("float32", copy=False)
         mask_blend.mask_blend[grid, block, stream](d_out, d_bg, d_fg, conv(masks), is_int)
     else:
-        w_bg = conv(_as_device(params.lam.astype(np.float32), bg, kind))
+        lam = params.lam  # host array, or a tensor already on the device (fastcas.mix.device)
+        lam = lam.float() if array_kind(lam) == "torch" else lam.astype(np.float32)
+        w_bg = conv(_as_device(lam, bg, kind))
         mask_blend.lam_blend[grid, block, stream](d_out, d_bg, d_fg, w_bg, is_int)
     return out
 

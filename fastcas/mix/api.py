@@ -90,8 +90,9 @@ def _is_torch(x) -> bool:
 
 
 def _soft_targets_torch(lam: np.ndarray, y_bg, y_fg, num_classes: int, s: float):
-    """Torch twin of the NumPy targets, built on the labels' device (one host sync, for the
-    label range check)."""
+    """Torch twin of the NumPy targets, built on the labels' device. ``lam``: host array or a
+    tensor on that device. CPU labels are range-checked; CUDA labels are not (reading them back
+    would synchronise the host every batch)."""
     import torch
 
     b = len(lam)
@@ -103,7 +104,8 @@ def _soft_targets_torch(lam: np.ndarray, y_bg, y_fg, num_classes: int, s: float)
     if y_fg.device != y_bg.device:
         raise ValueError(f"device mismatch: y_bg on {y_bg.device}, y_fg on {y_fg.device}")
     yb, yf = y_bg.long(), y_fg.long()
-    if b:
+    if b and not yb.is_cuda:  # on CUDA the check would stall the host every batch: labels are
+        # validated where they are known instead (the Loader checks its manifest at construction)
         both = torch.stack([yb, yf])
         lo, hi = (int(v) for v in torch.stack([both.min(), both.max()]).tolist())
         if lo < 0 or hi >= num_classes:

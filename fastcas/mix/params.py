@@ -279,7 +279,7 @@ def position_draws(seed: int, epoch: int, positions, alpha: float = 1.0, prob: f
 
 def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, width: int, *,
                    alpha: float = 1.0, prob: float = 1.0, foreground=None, mode: str = "elem",
-                   decay: float = 3.0, max_soft: float = 0.0, saliency: str = "spectral",
+                   decay: float = 3.0, max_soft: float = 0.0, saliency: str = "finegrained",
                    device=None) -> MixParams:
     """The parameters of a batch whose samples sit at global ``positions`` (int [B]) of ``epoch``.
 
