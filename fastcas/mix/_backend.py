@@ -127,10 +127,17 @@ def apply_torch(params: MixParams, bg, fg):
         cols = torch.arange(w, device=dev).view(1, 1, w)
         inside = ((rows >= bx[:, 0, None, None]) & (rows < bx[:, 2, None, None])
                   & (cols >= bx[:, 1, None, None]) & (cols < bx[:, 3, None, None]))
+        if bg.dtype.is_floating_point:
+            # lerp with weights 0 / 1 returns exactly bg / fg (finite pixels), in one vectorised
+            # pass: about 3x faster than torch.where with a broadcast mask on the CPU
+            return torch.lerp(bg, fg, inside[:, None].to(bg.dtype))
         return torch.where(inside[:, None], fg, bg)
     ct = _torch_compute_dtype(bg.dtype)
     if params.masks is not None:
-        m = torch.as_tensor(params.masks, device=dev).to(ct)[:, None]
+        m = torch.as_tensor(params.masks, device=dev)
+        if bg.dtype.is_floating_point and not m.is_cuda and bool(((m == 0) | (m == 1)).all()):
+            return torch.lerp(bg, fg, m[:, None].to(bg.dtype))  # binary masks (FMix max_soft=0): exact, as above
+        m = m.to(ct)[:, None]
         v = (1 - m) * bg.to(ct) + m * fg.to(ct)
     else:
         wt = torch.as_tensor(params.lam, device=dev).to(ct).view(b, 1, 1, 1)
