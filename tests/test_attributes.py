@@ -260,7 +260,13 @@ def test_pixel_score_cli_torchvision_and_stats(dataset, tmp_path):
     s = json.loads((st / "stats.json").read_text())
     assert set(s["table1"]) >= {"uniform", "cas_weighted"} and s["table1"]["b"] == 1.2
     assert sum(v["size"] for v in s["cas"]["subsets"].values()) == 15
-    assert s["table1"]["cas_weighted"]["mean"] >= s["table1"]["uniform"]["mean"]
+    # Table 1 moments against an independent computation from the score file (p_i ∝ CAS_i ** b)
+    c = t.cas.astype(np.float64)
+    w = c ** 1.2
+    for name, q in (("uniform", np.full(len(c), 1 / len(c))), ("cas_weighted", w / w.sum())):
+        mean = (q * c).sum()
+        assert s["table1"][name]["mean"] == pytest.approx(mean, rel=1e-9)
+        assert s["table1"][name]["std"] == pytest.approx(np.sqrt((q * (c - mean) ** 2).sum()), rel=1e-9)
     for png in ("classes.png", "cas.png", "attributes.png", "cas_per_class.png"):
         assert (st / png).stat().st_size > 1000
 
