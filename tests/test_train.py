@@ -15,6 +15,7 @@ pytest.importorskip("nvidia.dali")
 from fastcas.commands.train import RECIPES  # noqa: E402
 from fastcas.train import TrainConfig, train  # noqa: E402
 from tests.helpers import make_dataset  # noqa: E402
+from tests.torchrun_util import run_torchrun  # noqa: E402
 
 pytestmark = [pytest.mark.dali, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,11 +75,33 @@ def test_training_reports_groups_and_cas_subsets(data, tmp_path):
     final = train(small(data, tmp_path / "run", weights="cas", scores=str(scores), val_scores=str(val_scores),
                         mix="cutmix", alpha=0.2, loss_weights="effective", drw_epoch=1))
     rep = final["report"]
-    assert rep["samples"] == 16 and 0 <= rep["top1"] <= 1
+    assert rep["samples"] == 16  # counted from the samples evaluated, not the dataset length
+    top1, per_class = evaluate_saved_model(tmp_path / "run" / "model.pt", "resnet32", data / "val")
+    assert rep["top1"] == pytest.approx(top1, abs=1e-12) and rep["per_class"] == pytest.approx(per_class, abs=1e-12)
     assert all(k in rep for k in ("many", "medium", "few", "cas_low", "cas_middle", "cas_high"))
     assert (tmp_path / "run" / "eval-epoch001.png").exists()
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+
+
+def evaluate_saved_model(model_path, model_name, val_dir):
+    """Independent single-process evaluation: (top1, per_class) of a saved state dict over the
+    whole validation set, in order (labels from the manifest, not from the loader)."""
+    from fastcas import Loader
+    from fastcas.models import build_model
+    from fastcas.reader import ShardReader
+
+    r = ShardReader(val_dir)
+    model = build_model(model_name, r.num_classes)
+    model.load_state_dict(_weights(model_path))
+    model.eval()
+    loader = Loader(val_dir, 5, train=False, image_size=16, last_batch="partial", py_workers=0, device="cpu")
+    with torch.no_grad():
+        pred = torch.cat([model(x).argmax(1) for x, _ in loader]).numpy()
+    assert len(pred) == len(r)
+    correct = pred == r.labels
+    per_class = [float(correct[r.labels == k].mean()) for k in range(r.num_classes)]
+    return float(correct.mean()), per_class
 
 
 def _weights(path):
@@ -102,16 +125,19 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(data, tmp_path):
 @pytest.mark.distributed
 def test_torchrun_two_cpu_processes(data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "fastcas", "train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32",
-           "--epochs", "1", "--batch-size", "4", "--image-size", "16", "--epoch-length", "32", "--py-workers", "0",
+    # batch 3: each rank's 8 validation samples end with a partial batch
+    cmd = ["-m", "fastcas", "train", str(data / "train"), "--val", str(data / "val"), "--model", "resnet32",
+           "--epochs", "1", "--batch-size", "3", "--image-size", "16", "--epoch-length", "36", "--py-workers", "0",
            "--out", str(out), "--no-amp", "--weights", "cmo"]
-    p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                       capture_output=True, text=True, timeout=600)
+    p = run_torchrun(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     final = json.loads((out / "final.json").read_text())
-    assert final["report"]["samples"] == 16  # both ranks' halves of the validation set, reduced
-    assert final["global_step"] == 4          # 32 draws / 2 ranks / batch 4
+    assert final["report"]["samples"] == 16  # every validation sample evaluated exactly once over the ranks
+    assert final["global_step"] == 6          # 36 draws / 2 ranks / batch 3
+    # the reduced report equals a single-process evaluation of the saved model
+    top1, per_class = evaluate_saved_model(out / "model.pt", "resnet32", data / "val")
+    assert final["report"]["top1"] == pytest.approx(top1, abs=1e-12)
+    assert final["report"]["per_class"] == pytest.approx(per_class, abs=1e-12)
 
 
 @pytest.mark.distributed
@@ -131,9 +157,7 @@ def test_sampler_under_torchrun_reads_rank_from_the_process_group(tmp_path):
         "    open(%r, 'w').write('ok')\n"
         "d.barrier()\n"
         "d.destroy_process_group()\n" % str(tmp_path / "ok"))
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29534", str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=300)
+    p = run_torchrun([script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert p.returncode == 0 and (tmp_path / "ok").exists(), p.stderr[-3000:]
 
 
