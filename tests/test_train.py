@@ -46,17 +46,59 @@ def small(data, out, **kw):
 
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.json")))
-def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe):
-    cfg = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"), val=str(data / "val"),
-                                out=str(tmp_path), batch_size=8, image_size=16, epoch_length=16, max_steps=2,
-                                py_workers=0, model="resnet32", epochs=max(8, 1),
-                                scores=None, mix_start=0, mix_end=0)
-    if cfg.weights in ("cas", "cas-cmo"):
-        scores = tmp_path / "s.parquet"
-        run_cli(["score", str(data / "train"), "--out", str(scores), "--batch-size", "8", "--workers", "0"])
-        cfg = TrainConfig(**{**cfg.__dict__, "scores": str(scores)})
+def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe, monkeypatch):
+    """Each recipe's own model, weights, mixing and CMO window (1 step an epoch, tiny images): the
+    mixing loader runs exactly in mix_start <= epoch < epochs - mix_end, CAS recipes need and use
+    their scores, and the saved model is the recipe's architecture."""
+    import numpy as np
+
+    from fastcas.loader import Loader
+    from fastcas.models import build_model
+    from fastcas.reader import ShardReader
+    from fastcas.scores import ScoreTable, write_scores
+
+    full = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"))
+    # CMO's window (plain for mix_start epochs, plain again for the last mix_end) shrunk to one plain
+    # epoch at each end (the full-length schedules are checked in test_train_more.py), 2 mixed ones
+    start, end = min(full.mix_start, 1), min(full.mix_end, 1)
+    epochs = start + end + 2
+    kw = dict(train=str(data / "train"), val=str(data / "val"), out=str(tmp_path / "run"), batch_size=8,
+              image_size=16, epoch_length=8, py_workers=0, epochs=epochs, eval_every=epochs, device="cpu",
+              amp=False, mix_start=start, mix_end=end)
+    r = ShardReader(data / "train")
+    cas = 1 + np.arange(len(r)) % 7
+    if full.weights in ("cas", "cas-cmo"):
+        with pytest.raises(ValueError, match="need scores"):
+            train(TrainConfig.from_file(RECIPES / f"{recipe}.json", **kw))
+        kw["scores"] = str(tmp_path / "s.parquet")
+        write_scores(kw["scores"], ScoreTable(r.keys, r.labels, cas, np.zeros((len(r), 1), np.int64), {}))
+    cfg = TrainConfig.from_file(RECIPES / f"{recipe}.json", **kw)
+    used = []
+    iterate = Loader.__iter__
+
+    def spy(self):
+        for batch in iterate(self):
+            if self.config.train:
+                used.append((self.epoch, self))
+            yield batch
+
+    monkeypatch.setattr(Loader, "__iter__", spy)
     final = train(cfg)
-    assert final["global_step"] == 2
+    assert final["global_step"] == epochs and final["report"]["samples"] == 16
+    mixing = {e: full.mix != "none" and start <= e < epochs - end for e in range(epochs)}
+    assert sorted({e for e, _ in used}) == list(range(epochs))
+    for e, loader in used:
+        c = loader.config
+        assert (c.mix_kind is not None) == mixing[e], (e, c.mix_kind)
+        assert (c.weights, c.b, c.r) == (full.weights, full.b, full.r)
+        if mixing[e]:
+            assert (c.mix_kind, c.alpha, c.mix_prob, c.foreground_weights) == (
+                full.mix, full.alpha, full.mix_prob, full.foreground_weights)
+        if "scores" in kw:
+            np.testing.assert_array_equal(loader.scores, cas)
+    saved = _weights(tmp_path / "run" / "model.pt")
+    want = build_model(full.model, r.num_classes).state_dict()
+    assert saved.keys() == want.keys() and all(saved[k].shape == want[k].shape for k in want)
 
 
 def test_recipe_errors():
