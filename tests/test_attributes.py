@@ -283,15 +283,10 @@ def test_torchrun_two_cpu_ranks_equal_single_process(dataset, tiny_clip, tmp_pat
     out = tmp_path / "tr.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("WORLD_SIZE", None)
-    import socket
+    from tests.torchrun_util import run_torchrun
 
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                           str(port), "-m", "fastcas", "score",
-                           str(dataset), "--out", str(out), *common], env=env, capture_output=True, text=True,
-                          timeout=240)
+    # a free port per attempt, retried if another process took it before the rendezvous bound it
+    proc = run_torchrun(["-m", "fastcas", "score", str(dataset), "--out", str(out), *common], env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = read_scores(one), read_scores(out)
     assert a.keys == b.keys and np.array_equal(a.attrs, b.attrs) and np.array_equal(a.cas, b.cas)
