@@ -59,8 +59,17 @@ def test_preview_grid_content(dataset, tmp_path, monkeypatch, kind):
 
     drawn, labels = [], []
     imshow, set_xlabel = Axes.imshow, Axes.set_xlabel
-    monkeypatch.setattr(Axes, "imshow", lambda self, x, *a, **k: (drawn.append(np.array(x)), imshow(self, x, *a, **k))[1])
-    monkeypatch.setattr(Axes, "set_xlabel", lambda self, t, *a, **k: (labels.append(t), set_xlabel(self, t, *a, **k))[1])
+
+    def spy_imshow(self, x, *a, **k):
+        drawn.append(np.array(x))
+        return imshow(self, x, *a, **k)
+
+    def spy_xlabel(self, text, *a, **k):
+        labels.append(text)
+        return set_xlabel(self, text, *a, **k)
+
+    monkeypatch.setattr(Axes, "imshow", spy_imshow)
+    monkeypatch.setattr(Axes, "set_xlabel", spy_xlabel)
     n, size = 3, 24
     extra = ["--saliency", "spectral-residual"] if kind == "saliencymix" else []
     assert main(["preview", str(dataset), "--mix", kind, "--out", str(tmp_path / "g.png"), "--n", str(n),
@@ -69,8 +78,8 @@ def test_preview_grid_content(dataset, tmp_path, monkeypatch, kind):
     bg, fg, mask, mixed = (np.stack(drawn[r * n:(r + 1) * n]) for r in range(4))
     assert bg.shape == fg.shape == mixed.shape == (n, size, size, 3) and mask.shape == (n, size, size)
     r = ShardReader(dataset)
-    dataset_images = [np.asarray(Image.open(io.BytesIO(bytes(s.data))).convert("RGB").resize((size, size), Image.BILINEAR),
-                                 np.float32) / 255 for s in r]
+    dataset_images = [np.asarray(Image.open(io.BytesIO(bytes(s.data))).convert("RGB")
+                                 .resize((size, size), Image.BILINEAR), np.float32) / 255 for s in r]
     for img in np.concatenate([bg, fg]):
         assert min(np.abs(img - d).max() for d in dataset_images) < 1e-6
     assert mask.min() >= 0 and mask.max() <= 1
