@@ -176,7 +176,7 @@ def evaluate(model, loader, train_counts, cfg: TrainConfig, dist: _Dist, val_cas
     pred, seen = dist.all_sum(pred), dist.all_sum(seen)
     model.train()
     if not np.array_equal(seen, np.ones(n)):  # else a sample no rank evaluated would count as class 0
-        raise RuntimeError(f"evaluation covered {int((seen > 0).sum())} of {n} samples once "
+        raise RuntimeError(f"evaluation covered {int((seen == 1).sum())} of {n} samples once "
                            f"({int((seen == 0).sum())} never, {int((seen > 1).sum())} more than once)")
     labels = loader.reader.labels
     report = accuracy_report(labels, pred.astype(np.int64), train_counts, cas=val_cas, many=cfg.many, few=cfg.few)
