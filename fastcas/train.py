@@ -191,8 +191,13 @@ def evaluate(model, loader, train_counts, cfg: TrainConfig, dist: _Dist, val_cas
             k += len(labels)
     pred, seen = dist.all_sum(pred), dist.all_sum(seen)
     model.train()
+    if not np.array_equal(seen, np.ones(n)):  # else a sample no rank evaluated would count as class 0
+        raise RuntimeError(f"evaluation covered {int((seen == 1).sum())} of {n} samples once "
+                           f"({int((seen == 0).sum())} never, {int((seen > 1).sum())} more than once)")
     labels = loader.reader.labels
-    return accuracy_report(labels, pred.astype(np.int64), train_counts, cas=val_cas, many=cfg.many, few=cfg.few)
+    report = accuracy_report(labels, pred.astype(np.int64), train_counts, cas=val_cas, many=cfg.many, few=cfg.few)
+    report["samples"] = int(seen.sum())
+    return report
 
 
 def _r4(v) -> str:
@@ -323,7 +328,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             loader.set_epoch(epoch)
         use_w = cfg.drw_epoch is None or epoch >= cfg.drw_epoch
         for images, targets in loader:
-            progress = epoch + loader.step / steps_per_epoch
+            progress = epoch + (loader.step - 1) / steps_per_epoch  # this batch's start (step counts it)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(cfg, progress)
             if targets.dtype == torch.int64:

@@ -138,10 +138,11 @@ def test_baseline_does_the_same_work(ds):
     kw = dict(weights="cmo", image_size=16, epoch_length=16, seed=2, mix="cutmix", device="cpu")
     fast = collect(Loader(ds, 8, py_workers=0, **kw))
     base = collect(TorchvisionLoader(ds, 8, py_workers=0, **kw))
+    assert len(fast) == len(base) == 2
     for (xa, ya), (xb, yb) in zip(fast, base):
         torch.testing.assert_close(ya, yb)  # same samples, same mixing parameters
-        # same crops and flips, different resamplers: close, not equal
-        assert (xa - xb).abs().mean() < 0.25
+        # same crops and flips, different resamplers: close, not equal (measured 0.004-0.005)
+        assert (xa - xb).abs().mean() < 0.02
 
 
 def test_ranks_split_the_epoch(ds):
@@ -189,6 +190,7 @@ def test_gpu_decoder_path(ds, mix):
     kw = dict(weights="cmo", image_size=32, epoch_length=32, seed=4, py_workers=0, mix=mix)
     gpu = collect(Loader(ds, 8, device="cuda", **kw))
     cpu = collect(Loader(ds, 8, device="cpu", **kw))
+    assert len(gpu) == len(cpu) == 4
     for (xg, yg), (xc, yc) in zip(gpu, cpu):
         assert xg.is_cuda and xg.shape == xc.shape
         torch.testing.assert_close(yg.cpu(), yc, atol=1e-6, rtol=0)

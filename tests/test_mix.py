@@ -8,7 +8,7 @@ from scipy import stats
 
 from fastcas._rng import generator
 from fastcas.mix import KINDS, MixParams, apply, in_batch_partner, make_params, mix, soft_targets
-from fastcas.mix.params import boxes_at, cut_sizes
+from fastcas.mix.params import cut_sizes
 from fastcas.mix.saliency import finegrained_map, saliency_centres, spectral_residual_numpy
 
 B, C, H, W = 7, 3, 24, 20  # odd batch, non-square
@@ -101,12 +101,21 @@ def test_cutmix_lambda_and_box_statistics_follow_clovaai_rule():
     np.testing.assert_array_equal((y1 - y0)[inner], 2 * (cut_h[inner] // 2))
     np.testing.assert_array_equal((x1 - x0)[inner], 2 * (cut_w[inner] // 2))
     assert ((y1 - y0) <= 2 * (cut_h // 2)).all() and ((x1 - x0) <= 2 * (cut_w // 2)).all()
-    # uniform integer centre: unclipped boxes with cut >= 2 have their centre at y0 + cut//2
-    cy = (y0 + cut_h // 2)[inner & (cut_h >= 2)]
-    assert 0 < cy.min() and cy.max() < h
+    # uniform integer centre on [0, side): recover it from the clipped box (y0 = cy - half unless
+    # clipped at 0, else y1 = cy + half) where a side cannot be clipped on both ends (half <
+    # side / 2, a condition on the drawn size only, so it does not bias the centres), then
+    # chi-square against uniform
+    for lo, hi, cut, side in ((y0, y1, cut_h, h), (x0, x1, cut_w, w)):
+        half = cut // 2
+        ok = half < side / 2
+        centre = np.where(lo > 0, lo + half, hi - half)[ok]
+        assert ok.sum() > 1000 and centre.min() >= 0 and centre.max() < side
+        counts = np.bincount(centre, minlength=side)
+        assert stats.chisquare(counts).pvalue > 1e-3
     # lam corrected from the clipped area
     np.testing.assert_allclose(p.lam, 1 - (y1 - y0) * (x1 - x0) / (h * w))
-    assert (p.lam >= p.drawn - 1e-12).mean() > 0.9  # clipping only shrinks the box
+    # 2 * (cut // 2) <= cut <= side * sqrt(1 - drawn), and clipping only shrinks the box
+    assert (p.lam >= p.drawn - 1e-12).all()
 
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
@@ -161,9 +170,15 @@ def test_saliencymix_box_centred_on_salient_pixel():
     img = spot_images(centres)
     p = make_params("saliencymix", 3, 96, 128, alpha=1.0, generator=generator(3), foreground=img,
                     saliency="spectral")
-    cy, cx = saliency_centres(img, "spectral")
-    cut_h, cut_w = cut_sizes(p.drawn, 96, 128)
-    np.testing.assert_array_equal(p.boxes, boxes_at(cy, cx, cut_h, cut_w, 96, 128))
+    # independent construction: the SaliencyMix/clovaai box (half-size int(side*sqrt(1-lam))//2
+    # each way, clipped) around a centre within the saliency map's block size (2) of the spot
+    for i, (y, x) in enumerate(centres):
+        ch, cw = int(96 * np.sqrt(1 - p.drawn[i])), int(128 * np.sqrt(1 - p.drawn[i]))
+        candidates = [[max(cy - ch // 2, 0), max(cx - cw // 2, 0), min(cy + ch // 2, 96), min(cx + cw // 2, 128)]
+                      for cy in range(y - 2, y + 3) for cx in range(x - 2, x + 3)]
+        assert p.boxes[i].tolist() in candidates, (i, p.boxes[i])
+        b = p.boxes[i]
+        assert p.lam[i] == pytest.approx(1 - (b[2] - b[0]) * (b[3] - b[1]) / (96 * 128))
     for (y0, x0, y1, x1), (y, x) in zip(p.boxes, centres):
         assert y0 <= y < max(y1, y0 + 1) + 2 and x0 <= x < max(x1, x0 + 1) + 2
 
@@ -185,8 +200,10 @@ def test_saliencymix_finegrained_matches_opencv_reference():
         np.testing.assert_array_equal(finegrained_map(img[i]), q)
     p = make_params("saliencymix", 4, 40, 56, generator=generator(1), foreground=img,
                     saliency="finegrained")
-    cut_h, cut_w = cut_sizes(p.drawn, 40, 56)
-    np.testing.assert_array_equal(p.boxes, boxes_at(cy, cx, cut_h, cut_w, 40, 56))
+    for i in range(4):  # independent box around the OpenCV reference's peak (checked above)
+        ch, cw = int(40 * np.sqrt(1 - p.drawn[i])), int(56 * np.sqrt(1 - p.drawn[i]))
+        want = [max(cy[i] - ch // 2, 0), max(cx[i] - cw // 2, 0), min(cy[i] + ch // 2, 40), min(cx[i] + cw // 2, 56)]
+        assert p.boxes[i].tolist() == want
 
 
 def test_batch_mode_reproduces_reference_one_region_per_batch():
@@ -219,9 +236,16 @@ def test_in_batch_partner_and_odd_partial_batches():
     y = np.arange(9) % 4
     for b in (1, 2, 9):
         for kind in KINDS:
-            img, t = mix(kind, x[:b], x[perm[:b] % b], y[:b], y[perm[:b] % b], num_classes=4,
-                         generator=generator(b))
+            pb = np.random.default_rng(b).permutation(b)  # a true permutation of the partial batch
+            img, t, p = mix(kind, x[:b], x[pb], y[:b], y[pb], num_classes=4, generator=generator(b),
+                            return_params=True)
             assert img.shape == (b, 3, 8, 8) and t.shape == (b, 4)
+            # targets follow the region applied to each sample of the odd/partial batch
+            fg_frac = apply(p, np.zeros_like(x[:b]), np.ones_like(x[:b])).mean(axis=(1, 2, 3))
+            want = np.zeros((b, 4))
+            np.add.at(want, (np.arange(b), y[:b]), 1 - fg_frac)
+            np.add.at(want, (np.arange(b), y[pb]), fg_frac)
+            np.testing.assert_allclose(t, want, atol=1e-6)
     img, t = mix("cutmix", x[:0], x[:0], y[:0], y[:0], num_classes=4, generator=generator(0))
     assert img.shape == (0, 3, 8, 8) and t.shape == (0, 4)
 

@@ -91,7 +91,12 @@ def test_loss_weights():
     up = W.loss_weights(counts, "upweight-low", factor=3.0)
     assert up[2] / up[0] == pytest.approx(3) and up[0] == up[1]
     eff = W.loss_weights(counts, "effective", beta=0.9)
-    assert eff[0] < eff[1] < eff[2]
+    e = (1 - 0.9) / (1 - 0.9 ** counts.astype(float))  # Cui et al. 2019: (1 - beta) / (1 - beta^n)
+    np.testing.assert_allclose(eff, 3 * e / e.sum())
+    N = counts.sum()
+    default_beta = (N - 1) / N
+    e = (1 - default_beta) / (1 - default_beta ** counts.astype(float))
+    np.testing.assert_allclose(W.loss_weights(counts, "effective"), 3 * e / e.sum())
     with pytest.raises(ValueError, match="unknown loss weights 'x'; expected one of none, inverse"):
         W.loss_weights(counts, "x")
 

@@ -45,6 +45,15 @@ def test_accuracy_report_groups():
     assert rep["top1"] == pytest.approx(0.5)
     assert (rep["many"], rep["medium"], rep["few"]) == (1.0, 0.5, 0.0)
     assert rep["per_class"] == [1.0, 0.5, 0.0]
+    # CAS subsets 30/30/40 of 6 samples by ascending CAS: {0, 1}, {2, 3}, {4, 5}
+    assert (rep["cas_low"], rep["cas_middle"], rep["cas_high"]) == (1.0, 0.5, 0.0)
+    rev = accuracy_report(y, p, counts, cas=np.arange(6)[::-1])  # CAS order reversed: subsets swap
+    assert (rev["cas_low"], rev["cas_middle"], rev["cas_high"]) == (0.0, 0.5, 1.0)
+    # many-shot is > many, few-shot < few; the thresholds themselves are medium
+    assert shot_groups([101, 100, 20, 19]).tolist() == [0, 1, 1, 2]
+    assert shot_groups([11, 10, 5, 4], many=10, few=5).tolist() == [0, 1, 1, 2]
+    # a group with no samples is None, not 0
+    assert accuracy_report(y[:2], p[:2], counts)["few"] is None
 
 
 def test_score_file_round_trip_and_key_mismatch(tmp_path):
@@ -103,7 +112,9 @@ def test_visual_dictionary_picks_the_anchor_nearest_each_text(tmp_path):
     text_only = build_dictionary(texts, anchors, ["p"], mode="text")
     assert text_only.mode == "text" and text_only.digest() != d.digest()
     top2 = build_dictionary(texts, anchors, ["p"], top_k=2)
-    assert not np.allclose(top2.keys[0], d.keys[0])
+    # value 0 is nearest anchors 0 then 1, value 1 anchors 3 then 2: keys are their normalised means
+    want = np.stack([anchors[[0, 1]].mean(0), anchors[[3, 2]].mean(0)])
+    np.testing.assert_allclose(top2.keys[0], want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
 
 
 def test_clip_encoder_with_random_weights_offline():
@@ -119,6 +130,9 @@ def test_clip_encoder_with_random_weights_offline():
     enc.dictionary = build_dictionary(texts, emb, ["color"])
     ids = enc.encode(imgs)
     assert ids.shape == (4, 1) and set(ids.ravel()) <= {0, 1}
+    # each image gets the value whose key (its nearest image embedding) is most cosine-similar
+    keys = enc.dictionary.keys[0]
+    np.testing.assert_array_equal(ids[:, 0], np.argmax(emb @ keys.T, axis=1))
     assert enc.metadata()["weights_hash"] == "random"
 
 
