@@ -181,7 +181,10 @@ def collect(dataset, device: str, name: str, cfg: SelftestConfig) -> Run:
                 targets.append(_host(t))
                 if len(images) == cfg.steps:
                     break
-        return Run(name, device, [np.asarray(i) for i in loader.sampler_indices(0)], images, targets, calls)
+        # the loader finishes batches on a prefetch thread, ahead of the consumer: calls past the
+        # last consumed batch were made for batches nobody took (in order, so the first ones match)
+        return Run(name, device, [np.asarray(i) for i in loader.sampler_indices(0)], images, targets,
+                   calls[:len(images)])
     finally:
         loader.close()
 

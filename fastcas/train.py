@@ -343,8 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             scaler.step(opt)
             scaler.update()
             global_step += 1
-            if global_step % cfg.checkpoint_every == 0:
-                save(loader)
+            if global_step % cfg.checkpoint_every == 0 and loader.step < len(loader):
+                save(loader)  # (after an epoch's last step, the end-of-epoch checkpoint follows)
             if crash_at_step is not None and global_step == crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: a real crash, no clean-up
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
@@ -370,6 +370,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         elif val is None and dist.rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             print(f"epoch {epoch}: loss {loss.item():.3f} (no --val: no evaluation)", flush=True)
         epoch += 1
+        # the checkpoint holds the state of the loader the next epoch uses (CMO switches between a
+        # plain and a mixing loader, whose configurations differ: a resume checks that they match)
+        loader = mixed if (mixed is not None and cfg.mixing_at(epoch)) else plain
         loader.set_epoch(epoch)
         save(loader)
         if reached:

@@ -292,7 +292,8 @@ def test_torchrun_training_resumes_at_another_nproc_per_node(tmp_path):
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert (state["global_step"], state["loader"]["position"], state["loader"]["world_size"]) == (4, 32, 2)
     bad = _torchrun(1, common + ["--batch-size", "4", "--resume"], root)
-    assert bad.returncode != 0 and "global_batch (saved 8, now 4" in bad.stderr + bad.stdout
+    # refused before anything trains: the run directory's saved configuration (fastcas.rundir)
+    assert bad.returncode != 0 and "global batch (batch_size x world size): 8 -> 4" in bad.stderr + bad.stdout
     p = _torchrun(1, common + ["--batch-size", "8", "--resume"], root)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from fastcas import cli
 from fastcas._rng import generator
@@ -243,7 +244,7 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
 
     def off_by_one(params, bg, fg):  # CutMix boxes one row too tall
         if params.boxes is not None:
-            boxes = params.boxes.copy()
+            boxes = np.array(params.boxes)  # host or device-resident (fastcas.mix.device) parameters
             boxes[:, 2] = np.minimum(boxes[:, 2] + (boxes[:, 2] > boxes[:, 0]), params.height)
             params = type(params)(params.kind, params.height, params.width, params.lam, params.mixed,
                                   boxes=boxes, drawn=params.drawn)
@@ -254,6 +255,7 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
 
     monkeypatch.setattr(_backend, "apply_torch", off_by_one)
     monkeypatch.setattr(Loader, "load_state_dict", forgetful)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     monkeypatch.setattr(selftest, "check_throughput", lambda *a: selftest.Check("throughput", "cpu", "PASS"))
     out = tmp_path / "r.json"
     assert cli.main(["selftest", "--device", "cpu", "--quick", "--json", str(out)]) == 1
@@ -302,6 +304,7 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
     monkeypatch.setattr(selftest_checks, "make_loader",
                         lambda dataset, device, *a, **kw: make(dataset, "cpu", *a, **kw))
     monkeypatch.setattr(selftest, "resolve_device", lambda requested: ("cuda", None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the environment report asks
     env = selftest.environment
     monkeypatch.setattr(selftest, "environment", lambda use_cuda: env(use_cuda=False))  # never touch CUDA
     for name in ("check_handoff", "check_host_sync", "check_throughput"):
