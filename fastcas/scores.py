@@ -137,6 +137,18 @@ def sampling_statistics(cas_values, b: float = 1.2, *, draws: int = 0, seed: int
     return out
 
 
+RANDOM_WEIGHTS_WARNING = ("CLIP encoder with RANDOM weights: the attributes (and CAS) are meaningless, "
+                          "for tests and benchmarks only; pass --weights")
+
+
+def random_weights_warning(metadata: dict) -> str | None:
+    """The warning to show wherever a score file's attributes are shown, or None: set when
+    the CLIP encoder ran with random weights (``weights_hash == "random"``)."""
+    if metadata.get("encoder") == "clip" and metadata.get("weights_hash") == "random":
+        return RANDOM_WEIGHTS_WARNING
+    return None
+
+
 def attribute_frequencies(attr_ids, names: list | None = None) -> list[dict]:
     """Per primary: {"primary", "counts": [[secondary, n], ...]} over the whole set, most
     common first (ties by secondary id). ``names``: [(primary, [secondary names])] or None."""
