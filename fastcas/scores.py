@@ -149,6 +149,17 @@ def random_weights_warning(metadata: dict) -> str | None:
     return None
 
 
+def attribute_names(metadata: dict) -> list | None:
+    """[(primary, [secondary names])] for a score file's encoder, or None if unknown."""
+    if metadata.get("encoder") == "pixel" and metadata.get("primaries") and metadata.get("secondaries"):
+        return list(zip(metadata["primaries"], metadata["secondaries"]))
+    if metadata.get("encoder") == "clip":
+        from fastcas.attributes import load_vocabulary
+
+        return [(p["name"], p["values"]) for p in load_vocabulary()["primaries"]]
+    return None
+
+
 def attribute_frequencies(attr_ids, names: list | None = None) -> list[dict]:
     """Per primary: {"primary", "counts": [[secondary, n], ...]} over the whole set, most
     common first (ties by secondary id). ``names``: [(primary, [secondary names])] or None."""

@@ -298,6 +298,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
                     f.write(json.dumps({k: v for k, v in report.items() if k != "per_class"}) + "\n")
                 print(f"epoch {epoch}: top1 {report['top1']:.4f} many {report['many']} medium {report['medium']} "
                       f"few {report['few']} loss {loss.item():.3f}", flush=True)
+        if dist.rank == 0:  # drawn vs target per class / attribute value (fastcas.monitor)
+            from fastcas.monitor import log_epoch
+            log_epoch(out, epoch, loader, cfg.scores)
         epoch += 1
         loader.set_epoch(epoch)
         save(loader)
