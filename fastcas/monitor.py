@@ -159,3 +159,33 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     atomic_write_bytes(out / f"monitor-epoch{epoch:03d}.png",
                        plot_report(first, f"epoch {epoch}, {first['weights']} weights"))
     return reports
+
+
+class EpochProgress:
+    """A tqdm bar for one training epoch (rank 0 only; a no-op elsewhere or with
+    ``enabled=False``): images done, img/s, step k/n and the loss (refreshed every
+    ``every`` steps so the loss read does not sync a GPU each step)."""
+
+    def __init__(self, epoch: int, steps: int, start_step: int, batch_size: int, rank: int = 0,
+                 enabled: bool = True, every: int = 10):
+        self.bar = None
+        self.every, self.steps, self.batch = max(1, every), steps, batch_size
+        self.step = start_step
+        if enabled and rank == 0:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps * batch_size, initial=start_step * batch_size, unit="img",
+                            unit_scale=False, desc=f"epoch {epoch}", leave=True, dynamic_ncols=True)
+
+    def update(self, loss=None) -> None:
+        self.step += 1
+        if self.bar is None:
+            return
+        self.bar.update(self.batch)
+        if loss is not None and (self.step % self.every == 0 or self.step == self.steps):
+            self.bar.set_postfix(step=f"{self.step}/{self.steps}", loss=f"{float(loss):.3f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -65,6 +65,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     max_steps: int | None = None      # stop after this many steps in all (dry runs)
+    progress: bool = True             # a tqdm bar per epoch on rank 0 (steps, img/s, loss)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -262,6 +263,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         if loader.epoch != epoch:
             loader.set_epoch(epoch)
         use_w = cfg.drw_epoch is None or epoch >= cfg.drw_epoch
+        from fastcas.monitor import EpochProgress
+        bar = EpochProgress(epoch, len(loader), loader.step, cfg.batch_size, dist.rank, cfg.progress)
         for images, targets in loader:
             progress = epoch + loader.step / steps_per_epoch
             for g in opt.param_groups:
@@ -278,12 +281,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             scaler.step(opt)
             scaler.update()
             global_step += 1
+            bar.update(loss.detach())
             if global_step % cfg.checkpoint_every == 0:
                 save(loader)
             if crash_at_step is not None and global_step == crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: a real crash, no clean-up
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 break
+        bar.close()
         epoch_done = loader.step >= len(loader)
         reached = cfg.max_steps is not None and global_step >= cfg.max_steps
         if reached and not epoch_done:
