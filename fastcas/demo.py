@@ -59,7 +59,8 @@ def recipes(cfg: DemoConfig) -> dict:
     }
 
 
-def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_workers: int) -> Path:
+def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_workers: int,
+          progress: bool = True) -> Path:
     """Pixel-encoder CAS scores through the ``fastcas score`` command (reused when present)."""
     from fastcas.cli import main
 
@@ -68,6 +69,8 @@ def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_w
                 "--image-size", str(image_size), "--workers", str(py_workers), "--rank", "0", "--world-size", "1"]
         if reference:
             argv += ["--reference", str(reference)]
+        if not progress:
+            argv.append("--no-progress")
         if main(argv) != 0:
             raise RuntimeError(f"scoring {dataset} failed")
     return out
@@ -173,8 +176,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.image_size, cfg.py_workers)
-    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.image_size, cfg.py_workers)
+    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.image_size, cfg.py_workers, cfg.progress)
+    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.image_size, cfg.py_workers,
+                       cfg.progress)
     check = attribute_check(cfg.train, train_scores, cfg.epoch_length)
     if check:
         d = check["draws"]

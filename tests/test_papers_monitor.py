@@ -76,3 +76,19 @@ def test_train_logs_monitor_every_epoch(tmp_path):
         bg = rep["streams"]["background"]
         assert bg["weights"] == "cmo" and bg["draws"] == 32
         assert (tmp_path / "run" / f"monitor-epoch{e:03d}.png").stat().st_size > 1000
+
+
+def test_epoch_progress_bar_rank0_only(capsys):
+    from fastcas.monitor import EpochProgress
+
+    bar = EpochProgress(3, steps=4, start_step=1, batch_size=8, rank=0, every=1)
+    for _ in range(3):
+        bar.update(0.5)
+    assert bar.bar.n == 32 and bar.step == 4
+    bar.close()
+    err = capsys.readouterr().err
+    assert "epoch 3" in err and "img" in err and "loss=0.500" in err and "step=4/4" in err
+    quiet = EpochProgress(0, steps=4, start_step=0, batch_size=8, rank=1)
+    quiet.update(1.0)
+    quiet.close()
+    assert quiet.bar is None and capsys.readouterr().err == ""
