@@ -110,3 +110,21 @@ def test_constant_primary_reported_by_score(tmp_path, capsys):
     from fastcas.scores import cas_scores
 
     assert np.array_equal(t.cas, cas_scores(t.attrs[:, used], t.labels))
+
+
+def test_pixel_split_over_ranks_then_merge_equals_single_run(tmp_path):
+    """Parts carry raw measurements (sidecar .npy); bins are fitted once, at the merge."""
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(9, 6), size=(40, 30), seed=4)
+    one = tmp_path / "one.parquet"
+    assert _score(tmp_path / "ds", "--out", one) == 0
+    parts = [tmp_path / f"p{r}.parquet" for r in range(2)]
+    for r, p in enumerate(parts):
+        assert _score(tmp_path / "ds", "--out", p, "--rank", r, "--world-size", 2) == 0
+        assert p.with_name(p.name + ".measurements.npy").exists()
+    merged = tmp_path / "merged.parquet"
+    assert _score(tmp_path / "ds", "--out", merged, "--merge", *parts) == 0
+    a, b = read_scores(one), read_scores(merged)
+    assert a.keys == b.keys and np.array_equal(a.attrs, b.attrs) and np.array_equal(a.cas, b.cas)
+    assert a.metadata["bins_digest"] == b.metadata["bins_digest"]
