@@ -67,3 +67,20 @@ def test_stats_cli_table1_deciles_and_random_clip_warning(tmp_path, capsys):
     with pytest.raises(ValueError, match="predictions, the dataset has"):
         from fastcas.commands.stats import load_predictions
         load_predictions(tmp_path / "pred.npy", len(r) + 1)
+
+
+def test_score_summary_flags_random_clip_weights(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    from fastcas.cli import main
+    from tests.helpers import make_dataset
+    from tests.test_attributes import TINY_CLIP
+
+    (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
+    make_dataset(tmp_path / "ds", counts=(4, 3), size=(32, 24))
+    assert main(["score", str(tmp_path / "ds"), "--out", str(tmp_path / "c.parquet"), "--encoder", "clip",
+                 "--model", str(tmp_path / "clip.json"), "--batch-size", "4", "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    assert "RANDOM weights" in cap.err and "'warning'" in cap.out
+    # a pixel score has no such warning
+    assert main(["score", str(tmp_path / "ds"), "--out", str(tmp_path / "p.parquet"), "--no-progress"]) == 0
+    assert "RANDOM" not in capsys.readouterr().err

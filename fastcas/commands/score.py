@@ -131,6 +131,9 @@ def _finish(args, reader, idx, attrs, emb, meta, enc=None, raw=None) -> dict:
         attrs = enc.dictionary.assign(emb)
         meta.update(enc.metadata())
     r = read_scores(args.reference) if args.reference else None
+    if r is not None and r.metadata.get("encoder") != meta.get("encoder"):
+        raise ValueError(f"{args.reference}: reference was scored with encoder {r.metadata.get('encoder')!r}, "
+                         f"this run uses {meta.get('encoder')!r}")
     used = None
     if raw is not None:
         bins = _pixel_bins(args, raw[order], r.metadata if r is not None else None)
@@ -151,9 +154,6 @@ def _finish(args, reader, idx, attrs, emb, meta, enc=None, raw=None) -> dict:
     if r is not None:
         ref = fit_ranks(cols(r.attrs), r.labels, reader.num_classes)
         meta["reference"] = str(args.reference)
-        if r.metadata.get("encoder") != meta.get("encoder"):
-            raise ValueError(f"{args.reference}: reference was scored with encoder {r.metadata.get('encoder')!r}, "
-                             f"this run uses {meta.get('encoder')!r}")
         if r.metadata.get("dictionary_hash") != meta.get("dictionary_hash"):
             raise ValueError(f"{args.reference}: reference was scored with dictionary "
                              f"{r.metadata.get('dictionary_hash')}, this run uses {meta.get('dictionary_hash')} "
@@ -165,8 +165,9 @@ def _finish(args, reader, idx, attrs, emb, meta, enc=None, raw=None) -> dict:
     warning = random_weights_warning(meta)
     if warning:
         print(f"fastcas score: warning: {warning}", file=sys.stderr)
-    return {**({"warning": warning} if warning else {}),"samples": len(idx), "cas_mean": float(cas.mean()) if len(cas) else None,
-            "cas_min": int(cas.min()) if len(cas) else None, "cas_max": int(cas.max()) if len(cas) else None}
+    return {**({"warning": warning} if warning else {}), "samples": len(idx),
+            "cas_mean": float(cas.mean()) if len(cas) else None, "cas_min": int(cas.min()) if len(cas) else None,
+            "cas_max": int(cas.max()) if len(cas) else None}
 
 
 def _get_dictionary(args, enc, emb, image_size):
