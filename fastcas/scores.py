@@ -112,29 +112,61 @@ def subset_indices(cas_values) -> dict:
     return {name: np.flatnonzero(sub == k) for k, name in enumerate(("low", "middle", "high"))}
 
 
-def sampling_statistics(cas_values, b: float = 1.2, *, draws: int = 0, seed: int = 0) -> dict:
-    """The CAS paper's Table 1: mean and standard deviation of the CAS of drawn samples under
-    uniform sampling and under CAS-weighted sampling (p_i = CAS_i ** b / sum).
+def sampling_statistics(cas_values, b: float = 1.2, *, draws: int = 0, seed: int = 0, labels=None,
+                        r: float = 1.0) -> dict:
+    """The CAS paper's Table 1: mean and standard deviation of the CAS of the samples drawn
+    under uniform sampling, CAS-weighted sampling (p_i = CAS_i ** b / sum) and, with
+    ``labels``, CMO's weights (:func:`fastcas.weights.cmo`, per-sample n_k^-r as the
+    reference code).
 
-    Exact moments of the sampling distribution; with ``draws`` > 0 also the empirical
-    mean / std of that many draws (with replacement, ``fastcas._rng.generator(seed)``)."""
+    Exact moments of each sampling distribution; with ``draws`` > 0 also the empirical mean /
+    std of one epoch of that many draws through fastcas's stateless sampler
+    (:class:`fastcas.sampler.WeightedSampler`, ``seed``, epoch 0; ``draws=-1``: N draws)."""
     c = np.asarray(cas_values, np.float64)
     if not len(c):
         raise ValueError("no CAS values to summarise")
     if (c <= 0).any():
         raise ValueError(f"CAS values must be positive for CAS ** b weights, min is {c.min()}")
-    w = c ** b
-    p = w / w.sum()
-    out = {"b": b}
-    for name, q in (("uniform", np.full(len(c), 1 / len(c))), ("cas_weighted", p)):
+    from fastcas import weights as W
+
+    ws = {"uniform": np.ones(len(c)), "cas_weighted": W.cas(c, b)}
+    if labels is not None:
+        ws["cmo"] = W.cmo(labels, r)
+    out = {"b": b, **({"r": r} if labels is not None else {})}
+    n_draws = len(c) if draws == -1 else int(draws)
+    for name, w in ws.items():
+        q = w / w.sum()
         m = float((q * c).sum())
         out[name] = {"mean": m, "std": float(np.sqrt(max((q * (c - m) ** 2).sum(), 0.0)))}
-        if draws:
-            from fastcas._rng import generator
+        if n_draws:
+            from fastcas.sampler import WeightedSampler
 
-            d = c[generator(seed, 0 if name == "uniform" else 1).choice(len(c), size=draws, p=q)]
-            out[name].update(drawn_mean=float(d.mean()), drawn_std=float(d.std()), draws=int(draws))
+            d = c[WeightedSampler(w, n_draws, seed=seed).indices(0)]
+            out[name].update(drawn_mean=float(d.mean()), drawn_std=float(d.std()), draws=n_draws)
     return out
+
+
+RANDOM_WEIGHTS_WARNING = ("CLIP encoder with RANDOM weights: the attributes (and CAS) are meaningless, "
+                          "for tests and benchmarks only; pass --weights")
+
+
+def random_weights_warning(metadata: dict) -> str | None:
+    """The warning to show wherever a score file's attributes are shown, or None: set when
+    the CLIP encoder ran with random weights (``weights_hash == "random"``)."""
+    if metadata.get("encoder") == "clip" and metadata.get("weights_hash") == "random":
+        return RANDOM_WEIGHTS_WARNING
+    return None
+
+
+def attribute_names(metadata: dict) -> list | None:
+    """[(primary, [secondary names])] for a score file's encoder, or None if unknown."""
+    if metadata.get("encoder") == "pixel" and metadata.get("primaries") and metadata.get("secondaries"):
+        return list(zip(metadata["primaries"], metadata["secondaries"]))
+    if metadata.get("encoder") == "clip":
+        from fastcas.attributes import load_vocabulary
+
+        return [(p["name"], p["values"]) for p in load_vocabulary()["primaries"]]
+    return None
 
 
 def attribute_frequencies(attr_ids, names: list | None = None) -> list[dict]:

@@ -73,6 +73,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     max_steps: int | None = None      # stop after this many steps in all (dry runs)
+    progress: bool = True             # a tqdm bar per epoch on rank 0 (steps, img/s, loss)
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -327,6 +328,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         if loader.epoch != epoch:
             loader.set_epoch(epoch)
         use_w = cfg.drw_epoch is None or epoch >= cfg.drw_epoch
+        from fastcas.monitor import EpochProgress
+        bar = EpochProgress(epoch, len(loader), loader.step, cfg.batch_size, dist.rank, cfg.progress)
         for images, targets in loader:
             progress = epoch + (loader.step - 1) / steps_per_epoch  # this batch's start (step counts it)
             for g in opt.param_groups:
@@ -343,12 +346,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             scaler.step(opt)
             scaler.update()
             global_step += 1
+            bar.update(loss.detach())
             if global_step % cfg.checkpoint_every == 0 and loader.step < len(loader):
                 save(loader)  # (after an epoch's last step, the end-of-epoch checkpoint follows)
             if crash_at_step is not None and global_step == crash_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: a real crash, no clean-up
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 break
+        bar.close()
         epoch_done = loader.step >= len(loader)
         reached = cfg.max_steps is not None and global_step >= cfg.max_steps
         if reached and not epoch_done:
@@ -369,6 +374,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
                       + f" loss {loss.item():.3f}", flush=True)
         elif val is None and dist.rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             print(f"epoch {epoch}: loss {loss.item():.3f} (no --val: no evaluation)", flush=True)
+        if dist.rank == 0:  # drawn vs target per class / attribute value (fastcas.monitor)
+            from fastcas.monitor import log_epoch
+            log_epoch(out, epoch, loader, cfg.scores)
         epoch += 1
         # the checkpoint holds the state of the loader the next epoch uses (CMO switches between a
         # plain and a mixing loader, whose configurations differ: a resume checks that they match)

@@ -5,8 +5,10 @@ Pure NumPy. Every function validates its input and raises ``ValueError`` saying 
 ===================  =====================================================================
 ``uniform``          every sample equally likely
 ``cas``              w_i = CAS_i ** b (CAS paper, Sec. "Compositional Attribute Scarcity")
-``cmo``              class k drawn with probability q(r, k) = n_k^-r / sum n^-r (CMO Eq. 2),
-                     or 1/E(k) with the effective number (CMO Eq. 3); see ``per`` below
+``cmo``              every sample of class k weighted n_k^-r (naver-ai/cmo's sampler), so class k
+                     is drawn ∝ n_k^(1-r): class-balanced at r = 1; ``cmo-effective``: 1/E(k)
+                     (CMO Eq. 3); ``cmo-per-class``: the literal Eq. 2 reading (class k drawn
+                     ∝ n_k^-r); see :func:`cmo`
 ``oversample``       classes below a threshold raised to it (importance-sampling paper Sec. 4)
 ``undersample``      classes above a threshold cut to it (same paper)
 ``cas_within_cmo``   CMO across classes, CAS-proportional within a class (fastcas's own)
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("uniform", "cas", "cmo", "cmo-effective", "oversample", "undersample", "cas-cmo")
+NAMES = ("uniform", "cas", "cmo", "cmo-effective", "cmo-per-class", "oversample", "undersample", "cas-cmo")
+CMO_PER = ("sample", "class")
 LOSS_WEIGHTS = ("none", "inverse", "effective", "upweight-low")
 
 
@@ -89,14 +92,20 @@ def class_probabilities(counts, r: float = 1.0, effective: bool = False) -> np.n
     return inv / inv.sum()
 
 
-def cmo(labels, r: float = 1.0, *, effective: bool = False, per: str = "class",
+def cmo(labels, r: float = 1.0, *, effective: bool = False, per: str = "sample",
         num_classes: int | None = None) -> np.ndarray:
-    """Weights of CMO's foreground (minority) stream.
+    """Weights of CMO's foreground (minority) stream, float64 [N].
 
-    ``per="class"`` (default): class k is drawn with probability q(r, k) (CMO Eq. 2/3 read as
-    the class sampling probability; the sample weight is q_k / n_k). ``per="sample"``: every
-    sample of class k gets weight q_k, as naver-ai/cmo's ``WeightedRandomSampler`` does; the
-    class is then drawn with probability ∝ n_k * q_k (class-balanced for r = 1).
+    ``per="sample"`` (default, the reference code): every sample of class k gets the weight
+    q(r, k) ∝ n_k^-r (or 1/E(k) with ``effective``), exactly as naver-ai/cmo's
+    ``get_weighted_sampler`` feeds ``WeightedRandomSampler``; class k is then drawn with
+    probability ∝ n_k * q_k = n_k^(1-r): class-balanced at r = 1, which is what the paper's
+    Table 10 discussion describes ("weights inversely proportional to the class frequency").
+    The paper's Eq. 2 text reads as a *class* probability; where the paper's text and the code
+    that produced its tables disagree, the code is the reference, so it is the default.
+    ``per="class"``: the literal Eq. 2 reading, kept as an explicit option: class k drawn with
+    probability q(r, k) itself (sample weight q_k / n_k); at r = 1 the rarest class of a
+    ratio-100 set is then drawn 100x as often as the largest.
     """
     y, counts = _labels(labels, num_classes)
     if y.ndim != 1:
@@ -107,8 +116,20 @@ def cmo(labels, r: float = 1.0, *, effective: bool = False, per: str = "class",
     elif per == "sample":
         w = q.copy()
     else:
-        raise ValueError(f"per must be 'class' or 'sample', got {per!r}")
+        raise ValueError(f"per must be 'sample' or 'class', got {per!r}")
     return w[y]
+
+
+def cmo_class_probabilities(counts, r: float = 1.0, *, effective: bool = False, per: str = "sample") -> np.ndarray:
+    """float64 [C]: the probability that :func:`cmo` draws class k (``per`` as there):
+    ∝ n_k q_k (reference code, default) or q_k (literal Eq. 2)."""
+    n = np.asarray(counts, np.float64)
+    q = class_probabilities(n, r, effective)
+    if per == "sample":
+        q = q * n
+    elif per != "class":
+        raise ValueError(f"per must be 'sample' or 'class', got {per!r}")
+    return q / q.sum()
 
 
 def low_frequency_classes(counts, percentile: float = 25.0) -> np.ndarray:
@@ -169,16 +190,17 @@ def oversample_plan(labels, threshold: float | None, rng: np.random.Generator) -
     return rng.permutation(np.concatenate([np.arange(len(y)), *extra]).astype(np.int64))
 
 
-def cas_within_cmo(labels, scores, r: float = 1.0, b: float = 1.2) -> np.ndarray:
-    """fastcas's own combination: classes drawn with CMO's q(r, k); within a class, samples
-    drawn in proportion to CAS ** b. p_i = q_k * CAS_i^b / sum_{j in k} CAS_j^b."""
+def cas_within_cmo(labels, scores, r: float = 1.0, b: float = 1.2, per: str = "sample") -> np.ndarray:
+    """fastcas's own combination: classes drawn as CMO draws them (:func:`cmo_class_probabilities`,
+    ``per="sample"``: ∝ n_k^(1-r), the reference code's rule); within a class, samples drawn in
+    proportion to CAS ** b. p_i = P_k * CAS_i^b / sum_{j in k} CAS_j^b."""
     y, counts = _labels(labels)
     if y.ndim != 1:
         raise ValueError("cas_within_cmo needs single-label labels [N]")
     s = cas(scores, b)
     if len(s) != len(y):
         raise ValueError(f"scores have {len(s)} entries but labels have {len(y)}")
-    q = class_probabilities(counts, r)
+    q = cmo_class_probabilities(counts, r, per=per)
     class_sum = np.bincount(y, weights=s, minlength=len(counts))
     return q[y] * s / class_sum[y]
 
@@ -199,6 +221,8 @@ def make(name: str, labels, *, scores=None, b: float = 1.2, r: float = 1.0,
         w = cmo(labels, r)
     elif name == "cmo-effective":
         w = cmo(labels, r, effective=True)
+    elif name == "cmo-per-class":
+        w = cmo(labels, r, per="class")
     elif name == "oversample":
         w = oversample(labels, threshold)
     elif name == "undersample":

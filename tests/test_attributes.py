@@ -77,37 +77,43 @@ def test_invalid_vocabulary_files_are_rejected(tmp_path, edit, match):
 # -- pixel encoder ------------------------------------------------------------------------
 def test_pixel_encoder_uint8_red_black_and_determinism():
     torch = pytest.importorskip("torch")
-    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder, secondary_names
+    from fastcas.attributes.bins import fixed_bins
+    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder
 
     x = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     x[0, 0] = 255                     # pure red
-    names = secondary_names()
+    names = fixed_bins().secondary_names()
     enc = PixelEncoder()
     ids = enc.encode(x)
     label = lambda i, p: names[PRIMARIES.index(p)][ids[i, PRIMARIES.index(p)]]
-    assert label(0, "dominant colour") == "red" and label(1, "dominant colour") == "black"
-    assert label(1, "brightness") in ("very dark", "dark") and label(1, "brightness") == "very dark"
-    assert label(0, "saturation") == "vivid" and label(1, "contrast") == "flat"
-    assert label(1, "dominant edge orientation") == "no dominant edges"
+    assert label(0, "color") == "red" and label(1, "color") == "achromatic"
+    assert label(1, "brightness") == "< 0.2" and label(1, "lighting") == "< 0.1"
     assert np.array_equal(enc.encode(x.float() / 255), ids)       # uint8 and float agree
     g = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (4, 3, 24, 24), generator=g, dtype=torch.uint8)
     assert np.array_equal(enc.encode(noise), enc.encode(noise.clone()))
-    assert np.array_equal(enc.encode(noise[1:3]), enc.encode(noise)[1:3])  # per image, batch-independent
+    assert np.array_equal(enc.measure(noise[1:3]), enc.measure(noise)[1:3])  # per image, batch-independent
     assert ids.shape == (2, len(PRIMARIES)) and ids.dtype == np.int64 and len(PRIMARIES) >= 10
     with pytest.raises(ValueError, match=r"needs images \[B, 3, H, W\]"):
         enc.encode(x[:, :1])
 
 
-def test_pixel_edge_orientation_bins():
+def test_pixel_foreground_measurements():
     torch = pytest.importorskip("torch")
-    from fastcas.attributes.pixel import ORIENTATIONS, PRIMARIES, PixelEncoder
+    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder
 
-    stripes = torch.zeros(2, 3, 32, 32)
-    stripes[0, :, :, ::4] = 1.0       # vertical lines -> vertical edges
-    stripes[1, :, ::4, :] = 1.0       # horizontal lines
-    ids = PixelEncoder().encode(stripes)[:, PRIMARIES.index("dominant edge orientation")]
-    assert [ORIENTATIONS[i] for i in ids] == ["vertical edges", "horizontal edges"]
+    x = torch.zeros(3, 3, 32, 32)
+    x[0, :, 8:24, 14:18] = 1.0        # one vertical bar, centred
+    x[1, :, 14:18, 2:30] = 1.0        # one horizontal bar
+    x[2, :, 2:6, 2:6] = 1.0           # two squares, off centre
+    x[2, :, 2:6, 10:14] = 1.0
+    m = PixelEncoder().measure(x)
+    col = lambda p: m[:, PRIMARIES.index(p)]
+    assert col("count").tolist() == [1, 1, 2]
+    assert abs(col("orientation")[0] - 90) < 1 and min(col("orientation")[1], 180 - col("orientation")[1]) < 1
+    assert col("shape")[0] > 3 and col("shape")[1] > 6
+    assert abs(col("size")[0] - 64 / 1024) < 1e-9
+    assert col("position in frame")[0] < 0.05 < col("position in frame")[2]
 
 
 # -- decode path and split ----------------------------------------------------------------

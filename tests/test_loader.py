@@ -52,7 +52,7 @@ def test_weighted_stream_delivers_the_samplers_labels(ds):
     labels = torch.cat([b[1] for b in collect(loader)]).numpy()
     expected = r.labels[loader.sampler_indices(0)[0]][: len(labels)]
     assert np.array_equal(labels, expected)
-    q = W.class_probabilities(r.class_counts)
+    q = W.cmo_class_probabilities(r.class_counts)
     assert stats.chisquare(np.bincount(labels, minlength=4), q * len(labels)).pvalue > 1e-3
 
 
@@ -89,8 +89,8 @@ def test_cmo_two_streams(ds):
                     epoch_length=400, py_workers=0, seed=1, device="cpu")
     bg_idx, fg_idx = loader.sampler_indices(0)
     fg = r.labels[fg_idx]
-    q = W.class_probabilities(r.class_counts)
-    assert stats.chisquare(np.bincount(fg, minlength=4), q * len(fg)).pvalue > 1e-3  # class-inverse
+    q = W.cmo_class_probabilities(r.class_counts)
+    assert stats.chisquare(np.bincount(fg, minlength=4), q * len(fg)).pvalue > 1e-3  # class-balanced
     bg = r.labels[bg_idx]
     assert stats.chisquare(np.bincount(bg, minlength=4), r.class_counts / len(r) * len(bg)).pvalue > 1e-3
     images, targets = next(iter(loader))

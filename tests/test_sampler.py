@@ -34,7 +34,7 @@ def test_draws_match_weights_chi_square(name):
 def test_cmo_class_frequencies_follow_inverse_counts():
     counts = np.bincount(LABELS)
     for r in (1.0, 0.5):
-        d = WeightedSampler(W.cmo(LABELS, r), num_samples=100_000, seed=1).indices(0)
+        d = WeightedSampler(W.cmo(LABELS, r, per="class"), num_samples=100_000, seed=1).indices(0)
         freq = np.bincount(LABELS[d], minlength=5) / len(d)
         q = counts ** -r / (counts ** -r).sum()
         np.testing.assert_allclose(freq, q, atol=0.01)
@@ -53,7 +53,7 @@ def test_effective_number_formula():
 
 def test_cas_weights_and_within_class_combination():
     np.testing.assert_allclose(W.cas([1, 2, 4], b=1.2), np.array([1, 2, 4]) ** 1.2)
-    w = W.cas_within_cmo(LABELS, SCORES, r=1.0, b=1.2)
+    w = W.cas_within_cmo(LABELS, SCORES, r=1.0, b=1.2, per="class")
     counts = np.bincount(LABELS)
     q = (1 / counts) / (1 / counts).sum()
     np.testing.assert_allclose(np.bincount(LABELS, weights=w), q)  # CMO across classes

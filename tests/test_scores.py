@@ -72,21 +72,20 @@ def test_score_file_round_trip_and_key_mismatch(tmp_path):
 
 def test_pixel_encoder_bins_synthetic_images():
     torch = pytest.importorskip("torch")
-    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder, secondary_names
+    from fastcas.attributes.bins import fixed_bins
+    from fastcas.attributes.pixel import PRIMARIES, PixelEncoder
 
     x = torch.zeros(3, 3, 32, 32)
     x[0, 0] = 0.85
     x[0, 1:] = 0.1          # red
     x[1] = 0.02             # nearly black
     x[2] = 0.97             # nearly white
-    names = secondary_names()
+    names = fixed_bins().secondary_names()
     ids = PixelEncoder().encode(x, [(32, 32), (640, 480), (300, 600)])
     label = lambda i, p: names[PRIMARIES.index(p)][ids[i, PRIMARIES.index(p)]]
-    assert label(0, "dominant colour") == "red" and label(1, "dominant colour") == "black"
-    assert label(1, "brightness") == "very dark" and label(2, "brightness") == "very bright"
-    assert label(1, "saturation") == "grayscale" and label(0, "saturation") == "vivid"
-    assert [label(i, "aspect ratio") for i in range(3)] == ["square", "landscape", "portrait"]
-    assert [label(i, "resolution") for i in range(3)] == ["thumbnail", "medium", "medium"]
+    assert label(0, "color") == "red" and label(1, "color") == "achromatic" == label(2, "color")
+    assert label(1, "brightness") == "< 0.2" and label(2, "brightness") == ">= 0.8"
+    assert label(1, "style") == "< 0.0588" and ids[0, PRIMARIES.index("style")] >= 4
 
 
 def test_vocabulary_has_20_primaries_and_300_values():

@@ -222,6 +222,6 @@ def test_demo_writes_the_report(data, tmp_path):
     rep = run_demo(DemoConfig(train=str(data / "train"), val=str(data / "val"), out=str(tmp_path / "demo"),
                               epochs=1, epoch_length=16, batch_size=8, image_size=16, many=15, few=4,
                               py_workers=0, device="cpu"))
-    assert set(rep["results"]) == {"CE", "CE + CMO", "CAS CutMix"}
+    assert set(rep["results"]) == {"CutMix", "CutMix + CAS", "CE", "CE + CMO"}
     text = (tmp_path / "demo" / "report.md").read_text()
     assert "| CE + CMO |" in text and (tmp_path / "demo" / "recipes.png").exists()

@@ -1,20 +1,36 @@
-"""The weight-free pixel encoder: 12 low-level primaries binned into named secondaries.
+"""The weight-free pixel encoder (v2): the vocabulary's primaries that pixels can measure.
 
 Computed with torch on the images' device from batches [B, 3, H, W] (uint8 in [0, 255] or
-float in [0, 1]) plus the original image sizes (width, height) from the JPEG headers. Bins are
-fixed (``BINS`` below: ``np.digitize`` edges, value == edge goes to the upper bin) so training
-and validation sets agree. Measurements (luma Y = 0.299 R + 0.587 G + 0.114 B, all in [0, 1]):
+float in [0, 1]). :meth:`PixelEncoder.measure` returns raw measurements float64 NumPy [B, P];
+:mod:`fastcas.attributes.bins` turns them into secondary ids, with bins FITTED to the
+training set (the default of ``fastcas score``) or fixed (``--bins fixed``, for comparing
+datasets). Luma Y = 0.299 R + 0.587 G + 0.114 B, all values in [0, 1]. The foreground is
+every pixel whose RGB differs from the background colour (mean of the 2-pixel border ring) by
+more than 0.15 in some channel: crude on cluttered photos, exact on objects on a plain ground.
 
-- dominant colour: the palette entry (``PALETTE``, 12 names) nearest (RGB L2) to most pixels
-- brightness: mean Y;  saturation: mean HSV saturation (max-min)/max;  contrast: std of Y
-- colourfulness: Hasler & Suesstrunk (2003) M = sigma_rgyb + 0.3 mu_rgyb, on [0, 1] scale
-- sharpness: variance of the 4-neighbour Laplacian of Y
-- edge density: share of pixels with central-difference gradient magnitude > 0.1
-- dominant edge orientation: gradient-magnitude-weighted histogram over 4 directions
-  ("no dominant edges" when edge density <= 0.01)
-- texture coarseness: 4 x mean gradient magnitude at 1/4 scale / mean at full scale
-- entropy: Shannon entropy (bits) of the 32-bin Y histogram
-- aspect ratio: original width / height;  resolution: original shorter side in pixels
+=====================  ====================================================================
+vocabulary primary     measurement (``MEASURES``)
+=====================  ====================================================================
+color                  hue sector of the chroma-weighted mean colour (categorical:
+                       achromatic when mean chroma max-min < 0.08, else red / yellow /
+                       green / cyan / blue / magenta)
+texture                mean gradient magnitude of Y (central differences): smooth .. rough
+pattern                coarse / fine gradient energy ratio (4 x mean at 1/4 scale / full)
+shape                  foreground elongation sqrt(l1 / l2) of the mask's second moments
+size                   foreground area fraction
+lighting               contrast: standard deviation of Y (soft .. harsh light)
+brightness             mean Y
+background             mean Y of the border ring (black .. white background)
+count                  connected foreground components of >= 1% of the image (scipy, CPU)
+occlusion              share of border-ring pixels that are foreground (cropped at the edge)
+style                  colourfulness, Hasler & Suesstrunk (2003) (black-and-white .. vivid)
+orientation            angle of the foreground's principal axis, degrees in [0, 180)
+position in frame      distance of the foreground centroid from the image centre, / half
+                       the diagonal
+=====================  ====================================================================
+
+Not measurable from pixels without a learned model (the CLIP encoder covers them):
+material, viewpoint, scene, weather, time of day, pose, condition (``UNMEASURABLE``).
 """
 from __future__ import annotations
 
@@ -22,42 +38,27 @@ import math
 
 import numpy as np
 
-PALETTE = {  # name -> RGB in [0, 1]
-    "black": (0, 0, 0), "white": (1, 1, 1), "gray": (0.5, 0.5, 0.5), "red": (0.85, 0.1, 0.1),
-    "orange": (1, 0.55, 0), "yellow": (0.95, 0.9, 0.1), "green": (0.1, 0.6, 0.15), "cyan": (0.1, 0.8, 0.85),
-    "blue": (0.1, 0.25, 0.85), "purple": (0.5, 0.15, 0.6), "pink": (1, 0.6, 0.75), "brown": (0.45, 0.27, 0.1),
+HUES = ["achromatic", "red", "yellow", "green", "cyan", "blue", "magenta"]
+MEASURES = {
+    "color": "hue sector of the chroma-weighted mean colour",
+    "texture": "mean gradient magnitude of luma",
+    "pattern": "coarse/fine gradient energy ratio",
+    "shape": "foreground elongation sqrt(l1/l2)",
+    "size": "foreground area fraction",
+    "lighting": "standard deviation of luma (contrast)",
+    "brightness": "mean luma",
+    "background": "mean luma of the border ring",
+    "count": "connected foreground components >= 1% of the image",
+    "occlusion": "share of border pixels that are foreground",
+    "style": "colourfulness (Hasler & Suesstrunk 2003)",
+    "orientation": "foreground principal-axis angle, degrees",
+    "position in frame": "foreground centroid distance from the centre / half diagonal",
 }
-
-# primary -> (edges for np.digitize, secondary names); len(names) == len(edges) + 1
-BINS = {
-    "brightness": ([0.2, 0.4, 0.6, 0.8], ["very dark", "dark", "medium", "bright", "very bright"]),
-    "saturation": ([0.1, 0.25, 0.5], ["grayscale", "muted", "moderate", "vivid"]),
-    "contrast": ([0.1, 0.2, 0.3], ["flat", "low", "medium", "high"]),
-    # Hasler & Suesstrunk (2003) colourfulness thresholds 15/33/45/59/82 on 0-255, here /255
-    "colourfulness": ([15 / 255, 33 / 255, 45 / 255, 59 / 255, 82 / 255],
-                      ["not colourful", "slightly", "moderately", "averagely", "quite", "highly"]),
-    "sharpness": ([1e-4, 1e-3, 1e-2], ["blurry", "soft", "sharp", "very sharp"]),  # variance of the Laplacian
-    "edge density": ([0.05, 0.15, 0.3], ["sparse", "few edges", "many edges", "dense"]),
-    "texture coarseness": ([0.5, 1.5], ["fine", "medium", "coarse"]),  # coarse/fine gradient energy ratio
-    "entropy": ([2.0, 3.0, 4.0], ["uniform", "simple", "varied", "complex"]),  # bits, 32-bin luma histogram
-    "aspect ratio": ([0.8, 1.25], ["portrait", "square", "landscape"]),
-    "resolution": ([64, 256, 512], ["thumbnail", "small", "medium", "large"]),  # shorter side, pixels
-}
-ORIENTATIONS = ["no dominant edges", "horizontal edges", "diagonal edges", "vertical edges", "anti-diagonal edges"]
-PRIMARIES = ["dominant colour", "brightness", "saturation", "contrast", "colourfulness", "sharpness",
-             "edge density", "dominant edge orientation", "texture coarseness", "entropy", "aspect ratio", "resolution"]
-
-
-def secondary_names() -> list[list[str]]:
-    out = []
-    for p in PRIMARIES:
-        if p == "dominant colour":
-            out.append(list(PALETTE))
-        elif p == "dominant edge orientation":
-            out.append(ORIENTATIONS)
-        else:
-            out.append(BINS[p][1])
-    return out
+PRIMARIES = list(MEASURES)
+CATEGORICAL = {"color": HUES}  # primary -> value names (ids are the measurement itself)
+UNMEASURABLE = ["material", "viewpoint", "scene", "weather", "time of day", "pose", "condition"]
+FOREGROUND_DELTA = 0.15
+RING = 2
 
 
 def _gradients(gray):
@@ -66,96 +67,125 @@ def _gradients(gray):
     g = gray[:, None]
     gx = F.pad(g, (1, 1, 0, 0), mode="replicate")
     gy = F.pad(g, (0, 0, 1, 1), mode="replicate")
-    dx = (gx[..., 2:] - gx[..., :-2]) / 2
-    dy = (gy[..., 2:, :] - gy[..., :-2, :]) / 2
-    return dx[:, 0], dy[:, 0]
+    return ((gx[..., 2:] - gx[..., :-2]) / 2)[:, 0], ((gy[..., 2:, :] - gy[..., :-2, :]) / 2)[:, 0]
 
 
-def measure(images, sizes=None) -> dict:
-    """Raw measurements per primary: float64 NumPy [B] each (dominant colour / orientation: ids)."""
+def _count_components(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """bool [B, H, W] -> float64 [B]: 8-connected components with >= min_area pixels."""
+    from scipy import ndimage
+
+    out = np.zeros(len(mask))
+    structure = np.ones((3, 3), bool)
+    for i, m in enumerate(mask):  # per image; ~20 us each at 64 px
+        lab, n = ndimage.label(m, structure)
+        if n:
+            sizes = np.bincount(lab.ravel())[1:]
+            out[i] = float((sizes >= min_area).sum())
+    return out
+
+
+def measure(images) -> np.ndarray:
+    """float64 NumPy [B, len(PRIMARIES)] raw measurements, columns in :data:`PRIMARIES` order."""
     import torch
     import torch.nn.functional as F
 
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"pixel encoder needs images [B, 3, H, W], got shape {tuple(images.shape)}")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
-    B = x.shape[0]
-    if sizes is None:  # no original sizes: use the decoded ones
-        sizes = [(int(images.shape[3]), int(images.shape[2]))] * B
+    B, _, H, W = x.shape
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     luma = 0.299 * r + 0.587 * g + 0.114 * b
-    pal = torch.tensor(list(PALETTE.values()), dtype=x.dtype, device=x.device)  # [K, 3]
-    dist = ((x[:, None] - pal[None, :, :, None, None]) ** 2).sum(2)  # [B, K, H, W]
-    nearest = dist.argmin(1).reshape(B, -1)
-    K = len(PALETTE)
-    offs = torch.arange(B, device=x.device)[:, None]
-    colour = torch.bincount((nearest + K * offs).flatten(), minlength=K * B).reshape(B, K).argmax(1)
+    flat = lambda t: t.flatten(1)
+    # colour: chroma-weighted mean of the unit hue vector (so grey pixels do not vote)
     mx, mn = x.max(1).values, x.min(1).values
-    sat = torch.where(mx > 0, (mx - mn) / mx.clamp_min(1e-6), torch.zeros_like(mx))
-    rg, yb = r - g, 0.5 * (r + g) - b
-    colourful = (rg.flatten(1).std(1) ** 2 + yb.flatten(1).std(1) ** 2).sqrt() + 0.3 * (
-        rg.flatten(1).mean(1) ** 2 + yb.flatten(1).mean(1) ** 2).sqrt()
-    lap_k = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=x.dtype, device=x.device)[None, None]
-    lap = F.conv2d(F.pad(luma[:, None], (1, 1, 1, 1), mode="replicate"), lap_k)[:, 0]
+    chroma = mx - mn
+    hue_x = r - 0.5 * (g + b)
+    hue_y = (math.sqrt(3) / 2) * (g - b)
+    ang = torch.atan2(flat(hue_y * chroma).sum(1), flat(hue_x * chroma).sum(1))  # radians, red = 0
+    sector = (((ang % (2 * math.pi)) + math.pi / 6) // (math.pi / 3)).long() % 6 + 1
+    colour = torch.where(flat(chroma).mean(1) < 0.08, torch.zeros_like(sector), sector)
+    # texture / pattern
     dx, dy = _gradients(luma)
     mag = (dx ** 2 + dy ** 2).sqrt()
-    edges = (mag > 0.1).float().flatten(1).mean(1)
-    angle = torch.atan2(dy, dx) % math.pi  # [0, pi)
-    sector = ((angle + math.pi / 8) // (math.pi / 4)).long() % 4  # 0 horiz grad (vertical edge) ...
-    hist = torch.stack([(mag * (sector == s)).flatten(1).sum(1) for s in range(4)], 1)
-    # gradient along x (sector 0) means a vertical edge; map sectors to edge orientations
-    edge_of_sector = torch.tensor([3, 4, 1, 2], device=x.device)
-    orient = torch.where(edges > 0.01, edge_of_sector[hist.argmax(1)], torch.zeros_like(edges, dtype=torch.long))
+    fine = flat(mag).mean(1)
     small = F.avg_pool2d(luma[:, None], 4, ceil_mode=True)[:, 0]
     sdx, sdy = _gradients(small)
-    fine_e = mag.flatten(1).mean(1).clamp_min(1e-6)
-    coarse_e = (sdx ** 2 + sdy ** 2).sqrt().flatten(1).mean(1)
-    lbin = (luma * 32).long().clamp_(0, 31).flatten(1)  # 32 equal bins on [0, 1]
-    hist_l = torch.bincount((lbin + 32 * offs).flatten(), minlength=32 * B).reshape(B, 32).double()
-    p = hist_l / hist_l.sum(1, keepdim=True).clamp_min(1)
-    entropy = -(p * torch.log2(p.clamp_min(1e-12))).sum(1)
-    sizes = np.asarray(sizes, np.float64).reshape(B, 2)
+    coarse = flat((sdx ** 2 + sdy ** 2).sqrt()).mean(1)
+    pattern = 4 * coarse / fine.clamp_min(1e-6)
+    # background colour and foreground mask
+    ring = torch.ones(H, W, dtype=torch.bool, device=x.device)
+    ring[RING:H - RING, RING:W - RING] = False
+    bg = x[:, :, ring].mean(2)  # [B, 3]
+    fg = (x - bg[:, :, None, None]).abs().amax(1) > FOREGROUND_DELTA  # [B, H, W]
+    fgf = fg.float()
+    area = flat(fgf).sum(1)
+    size = area / (H * W)
+    ys = torch.arange(H, dtype=x.dtype, device=x.device)[None, :, None]
+    xs = torch.arange(W, dtype=x.dtype, device=x.device)[None, None, :]
+    a = area.clamp_min(1)
+    cy, cx = (fgf * ys).flatten(1).sum(1) / a, (fgf * xs).flatten(1).sum(1) / a
+    dyc, dxc = ys - cy[:, None, None], xs - cx[:, None, None]
+    myy, mxx = (fgf * dyc ** 2).flatten(1).sum(1) / a, (fgf * dxc ** 2).flatten(1).sum(1) / a
+    mxy = (fgf * dxc * dyc).flatten(1).sum(1) / a
+    tr, det = mxx + myy, mxx * myy - mxy ** 2
+    disc = (tr ** 2 / 4 - det).clamp_min(0).sqrt()
+    l1, l2 = tr / 2 + disc, (tr / 2 - disc).clamp_min(0)
+    elong = torch.where(area > 1, (l1 / l2.clamp_min(1e-3)).sqrt().clamp_max(50), torch.ones_like(l1))
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * mxy, mxx - myy)) % 180  # image x axis = 0 degrees
+    angle = torch.where(area > 1, angle, torch.zeros_like(angle))
+    half_diag = math.hypot((H - 1) / 2, (W - 1) / 2) or 1.0
+    centre = ((cy - (H - 1) / 2) ** 2 + (cx - (W - 1) / 2) ** 2).sqrt() / half_diag
+    centre = torch.where(area > 0, centre, torch.zeros_like(centre))
+    occl = fgf[:, ring].mean(1)
+    rg, yb = r - g, 0.5 * (r + g) - b
+    colourful = (flat(rg).std(1) ** 2 + flat(yb).std(1) ** 2).sqrt() + 0.3 * (
+        flat(rg).mean(1) ** 2 + flat(yb).mean(1) ** 2).sqrt()
+    count = _count_components(fg.cpu().numpy(), 0.01 * H * W)
     to = lambda t: t.double().cpu().numpy()
-    return {
-        "dominant colour": to(colour), "brightness": to(luma.flatten(1).mean(1)), "saturation": to(sat.flatten(1).mean(1)),
-        "contrast": to(luma.flatten(1).std(1)), "colourfulness": to(colourful),
-        "sharpness": to(lap.flatten(1).var(1)), "edge density": to(edges), "dominant edge orientation": to(orient),
-        "texture coarseness": to(coarse_e / fine_e * 4), "entropy": to(entropy),
-        "aspect ratio": sizes[:, 0] / np.maximum(sizes[:, 1], 1), "resolution": sizes.min(1),
+    cols = {
+        "color": to(colour), "texture": to(fine), "pattern": to(pattern), "shape": to(elong), "size": to(size),
+        "lighting": to(flat(luma).std(1)), "brightness": to(flat(luma).mean(1)), "background": to(luma[:, ring].mean(1)),
+        "count": count, "occlusion": to(occl), "style": to(colourful), "orientation": to(angle),
+        "position in frame": to(centre),
     }
+    return np.stack([cols[p] for p in PRIMARIES], 1)
 
 
 class PixelEncoder:
-    """``encode(images, sizes=None) -> int64 NumPy [B, 12]`` secondary ids, one column per primary.
+    """``measure(images, sizes=None) -> float64 NumPy [B, P]`` raw measurements (what
+    ``fastcas score`` stores and bins once the whole training set is seen);
+    ``encode(images, sizes=None) -> int64 [B, P]`` secondary ids with ``bins`` (default:
+    the fixed bins of :func:`fastcas.attributes.bins.fixed_bins`).
 
     ``images``: torch [B, 3, H, W] uint8 or float in [0, 1], any device (computed there);
-    ``sizes``: original (width, height) per image, int [B, 2] (default: the batch's H, W).
-    Deterministic: the same pixels give the same ids."""
+    ``sizes`` is accepted for the encoder interface and unused (v2 measures pixels only).
+    Deterministic and per image: the same pixels give the same values in any batch."""
 
     name = "pixel"
     primaries = PRIMARIES
+    version = 2
+
+    def __init__(self, bins=None):
+        self.bins = bins
 
     def metadata(self) -> dict:
-        return {"encoder": "pixel", "primaries": PRIMARIES, "secondaries": secondary_names(), "version": 1}
+        return {"encoder": "pixel", "primaries": PRIMARIES, "version": self.version,
+                "measurements": MEASURES, "unmeasurable": UNMEASURABLE}
 
-    def encode(self, images, sizes=None) -> np.ndarray:
+    def measure(self, images, sizes=None) -> np.ndarray:
         import torch
 
-        if images.device.type == "cpu":
-            # many small ops: intra-op threads only add synchronisation cost (100x slower on a
-            # busy 2-core machine); run single-threaded and restore the caller's setting
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                m = measure(images, sizes)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            m = measure(images, sizes)
-        cols = []
-        for p in PRIMARIES:
-            if p in BINS:
-                cols.append(np.digitize(m[p], BINS[p][0]))
-            else:
-                cols.append(m[p].astype(np.int64))
-        return np.stack(cols, 1).astype(np.int64)
+        if images.device.type != "cpu":
+            return measure(images)
+        # many small ops: intra-op threads only add synchronisation cost on a busy CPU
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return measure(images)
+        finally:
+            torch.set_num_threads(threads)
+
+    def encode(self, images, sizes=None) -> np.ndarray:
+        from fastcas.attributes.bins import fixed_bins
+
+        return (self.bins or fixed_bins()).apply(self.measure(images, sizes))

@@ -24,21 +24,9 @@ def add_arguments(p) -> None:
                    "rounding) and mixing through --shuffle-buffer (sequential reads) (default exact)")
     p.add_argument("--shuffle-buffer", type=int, default=4096, help="streaming mode shuffle buffer")
     p.add_argument("--out", required=True, help="output .npy of int64 global indices")
-    p.add_argument("--report", action="store_true", help="print drawn vs expected class frequencies")
-
-
-def class_report(labels, drawn, weights, class_names) -> str:
-    import numpy as np
-
-    k = len(class_names)
-    got = np.bincount(labels[drawn], minlength=k) / max(len(drawn), 1)
-    want = np.bincount(labels, weights=weights / weights.sum(), minlength=k)
-    width = max(5, max(len(n) for n in class_names))
-    lines = [f"{'class':<{width}} {'n':>8} {'expected':>9} {'drawn':>9}"]
-    counts = np.bincount(labels, minlength=k)
-    for i, name in enumerate(class_names):
-        lines.append(f"{name:<{width}} {counts[i]:>8} {want[i]:>9.4f} {got[i]:>9.4f}")
-    return "\n".join(lines)
+    p.add_argument("--report", action="store_true",
+                   help="print drawn vs target shares per class (and per attribute value with --scores), "
+                   "and the effective sample size")
 
 
 def run(args) -> int:
@@ -49,11 +37,12 @@ def run(args) -> int:
     from fastcas.reader import ShardReader
 
     reader = ShardReader(args.dataset)
-    scores = None
+    scores = table = None
     if args.scores:
         from fastcas.scores import read_scores
 
-        scores = read_scores(args.scores, keys=reader.keys).cas
+        table = read_scores(args.scores, keys=reader.keys)
+        scores = table.cas
     w = W.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
     num = args.num_samples
     if num is None and args.weights in ("oversample", "undersample"):
@@ -74,5 +63,15 @@ def run(args) -> int:
     print(f"wrote {len(idx)} indices ({args.weights}, {args.mode}, rank {args.rank}/{args.world_size}, "
           f"epoch {args.epoch}) to {args.out}")
     if args.report:
-        print(class_report(reader.labels, idx, w, reader.class_names))
+        from fastcas.monitor import drawn_report, format_report
+        from fastcas.scores import attribute_names, random_weights_warning
+
+        att = {}
+        if table is not None:
+            names = attribute_names(table.metadata)
+            att = {"attrs": table.attrs, "primaries": [n for n, _ in names] if names else None,
+                   "secondaries": [v for _, v in names] if names else None}
+            if random_weights_warning(table.metadata):
+                print(f"warning: {random_weights_warning(table.metadata)}")
+        print(format_report(drawn_report(reader.labels, idx, w, class_names=reader.class_names, **att)))
     return 0

@@ -36,6 +36,11 @@ def add_arguments(p) -> None:
     p.add_argument("--text-only", action="store_true", help="ablation: match images to text embeddings")
     p.add_argument("--reference", "--train-scores", dest="reference", default=None,
                    help="training set's score file: rank with its class statistics (for validation sets)")
+    p.add_argument("--bins", choices=["fitted", "fixed"], default="fitted",
+                   help="pixel encoder: bins fitted to this (training) set's quantiles, saved in OUT and "
+                   "reused by --reference (default), or fixed absolute bins for comparing datasets")
+    p.add_argument("--min-share", type=float, default=0.02,
+                   help="pixel encoder, fitted bins: least share of the set per value (default 0.02)")
     p.add_argument("--rank", type=int, default=None, help="this part's rank (default: $RANK or 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of parts (default: $WORLD_SIZE or 1)")
     p.add_argument("--merge", nargs="+", default=None, metavar="PART", help="merge per-rank part files into OUT")
@@ -88,9 +93,28 @@ def _base_meta(args, reader, image_size) -> dict:
             "decoder": _resolve_decoder(args.decoder), "image_size": int(image_size)}
 
 
-def _finish(args, reader, idx, attrs, emb, meta, enc=None) -> dict:
+def _pixel_bins(args, raw, ref_meta):
+    """The pixel bins for this run: the reference's (validation sets), fitted to ``raw``
+    float [N, P] (training sets, default) or fixed; ``ValueError`` naming a reference without bins."""
+    from fastcas.attributes.bins import PixelBins, fit_bins, fixed_bins
+
+    if ref_meta is not None:
+        if "pixel_bins" not in ref_meta:
+            raise ValueError(f"{args.reference}: reference has no pixel bins (scored with pixel encoder v1?); "
+                             "score the training set again")
+        return PixelBins.from_dict(ref_meta["pixel_bins"], str(args.reference))
+    if args.bins == "fixed":
+        fixed = fixed_bins()
+        return fixed.with_constant(fixed.apply(raw))
+    return fit_bins(raw, min_share=args.min_share)
+
+
+def _finish(args, reader, idx, attrs, emb, meta, enc=None, raw=None) -> dict:
     """Shared tail of single runs and merges: CLIP dictionary (build or load) and assignment,
-    key check against the dataset, CAS with the reference's ranks, atomic write."""
+    pixel bins (fit, or the reference's) and binning, key check against the dataset, CAS
+    with the reference's ranks over the non-constant primaries, atomic write."""
+    import sys
+
     from fastcas.scores import ScoreTable, cas_scores, fit_ranks, read_scores, write_scores
 
     order = np.argsort(idx, kind="stable")
@@ -106,25 +130,44 @@ def _finish(args, reader, idx, attrs, emb, meta, enc=None) -> dict:
         enc.dictionary = _get_dictionary(args, enc, emb, meta["image_size"])
         attrs = enc.dictionary.assign(emb)
         meta.update(enc.metadata())
-    else:
+    r = read_scores(args.reference) if args.reference else None
+    if r is not None and r.metadata.get("encoder") != meta.get("encoder"):
+        raise ValueError(f"{args.reference}: reference was scored with encoder {r.metadata.get('encoder')!r}, "
+                         f"this run uses {meta.get('encoder')!r}")
+    used = None
+    if raw is not None:
+        bins = _pixel_bins(args, raw[order], r.metadata if r is not None else None)
+        attrs = bins.apply(raw[order])
+        here = bins.with_constant(attrs).constant
+        used = bins.used() or list(range(attrs.shape[1]))
+        meta.update(pixel_bins=bins.to_dict(), bins_digest=bins.digest(), secondaries=bins.secondary_names(),
+                    constant_primaries=list(bins.constant), constant_here=list(here),
+                    cas_primaries=[bins.primaries[i] for i in used])
+        if here:
+            print(f"fastcas score: note: primaries constant on {reader.root.name} (one value): {', '.join(here)}"
+                  + ("; left out of CAS" if bins.constant else ""), file=sys.stderr)
+    elif emb is None:
         attrs = attrs[order]
     labels = reader.labels[idx]
+    cols = (lambda a: a[:, used]) if used is not None else (lambda a: a)
     ref = None
-    if args.reference:
-        r = read_scores(args.reference)
-        ref = fit_ranks(r.attrs, r.labels, reader.num_classes)
+    if r is not None:
+        ref = fit_ranks(cols(r.attrs), r.labels, reader.num_classes)
         meta["reference"] = str(args.reference)
-        if r.metadata.get("encoder") != meta.get("encoder"):
-            raise ValueError(f"{args.reference}: reference was scored with encoder {r.metadata.get('encoder')!r}, "
-                             f"this run uses {meta.get('encoder')!r}")
         if r.metadata.get("dictionary_hash") != meta.get("dictionary_hash"):
             raise ValueError(f"{args.reference}: reference was scored with dictionary "
                              f"{r.metadata.get('dictionary_hash')}, this run uses {meta.get('dictionary_hash')} "
                              "(pass the reference's --dictionary)")
-    cas = cas_scores(attrs, labels, ref)
+    cas = cas_scores(cols(attrs), labels, ref)
     write_scores(args.out, ScoreTable(keys, labels, cas, attrs, meta))
-    return {"samples": len(idx), "cas_mean": float(cas.mean()) if len(cas) else None,
-            "cas_min": int(cas.min()) if len(cas) else None, "cas_max": int(cas.max()) if len(cas) else None}
+    from fastcas.scores import random_weights_warning
+
+    warning = random_weights_warning(meta)
+    if warning:
+        print(f"fastcas score: warning: {warning}", file=sys.stderr)
+    return {**({"warning": warning} if warning else {}), "samples": len(idx),
+            "cas_mean": float(cas.mean()) if len(cas) else None, "cas_min": int(cas.min()) if len(cas) else None,
+            "cas_max": int(cas.max()) if len(cas) else None}
 
 
 def _get_dictionary(args, enc, emb, image_size):
@@ -180,13 +223,13 @@ def score_dataset(args, rank: int, world: int, out: Path) -> dict:
     reader = ShardReader(args.dataset)
     work = out.with_name(out.name + ".work")
     enc = None
-    emb = attrs = None
+    emb = attrs = raw = None
     if args.encoder == "pixel":
         from fastcas.attributes.pixel import PixelEncoder
 
         pix = PixelEncoder()
         size = args.image_size or 64
-        idx, attrs = _encode(args, args.dataset, pix.encode, size, rank, world, work)
+        idx, raw = _encode(args, args.dataset, pix.measure, size, rank, world, work)
         meta = {**_base_meta(args, reader, size), **pix.metadata()}
     else:
         enc = _clip(args)
@@ -199,9 +242,17 @@ def score_dataset(args, rank: int, world: int, out: Path) -> dict:
             enc.dictionary = VisualDictionary.load(_dictionary_path(args))
             attrs, emb = enc.dictionary.assign(emb), None
             meta.update(enc.metadata())
-    if world > 1:  # a part: CAS (and a new dictionary) need the whole set, made at the merge
+    if world > 1:  # a part: CAS (and a new dictionary / bins) need the whole set, made at the merge
         part_meta = {**meta, "rank": rank, "world_size": world, "indices": idx.tolist()}
-        if emb is not None:
+        if args.encoder == "pixel":
+            from fastcas._io import atomic_open
+
+            side = out.with_name(out.name + ".measurements.npy")
+            with atomic_open(side, "wb") as f:
+                np.save(f, raw.astype(np.float64).reshape(len(idx), -1))
+            part_meta["measurements"] = side.name
+            attrs = np.zeros((len(idx), 0), np.int64)
+        elif emb is not None:
             from fastcas._io import atomic_open
 
             side = out.with_name(out.name + ".embeddings.npy")
@@ -213,7 +264,7 @@ def score_dataset(args, rank: int, world: int, out: Path) -> dict:
                                      np.zeros(len(idx), np.int64), attrs, part_meta))
         shutil.rmtree(work, ignore_errors=True)
         return {"part": str(out), "samples": len(idx)}
-    result = _finish(args, reader, idx, attrs, emb, meta, enc)
+    result = _finish(args, reader, idx, attrs, emb, meta, enc, raw=raw if args.encoder == "pixel" else None)
     shutil.rmtree(work, ignore_errors=True)  # chunks are only for resuming an interrupted run
     return result
 
@@ -232,7 +283,7 @@ def merge(args, parts: list) -> dict:
         raise ValueError(f"parts {', '.join(map(str, parts))} are not ranks 0..{len(tables) - 1} of one split "
                          f"(ranks {ranks}, world sizes {sorted(map(str, worlds))})")
     meta = {k: v for k, v in tables[0].metadata.items()
-            if k not in ("rank", "world_size", "indices", "embeddings", "schema_version")}
+            if k not in ("rank", "world_size", "indices", "embeddings", "measurements", "schema_version")}
     idx = np.concatenate([np.asarray(t.metadata["indices"], np.int64) for t in tables])
     for t, p in zip(tables, parts):
         if len(t.metadata["indices"]) != len(t.keys):
@@ -240,7 +291,10 @@ def merge(args, parts: list) -> dict:
         bad = next((k for i, k in zip(t.metadata["indices"], t.keys) if i >= len(reader) or reader.keys[i] != k), None)
         if bad is not None:
             raise ValueError(f"{p}: key {bad!r} does not match the dataset {reader.root}")
-    if any("embeddings" in t.metadata for t in tables):
+    if any("measurements" in t.metadata for t in tables):
+        raw = np.concatenate([np.load(Path(p).with_name(t.metadata["measurements"])) for t, p in zip(tables, parts)])
+        result = _finish(args, reader, idx, None, None, meta, raw=raw)
+    elif any("embeddings" in t.metadata for t in tables):
         emb = np.concatenate([np.load(Path(p).with_name(t.metadata["embeddings"])) for t, p in zip(tables, parts)])
         result = _finish(args, reader, idx, None, emb, meta)
     else:
@@ -255,6 +309,7 @@ def _part_path(out: Path, rank: int, world: int) -> Path:
 def _remove_part(p: Path) -> None:
     p.unlink(missing_ok=True)
     p.with_name(p.name + ".embeddings.npy").unlink(missing_ok=True)
+    p.with_name(p.name + ".measurements.npy").unlink(missing_ok=True)
 
 
 def run(args) -> int:
