@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in files:
             res = json.loads(f.read_text())
             lines += [f"### {res['benchmark']} (`{f.relative_to(ROOT)}`)", ""]
+            if res.get("machine") and res["machine"] != first["machine"]:
+                lines += [f"machine: {machine_line(res['machine'])}", ""]  # a folder can hold several runs
             cfg = {k: v for k, v in res.get("config", {}).items() if k not in ("dataset",)}
             lines += [f"config: `{json.dumps(cfg, sort_keys=True, default=str)}`", ""]
             lines += table(res["rows"]) + [""]
