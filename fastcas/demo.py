@@ -199,7 +199,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                              batch_size=cfg.batch_size, image_size=cfg.image_size, lr=0.1, weight_decay=2e-4,
                              scores=str(train_scores), epoch_length=cfg.epoch_length, many=cfg.many, few=cfg.few,
                              py_workers=cfg.py_workers, checkpoint_every=10**6, seed=seed, progress=cfg.progress,
-                             **opts)
+                             device=cfg.device, **opts)
             print(f"== {name} (seed {seed})", flush=True)
             train(tc, overwrite=True)  # the demo owns its run directories: a re-run replaces them
             pred = predict(out / slug / "model.pt", tc, cfg.val)

@@ -48,7 +48,7 @@ def test_fit_bins_constant_primary_reported_and_digest():
 def _score(*args):
     from fastcas.cli import main
 
-    return main(["score", *map(str, args), "--no-progress", "--batch-size", "4"])
+    return main(["score", "--device", "cpu", *map(str, args), "--no-progress", "--batch-size", "4"])
 
 
 def test_score_file_round_trip_with_bins_and_reference_reuse(tmp_path, capsys):
