@@ -89,7 +89,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.mix_start + self.mix_end > self.epochs:
             raise ValueError("mix_start + mix_end leave no epoch to mix in")
-        from fastcas.loader import _check_int
+        from fastcas.loader_config import _check_int
 
         _check_int("batch_size", self.batch_size, 1)
         _check_int("image_size", self.image_size, 8)
