@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,7 @@ class Loader:
         stream); the training thread only takes finished batches."""
         from fastcas.prefetch import Prefetcher
 
+        self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
         if self.step >= self.steps:  # a finished epoch: the next one starts
             self.epoch, self.step = self.epoch + 1, 0
         if self._pipe is None or self._pipe_at != (self.epoch, self.step):
@@ -365,6 +367,7 @@ class Loader:
             return
         start = self.step
         stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch, device=self.device)
+        self._stage = stage
         try:
             for batch in stage:
                 self.step += 1
@@ -471,8 +474,17 @@ class Loader:
         t = torch.full((len(labels), self.num_classes), s / self.num_classes, device=labels.device)
         return t.scatter_(1, labels[:, None], 1 - s + s / self.num_classes)
 
+    def _stop_stage(self) -> None:
+        """Stop the prefetch thread of an earlier iteration, unless called from that thread
+        (the producer closes and rebuilds the pipeline itself after a decode error)."""
+        stage = getattr(self, "_stage", None)
+        if stage is not None and stage._thread is not threading.current_thread():
+            self._stage = None
+            stage.close()
+
     def close(self) -> None:
-        """Stop the DALI pipeline and its worker processes."""
+        """Stop the prefetch thread, the DALI pipeline and its worker processes."""
+        self._stop_stage()
         watch, self._watch = getattr(self, "_watch", None), None
         if watch is not None:
             watch.close()

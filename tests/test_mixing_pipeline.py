@@ -163,3 +163,21 @@ def test_no_host_sync_per_step_on_the_gpu(ds, kind):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(y).item()
+
+
+def test_a_second_iteration_stops_the_first_producer(ds):
+    """An iterator still alive when the loader is iterated again: its prefetch thread must stop
+    (never two threads driving one pipeline), and the new iteration continues where the
+    consumer was."""
+    whole = _epoch(_loader(ds, mix="cutmix", prefetch=2))
+    loader = _loader(ds, mix="cutmix", prefetch=3)
+    first = iter(loader)
+    got = [tuple(t.clone() for t in next(first)) for _ in range(2)]
+    stage = loader._stage
+    got += _epoch(loader)  # `first` is still referenced here
+    assert not stage._thread.is_alive()
+    assert len(got) == len(whole)
+    for (xa, ya), (xb, yb) in zip(whole, got):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    loader.close()
+    del first
