@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastcas._device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
 from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.source import SampleSource
 
@@ -171,20 +172,6 @@ def to_torch(tensor_list, *, copy: bool = False):
     out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
     return feed_ndarray(t, out, cuda_stream=stream)
-
-
-def to_device(tensor, device):
-    """``tensor`` on ``device`` (the images' device). Host -> GPU goes through pinned memory
-    with ``non_blocking=True``: no host synchronisation, ordered on torch's current stream
-    (torch keeps the pinned buffer alive until the copy has run). Unchanged when already there."""
-    import torch
-
-    device = torch.device(device)
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def run(pipe, device: str | None = None) -> list:

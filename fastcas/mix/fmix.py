@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcas._device import array_to_device
+
 from fastcas._rng import generator
 
 
@@ -89,32 +91,19 @@ def noise_at(seed: int, epoch: int, positions, height: int, width: int) -> np.nd
     return out
 
 
-def _h2d(array, device, dtype=None):
-    """A host array on ``device``: to a GPU from pinned memory with ``non_blocking=True``, so
-    the host never waits for the device queue (a pageable copy would); a view on the CPU."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(array))
-    if dtype is not None:
-        t = t.to(dtype)
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device):
     """Torch twin of the NumPy mask builder: host ``noise`` float32 [m, H, W//2+1, 2] is copied
     to ``device`` (pinned, non-blocking, like every host input here); FFT, sort and binarisation
     run there."""
     import torch
 
-    noise = _h2d(noise, device, torch.float32)
+    noise = array_to_device(noise, device, torch.float32)
     m = noise.shape[0]
-    scale = _h2d(spectrum_scale(height, width, decay), device, torch.float32)
+    scale = array_to_device(spectrum_scale(height, width, decay), device, torch.float32)
     spec = torch.complex(noise[..., 0], noise[..., 1]) * scale
     img = torch.fft.irfft2(spec, s=(height, width)).reshape(m, -1)
     n = height * width
-    num_t = _h2d(num, device)[:, None]
+    num_t = array_to_device(num, device)[:, None]
     if not soft.any() and m:
         s = torch.sort(img, dim=1).values
         thr = torch.gather(s, 1, torch.clamp(n - num_t, 0, n - 1))
@@ -124,7 +113,7 @@ def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device
     order = torch.argsort(-img, dim=1, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(n, device=device).expand(m, n))
-    soft_t = _h2d(soft, device)[:, None]
+    soft_t = array_to_device(soft, device)[:, None]
     lo = num_t - soft_t
     hi = num_t + soft_t
     ramp = 1.0 - (ranks - lo).double() / torch.clamp(hi - lo - 1, min=1).double()
@@ -168,7 +157,7 @@ def masks_from_noise(noise: np.ndarray, drawn: np.ndarray, mixed: np.ndarray, he
         masks = _masks_torch(noise[:m], height, width, decay, num, soft, torch.device(device))
         if batch_mode:
             masks = masks.expand(b, height, width)
-        keep = _h2d(mixed, masks.device)[:, None, None]
+        keep = array_to_device(mixed, masks.device)[:, None, None]
         return (masks * keep).contiguous(), lam.astype(np.float64)
     img = low_freq_numpy(noise[:m], height, width, decay).reshape(m, n)
     masks = _binarise_numpy(img, num, soft).reshape(m, height, width)
