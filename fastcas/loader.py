@@ -360,20 +360,17 @@ class Loader:
             self.epoch, self.step = self.epoch + 1, 0
         if self._pipe is None or self._pipe_at != (self.epoch, self.step):
             self._build()
-        if self.config.prefetch == 0:
-            for batch in self._produce(self.step):
-                self.step += 1
-                yield batch
-            return
-        start = self.step
-        stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch, device=self.device)
-        self._stage = stage
+        start, stage = self.step, None
+        if self.config.prefetch:
+            stage = self._stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch,
+                                             device=self.device)
         try:
-            for batch in stage:
+            for batch in stage if stage is not None else self._produce(start):
                 self.step += 1
                 yield batch
         finally:
-            stage.close()
+            if stage is not None:
+                stage.close()
 
     def _produce(self, step: int):
         """Finished batches from ``step`` to the end of the epoch (the producer side). Keeps
@@ -452,9 +449,9 @@ class Loader:
 
         cfg = self.config
         if cfg.mix_kind == "saliencymix":
-            opts = {k: v for k, v in cfg.mix_options.items() if k in ("saliency", "mode")}
+            # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
             return D.saliency_params(cfg.seed, epoch, positions, fg, alpha=cfg.alpha, prob=cfg.mix_prob,
-                                     to_device=to_dev, **opts)
+                                     to_device=to_dev, **cfg.mix_options)
         return D.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
 
     def _mix_params(self, epoch: int, positions, size: int, **extra):
