@@ -62,6 +62,9 @@ class TorchvisionLoader(Loader):
     """Drop-in twin of :class:`fastcas.Loader` on ``torch.utils.data.DataLoader``.
     ``py_workers`` is the number of DataLoader worker processes."""
 
+    def _paste_spec(self):
+        return None  # no DALI graph: CutMix is applied after the DataLoader, like every other mix
+
     def _build(self):
         import torch
 

@@ -33,7 +33,7 @@ from fastcas import weights as W
 from fastcas.elastic import StreamGeometry, check_same, digest
 from fastcas.reader import ShardReader
 from fastcas.sampler import WeightedSampler, _dist_defaults
-from fastcas.source import SampleSource, SequentialIndex, SourceConfig, warn_skipped
+from fastcas.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
 
 from fastcas.loader_config import (LAST_BATCH, MIX_KINDS, MIX_OPTIONS, LoaderConfig,  # noqa: F401
                                    resolve_device)
@@ -263,7 +263,17 @@ class Loader:
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(getattr(self, "_quarantine", ())), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste_spec())
+
+    def _paste_spec(self) -> PasteSpec | None:
+        """CutMix is pasted inside the DALI graph (one copy of each box, uint8, on DALI's threads
+        or GPU) instead of by torch after it; its targets are still built here from the same
+        position-keyed parameters (:meth:`_finish`)."""
+        cfg = self.config
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind == "cutmix"):
+            return None
+        return PasteSpec(size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
+                         mode=cfg.mix_options.get("mode", "elem"))
 
     def _build(self, step: int | None = None):
         """A pipeline whose next batch is ``step`` (default: the next one consumed) of this epoch."""
@@ -423,6 +433,17 @@ class Loader:
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
+        positions = self.positions(step)[:n]
+        if self._paste_spec() is not None:  # CutMix already pasted by DALI: targets only
+            from fastcas import mix as M
+            from fastcas.mix import device as D
+
+            params = D.on_device(self._mix_params(self.epoch, positions, images.shape[-1]), to_dev)
+            if len(self.streams) == 2:
+                y_fg = to_dev(out[2][:n].reshape(-1))
+            else:
+                y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
+            return images, M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         if kind is None:
             if cfg.label_smoothing:
                 return images, self._smooth(labels)
@@ -430,7 +451,6 @@ class Loader:
         from fastcas import mix as M
 
         # every parameter is keyed by the samples' global positions (fastcas.elastic)
-        positions = self.positions(step)[:n]
         if len(self.streams) == 2:
             fg, y_fg = out[2][:n], to_dev(out[3][:n].reshape(-1))
             if cfg.channels_last:

@@ -3,12 +3,14 @@
     external_source(SampleSource, parallel, per sample)
       -> decoders.image_slice (ROI decode of the crop window; "mixed" on GPU, "cpu" without)
       -> resize to S x S -> crop_mirror_normalize (flip, ImageNet mean/std, CHW/HWC, fp32/fp16)
+    CutMix in the graph: ... -> resize -> flip -> multi_paste (partner's box) -> normalize
 
 Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
 S x S. Every random choice (window, flip) comes from the stateless source, not DALI's RNG.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +63,14 @@ def worker_start_method(gpu: bool) -> str:
 
 
 def build_pipeline(source: SampleSource, cfg: PipelineConfig):
-    """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped."""
+    """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped.
+
+    With ``source.config.paste`` (CutMix in the graph) the outputs are (mixed images, the labels
+    of each stream, skipped): each stream's images are flipped as uint8 HWC, then
+    ``fn.multi_paste`` copies every sample's box from its in-batch partner (one stream) or from
+    the foreground stream (two streams), then one normalisation without mirror. A paste is a
+    copy and normalisation is per pixel, so the pixels equal ``fastcas.mix.apply`` on the
+    normalised, flipped images, on the CPU and the GPU alike (DALI runs the same operators)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = cfg.device == "cuda"
@@ -69,6 +78,13 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     S = cfg.image_size
     streams = len(source.config.streams)
     parallel = cfg.py_workers > 0
+    paste = bool(source.paste_outputs())
+
+    def normalise(img, mirror):
+        return fn.crop_mirror_normalize(
+            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],
+            std=[255 * s_ for s_ in IMAGENET_STD], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+            output_layout="HWC" if cfg.channels_last else "CHW")
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                   device_id=cfg.device_id if gpu else None, seed=1, prefetch_queue_depth=cfg.prefetch,
@@ -78,8 +94,9 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
         # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
         raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
                                  parallel=parallel, prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
-                                 dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams + [types.INT64])
-        outs = []
+                                 dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams
+                                 + [types.INT32] * len(source.paste_outputs()) + [types.INT64])
+        images, labels = [], []
         for s in range(streams):
             jpeg, label, window, flip = raw[4 * s : 4 * s + 4]
             # ROI decode of the crop window (the whole image in evaluation)
@@ -89,15 +106,28 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 img = fn.resize(img, size=[S, S])
             else:
                 img = fn.resize(img, resize_shorter=round(S / EVAL_CROP_FRACTION))
-            img = fn.crop_mirror_normalize(
-                img, crop=(S, S), mirror=flip[0], mean=[255 * m for m in IMAGENET_MEAN],
-                std=[255 * s_ for s_ in IMAGENET_STD],
-                dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
-                output_layout="HWC" if cfg.channels_last else "CHW")
-            outs += [img, label]
+            if paste:  # flip before pasting, so a pasted box carries its own sample's flip
+                img = fn.flip(img, horizontal=flip[0])
+            images.append((img, 0 if paste else flip[0]))
+            labels.append(label)
+        if paste:
+            # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
+            args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
+            anchors = args.pop("anchors")
+            mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors, out_anchors=anchors,
+                                   output_size=[S, S])
+            return (normalise(mixed, 0), *labels, raw[-1])
+        outs = []
+        for (img, mirror), label in zip(images, labels):
+            outs += [normalise(img, mirror), label]
         outs.append(raw[-1])
         return tuple(outs)
 
+    if parallel and worker_start_method(gpu) == "fork":
+        # a forked worker inherits every unreachable object not yet collected here; an earlier,
+        # dropped DALI pipeline among them (pipelines hold reference cycles) would be shut down
+        # by the worker's garbage collector, which crashes the worker (SIGSEGV): collect first
+        gc.collect()
     p = pipe()
     p.build()
     return p

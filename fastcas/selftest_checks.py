@@ -171,8 +171,22 @@ def make_loader(dataset, device: str, name: str, cfg: SelftestConfig, **extra):
                   num_threads=2, **{**CONFIGS[name], **extra})
 
 
-def collect(dataset, device: str, name: str, cfg: SelftestConfig) -> Run:
-    loader = make_loader(dataset, device, name, cfg)
+def collect(dataset, device: str, name: str, cfg: SelftestConfig, **extra) -> Run:
+    """Runs configuration ``name``. A configuration mixed inside the DALI pipeline (CutMix,
+    :attr:`fastcas.loader.LoaderConfig.mix_in_pipeline`) makes no ``fastcas.mix.apply`` call:
+    its unmixed background and foreground pixels come from a twin run mixed by torch after the
+    pipeline (same draws, same decoded pixels), and its own images stand as the mixed output,
+    so :func:`check_mix_reference` holds DALI's paste to the NumPy reference."""
+    run = _collect(dataset, device, name, cfg, **extra)
+    if run.mixed and run.calls and "bg" not in run.calls[0]:
+        twin = _collect(dataset, device, name, cfg, **{**extra, "mix_in_pipeline": False})
+        for call, t, x in zip(run.calls, twin.calls, run.images):
+            call.update(bg=t["bg"], fg=t["fg"], out=x, in_pipeline=True)
+    return run
+
+
+def _collect(dataset, device: str, name: str, cfg: SelftestConfig, **extra) -> Run:
+    loader = make_loader(dataset, device, name, cfg, **extra)
     try:
         images, targets = [], []
         with recording_mix() as calls:

@@ -32,6 +32,19 @@ class SequentialIndex:
 
 
 @dataclass(frozen=True)
+class PasteSpec:
+    """CutMix pasted inside the DALI graph (:mod:`fastcas.pipeline`): the source draws each
+    sample's box from its global position with :func:`fastcas.mix.make_params_at` (the pure
+    function the loader calls again for the targets, so pixels and targets agree) and emits
+    ``multi_paste`` arguments (:func:`fastcas.mix.paste_args`). ``size``: the output side S."""
+
+    size: int
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: str = "elem"
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """``streams``: samplers (one, or background + foreground for two-stream recipes);
     ``positions``: samples per epoch (steps x batch size, padded by wrapping);
@@ -57,6 +70,7 @@ class SourceConfig:
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
     cache_dir: str | None = None  # local cache for remote shards (None: fastcas.remote's default)
     cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
+    paste: PasteSpec | None = None  # CutMix in the graph: multi_paste arguments as outputs (training only)
 
 
 class SampleSource:
@@ -87,7 +101,14 @@ class SampleSource:
         return self._reader
 
     def num_outputs(self) -> int:
-        return 4 * len(self.config.streams) + 1
+        return 4 * len(self.config.streams) + len(self.paste_outputs()) + 1
+
+    def paste_outputs(self) -> tuple:
+        """Names of the ``multi_paste`` outputs (before the skipped column): in_ids only for an
+        in-batch partner (one stream); a two-stream recipe pastes the foreground stream."""
+        if self.config.paste is None:
+            return ()
+        return ("in_ids", "anchors", "shapes") if len(self.config.streams) == 1 else ("anchors", "shapes")
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
         """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
@@ -122,7 +143,9 @@ class SampleSource:
     def batch(self, epoch: int, positions: np.ndarray) -> tuple:
         """Outputs for this rank's local ``positions`` of one batch, vectorised: per stream
         (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
-        [B, 1]) then skipped int64 [B, streams]."""
+        [B, 1]); with ``paste``, the ``multi_paste`` arguments (:meth:`paste_outputs`: in_ids
+        int32 [B, 2] (one stream only), anchors and shapes int32 [B, 2, 2]); then skipped int64
+        [B, streams]."""
         c = self.config
         outs, skipped = [], []
         # rank-local positions -> global positions of the epoch's one stream (training)
@@ -144,8 +167,27 @@ class SampleSource:
                 flip = np.zeros((n, 1), np.int32)
             outs += [[f[0] for f in fetched], np.array([[f[1]] for f in fetched], np.int64), windows, flip]
             skipped.append([f[3] for f in fetched])
+        if c.paste is not None:
+            outs += self._paste(epoch, positions, positions if g is None else g)
         outs.append(np.array(skipped, np.int64).T.copy())
         return tuple(outs)
+
+    def _paste(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+        """``multi_paste`` arguments of one batch (one step: ``local`` rank-local, ``g`` global
+        positions). The loader pairs only the step's real samples (:meth:`Loader._finish`): the
+        padding of a partial last step pairs with itself, and is dropped anyway."""
+        from fastcas import mix as M  # the parameter generators only (pure functions of keys)
+
+        c, p = self.config, self.config.paste
+        params = M.make_params_at("cutmix", c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
+                                  mode=p.mode)
+        partner = None
+        if len(c.streams) == 1:
+            n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
+            partner = np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
+        in_ids, anchors, shapes = M.paste_args(params.boxes, p.size, p.size, partner)
+        two = partner is None
+        return [anchors, shapes] if two else [in_ids, anchors, shapes]
 
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""

@@ -238,6 +238,7 @@ def test_cli_cpu_half_passes_and_reports_the_gpu_half_skipped(tmp_path):
 def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatch, capsys):
     from fastcas import selftest
     from fastcas.loader import Loader
+    from fastcas import mix as M
     from fastcas.mix import _backend
 
     apply_torch = _backend.apply_torch
@@ -250,10 +251,18 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
                                   boxes=boxes, drawn=params.drawn)
         return apply_torch(params, bg, fg)
 
+    paste_args = M.paste_args
+
+    def off_by_one_paste(boxes, height, width, partner=None):  # the same bug in DALI's paste (CutMix, CMO)
+        boxes = np.array(boxes)
+        boxes[:, 2] = np.minimum(boxes[:, 2] + (boxes[:, 2] > boxes[:, 0]), height)
+        return paste_args(boxes, height, width, partner)
+
     def forgetful(self, state):  # resume restarts the epoch
         self.epoch, self.step = int(state["epoch"]), 0
 
     monkeypatch.setattr(_backend, "apply_torch", off_by_one)
+    monkeypatch.setattr(M, "paste_args", off_by_one_paste)
     monkeypatch.setattr(Loader, "load_state_dict", forgetful)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     monkeypatch.setattr(selftest, "check_throughput", lambda *a: selftest.Check("throughput", "cpu", "PASS"))

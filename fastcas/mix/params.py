@@ -346,3 +346,30 @@ def in_batch_partner(batch_size: int, generator: np.random.Generator) -> np.ndar
     if not isinstance(generator, np.random.Generator):
         raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
     return generator.permutation(int(batch_size)).astype(np.int64)
+
+
+def paste_args(boxes, height: int, width: int, partner=None) -> tuple:
+    """DALI ``fn.multi_paste`` arguments that apply CutMix ``boxes`` inside the pipeline graph
+    (:mod:`fastcas.pipeline`), on the decoded, flipped uint8 HWC images before normalisation.
+
+    boxes: int ``[B, 4]`` ``(y0, x0, y1, x1)`` as in :class:`MixParams` (rows ``[y0, y1)``,
+    columns ``[x0, x1)``; an empty box for unmixed samples) on ``height x width`` images. partner: int ``[B]`` local
+    in-batch partner indices (:func:`pair_partner`), or None for a two-stream recipe (the
+    foreground is the second input of ``multi_paste``). Returns ``(in_ids, anchors, shapes)``,
+    int32 ``[B, 2]`` (None without ``partner``), ``[B, 2, 2]``, ``[B, 2, 2]``: per output
+    sample, paste 0 is the sample itself, whole; paste 1 is the partner's (or foreground's)
+    box, at the same place (``anchors`` serve as both ``in_anchors`` and ``out_anchors``).
+    Pasting is a copy, so pasting before normalisation gives exactly the pixels
+    :func:`fastcas.mix.apply` gives after it.
+    """
+    bx = np.asarray(boxes, np.int64).reshape(-1, 4)
+    b = len(bx)
+    anchors = np.zeros((b, 2, 2), np.int32)
+    anchors[:, 1] = bx[:, 0:2]
+    shapes = np.zeros((b, 2, 2), np.int32)
+    shapes[:, 0] = (int(height), int(width))
+    shapes[:, 1] = np.maximum(bx[:, 2:4] - bx[:, 0:2], 0)
+    in_ids = None
+    if partner is not None:
+        in_ids = np.stack([np.arange(b), np.asarray(partner, np.int64).reshape(-1)], 1).astype(np.int32)
+    return in_ids, anchors, shapes

@@ -1,0 +1,113 @@
+"""Issue 13: CutMix (and CMO's paste) inside the DALI graph — flip, ``multi_paste`` on uint8,
+one normalisation — gives exactly the pixels of the torch path and of the NumPy reference."""
+import gc
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from fastcas import Loader
+from fastcas import mix as M
+from fastcas.mix.reference import apply_numpy
+from tests.helpers import make_dataset
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paste") / "ds"
+    make_dataset(root, counts=(10, 6, 4), shard_size=8, size=(48, 36))
+    return root
+
+
+def _loader(ds, **kw):
+    opts = dict(image_size=24, epoch_length=32, seed=5, device="cpu", py_workers=0, mix="cutmix", mix_prob=0.6)
+    opts.update(kw)
+    return Loader(ds, 6, **opts)
+
+
+def _epoch(loader):
+    return [tuple(t.clone() for t in b) for b in loader]
+
+
+def test_paste_args_copy_the_box_at_its_place():
+    boxes = np.array([[2, 3, 7, 9], [0, 0, 0, 0], [5, 0, 10, 10]])
+    in_ids, anchors, shapes = M.paste_args(boxes, 10, 12, partner=np.array([1, 0, 2]))
+    assert in_ids.tolist() == [[0, 1], [1, 0], [2, 2]] and in_ids.dtype == np.int32
+    assert anchors[:, 0].tolist() == [[0, 0]] * 3 and shapes[:, 0].tolist() == [[10, 12]] * 3  # itself, whole
+    assert anchors[:, 1].tolist() == [[2, 3], [0, 0], [5, 0]]                               # box corner (y, x)
+    assert shapes[:, 1].tolist() == [[5, 6], [0, 0], [5, 10]]                                # empty box: nothing
+    assert M.paste_args(boxes, 10, 12)[0] is None                                           # two streams: no ids
+
+
+@pytest.mark.parametrize("kw", [{}, {"foreground_weights": "cmo"}, {"channels_last": True},
+                                {"mix_options": {"mode": "batch"}, "mix_prob": 1.0}, {"dtype": "float16"},
+                                {"last_batch": "partial", "epoch_length": 33}],
+                         ids=["one-stream", "cmo-two-streams", "channels-last", "batch-mode", "fp16", "partial"])
+def test_pasted_in_the_pipeline_equals_the_torch_path(ds, kw):
+    graph = _loader(ds, **kw)
+    torch_ = _loader(ds, mix_in_pipeline=False, **kw)
+    assert graph._paste_spec() is not None and torch_._paste_spec() is None
+    a, b = _epoch(graph), _epoch(torch_)
+    assert len(a) == len(b) >= 5
+    mixed = 0
+    for step, ((xa, ya), (xb, yb)) in enumerate(zip(a, b)):
+        assert xa.dtype == xb.dtype and xa.stride() == xb.stride()
+        assert torch.equal(xa, xb), f"step {step}: pixels differ"
+        assert torch.equal(ya, yb), f"step {step}: targets differ"
+        mixed += int((ya.max(1).values < 1).sum())
+    assert mixed > 0  # some samples really were mixed
+
+
+def test_pasted_pixels_equal_the_reference_on_the_unmixed_stream(ds):
+    """The same loader without mixing decodes the same crops and flips (keyed by position):
+    the NumPy reference applied to them with the loader's parameters gives its batches."""
+    graph = _loader(ds, py_workers=1)
+    plain = _loader(ds, mix=None, py_workers=1)
+    for step, ((xm, tm), (xp, _)) in enumerate(zip(graph, plain)):
+        pos = graph.positions(step)
+        p = graph.plan(step)["params"]
+        ref = apply_numpy(p, xp.numpy(), xp.numpy()[M.pair_partner(pos)])
+        np.testing.assert_array_equal(xm.numpy(), ref)
+        # targets: lam of the pasted fraction, measured on the pixels themselves
+        changed = (xm.numpy() != xp.numpy()).any(1).mean((1, 2))
+        assert np.all(changed <= 1 - p.lam + 1e-9)
+
+
+_COLLECT_IN_CHILD = [False]
+
+
+def _collect_in_child():
+    if _COLLECT_IN_CHILD[0]:
+        gc.collect()  # what the worker's collector does sooner or later, now
+
+
+os.register_at_fork(after_in_child=_collect_in_child)
+
+
+def test_a_dropped_pipeline_is_not_shut_down_by_a_forked_worker(ds):
+    """A dropped DALI pipeline sits in reference cycles until collected; a source worker forked
+    before that inherits it, and the worker's garbage collector shuts DALI down there (SIGSEGV,
+    the loader reports the worker dead). The pipeline builder collects before forking."""
+    gc.disable()  # keep the dropped pipeline uncollected in this process until the fork
+    try:
+        first = _loader(ds, py_workers=1)
+        it = iter(first)
+        next(it)
+        it.close()
+        first.cycle = first  # dropped without close(), inside a reference cycle, as loaders often are
+        del first, it
+        _COLLECT_IN_CHILD[0] = True
+        signal.signal(signal.SIGALRM, _too_long)
+        signal.alarm(60)  # the worker hangs or dies in DALI's shutdown: fail, never hang the suite
+        second = _loader(ds, py_workers=1)
+        assert len(_epoch(second)) == len(second)
+    finally:
+        signal.alarm(0)
+        _COLLECT_IN_CHILD[0] = False
+        gc.enable()
+
+
+def _too_long(*_):
+    raise TimeoutError("the loader hung: its source worker shut down an inherited DALI pipeline")
