@@ -266,14 +266,18 @@ class Loader:
             cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste_spec())
 
     def _paste_spec(self) -> PasteSpec | None:
-        """CutMix is pasted inside the DALI graph (one copy of each box, uint8, on DALI's threads
-        or GPU) instead of by torch after it; its targets are still built here from the same
-        position-keyed parameters (:meth:`_finish`)."""
+        """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's
+        threads or GPU) instead of by torch after it; the source draws their parameters from
+        the same position keys, and the targets are built here from the ``lam`` that arrives
+        with the batch (:meth:`_finish`)."""
         cfg = self.config
-        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind == "cutmix"):
+        opts = cfg.mix_options
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix")):
             return None
-        return PasteSpec(size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
-                         mode=cfg.mix_options.get("mode", "elem"))
+        if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
+            return None  # soft masks blend: torch after the pipeline
+        return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
+                         mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0))
 
     def _build(self, step: int | None = None):
         """A pipeline whose next batch is ``step`` (default: the next one consumed) of this epoch."""
@@ -434,16 +438,15 @@ class Loader:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
         positions = self.positions(step)[:n]
-        if self._paste_spec() is not None:  # CutMix already pasted by DALI: targets only
+        if self._paste_spec() is not None:  # mixed by DALI: targets from the lam it applied
             from fastcas import mix as M
-            from fastcas.mix import device as D
 
-            params = D.on_device(self._mix_params(self.epoch, positions, images.shape[-1]), to_dev)
+            lam = to_dev(out[-2][:n].reshape(-1))
             if len(self.streams) == 2:
                 y_fg = to_dev(out[2][:n].reshape(-1))
             else:
                 y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
-            return images, M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
+            return images, M.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
         if kind is None:
             if cfg.label_smoothing:
                 return images, self._smooth(labels)

@@ -3,7 +3,8 @@
     external_source(SampleSource, parallel, per sample)
       -> decoders.image_slice (ROI decode of the crop window; "mixed" on GPU, "cpu" without)
       -> resize to S x S -> crop_mirror_normalize (flip, ImageNet mean/std, CHW/HWC, fp32/fp16)
-    CutMix in the graph: ... -> resize -> flip -> multi_paste (partner's box) -> normalize
+    mixing in the graph: ... -> resize -> flip -> multi_paste (CutMix) or a masked select
+      (FMix) with the partner's pixels -> normalize
 
 Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
 S x S. Every random choice (window, flip) comes from the stateless source, not DALI's RNG.
@@ -65,12 +66,14 @@ def worker_start_method(gpu: bool) -> str:
 def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped.
 
-    With ``source.config.paste`` (CutMix in the graph) the outputs are (mixed images, the labels
-    of each stream, skipped): each stream's images are flipped as uint8 HWC, then
-    ``fn.multi_paste`` copies every sample's box from its in-batch partner (one stream) or from
-    the foreground stream (two streams), then one normalisation without mirror. A paste is a
-    copy and normalisation is per pixel, so the pixels equal ``fastcas.mix.apply`` on the
-    normalised, flipped images, on the CPU and the GPU alike (DALI runs the same operators)."""
+    With ``source.config.paste`` (mixing in the graph) the outputs are (mixed images, the labels
+    of each stream, lam float64 [B, 1], skipped): each stream's images are flipped as uint8 HWC,
+    then mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
+    CutMix: ``fn.multi_paste`` copies the partner's box; FMix (binary masks): a bitwise select
+    ``bg ^ ((bg ^ fg) & mask)`` with the partner from ``fn.permute_batch`` — then one
+    normalisation without mirror. Both are copies of whole pixels and normalisation is per
+    pixel, so the pixels equal ``fastcas.mix.apply`` on the normalised, flipped images, on the
+    CPU and the GPU alike (DALI runs the same operators)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = cfg.device == "cuda"
@@ -79,6 +82,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     streams = len(source.config.streams)
     parallel = cfg.py_workers > 0
     paste = bool(source.paste_outputs())
+    mix_types = {"lam": types.FLOAT64, "masks": types.UINT8}  # the other mixing outputs are int32
 
     def normalise(img, mirror):
         return fn.crop_mirror_normalize(
@@ -95,7 +99,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
         raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
                                  parallel=parallel, prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
                                  dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams
-                                 + [types.INT32] * len(source.paste_outputs()) + [types.INT64])
+                                 + [mix_types.get(k, types.INT32) for k in source.paste_outputs()] + [types.INT64])
         images, labels = [], []
         for s in range(streams):
             jpeg, label, window, flip = raw[4 * s : 4 * s + 4]
@@ -111,12 +115,17 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             images.append((img, 0 if paste else flip[0]))
             labels.append(label)
         if paste:
-            # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
             args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
-            anchors = args.pop("anchors")
-            mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors, out_anchors=anchors,
-                                   output_size=[S, S])
-            return (normalise(mixed, 0), *labels, raw[-1])
+            lam, bg = args.pop("lam"), images[0][0]
+            if source.config.paste.kind == "cutmix":
+                # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
+                anchors = args.pop("anchors")
+                mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
+                                       out_anchors=anchors, output_size=[S, S])
+            else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
+                fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
+                mixed = bg ^ ((bg ^ fg) & args["masks"])
+            return (normalise(mixed, 0), *labels, lam, raw[-1])
         outs = []
         for (img, mirror), label in zip(images, labels):
             outs += [normalise(img, mirror), label]

@@ -174,14 +174,15 @@ def make_loader(dataset, device: str, name: str, cfg: SelftestConfig, **extra):
 def collect(dataset, device: str, name: str, cfg: SelftestConfig, **extra) -> Run:
     """Runs configuration ``name``. A configuration mixed inside the DALI pipeline (CutMix,
     :attr:`fastcas.loader.LoaderConfig.mix_in_pipeline`) makes no ``fastcas.mix.apply`` call:
-    its unmixed background and foreground pixels come from a twin run mixed by torch after the
-    pipeline (same draws, same decoded pixels), and its own images stand as the mixed output,
-    so :func:`check_mix_reference` holds DALI's paste to the NumPy reference."""
+    its parameters and unmixed background and foreground pixels come from a twin run mixed by
+    torch after the pipeline (same keys, same decoded pixels), and its own images and targets
+    stand as the output, so :func:`check_mix_reference` holds DALI's mixing to the NumPy
+    reference."""
     run = _collect(dataset, device, name, cfg, **extra)
-    if run.mixed and run.calls and "bg" not in run.calls[0]:
+    if run.mixed and not run.calls:  # mixed inside the pipeline: targets from the lam it applied
         twin = _collect(dataset, device, name, cfg, **{**extra, "mix_in_pipeline": False})
-        for call, t, x in zip(run.calls, twin.calls, run.images):
-            call.update(bg=t["bg"], fg=t["fg"], out=x, in_pipeline=True)
+        run.calls = [{**t, "out": x, "targets": y, "in_pipeline": True}
+                     for t, x, y in zip(twin.calls, run.images, run.targets)]
     return run
 
 

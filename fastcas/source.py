@@ -33,15 +33,23 @@ class SequentialIndex:
 
 @dataclass(frozen=True)
 class PasteSpec:
-    """CutMix pasted inside the DALI graph (:mod:`fastcas.pipeline`): the source draws each
-    sample's box from its global position with :func:`fastcas.mix.make_params_at` (the pure
-    function the loader calls again for the targets, so pixels and targets agree) and emits
-    ``multi_paste`` arguments (:func:`fastcas.mix.paste_args`). ``size``: the output side S."""
+    """Mixing inside the DALI graph (:mod:`fastcas.pipeline`): the source draws each sample's
+    parameters from its global position with :func:`fastcas.mix.make_params_at` and emits what
+    the graph's operators take, plus ``lam``, so the targets are built from exactly the
+    parameters applied. ``kind``: "cutmix" (``multi_paste`` arguments,
+    :func:`fastcas.mix.paste_args`) or "fmix" with binary masks (partner indices and uint8
+    masks, 255 = foreground). ``size``: the output side S."""
 
+    kind: str
     size: int
     alpha: float = 1.0
     prob: float = 1.0
     mode: str = "elem"
+    decay: float = 3.0
+
+    def __post_init__(self):
+        if self.kind not in ("cutmix", "fmix"):
+            raise ValueError(f"mixing inside the pipeline takes cutmix or fmix, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class SourceConfig:
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
     cache_dir: str | None = None  # local cache for remote shards (None: fastcas.remote's default)
     cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
-    paste: PasteSpec | None = None  # CutMix in the graph: multi_paste arguments as outputs (training only)
+    paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
 
 
 class SampleSource:
@@ -104,11 +112,16 @@ class SampleSource:
         return 4 * len(self.config.streams) + len(self.paste_outputs()) + 1
 
     def paste_outputs(self) -> tuple:
-        """Names of the ``multi_paste`` outputs (before the skipped column): in_ids only for an
-        in-batch partner (one stream); a two-stream recipe pastes the foreground stream."""
-        if self.config.paste is None:
+        """Names of the in-graph mixing outputs (before the skipped column), see
+        :meth:`_paste`; the partner's index only for one stream (a two-stream recipe takes its
+        foreground from the second stream)."""
+        p = self.config.paste
+        if p is None:
             return ()
-        return ("in_ids", "anchors", "shapes") if len(self.config.streams) == 1 else ("anchors", "shapes")
+        one = len(self.config.streams) == 1
+        if p.kind == "cutmix":
+            return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
+        return (("partner",) if one else ()) + ("masks", "lam")
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
         """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
@@ -143,9 +156,8 @@ class SampleSource:
     def batch(self, epoch: int, positions: np.ndarray) -> tuple:
         """Outputs for this rank's local ``positions`` of one batch, vectorised: per stream
         (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
-        [B, 1]); with ``paste``, the ``multi_paste`` arguments (:meth:`paste_outputs`: in_ids
-        int32 [B, 2] (one stream only), anchors and shapes int32 [B, 2, 2]); then skipped int64
-        [B, streams]."""
+        [B, 1]); with ``paste``, the in-graph mixing outputs (:meth:`_paste`); then skipped
+        int64 [B, streams]."""
         c = self.config
         outs, skipped = [], []
         # rank-local positions -> global positions of the epoch's one stream (training)
@@ -173,21 +185,30 @@ class SampleSource:
         return tuple(outs)
 
     def _paste(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
-        """``multi_paste`` arguments of one batch (one step: ``local`` rank-local, ``g`` global
-        positions). The loader pairs only the step's real samples (:meth:`Loader._finish`): the
-        padding of a partial last step pairs with itself, and is dropped anyway."""
+        """In-graph mixing outputs of one batch (one step: ``local`` rank-local, ``g`` global
+        positions), by name (:meth:`paste_outputs`): ``in_ids`` int32 [B, 2], ``anchors`` and
+        ``shapes`` int32 [B, 2, 2] (CutMix, :func:`fastcas.mix.paste_args`); ``partner`` int32
+        [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. Only the step's
+        real samples pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs
+        with itself and is dropped)."""
         from fastcas import mix as M  # the parameter generators only (pure functions of keys)
 
         c, p = self.config, self.config.paste
-        params = M.make_params_at("cutmix", c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
-                                  mode=p.mode)
+        opts = {"decay": p.decay} if p.kind == "fmix" else {}
+        params = M.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
+                                  mode=p.mode, **opts)
         partner = None
         if len(c.streams) == 1:
             n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
             partner = np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
-        in_ids, anchors, shapes = M.paste_args(params.boxes, p.size, p.size, partner)
-        two = partner is None
-        return [anchors, shapes] if two else [in_ids, anchors, shapes]
+        out = {"lam": params.lam.reshape(-1, 1)}
+        if p.kind == "cutmix":
+            out["in_ids"], out["anchors"], out["shapes"] = M.paste_args(params.boxes, p.size, p.size, partner)
+        else:
+            out["masks"] = (np.asarray(params.masks) * 255).astype(np.uint8)[..., None]
+            if partner is not None:
+                out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        return [out[k] for k in self.paste_outputs()]
 
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""

@@ -31,6 +31,15 @@ def _epoch(loader):
     return [tuple(t.clone() for t in b) for b in loader]
 
 
+def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
+    assert _loader(ds, mix="fmix")._paste_spec().kind == "fmix"
+    assert _loader(ds, mix="fmix", mix_options={"max_soft": 0.1})._paste_spec() is None
+    assert _loader(ds, mix="saliencymix")._paste_spec() is None and _loader(ds, mix="mixup")._paste_spec() is None
+    assert _loader(ds, mix="cutmix", mix_in_pipeline=False)._paste_spec() is None
+    with pytest.raises(ValueError, match="mix_in_pipeline must be True or False"):
+        _loader(ds, mix_in_pipeline="yes")
+
+
 def test_paste_args_copy_the_box_at_its_place():
     boxes = np.array([[2, 3, 7, 9], [0, 0, 0, 0], [5, 0, 10, 10]])
     in_ids, anchors, shapes = M.paste_args(boxes, 10, 12, partner=np.array([1, 0, 2]))
@@ -41,11 +50,15 @@ def test_paste_args_copy_the_box_at_its_place():
     assert M.paste_args(boxes, 10, 12)[0] is None                                           # two streams: no ids
 
 
-@pytest.mark.parametrize("kw", [{}, {"foreground_weights": "cmo"}, {"channels_last": True},
-                                {"mix_options": {"mode": "batch"}, "mix_prob": 1.0}, {"dtype": "float16"},
-                                {"last_batch": "partial", "epoch_length": 33}],
-                         ids=["one-stream", "cmo-two-streams", "channels-last", "batch-mode", "fp16", "partial"])
-def test_pasted_in_the_pipeline_equals_the_torch_path(ds, kw):
+CASES = {"one-stream": {}, "cmo-two-streams": {"foreground_weights": "cmo"}, "channels-last": {"channels_last": True},
+         "batch-mode": {"mix_options": {"mode": "batch"}, "mix_prob": 1.0}, "fp16": {"dtype": "float16"},
+         "partial": {"last_batch": "partial", "epoch_length": 33}}
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
+    kw = {"mix": kind, **CASES[case]}
     graph = _loader(ds, **kw)
     torch_ = _loader(ds, mix_in_pipeline=False, **kw)
     assert graph._paste_spec() is not None and torch_._paste_spec() is None
@@ -60,10 +73,11 @@ def test_pasted_in_the_pipeline_equals_the_torch_path(ds, kw):
     assert mixed > 0  # some samples really were mixed
 
 
-def test_pasted_pixels_equal_the_reference_on_the_unmixed_stream(ds):
+@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+def test_mixed_pixels_equal_the_reference_on_the_unmixed_stream(ds, kind):
     """The same loader without mixing decodes the same crops and flips (keyed by position):
     the NumPy reference applied to them with the loader's parameters gives its batches."""
-    graph = _loader(ds, py_workers=1)
+    graph = _loader(ds, py_workers=1, mix=kind)
     plain = _loader(ds, mix=None, py_workers=1)
     for step, ((xm, tm), (xp, _)) in enumerate(zip(graph, plain)):
         pos = graph.positions(step)
@@ -73,6 +87,9 @@ def test_pasted_pixels_equal_the_reference_on_the_unmixed_stream(ds):
         # targets: lam of the pasted fraction, measured on the pixels themselves
         changed = (xm.numpy() != xp.numpy()).any(1).mean((1, 2))
         assert np.all(changed <= 1 - p.lam + 1e-9)
+        np.testing.assert_allclose(tm.numpy(), M.soft_targets(p, *graph.plan(step)["labels"][:1],
+                                                              graph.plan(step)["labels"][0][M.pair_partner(pos)],
+                                                              graph.num_classes), atol=1e-6)
 
 
 _COLLECT_IN_CHILD = [False]

@@ -64,20 +64,27 @@ def soft_targets(params: MixParams, y_bg, y_fg, num_classes: int, label_smoothin
     each one-hot is ``off = s / K`` everywhere and ``1 - s + off`` at the label (timm's rule);
     rows sum to 1. Returned on the labels' framework and device (torch labels -> torch tensor).
     """
+    return targets_from_lam(params.lam, y_bg, y_fg, num_classes, label_smoothing)
+
+
+def targets_from_lam(lam, y_bg, y_fg, num_classes: int, label_smoothing: float = 0.0):
+    """:func:`soft_targets` from ``lam`` alone (float64 ``[B]`` host array, or a tensor on the
+    labels' device): for batches mixed inside the DALI pipeline, whose parameters arrive with
+    the batch (:mod:`fastcas.pipeline`)."""
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     s = float(label_smoothing)
     if not 0.0 <= s < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-    b = params.batch_size
+    b = len(lam)
     if _is_torch(y_bg) and _is_torch(y_fg):
-        return _soft_targets_torch(params.lam, y_bg, y_fg, num_classes, s)
+        return _soft_targets_torch(lam, y_bg, y_fg, num_classes, s)
     yb = _labels_numpy(y_bg, "y_bg", b, num_classes)
     yf = _labels_numpy(y_fg, "y_fg", b, num_classes)
     off = s / num_classes
     on = 1.0 - s + off
-    lam = params.lam
+    lam = np.asarray(lam, np.float64)
     t = np.full((b, num_classes), off, dtype=np.float64)
     rows = np.arange(b)
     t[rows, yb] = lam * on + (1.0 - lam) * off
