@@ -316,7 +316,7 @@ def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, wid
     def noise(m):
         from .fmix import noise_at
 
-        return noise_at(seed, epoch, src[:m], height, width)
+        return noise_at(seed, epoch, src[:m], height, width, decay)
 
     return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
                   decay=decay, max_soft=max_soft, saliency=saliency, device=device)
