@@ -15,13 +15,15 @@ linear soft ramp of half-width ``max_soft * H * W``). Differences, on purpose:
   ``max(|f_y|, f_x)`` above a cutoff are zero. The cutoff is the smallest that keeps all but
   ``DROP_TOL = 1e-6`` of the spectrum's power (``sum mult * scale**2``, DC excluded, ``mult`` = 2
   for the columns the real FFT stores once for two), so it depends on ``(H, W, decay)`` only:
-  at 224x224 with the default decay 3 the box is 35 x 18 of 224 x 113 frequencies; for
-  ``decay <= 2`` (or small images) nothing is dropped and the mask is the full-spectrum one.
-  Effect, measured on 256 masks at 224x224, decay 3, against the full spectrum (same noise in
-  the box, the rest of the reference's noise added): 1.2e-4 of the pixels differ on average
-  (6 of 50176; at most 31 in a mask), all on the mask's boundary; the kept count and ``lam``
-  are exact either way. Why: the noise outside the box was 96% of the host's FMix time
-  (~10 ns per normal on the 2-core box) and the box's inverse FFT is two small matrix products.
+  at 224x224 with the default decay 3 the box is 45 x 23 of the 224 x 113 frequencies; when
+  the box would hold more than a quarter of them (``decay <= 2.5`` at 224, or small images)
+  nothing is dropped and the mask is the full-spectrum one, bit for bit as before.
+  Effect, measured on 256 masks at 224x224, decay 3, against the float64 full-spectrum mask of
+  the same noise: 3.0e-4 of the pixels differ (15 of 50176 per mask on average, at most 58), all
+  within 3 pixels of the mask's boundary; the kept count and ``lam`` are exact either way. Why:
+  the 96% of the noise outside the box cost ~15 ms of host time per batch of 32 (~10 ns per
+  normal on the 2-core box) and its full-size inverse FFT ~10 ms; the box's inverse FFT is two
+  small matrix products (:func:`low_freq_numpy`).
 
 The spectrum noise is always drawn with NumPy on the host, for the kept box only (:func:`fmix_masks`
 from the generator it is given; :func:`noise_at` per global position, from ``(seed, epoch,
