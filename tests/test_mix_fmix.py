@@ -142,3 +142,20 @@ def test_partition_threshold_is_the_exact_rank_definition_with_ties():
     smooth = rng.standard_normal((6, n)).astype(np.float32)
     k = np.array([0, 3, 250, 499, 500, 77])
     np.testing.assert_array_equal(F._binarise_numpy(smooth, k, zero[:6]), F._ranked(smooth, k, zero[:6]))
+
+
+def test_fused_host_path_is_low_freq_then_binarise_and_soft_masks_use_the_box():
+    h = w = 64
+    noise = F.noise_at(2, 1, np.arange(6), h, w, 4.0)
+    drawn = np.array([0.0, 0.1, 0.5, 0.5, 0.93, 1.0])
+    num, soft = F._counts(drawn, h * w, 0.0)
+    masks, _ = F.masks_from_noise(noise, drawn, np.ones(6, bool), h, w, decay=4.0)
+    ref = F._binarise_numpy(F.low_freq_numpy(noise, h, w, 4.0).reshape(6, -1), num, soft)
+    np.testing.assert_array_equal(masks.reshape(6, -1), ref)  # same arithmetic, bit for bit
+    soft_masks, lam = F.masks_from_noise(noise, drawn, np.ones(6, bool), h, w, decay=4.0, max_soft=0.1)
+    assert ((soft_masks > 0) & (soft_masks < 1)).any()
+    np.testing.assert_allclose(lam, 1 - soft_masks.reshape(6, -1).mean(1), atol=1e-6)
+    hard = soft_masks.reshape(6, -1)[(soft_masks.reshape(6, -1) == 0) | (soft_masks.reshape(6, -1) == 1)]
+    assert hard.size  # the soft ramp is around the same low-frequency image's threshold
+    t = F._masks_torch(noise, h, w, 4.0, *F._counts(drawn, h * w, 0.1), torch.device("cpu")).numpy()
+    assert np.abs(t - soft_masks).max() < 1e-3
