@@ -173,14 +173,13 @@ def _box_scale(height: int, width: int, decay: float) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _bases(height: int, width: int, lo: int, hi: int, cols: int):
-    """float32 matrices of the box's inverse real FFT: ``ey [2H, 2R]`` maps the box's real
-    and imaginary rows to the real and imaginary parts of the column-transformed spectrum,
-    ``ex [2C, W]`` those to pixels (irfft weights 1 for DC and Nyquist columns, else 2, and
-    ``irfft2``'s ``1 / (H W)``)."""
+    """float32 matrices of the box's inverse real FFT (read-only): ``ey [H, 2R]`` = ``[cos |
+    sin]`` of the kept rows' phases, so ``ey @ [[Re, Im], [-Im, Re]]`` is the column-transformed
+    spectrum ``[H, 2C]`` (real, then imaginary part); ``ex [2C, W]`` takes that to pixels (irfft
+    weights 1 for DC and Nyquist columns, else 2, and ``irfft2``'s ``1 / (H W)``)."""
     ky = np.r_[0:lo, -hi:0]
     ang = 2 * np.pi * np.outer(np.arange(height), ky) / height
-    c, s = np.cos(ang), np.sin(ang)
-    ey = np.block([[c, -s], [s, c]])
+    ey = np.concatenate([np.cos(ang), np.sin(ang)], axis=1)
     k = np.arange(cols)
     wgt = np.where((k == 0) | (2 * k == width), 1.0, 2.0) / (height * width)
     ang = 2 * np.pi * np.outer(k, np.arange(width)) / width
@@ -191,36 +190,51 @@ def _bases(height: int, width: int, lo: int, hi: int, cols: int):
     return ey, ex
 
 
-def _box_rows(noise: np.ndarray, height: int, width: int, decay: float):
-    """The first half of the box's inverse FFT, or None when :func:`low_freq_numpy` uses
-    ``irfft2`` (whole spectrum, or more than ``_MATMUL_COLS`` columns). Returns ``(t, ex)``:
-    ``t`` float32 ``[B, H, 2C]`` (the column-transformed spectrum, real then imaginary parts,
-    one matrix product ``[2H, 2R] @ [2R, B C]`` for the batch) and ``ex`` ``[2C, W]``; sample
-    ``i``'s image is ``t[i] @ ex``."""
+_ONE_THREAD_MNK = 1 << 18  # OpenBLAS runs a product with M*N*K at most this on the calling thread
+
+
+def _matmul_1t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = a @ b`` (2-D float32) in row blocks small enough that OpenBLAS never wakes its
+    worker threads (``M N K <= 65536 * GEMM_MULTITHREAD_THRESHOLD``, 4 by default). Why: on the
+    2-core box under load (DALI decoding on both cores), every threaded product measured
+    16-32 ms of wall time and 8-16 ms of CPU (its workers spin for a scheduler tick) instead of
+    ~0.05 ms; torch's matmul with 2 threads stalls the same way."""
+    rows = max(1, _ONE_THREAD_MNK // max(1, b.shape[0] * b.shape[1]))
+    for s in range(0, a.shape[0], rows):
+        np.matmul(a[s:s + rows], b, out=out[s:s + rows])
+
+
+def _box_spectra(noise: np.ndarray, height: int, width: int, decay: float):
+    """The box's scaled spectrum as real blocks, or None when :func:`low_freq_numpy` uses
+    ``irfft2`` (whole spectrum, or more than ``_MATMUL_COLS`` columns). Returns ``(q, ey, ex)``
+    with ``q`` float32 ``[B, 2R, 2C]`` = ``[[Re, Im], [-Im, Re]]`` per sample: sample ``i``'s
+    image is ``(ey @ q[i]) @ ex`` (:func:`_bases`), computed per sample with :func:`_matmul_1t`
+    (small products on the calling thread; the 200 KB image stays in cache)."""
     lo, hi, cols = spectrum_box(height, width, decay)
     if lo == height or cols > _MATMUL_COLS:
         return None
     noise = box_noise(noise, height, width, decay)
-    b = noise.shape[0]
     scale = _box_scale(height, width, decay)
-    ey, ex = _bases(height, width, lo, hi, cols)
-    parts = np.concatenate([noise[..., 0] * scale, noise[..., 1] * scale], axis=1)  # [B, 2R, C]
-    t = ey @ parts.transpose(1, 0, 2).reshape(2 * (lo + hi), b * cols)  # [2H, B C]: real, imaginary
-    return t.reshape(2, height, b, cols).transpose(2, 1, 0, 3).reshape(b, height, 2 * cols), ex
+    re, im = noise[..., 0] * scale, noise[..., 1] * scale  # [B, R, C]
+    q = np.concatenate([np.concatenate([re, im], axis=2), np.concatenate([-im, re], axis=2)], axis=1)
+    return (q,) + _bases(height, width, lo, hi, cols)
 
 
 def low_freq_numpy(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
     """noise float32 ``[B, *noise_shape]`` (or full layout ``[B, H, W//2+1, 2]``) ->
     low-frequency images float32 ``[B, H, W]``: the inverse real FFT of the box's spectrum,
     zero elsewhere (single precision throughout, as on the GPU). A narrow box is inverted with
-    two matrix products (:func:`_box_rows`, then ``[H, 2C] @ [2C, W]`` per sample; ~20x fewer
-    operations than a full-size ``irfft2`` at 224x224); the same sum either way."""
-    rows = _box_rows(noise, height, width, decay)
-    if rows is not None:
-        t, ex = rows
-        img = np.empty((t.shape[0], height, width), np.float32)
-        for i in range(t.shape[0]):
-            np.matmul(t[i], ex, out=img[i])
+    two small matrix products per sample (:func:`_box_spectra`: ``[H, 2R] @ [2R, 2C]``, then
+    ``[H, 2C] @ [2C, W]``; ~20x fewer operations than a full-size ``irfft2`` at 224x224); the
+    same sum either way."""
+    blocks = _box_spectra(noise, height, width, decay)
+    if blocks is not None:
+        q, ey, ex = blocks
+        img = np.empty((len(q), height, width), np.float32)
+        t = np.empty((height, ex.shape[0]), np.float32)
+        for i in range(len(q)):
+            _matmul_1t(ey, q[i], t)
+            _matmul_1t(t, ex, img[i])
         return img
     lo, hi, cols = spectrum_box(height, width, decay)
     noise = box_noise(noise, height, width, decay)
@@ -236,16 +250,18 @@ def _masks_numpy(noise: np.ndarray, height: int, width: int, decay: float, num, 
     :func:`_binarise_numpy`, with the same arithmetic fused per sample for hard masks on a
     narrow box (each 224x224 image is made and binarised while it is in cache: 3.8 instead of
     6.4 ms per batch of 32 on the 2-core box)."""
-    rows = _box_rows(noise, height, width, decay)
+    blocks = _box_spectra(noise, height, width, decay)
     m, n = len(num), height * width
-    if rows is None or soft.any():
+    if blocks is None or soft.any():
         img = low_freq_numpy(noise, height, width, decay).reshape(m, n)
         return _binarise_numpy(img, num, soft).reshape(m, height, width)
-    t, ex = rows
+    q, ey, ex = blocks
     masks = np.empty((m, n), np.float32)
+    t = np.empty((height, ex.shape[0]), np.float32)
     img, buf = np.empty((height, width), np.float32), np.empty(n, np.float32)
     for i in range(m):
-        np.matmul(t[i], ex, out=img)
+        _matmul_1t(ey, q[i], t)
+        _matmul_1t(t, ex, img)
         _binarise_row(img.reshape(n), num[i], masks[i], buf)
     return masks.reshape(m, height, width)
 
