@@ -65,6 +65,8 @@ def spectrum_box(height: int, width: int, decay: float) -> tuple[int, int, int]:
     It is ``{max(|f_y|, f_x) <= t}`` for the smallest cutoff ``t`` whose dropped power (see the
     module docstring) is at most ``DROP_TOL`` of the total; ``(H, 0, W//2+1)`` when nothing is
     dropped."""
+    if not decay > 0:
+        raise ValueError(f"fmix decay must be > 0, got decay={decay!r}")
     fy = np.abs(np.fft.fftfreq(height))[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
     mult = np.where((np.arange(width // 2 + 1) == 0) | (2 * np.arange(width // 2 + 1) == width), 1.0, 2.0)
@@ -292,11 +294,11 @@ def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device
     lo, hi, cols = spectrum_box(height, width, decay)
     noise = array_to_device(box_noise(noise, height, width, decay), device, torch.float32)
     m = noise.shape[0]
-    full = array_to_device(spectrum_scale(height, width, decay), device, torch.float32)
-    box = torch.complex(noise[..., 0], noise[..., 1])
+    scale = array_to_device(_box_scale(height, width, decay).copy(), device)  # a writable copy for torch
+    box = torch.complex(noise[..., 0], noise[..., 1]) * scale
     spec = torch.zeros((m, height, width // 2 + 1), dtype=box.dtype, device=device)
-    spec[:, :lo, :cols] = box[:, :lo] * full[:lo, :cols]
-    spec[:, height - hi:, :cols] = box[:, lo:] * full[height - hi:, :cols]
+    spec[:, :lo, :cols] = box[:, :lo]
+    spec[:, height - hi:, :cols] = box[:, lo:]
     img = torch.fft.irfft2(spec, s=(height, width)).reshape(m, -1)
     n = height * width
     num_t = array_to_device(num, device)[:, None]
