@@ -108,6 +108,7 @@ def blend_rows(b, size, repeat):
         {"part": "blend: images[perm] + apply_torch (today)", "ms": cpu_ms(current, repeat)},
         {"part": "  of which images[perm] gather", "ms": cpu_ms(lambda: images[perm], repeat)},
         {"part": "  of which the binary-mask check", "ms": cpu_ms(lambda: bool(((masks == 0) | (masks == 1)).all()), repeat)},
+        {"part": "blend: images[perm] + lerp, masks known binary", "ms": cpu_ms(lambda: torch.lerp(images, images[perm], masks[:, None]), repeat)},
         {"part": "blend: pair lerps, no gather (proposal)", "ms": cpu_ms(pairs, repeat)},
     ]
 
