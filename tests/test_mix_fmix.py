@@ -35,6 +35,15 @@ def _irfft2_f64(noise_full, h, w, decay, keep=None):
     return np.fft.irfft2(spec, s=(h, w))
 
 
+def _full_from_box(box, h, w, decay):
+    """Box-layout noise back in the full real-FFT layout, zeros outside the box."""
+    lo, hi, cols = F.spectrum_box(h, w, decay)
+    full = np.zeros((len(box), h, w // 2 + 1, 2), np.float32)
+    full[:, :lo, :cols] = box[:, :lo]
+    full[:, h - hi:, :cols] = box[:, lo:]
+    return full
+
+
 @pytest.mark.parametrize("h,w,decay", [(224, 224, 3.0), (160, 224, 4.0), (96, 128, 3.0), (225, 223, 3.0)])
 def test_spectrum_box_drops_at_most_the_tolerance_and_is_the_smallest_such_box(h, w, decay):
     lo, hi, cols = F.spectrum_box(h, w, decay)
@@ -159,3 +168,22 @@ def test_fused_host_path_is_low_freq_then_binarise_and_soft_masks_use_the_box():
     assert hard.size  # the soft ramp is around the same low-frequency image's threshold
     t = F._masks_torch(noise, h, w, 4.0, *F._counts(drawn, h * w, 0.1), torch.device("cpu")).numpy()
     assert np.abs(t - soft_masks).max() < 1e-3
+
+
+def test_every_matrix_product_is_small_enough_for_one_blas_thread(monkeypatch):
+    """A product OpenBLAS threads stalls 16-32 ms on a loaded 2-core box (fmix._matmul_1t)."""
+    sizes = []
+    real = np.matmul
+
+    def spy(a, b, out=None):
+        sizes.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(F.np, "matmul", spy)
+    noise = F.noise_at(0, 0, np.arange(3), 224, 224)
+    img = F.low_freq_numpy(noise, 224, 224, 3.0)
+    masks, _ = F.masks_from_noise(noise, np.array([0.2, 0.5, 0.9]), np.ones(3, bool), 224, 224)
+    assert len(sizes) > 6 and max(sizes) <= 1 << 18
+    monkeypatch.undo()
+    np.testing.assert_allclose(img, _irfft2_f64(_full_from_box(noise, 224, 224, 3.0), 224, 224, 3.0),
+                               rtol=0, atol=5e-6 * np.abs(img).max())
