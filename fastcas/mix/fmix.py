@@ -10,22 +10,44 @@ linear soft ramp of half-width ``max_soft * H * W``). Differences, on purpose:
 * the kept count is ``round(lam * H * W)`` (the reference picks floor or ceil at random);
 * odd widths use the exact ``rfftfreq`` layout (the reference takes ``w // 2 + 2`` columns);
 * the mask here is 1 where the FOREGROUND is taken, so the top ``round(lam*N)`` pixels are 0
-  and the measured kept-background fraction is exactly ``round(lam*N) / N``.
+  and the measured kept-background fraction is exactly ``round(lam*N) / N``;
+* the spectrum is truncated to a low-frequency box (:func:`spectrum_box`): frequencies with
+  ``max(|f_y|, f_x)`` above a cutoff are zero. The cutoff is the smallest that keeps all but
+  ``DROP_TOL = 1e-6`` of the spectrum's power (``sum mult * scale**2``, DC excluded, ``mult`` = 2
+  for the columns the real FFT stores once for two), so it depends on ``(H, W, decay)`` only:
+  at 224x224 with the default decay 3 the box is 45 x 23 of the 224 x 113 frequencies; when
+  the box would hold more than a quarter of them (``decay <= 2.5`` at 224, or small images)
+  nothing is dropped and the mask is the full-spectrum one, bit for bit as before.
+  Effect, measured on 256 masks at 224x224, decay 3, against the float64 full-spectrum mask of
+  the same noise: 3.0e-4 of the pixels differ (15 of 50176 per mask on average, at most 58), all
+  within 3 pixels of the mask's boundary (decays 3.5, 4 and 5, 128 masks each: 2.3-2.9e-4 of
+  the pixels, within 2 pixels); the kept count and ``lam`` are exact either way. A looser
+  tolerance (1e-5: 1.5 ms less per batch) would also truncate decay 2.5, where the dropped
+  detail moves small islands far from the boundary; hence 1e-6. Why the box at all:
+  the 96% of the noise outside the box cost ~15 ms of host time per batch of 32 (~10 ns per
+  normal on the 2-core box) and its full-size inverse FFT ~10 ms; the box's inverse FFT is two
+  small matrix products (:func:`low_freq_numpy`).
 
-The spectrum noise is always drawn with NumPy on the host (:func:`fmix_masks` from the
-generator it is given; :func:`noise_at` per global position, from ``(seed, epoch, position)``
-alone), so the same parameters give the same noise on every device (issue 12, finding 5).
-With ``device`` a CUDA torch device the FFT, sort and binarisation then run on the device;
+The spectrum noise is always drawn with NumPy on the host, for the kept box only (:func:`fmix_masks`
+from the generator it is given; :func:`noise_at` per global position, from ``(seed, epoch,
+position)`` alone), so the same parameters give the same noise on every device (issue 12,
+finding 5). (Where the box is truncated, a sample's noise is the first ``R * C * 2`` normals of
+its generator in box layout, so those masks differ from releases before the box; lam does not.) With ``device`` a CUDA torch device the FFT, sort and binarisation then run on the
+device (:func:`_masks_torch`: the same truncated spectrum, zero-padded, through ``irfft2``);
 float32 FFTs of different libraries may differ in the last bits, which can move a pixel whose
 value ties the threshold, but the kept count (and so lam) is exact everywhere.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from fastcas._device import array_to_device
-
 from fastcas._rng import generator
+
+DROP_TOL = 1e-6  # share of the spectrum's power the low-frequency box may drop
+_MATMUL_COLS = 48  # the box's inverse FFT as matrix products up to this many columns (else irfft2)
 
 
 def _freqs(height: int, width: int) -> np.ndarray:
@@ -39,6 +61,53 @@ def spectrum_scale(height: int, width: int, decay: float) -> np.ndarray:
     return 1.0 / np.maximum(_freqs(height, width), 1.0 / max(height, width)) ** decay
 
 
+@lru_cache(maxsize=64)
+def spectrum_box(height: int, width: int, decay: float) -> tuple[int, int, int]:
+    """The kept low-frequency box of the real-FFT layout ``[H, W//2+1]`` as ``(rows_lo,
+    rows_hi, cols)``: rows ``[0, rows_lo)`` and ``[H - rows_hi, H)``, columns ``[0, cols)``.
+
+    It is ``{max(|f_y|, f_x) <= t}`` for the smallest cutoff ``t`` whose dropped power (see the
+    module docstring) is at most ``DROP_TOL`` of the total; ``(H, 0, W//2+1)`` when nothing is
+    dropped."""
+    if not decay > 0:
+        raise ValueError(f"fmix decay must be > 0, got decay={decay!r}")
+    fy = np.abs(np.fft.fftfreq(height))[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    mult = np.where((np.arange(width // 2 + 1) == 0) | (2 * np.arange(width // 2 + 1) == width), 1.0, 2.0)
+    power = mult * spectrum_scale(height, width, decay) ** 2
+    power[0, 0] = 0.0  # the mean shifts every pixel alike: it never moves the threshold's rank
+    key = np.maximum(fy, fx)
+    cuts, inv = np.unique(key, return_inverse=True)
+    kept = np.cumsum(np.bincount(inv.reshape(-1), power.reshape(-1), minlength=len(cuts)))
+    t = cuts[np.argmax(kept >= (1.0 - DROP_TOL) * kept[-1])]
+    rows = fy[:, 0] <= t
+    cols = int((fx[0] <= t).sum())
+    if rows.all() or 4 * rows.sum() * cols > height * (width // 2 + 1):
+        return height, 0, width // 2 + 1  # too little to drop to be worth a different mask
+    lo = int(np.argmin(rows))  # rows [0, lo) kept, then a gap, then the kept negative rows
+    return lo, int(rows[lo:].sum()), cols
+
+
+def noise_shape(height: int, width: int, decay: float) -> tuple[int, int, int]:
+    """Shape of one sample's spectrum noise (float32): ``(rows_lo + rows_hi, cols, 2)``, the
+    kept box of :func:`spectrum_box` (real and imaginary parts last)."""
+    lo, hi, cols = spectrum_box(height, width, decay)
+    return lo + hi, cols, 2
+
+
+def box_noise(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
+    """Host noise float32 ``[m, *noise_shape]`` as given, or the box cut out of full-layout
+    noise ``[m, H, W//2+1, 2]`` (what :func:`~fastcas.mix.params.make_params` draws)."""
+    lo, hi, cols = spectrum_box(height, width, decay)
+    box = (lo + hi, cols, 2)
+    if noise.ndim == 4 and noise.shape[1:] == box:
+        return noise
+    if noise.ndim == 4 and noise.shape[1:] == (height, width // 2 + 1, 2):
+        return np.concatenate([noise[:, :lo, :cols], noise[:, height - hi:, :cols]], axis=1)
+    raise ValueError(f"fmix noise must be [m, {box[0]}, {box[1]}, 2] or [m, {height}, {width // 2 + 1}, 2] "
+                     f"for H={height} W={width} decay={decay}, got {list(noise.shape)}")
+
+
 def _counts(drawn: np.ndarray, n: int, max_soft: float):
     """Per sample: kept-background count ``num`` and soft half-width ``soft`` (int64)."""
     num = np.floor(drawn * n + 0.5).astype(np.int64)
@@ -48,19 +117,11 @@ def _counts(drawn: np.ndarray, n: int, max_soft: float):
     return num, soft
 
 
-def _binarise_numpy(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """img float [B, N] -> foreground mask float32 [B, N]; top ``num`` pixels are background."""
-    b, n = img.shape
-    if b == 0:
-        return np.zeros((0, n), np.float32)
-    if not soft.any():
-        s = np.sort(img, axis=1)
-        idx = np.clip(n - num, 0, n - 1)
-        thr = np.take_along_axis(s, idx[:, None], axis=1)
-        bg = (img >= thr) & (num[:, None] > 0)
-        bad = np.flatnonzero(bg.sum(1) != num)  # ties at the threshold: rank exactly
-        if len(bad) == 0:
-            return (~bg).astype(np.float32)
+def _ranked(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """The definition, by exact ranks: pixel ranks by decreasing value (ties: lower index
+    first); rank < num - soft is background (0), >= num + soft foreground (1), a linear ramp
+    between. img float ``[b, N]`` -> float32 ``[b, N]``."""
+    n = img.shape[1]
     ranks = np.empty(img.shape, np.int64)
     np.put_along_axis(ranks, np.argsort(-img, axis=1, kind="stable"), np.arange(n)[None, :], axis=1)
     lo, hi = (num - soft)[:, None], (num + soft)[:, None]
@@ -69,38 +130,179 @@ def _binarise_numpy(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.nd
     return (1.0 - t).astype(np.float32)
 
 
-def low_freq_numpy(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
-    """noise float32 ``[B, H, W//2+1, 2]`` -> low-frequency images float32 ``[B, H, W]``
-    (single precision throughout, as on the GPU: half the memory traffic of float64)."""
+def _binarise_row(row: np.ndarray, num: int, out: np.ndarray, buf: np.ndarray) -> None:
+    """One hard mask: ``row`` float ``[N]`` -> ``out`` float32 ``[N]`` (1 = foreground), the top
+    ``num`` pixels background. The threshold is the row's ``k = N - num``-th smallest value,
+    selected in the scratch ``buf`` ``[N]`` with ``ndarray.partition`` (linear time, one rank:
+    the SIMD select; two ranks measured 1.4x slower); pixels ``>= threshold`` are background,
+    exactly ``num`` of them unless a value below rank ``k`` ties the threshold: then the row is
+    redone by exact ranks (:func:`_ranked`)."""
+    n = row.shape[0]
+    k = n - min(max(int(num), 0), n)
+    if k == n or k == 0:  # no background pixel / every pixel background
+        out[:] = 1.0 if k == n else 0.0
+        return
+    buf[:] = row
+    buf.partition(k)
+    thr = buf[k]
+    if buf[:k].max() == thr:
+        out[:] = _ranked(row[None], np.array([num]), np.zeros(1, np.int64))[0]
+        return
+    np.less(row, thr, out=out, casting="unsafe")
+
+
+def _binarise_numpy(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """img float [B, N] -> foreground mask float32 [B, N]; top ``num`` pixels are background.
+
+    Soft masks: exact ranks (:func:`_ranked`). Hard masks: :func:`_binarise_row`, row by row
+    (each row has its own rank: a multi-rank ``np.partition`` of every row measured 3x slower
+    than a full sort, and a full sort 2-4x slower than the per-row select)."""
+    b, n = img.shape
+    if soft.any():
+        return _ranked(img, num, soft)
+    masks = np.empty((b, n), np.float32)
+    buf = np.empty(n, img.dtype)  # one scratch row, reused: it stays in cache
+    for i in range(b):
+        _binarise_row(img[i], num[i], masks[i], buf)
+    return masks
+
+
+@lru_cache(maxsize=8)
+def _box_scale(height: int, width: int, decay: float) -> np.ndarray:
+    """float32 ``[R, C]``: :func:`spectrum_scale` on the box's rows and columns (read-only)."""
+    lo, hi, cols = spectrum_box(height, width, decay)
     scale = spectrum_scale(height, width, decay).astype(np.float32)
-    spec = (noise[..., 0] + np.complex64(1j) * noise[..., 1]) * scale
-    return np.fft.irfft2(spec, s=(height, width), axes=(-2, -1))
+    scale = np.concatenate([scale[:lo, :cols], scale[height - hi:, :cols]])
+    scale.setflags(write=False)
+    return scale
+
+
+@lru_cache(maxsize=8)
+def _bases(height: int, width: int, lo: int, hi: int, cols: int):
+    """float32 matrices of the box's inverse real FFT (read-only): ``ey [H, 2R]`` = ``[cos |
+    sin]`` of the kept rows' phases, so ``ey @ [[Re, Im], [-Im, Re]]`` is the column-transformed
+    spectrum ``[H, 2C]`` (real, then imaginary part); ``ex [2C, W]`` takes that to pixels (irfft
+    weights 1 for DC and Nyquist columns, else 2, and ``irfft2``'s ``1 / (H W)``)."""
+    ky = np.r_[0:lo, -hi:0]
+    ang = 2 * np.pi * np.outer(np.arange(height), ky) / height
+    ey = np.concatenate([np.cos(ang), np.sin(ang)], axis=1)
+    k = np.arange(cols)
+    wgt = np.where((k == 0) | (2 * k == width), 1.0, 2.0) / (height * width)
+    ang = 2 * np.pi * np.outer(k, np.arange(width)) / width
+    ex = np.concatenate([wgt[:, None] * np.cos(ang), -wgt[:, None] * np.sin(ang)])
+    ey, ex = ey.astype(np.float32), ex.astype(np.float32)
+    ey.setflags(write=False)
+    ex.setflags(write=False)
+    return ey, ex
+
+
+_ONE_THREAD_MNK = 1 << 18  # OpenBLAS runs a product with M*N*K at most this on the calling thread
+
+
+def _matmul_1t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[:] = a @ b`` (2-D float32) in row blocks small enough that OpenBLAS never wakes its
+    worker threads (``M N K <= 65536 * GEMM_MULTITHREAD_THRESHOLD``, 4 by default). Why: on the
+    2-core box under load (DALI decoding on both cores), every threaded product measured
+    16-32 ms of wall time and 8-16 ms of CPU (its workers spin for a scheduler tick) instead of
+    ~0.05 ms; torch's matmul with 2 threads stalls the same way."""
+    rows = max(1, _ONE_THREAD_MNK // max(1, b.shape[0] * b.shape[1]))
+    for s in range(0, a.shape[0], rows):
+        np.matmul(a[s:s + rows], b, out=out[s:s + rows])
+
+
+def _box_spectra(noise: np.ndarray, height: int, width: int, decay: float):
+    """The box's scaled spectrum as real blocks, or None when :func:`low_freq_numpy` uses
+    ``irfft2`` (whole spectrum, or more than ``_MATMUL_COLS`` columns). Returns ``(q, ey, ex)``
+    with ``q`` float32 ``[B, 2R, 2C]`` = ``[[Re, Im], [-Im, Re]]`` per sample: sample ``i``'s
+    image is ``(ey @ q[i]) @ ex`` (:func:`_bases`), computed per sample with :func:`_matmul_1t`
+    (small products on the calling thread; the 200 KB image stays in cache)."""
+    lo, hi, cols = spectrum_box(height, width, decay)
+    if lo == height or cols > _MATMUL_COLS:
+        return None
+    noise = box_noise(noise, height, width, decay)
+    scale = _box_scale(height, width, decay)
+    re, im = noise[..., 0] * scale, noise[..., 1] * scale  # [B, R, C]
+    q = np.concatenate([np.concatenate([re, im], axis=2), np.concatenate([-im, re], axis=2)], axis=1)
+    return (q,) + _bases(height, width, lo, hi, cols)
+
+
+def low_freq_numpy(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
+    """noise float32 ``[B, *noise_shape]`` (or full layout ``[B, H, W//2+1, 2]``) ->
+    low-frequency images float32 ``[B, H, W]``: the inverse real FFT of the box's spectrum,
+    zero elsewhere (single precision throughout, as on the GPU). A narrow box is inverted with
+    two small matrix products per sample (:func:`_box_spectra`: ``[H, 2R] @ [2R, 2C]``, then
+    ``[H, 2C] @ [2C, W]``; ~20x fewer operations than a full-size ``irfft2`` at 224x224); the
+    same sum either way."""
+    blocks = _box_spectra(noise, height, width, decay)
+    if blocks is not None:
+        q, ey, ex = blocks
+        img = np.empty((len(q), height, width), np.float32)
+        t = np.empty((height, ex.shape[0]), np.float32)
+        for i in range(len(q)):
+            _matmul_1t(ey, q[i], t)
+            _matmul_1t(t, ex, img[i])
+        return img
+    lo, hi, cols = spectrum_box(height, width, decay)
+    noise = box_noise(noise, height, width, decay)
+    spec = (noise[..., 0] + np.complex64(1j) * noise[..., 1]) * _box_scale(height, width, decay)
+    if lo < height:  # a wide box: zero-padded
+        zeros = np.zeros((len(spec), height - lo - hi, cols), spec.dtype)
+        spec = np.concatenate([spec[:, :lo], zeros, spec[:, lo:]], 1)
+    return np.fft.irfft2(spec, s=(height, width), axes=(-2, -1)).astype(np.float32, copy=False)
+
+
+def _masks_numpy(noise: np.ndarray, height: int, width: int, decay: float, num, soft) -> np.ndarray:
+    """float32 ``[m, H, W]`` masks on the host: :func:`low_freq_numpy` then
+    :func:`_binarise_numpy`, with the same arithmetic fused per sample for hard masks on a
+    narrow box (each 224x224 image is made and binarised while it is in cache: 3.8 instead of
+    6.4 ms per batch of 32 on the 2-core box)."""
+    blocks = _box_spectra(noise, height, width, decay)
+    m, n = len(num), height * width
+    if blocks is None or soft.any():
+        img = low_freq_numpy(noise, height, width, decay).reshape(m, n)
+        return _binarise_numpy(img, num, soft).reshape(m, height, width)
+    q, ey, ex = blocks
+    masks = np.empty((m, n), np.float32)
+    t = np.empty((height, ex.shape[0]), np.float32)
+    img, buf = np.empty((height, width), np.float32), np.empty(n, np.float32)
+    for i in range(m):
+        _matmul_1t(ey, q[i], t)
+        _matmul_1t(t, ex, img)
+        _binarise_row(img.reshape(n), num[i], masks[i], buf)
+    return masks.reshape(m, height, width)
 
 
 _NOISE_TAG = 0x314  # purpose tag of the per-position FMix noise
 
 
-def noise_at(seed: int, epoch: int, positions, height: int, width: int) -> np.ndarray:
-    """float32 ``[n, H, W//2+1, 2]`` spectrum noise of each global position: one NumPy
-    generator per position seeded from ``(seed, tag, epoch, position)``, so any subset of
-    positions (any split of the batch over ranks) gets the same per-sample noise."""
+def noise_at(seed: int, epoch: int, positions, height: int, width: int, decay: float = 3.0) -> np.ndarray:
+    """float32 ``[n, *noise_shape(H, W, decay)]`` spectrum noise of each global position: one
+    NumPy generator per position seeded from ``(seed, tag, epoch, position)``, drawing the
+    kept box only, so any subset of positions (any split of the batch over ranks) gets the
+    same per-sample noise. (Building the 32 generators of a batch costs ~0.3 ms; the normals
+    themselves cost ~10 ns each on the 2-core box, bulk or not, hence the box.)"""
     g = np.asarray(positions, np.int64).reshape(-1)
-    out = np.empty((len(g), height, width // 2 + 1, 2), np.float32)
+    out = np.empty((len(g),) + noise_shape(height, width, decay), np.float32)
     for j, p in enumerate(g.tolist()):
-        out[j] = generator(int(seed), _NOISE_TAG, int(epoch), p).standard_normal(out.shape[1:], dtype=np.float32)
+        generator(int(seed), _NOISE_TAG, int(epoch), p).standard_normal(out.shape[1:], dtype=np.float32, out=out[j])
     return out
 
 
 def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device):
-    """Torch twin of the NumPy mask builder: host ``noise`` float32 [m, H, W//2+1, 2] is copied
-    to ``device`` (pinned, non-blocking, like every host input here); FFT, sort and binarisation
-    run there."""
+    """Torch twin of the NumPy mask builder: host ``noise`` (as :func:`low_freq_numpy` takes it)
+    is cut to the box and copied to ``device`` (pinned, non-blocking, like every host input
+    here); the same truncated spectrum is zero-padded and inverted with ``irfft2`` there, then
+    sorted and binarised there."""
     import torch
 
-    noise = array_to_device(noise, device, torch.float32)
+    lo, hi, cols = spectrum_box(height, width, decay)
+    noise = array_to_device(box_noise(noise, height, width, decay), device, torch.float32)
     m = noise.shape[0]
-    scale = array_to_device(spectrum_scale(height, width, decay), device, torch.float32)
-    spec = torch.complex(noise[..., 0], noise[..., 1]) * scale
+    scale = array_to_device(_box_scale(height, width, decay).copy(), device)  # a writable copy for torch
+    box = torch.complex(noise[..., 0], noise[..., 1]) * scale
+    spec = torch.zeros((m, height, width // 2 + 1), dtype=box.dtype, device=device)
+    spec[:, :lo, :cols] = box[:, :lo]
+    spec[:, height - hi:, :cols] = box[:, lo:]
     img = torch.fft.irfft2(spec, s=(height, width)).reshape(m, -1)
     n = height * width
     num_t = array_to_device(num, device)[:, None]
@@ -114,10 +316,10 @@ def _masks_torch(noise, height: int, width: int, decay: float, num, soft, device
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(n, device=device).expand(m, n))
     soft_t = array_to_device(soft, device)[:, None]
-    lo = num_t - soft_t
-    hi = num_t + soft_t
-    ramp = 1.0 - (ranks - lo).double() / torch.clamp(hi - lo - 1, min=1).double()
-    t = torch.where(ranks < lo, 1.0, torch.where(ranks >= hi, 0.0, ramp))
+    lo_t = num_t - soft_t
+    hi_t = num_t + soft_t
+    ramp = 1.0 - (ranks - lo_t).double() / torch.clamp(hi_t - lo_t - 1, min=1).double()
+    t = torch.where(ranks < lo_t, 1.0, torch.where(ranks >= hi_t, 0.0, ramp))
     return (1.0 - t).to(torch.float32).reshape(m, height, width)
 
 
@@ -129,19 +331,21 @@ def fmix_masks(rng: np.random.Generator, drawn: np.ndarray, mixed: np.ndarray, h
     drawn: float64 ``[B]`` Beta draws; mixed: bool ``[B]``. Returns ``(masks, lam)``: masks float32
     ``[B, H, W]`` (NumPy, or a torch tensor on ``device`` when that is a CUDA device), 1 =
     foreground, zero for unmixed samples; lam float64 ``[B]`` = kept-background fraction,
-    exactly ``round(drawn * H * W) / (H * W)`` for mixed samples, 1 otherwise.
+    exactly ``round(drawn * H * W) / (H * W)`` for mixed samples, 1 otherwise. The noise is
+    drawn from ``rng`` for the kept box only (:func:`noise_shape`).
     """
     b = len(drawn)
     m = min(b, 1) if batch_mode else b
-    noise = rng.standard_normal((m, height, width // 2 + 1, 2), dtype=np.float32)
+    noise = rng.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
     return masks_from_noise(noise, drawn, mixed, height, width, decay=decay, max_soft=max_soft,
                             batch_mode=batch_mode, device=device)
 
 
 def masks_from_noise(noise: np.ndarray, drawn: np.ndarray, mixed: np.ndarray, height: int, width: int, *,
                      decay: float = 3.0, max_soft: float = 0.0, batch_mode: bool = False, device=None):
-    """Masks and lam (as :func:`fmix_masks`) from host ``noise`` float32 ``[m, H, W//2+1, 2]``
-    (``m = B``, or 1 in batch mode); NumPy, or torch on ``device`` when it is a CUDA device."""
+    """Masks and lam (as :func:`fmix_masks`) from host ``noise`` float32 ``[m, *noise_shape]``
+    or in the full layout ``[m, H, W//2+1, 2]`` (``m = B``, or 1 in batch mode; only the box
+    is used); NumPy, or torch on ``device`` when it is a CUDA device."""
     if not decay > 0:
         raise ValueError(f"fmix decay must be > 0, got decay={decay!r}")
     if not 0.0 <= max_soft <= 0.5:
@@ -159,8 +363,7 @@ def masks_from_noise(noise: np.ndarray, drawn: np.ndarray, mixed: np.ndarray, he
             masks = masks.expand(b, height, width)
         keep = array_to_device(mixed, masks.device)[:, None, None]
         return (masks * keep).contiguous(), lam.astype(np.float64)
-    img = low_freq_numpy(noise[:m], height, width, decay).reshape(m, n)
-    masks = _binarise_numpy(img, num, soft).reshape(m, height, width)
+    masks = _masks_numpy(noise[:m], height, width, decay, num, soft)
     if batch_mode:
         masks = np.repeat(masks, b, axis=0)
     masks[~mixed] = 0.0

@@ -199,8 +199,10 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
     def centres(n):
         return generator.integers(0, height, size=n), generator.integers(0, width, size=n)
 
-    def noise(m):
-        return generator.standard_normal((m, height, width // 2 + 1, 2), dtype=np.float32)
+    def noise(m):  # the kept low-frequency box only (the whole spectrum when nothing is dropped)
+        from .fmix import noise_shape
+
+        return generator.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
 
     return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
                   decay=decay, max_soft=max_soft, saliency=saliency, device=device)
@@ -316,7 +318,7 @@ def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, wid
     def noise(m):
         from .fmix import noise_at
 
-        return noise_at(seed, epoch, src[:m], height, width)
+        return noise_at(seed, epoch, src[:m], height, width, decay)
 
     return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
                   decay=decay, max_soft=max_soft, saliency=saliency, device=device)
