@@ -124,7 +124,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
                 fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
-                mixed = bg ^ ((bg ^ fg) & args["masks"])
+                masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
+                mixed = bg ^ ((bg ^ fg) & masks)
             return (normalise(mixed, 0), *labels, lam, raw[-1])
         outs = []
         for (img, mirror), label in zip(images, labels):
