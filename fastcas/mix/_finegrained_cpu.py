@@ -41,8 +41,8 @@ def _key_to_float(key, ibuf, fbuf):
 
 @njit(**_JIT)
 def _scale_u8(img, keys, out, raw):
-    """img [C, H, W] -> out int32 [C, H, W]: kept as is when ``raw`` (uint8 input), else min-max
-    scaled in float64 and floored (``_to_uint8``). keys: img's bits as signed integers of its
+    """img [C, H, W] -> out int32 [C, H, W]: kept as is when ``raw`` (uint8 values, passed as
+    float32), else min-max scaled in float64 and floored (``_to_uint8``). keys: img's bits as signed integers of its
     width (flat), whose order-preserving transform gives the minimum and maximum with
     vectorised integer reductions instead of a scalar chain of float comparisons."""
     c, h, w = img.shape
@@ -207,8 +207,8 @@ def _image_map(img, keys, raw, u8, g0, g1, integ, widths, gf, son, soff, sal):
 
 @njit(**_JIT)
 def finegrained_batch(images, keys, raw, sal, arg):
-    """images [B, C, H, W] (C = 1 or 3; uint8, float32 or float64, C-contiguous; ``raw``: True
-    for uint8, whose values are used as they are); keys [B, C * H * W]: the float images' bits
+    """images [B, C, H, W] (C = 1 or 3; float32 or float64, C-contiguous; ``raw``: True for
+    uint8 values passed as float32, used as they are); keys [B, C * H * W]: the float images' bits
     as int32 / int64 (a view, ignored when ``raw``) -> sal int32 [B, H, W] (the maps) and arg
     int64 [B] (flat index of each map's first maximum)."""
     b, c, h, w = images.shape

@@ -102,21 +102,22 @@ def _prepare(images, backend):
 
 def _numba(images):
     """The CPU twin (:mod:`fastcas.mix._finegrained_cpu`): (int32 [B, H, W] maps, int64 [B]
-    argmax), NumPy. uint8, float32 and float64 go in as they are; other dtypes are widened to
-    float64 first, which is what the torch path computes with."""
+    argmax), NumPy. float32 and float64 go in as they are; uint8 goes in as float32 flagged
+    ``raw`` (exact, and one compiled kernel fewer); other dtypes are widened to float64 first,
+    which is what the torch path computes with."""
     import torch
 
     from ._finegrained_cpu import finegrained_batch
 
     x = images.detach()
-    if x.dtype not in (torch.uint8, torch.float32, torch.float64):
-        x = x.to(torch.float64)
+    raw = x.dtype == torch.uint8
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32 if raw else torch.float64)
     a = np.ascontiguousarray(x.numpy())
     b, _, h, w = a.shape
     sal = np.empty((b, h, w), np.int32)
     arg = np.zeros(b, np.int64)
     if b and h and w:
-        raw = a.dtype == np.uint8
         keys = np.zeros((b, 1), np.int32) if raw else a.reshape(b, -1).view(
             np.int32 if a.dtype == np.float32 else np.int64)
         finegrained_batch(a, keys, raw, sal, arg)
