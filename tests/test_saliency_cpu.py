@@ -33,9 +33,15 @@ def _both(x):
 @pytest.mark.parametrize("c", [1, 3])
 def test_numba_maps_and_argmax_equal_the_torch_definition(shape, c):
     rng = np.random.default_rng(hash((shape, c)) % 2**32)
-    for dtype in ("uint8", "float32", "quantised", "float64", "float16", "int16"):
-        x = _random(rng, 3, c, *shape, dtype) if dtype != "int16" else \
-            torch.from_numpy(rng.integers(-900, 900, (3, c, *shape), dtype=np.int16))
+    for dtype in ("uint8", "float32", "quantised", "float64", "float16", "bfloat16", "int16",
+                  "int32", "channels_last"):
+        if dtype.startswith("int"):  # int32 values beyond 2**24: float32 would round them
+            top = 2**15 if dtype == "int16" else 2**30
+            x = torch.from_numpy(rng.integers(-top, top, (3, c, *shape)).astype(dtype))
+        elif dtype == "channels_last":  # read in place, in channels-last order
+            x = _random(rng, 3, c, *shape, "quantised").contiguous(memory_format=torch.channels_last)
+        else:
+            x = _random(rng, 3, c, *shape, dtype)
         t_map, n_map = _both(x)
         assert n_map.dtype == torch.int32 and n_map.shape == (3, *shape)
         torch.testing.assert_close(n_map, t_map, rtol=0, atol=0, msg=f"{dtype} {c}x{shape}")
@@ -107,3 +113,15 @@ def test_numba_equals_opencv_on_real_photos():
             np.testing.assert_array_equal(finegrained_saliency(x, backend="numba").numpy(), ref)
             np.testing.assert_array_equal(finegrained_argmax(x, backend="numba").numpy(),
                                           ref.reshape(len(x), -1).argmax(1))
+
+
+def test_wide_integers_are_scaled_exactly_like_the_definition():
+    # int32 values just below a level boundary, which float32 would round onto the boundary
+    rng = np.random.default_rng(11)
+    levels = rng.integers(1, 255, (2, 3, 12, 10))
+    x = torch.from_numpy((levels * 2**23 - 1).astype(np.int32))
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = 0, 255 * 2**23 - 1  # lo and hi
+    t_map, n_map = _both(x)
+    torch.testing.assert_close(n_map, t_map, rtol=0, atol=0)
+    lossy = finegrained_saliency(x.float(), backend="torch")
+    assert not torch.equal(lossy, t_map)  # the test input does tell float32 from float64

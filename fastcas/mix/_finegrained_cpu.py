@@ -51,16 +51,14 @@ def _key_to_float(key, ibuf, fbuf):
 
 @njit(**_JIT)
 def _scale_u8(img, keys, out, raw):
-    """img [C, H, W] -> out int32 [C, H, W]: kept as is when ``raw`` (uint8 values, passed as
-    float32), else min-max scaled in float64 and floored (``_to_uint8``). keys: img's bits as signed integers of its
-    width (flat), whose order-preserving transform gives the minimum and maximum with
-    vectorised integer reductions instead of a scalar chain of float comparisons."""
-    c, h, w = img.shape
+    """img (flat, any layout) -> out int32 (flat, same order): kept as is when ``raw`` (uint8
+    values, passed as float32), else min-max scaled in float64 and floored (``_to_uint8``).
+    keys: img's bits as signed integers of its width, whose order-preserving transform gives the
+    minimum and maximum with vectorised integer reductions instead of a scalar chain of float
+    comparisons."""
     if raw:
-        for k in range(c):
-            for y in range(h):
-                for x in range(w):
-                    out[k, y, x] = np.int32(img[k, y, x])
+        for i in range(img.shape[0]):
+            out[i] = np.int32(img[i])
         return
     mask = _SIGNLESS[keys.itemsize // 8]
     klo = keys[0] if keys[0] >= 0 else keys[0] ^ mask
@@ -80,12 +78,8 @@ def _scale_u8(img, keys, out, raw):
         return
     # an exact float64 division per element (vectorised): a multiply by a reciprocal would
     # differ where (x - lo) / span * 255 lands on an integer, i.e. on every normalised uint8 image
-    for k in range(c):
-        for y in range(h):
-            row = img[k, y]
-            dst = out[k, y]
-            for x in range(w):
-                dst[x] = np.int32(np.floor(((np.float64(row[x]) - lo) / span) * 255.0))
+    for i in range(img.shape[0]):
+        out[i] = np.int32(np.floor(((np.float64(img[i]) - lo) / span) * 255.0))
 
 
 @njit(**_JIT)
@@ -112,24 +106,33 @@ def _blur121(src, tmp, dst):
 
 
 @njit(**_JIT)
-def _image_map(img, keys, raw, u8, g0, g1, integ, widths, gf, son, soff, sal):
-    """Saliency of one image img [C, H, W] into sal int32 [H, W]. Scratch: u8 int32 [C, H, W],
+def _image_map(img, keys, raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, sal):
+    """Saliency of one image img (C-contiguous [C, H, W], or [H, W, C] when ``nhwc``) into sal
+    int32 [H, W]. Scratch: u8 int32 [C * H * W] (img's scaled values, in img's order),
     g0 / g1 int32 [H, W], integ float32 [H + 1, W + 1 + 2 * PAD] (the integral image, each row
     edge-replicated by PAD columns on both sides, so a clamped corner column ``clamp(j, 0, W)``
     is simply column ``j + PAD``: every load of a row is contiguous and the loop vectorises),
     widths int32 [scales, W] (``x2 - x1`` of the clamped boxes), gf float32 [W] (one grey
     row), son / soff float32 [H, W].
     Returns the flat index of the first maximum of ``sal``."""
-    c, h, w = img.shape
-    _scale_u8(img, keys, u8, raw)
+    h, w = g0.shape
+    c = u8.shape[0] // (h * w)
+    _scale_u8(img.reshape(u8.shape[0]), keys, u8, raw)
     if c == 1:
         for y in range(h):
             for x in range(w):
-                g0[y, x] = u8[0, y, x]
-    else:
+                g0[y, x] = u8[y * w + x]
+    elif nhwc:  # channels-last memory: the pixel's three values are adjacent
+        px = u8.reshape((h, w, c))
         for y in range(h):
             for x in range(w):
-                g0[y, x] = (7470 * u8[0, y, x] + 38470 * u8[1, y, x] + 19596 * u8[2, y, x]
+                g0[y, x] = (7470 * px[y, x, 0] + 38470 * px[y, x, 1] + 19596 * px[y, x, 2]
+                            + 32768) >> 16
+    else:
+        pl = u8.reshape((c, h, w))
+        for y in range(h):
+            for x in range(w):
+                g0[y, x] = (7470 * pl[0, y, x] + 38470 * pl[1, y, x] + 19596 * pl[2, y, x]
                             + 32768) >> 16
     _blur121(g0, g1, g0)
     _blur121(g0, g1, g0)
@@ -217,13 +220,17 @@ def _image_map(img, keys, raw, u8, g0, g1, integ, widths, gf, son, soff, sal):
 
 
 @njit(**_JIT)
-def finegrained_batch(images, keys, raw, sal, arg):
-    """images [B, C, H, W] (C = 1 or 3; float32 or float64, C-contiguous; ``raw``: True for
-    uint8 values passed as float32, used as they are); keys [B, C * H * W]: the float images' bits
+def finegrained_batch(images, keys, raw, nhwc, sal, arg):
+    """images [B, C, H, W], or [B, H, W, C] when ``nhwc`` (channels-last memory: no reordering
+    copy) (C = 1 or 3; float32 or float64, C-contiguous; ``raw``: True for uint8 values passed
+    as float32, used as they are); keys [B, C * H * W]: the float images' bits
     as int32 / int64 (a view, ignored when ``raw``) -> sal int32 [B, H, W] (the maps) and arg
     int64 [B] (flat index of each map's first maximum)."""
-    b, c, h, w = images.shape
-    u8 = np.empty((c, h, w), dtype=np.int32)
+    if nhwc:
+        b, h, w, c = images.shape
+    else:
+        b, c, h, w = images.shape
+    u8 = np.empty(c * h * w, dtype=np.int32)
     g0 = np.empty((h, w), dtype=np.int32)
     g1 = np.empty((h, w), dtype=np.int32)
     integ = np.empty((h + 1, w + 1 + 2 * PAD), dtype=np.float32)
@@ -236,4 +243,4 @@ def finegrained_batch(images, keys, raw, sal, arg):
     son = np.empty((h, w), dtype=np.float32)
     soff = np.empty((h, w), dtype=np.float32)
     for i in range(b):
-        arg[i] = _image_map(images[i], keys[i], raw, u8, g0, g1, integ, widths, gf, son, soff, sal[i])
+        arg[i] = _image_map(images[i], keys[i], raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, sal[i])

@@ -102,9 +102,10 @@ def _prepare(images, backend):
 
 def _numba(images):
     """The CPU twin (:mod:`fastcas.mix._finegrained_cpu`): (int32 [B, H, W] maps, int64 [B]
-    argmax), NumPy. float32 and float64 go in as they are; uint8 goes in as float32 flagged
-    ``raw`` (exact, and one compiled kernel fewer); other dtypes are widened to float64 first,
-    which is what the torch path computes with."""
+    argmax), NumPy. float32 and float64 go in as they are, channels-last batches without a
+    reordering copy; uint8 goes in as float32 flagged ``raw`` (exact, and one compiled kernel
+    fewer); other dtypes as float32 where that is exact, else float64 (what the torch path
+    computes with)."""
     import torch
 
     from ._finegrained_cpu import finegrained_batch
@@ -112,15 +113,19 @@ def _numba(images):
     x = images.detach()
     raw = x.dtype == torch.uint8
     if x.dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32 if raw else torch.float64)
-    a = np.ascontiguousarray(x.numpy())
-    b, _, h, w = a.shape
+        # uint8, and dtypes whose every value float32 holds exactly, go in as float32: the
+        # float64 values the torch path scales are the same
+        exact32 = (torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.bool)
+        x = x.to(torch.float32 if x.dtype in exact32 else torch.float64)
+    b, c, h, w = x.shape
+    nhwc = not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous()
+    a = x.permute(0, 2, 3, 1).numpy() if nhwc else np.ascontiguousarray(x.numpy())
     sal = np.empty((b, h, w), np.int32)
     arg = np.zeros(b, np.int64)
     if b and h and w:
         keys = np.zeros((b, 1), np.int32) if raw else a.reshape(b, -1).view(
             np.int32 if a.dtype == np.float32 else np.int64)
-        finegrained_batch(a, keys, raw, sal, arg)
+        finegrained_batch(a, keys, raw, nhwc, sal, arg)
     return sal, arg
 
 
