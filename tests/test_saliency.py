@@ -28,21 +28,23 @@ def _opencv_maps(images):
     return np.stack([finegrained_map(img) for img in np.asarray(images)]).astype(np.int32)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("size", [(224, 224), (97, 61), (33, 130)])
-def test_batched_finegrained_equals_opencv_on_real_photos(size):
+def test_batched_finegrained_equals_opencv_on_real_photos(size, backend):
     x = _photos(size)
-    got = finegrained_saliency(torch.from_numpy(x)).numpy()
+    got = finegrained_saliency(torch.from_numpy(x), backend=backend).numpy()
     np.testing.assert_array_equal(got, _opencv_maps(x))  # bit-exact, every pixel
 
 
-def test_float_normalised_batches_and_numpy_input_match_opencv():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_float_normalised_batches_and_numpy_input_match_opencv(backend):
     x = _photos((64, 48), limit=6)
     xf = (torch.from_numpy(x).float() / 255 - 0.45) / 0.225  # what the loader hands over
     ref = _opencv_maps(xf.numpy())
-    np.testing.assert_array_equal(finegrained_saliency(xf).numpy(), ref)
-    np.testing.assert_array_equal(finegrained_saliency(xf.numpy()).numpy(), ref)
+    np.testing.assert_array_equal(finegrained_saliency(xf, backend=backend).numpy(), ref)
+    np.testing.assert_array_equal(finegrained_saliency(xf.numpy(), backend=backend).numpy(), ref)
     # a sample's map does not depend on the rest of the batch
-    np.testing.assert_array_equal(finegrained_saliency(xf[2:3]).numpy()[0], ref[2])
+    np.testing.assert_array_equal(finegrained_saliency(xf[2:3], backend=backend).numpy()[0], ref[2])
 
 
 def test_default_saliency_centre_is_the_reference_argmax_and_inside_the_box():
@@ -61,11 +63,13 @@ def test_default_saliency_centre_is_the_reference_argmax_and_inside_the_box():
     assert inside[nonempty].mean() >= 0.85 and inside[nonempty].all()
 
 
-def test_single_channel_and_flat_images():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_single_channel_and_flat_images(backend):
     x = _photos((40, 30), limit=4)[:, :1]
-    np.testing.assert_array_equal(finegrained_saliency(torch.from_numpy(x)).numpy(), _opencv_maps(x))
+    np.testing.assert_array_equal(finegrained_saliency(torch.from_numpy(x), backend=backend).numpy(),
+                                  _opencv_maps(x))
     flat = torch.full((2, 3, 20, 20), 7, dtype=torch.uint8)
-    assert (finegrained_saliency(flat) == 0).all()
+    assert (finegrained_saliency(flat, backend=backend) == 0).all()
     with pytest.raises(ValueError, match="1 or 3 channels"):
         finegrained_saliency(torch.zeros(1, 2, 8, 8))
 

@@ -23,6 +23,11 @@ tables. Steps, each batched over ``B``:
 
 Input images are min-max scaled per image to uint8 first (as :func:`fastcas.mix.saliency.
 finegrained_map` does before calling OpenCV), so float normalised batches work directly.
+
+The torch code here is the definition and runs on any device (the CUDA path). On the CPU the
+default is its Numba twin :mod:`fastcas.mix._finegrained_cpu` (one pass per image, the same
+dtypes and order of operations, bit-identical; tested on photos and random images of many
+sizes), about 20x faster on one core.
 """
 from __future__ import annotations
 
@@ -39,15 +44,15 @@ def _to_uint8(images):
 
     if images.dtype == torch.uint8:
         return images.to(torch.int32)
-    x = images.to(torch.float64)
+    x = images.to(torch.float64, copy=True)  # never the caller's tensor: scaled in place below
     b = x.shape[0]
-    flat = x.reshape(b, -1)
-    lo = flat.min(dim=1).values.view(b, 1, 1, 1)
-    hi = flat.max(dim=1).values.view(b, 1, 1, 1)
-    span = hi - lo
-    scaled = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)),
-                         torch.zeros_like(x))
-    return torch.floor(scaled * 255).to(torch.int32)
+    lo, hi = x.reshape(b, -1).aminmax(dim=1)
+    lo, hi = lo.view(b, 1, 1, 1), hi.view(b, 1, 1, 1)
+    ok = (hi - lo) > 0
+    span = torch.where(ok, hi - lo, torch.ones_like(lo))
+    x.sub_(lo).div_(span).mul_(255).floor_()
+    x.masked_fill_(~ok, 0)  # flat images (and NaN ones) map to 0
+    return x.to(torch.int32)
 
 
 def _grey(u8):
@@ -75,43 +80,109 @@ def _blur121(g):
     return (taps(taps(g, 1), 2) + 8) >> 4
 
 
-def finegrained_saliency(images):
-    """OpenCV ``StaticSaliencyFineGrained`` maps, batched.
+BACKENDS = ("auto", "torch", "numba")
 
-    images: ``[B, C, H, W]`` torch tensor (C = 1 or 3; uint8, or any float: min-max scaled per
-    image) on any device, or a NumPy array (run through torch on the CPU). Returns int32
-    ``[B, H, W]`` maps in 0..255 on the same device (OpenCV's float map times 255).
-    """
+
+def _prepare(images, backend):
+    """Validated torch tensor of the batch and the backend to run it with."""
     import torch
 
+    if backend not in BACKENDS:
+        raise ValueError(f"fine-grained saliency backend must be one of {BACKENDS}, got {backend!r}")
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
-    b, c, h, w = images.shape
-    if c not in (1, 3):
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"fine-grained saliency needs 1 or 3 channels, got shape {list(images.shape)}")
+    if backend == "auto":
+        backend = "numba" if images.device.type == "cpu" else "torch"
+    if backend == "numba" and images.device.type != "cpu":
+        raise ValueError(f"backend='numba' runs on the CPU; the images are on {images.device}")
+    return images, backend
+
+
+def _numba(images):
+    """The CPU twin (:mod:`fastcas.mix._finegrained_cpu`): (int32 [B, H, W] maps, int64 [B]
+    argmax), NumPy. float32 and float64 go in as they are, channels-last batches without a
+    reordering copy; uint8 goes in as float32 flagged ``raw`` (exact, and one compiled kernel
+    fewer); other dtypes as float32 where that is exact, else float64 (what the torch path
+    computes with)."""
+    import torch
+
+    from ._finegrained_cpu import finegrained_batch
+
+    x = images.detach()
+    raw = x.dtype == torch.uint8
+    if x.dtype not in (torch.float32, torch.float64):
+        # uint8, and dtypes whose every value float32 holds exactly, go in as float32: the
+        # float64 values the torch path scales are the same
+        exact32 = (torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.bool)
+        x = x.to(torch.float32 if x.dtype in exact32 else torch.float64)
+    b, c, h, w = x.shape
+    nhwc = not x.is_contiguous() and x.permute(0, 2, 3, 1).is_contiguous()
+    a = x.permute(0, 2, 3, 1).numpy() if nhwc else np.ascontiguousarray(x.numpy())
+    sal = np.empty((b, h, w), np.int32)
+    arg = np.zeros(b, np.int64)
+    if b and h and w:
+        keys = np.zeros((b, 1), np.int32) if raw else a.reshape(b, -1).view(
+            np.int32 if a.dtype == np.float32 else np.int64)
+        finegrained_batch(a, keys, raw, nhwc, sal, arg)
+    return sal, arg
+
+
+def finegrained_saliency(images, backend: str = "auto"):
+    """OpenCV ``StaticSaliencyFineGrained`` maps, batched.
+
+    images: ``[B, C, H, W]`` torch tensor (C = 1 or 3; uint8, or any real dtype: min-max scaled
+    per image; finite values) on any device, or a NumPy array (run on the CPU). Returns int32
+    ``[B, H, W]`` maps in 0..255 on the same device (OpenCV's float map times 255).
+    backend: "torch" (the definition, any device), "numba" (its bit-identical CPU twin, about
+    20x faster on one core) or "auto" (numba on the CPU, torch elsewhere).
+    """
+    images, backend = _prepare(images, backend)
+    if backend == "numba":
+        import torch
+
+        return torch.from_numpy(_numba(images)[0])
+    return _saliency_torch(images)
+
+
+def _saliency_torch(images):
+    """The definition: batched torch ops on the images' device (see the module docstring)."""
+    import torch
+
+    b, c, h, w = images.shape
     dev = images.device
     g = _blur121(_blur121(_grey(_to_uint8(images))))
     # OpenCV keeps the integral in float32 (exact: every entry is an integer below 2**24) and
     # adds the four corners left to right in float32, where (A + B) can pass 2**24 and round:
     # reproduced on purpose, so the maps are OpenCV's bit for bit
-    integral = torch.zeros((b, h + 1, w + 1), dtype=torch.float32, device=dev)
-    integral[:, 1:, 1:] = g.to(torch.int64).cumsum(1).cumsum(2).to(torch.float32)
+    integral = torch.zeros((b, 1, h + 1, w + 1), dtype=torch.float32, device=dev)
+    integral[:, 0, 1:, 1:] = g.to(torch.int64).cumsum(1).cumsum(2).to(torch.float32)
+    # edge-replicated by PAD on every side, entry clamp(j, 0, size) of the integral is padded
+    # entry j + PAD: each corner of every scale is a plain strided view (no gather, no copy)
+    pad = max(NEIGHBOURHOODS)
+    padded = torch.nn.functional.pad(integral, (pad, pad, pad, pad), mode="replicate")[:, 0]
     gf = g.to(torch.float32)
     ys = torch.arange(h, device=dev)
     xs = torch.arange(w, device=dev)
     # small integers (<= 6 * 255): exact in float32, converted once at the end
-    sum_on = torch.zeros((b, h, w), dtype=torch.float32, device=dev)
-    sum_off = torch.zeros_like(sum_on)
+    sum_abs = torch.zeros((b, h, w), dtype=torch.float32, device=dev)
+    sum_d = torch.zeros_like(sum_abs)
     for n in NEIGHBOURHOODS:  # six scales: a fixed, tiny loop (not over the batch)
-        y1, y2 = (ys - n + 1).clamp(0, h), (ys + n + 1).clamp(0, h)
-        x1, x2 = (xs - n + 1).clamp(0, w), (xs + n + 1).clamp(0, w)
-        r1, r2 = integral.index_select(1, y1), integral.index_select(1, y2)
-        box = (r2.index_select(2, x2) + r1.index_select(2, x1) - r2.index_select(2, x1)
-               - r1.index_select(2, x2))
-        area = ((x2 - x1).view(1, w) * (y2 - y1).view(h, 1) - 1).to(torch.float32)
+        lo, hi = pad - n + 1, pad + n + 1          # padded offsets of the corners p - n + 1, p + n + 1
+        r1 = padded[:, lo:lo + h]
+        r2 = padded[:, hi:hi + h]
+        box = (r2[:, :, hi:hi + w] + r1[:, :, lo:lo + w] - r2[:, :, lo:lo + w] - r1[:, :, hi:hi + w])
+        dy = (ys + n + 1).clamp(max=h) - (ys - n + 1).clamp(min=0)
+        dx = (xs + n + 1).clamp(max=w) - (xs - n + 1).clamp(min=0)
+        area = (dx.view(1, w) * dy.view(h, 1) - 1).to(torch.float32)
         d = torch.trunc(gf - (box - gf) / area)  # trunc(-v) == -trunc(v): one rounding for both
-        sum_on += d.clamp(min=0)
-        sum_off -= d.clamp(max=0)
+        sum_abs += d.abs()
+        sum_d += d
+    # on = sum of the positive parts, off = sum of the negative parts' magnitudes (exact: small
+    # integers in float32)
+    sum_on = (sum_abs + sum_d) * 0.5
+    sum_off = (sum_abs - sum_d) * 0.5
     on = _normalise(sum_on.to(torch.int32))
     off = _normalise(sum_off.to(torch.int32))
     top = torch.maximum(on.reshape(b, -1).max(1).values, off.reshape(b, -1).max(1).values)
@@ -130,8 +201,15 @@ def _normalise(s):
     return torch.trunc(255.0 * q.to(torch.float64)).to(torch.int32)
 
 
-def finegrained_argmax(images):
+def finegrained_argmax(images, backend: str = "auto"):
     """Flat index (int64 ``[B]``, on the images' device) of the first maximum in raster order
-    of each image's fine-grained saliency map — the SaliencyMix reference's box centre."""
-    sal = finegrained_saliency(images)
+    of each image's fine-grained saliency map — the SaliencyMix reference's box centre.
+    backend: as :func:`finegrained_saliency` ("auto": the Numba twin on the CPU, which releases
+    the GIL, so the loader's prefetch thread runs it beside the training thread)."""
+    images, backend = _prepare(images, backend)
+    if backend == "numba":
+        import torch
+
+        return torch.from_numpy(_numba(images)[1])
+    sal = _saliency_torch(images)
     return sal.reshape(sal.shape[0], -1).argmax(dim=1)
