@@ -2,8 +2,9 @@
 
     external_source(SampleSource, parallel, per sample)
       -> decoders.image_slice (ROI decode of the crop window; "mixed" on GPU, "cpu" without)
-      -> resize to S x S -> crop_mirror_normalize (flip, ImageNet mean/std, CHW/HWC, fp32/fp16)
-    mixing in the graph: ... -> resize -> flip -> multi_paste (CutMix) or a masked select
+      -> resize to S x S, flipped by a right-to-left ROI
+      -> crop_mirror_normalize (ImageNet mean/std, CHW/HWC, fp32/fp16)
+    mixing in the graph: ... -> resize (+ flip) -> multi_paste (CutMix) or a masked select
       (FMix) with the partner's pixels -> normalize
 
 Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
@@ -67,8 +68,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped.
 
     With ``source.config.paste`` (mixing in the graph) the outputs are (mixed images, the labels
-    of each stream, lam float64 [B, 1], skipped): each stream's images are flipped as uint8 HWC,
-    then mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
+    of each stream, lam float64 [B, 1], skipped): each stream's resized (and flipped) uint8 HWC
+    images are mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
     CutMix: ``fn.multi_paste`` copies the partner's box; FMix (binary masks): a bitwise select
     ``bg ^ ((bg ^ fg) & mask)`` with the partner from ``fn.permute_batch`` — then one
     normalisation without mirror. Both are copies of whole pixels and normalisation is per
@@ -84,9 +85,9 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     paste = bool(source.paste_outputs())
     mix_types = {"lam": types.FLOAT64, "masks": types.UINT8}  # the other mixing outputs are int32
 
-    def normalise(img, mirror):
+    def normalise(img):
         return fn.crop_mirror_normalize(
-            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],
+            img, crop=(S, S), mean=[255 * m for m in IMAGENET_MEAN],
             std=[255 * s_ for s_ in IMAGENET_STD], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
             output_layout="HWC" if cfg.channels_last else "CHW")
 
@@ -107,29 +108,31 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device=decoder_device,
                                           output_type=types.RGB, axis_names="WH")
             if source.config.train:
-                img = fn.resize(img, size=[S, S])
+                # the flip is folded into the resize (its ROI runs right to left): no extra pass,
+                # and pasted pixels carry their own sample's flip
+                lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
+                hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
+                img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True)
             else:
                 img = fn.resize(img, resize_shorter=round(S / EVAL_CROP_FRACTION))
-            if paste:  # flip before pasting, so a pasted box carries its own sample's flip
-                img = fn.flip(img, horizontal=flip[0])
-            images.append((img, 0 if paste else flip[0]))
+            images.append(img)
             labels.append(label)
         if paste:
             args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
-            lam, bg = args.pop("lam"), images[0][0]
+            lam, bg = args.pop("lam"), images[0]
             if source.config.paste.kind == "cutmix":
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
                 anchors = args.pop("anchors")
-                mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
+                mixed = fn.multi_paste(*images, **args, in_anchors=anchors,
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
-                fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
+                fg = images[1] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
                 masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
                 mixed = bg ^ ((bg ^ fg) & masks)
-            return (normalise(mixed, 0), *labels, lam, raw[-1])
+            return (normalise(mixed), *labels, lam, raw[-1])
         outs = []
-        for (img, mirror), label in zip(images, labels):
-            outs += [normalise(img, mirror), label]
+        for img, label in zip(images, labels):
+            outs += [normalise(img), label]
         outs.append(raw[-1])
         return tuple(outs)
 

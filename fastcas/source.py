@@ -205,7 +205,8 @@ class SampleSource:
         if p.kind == "cutmix":
             out["in_ids"], out["anchors"], out["shapes"] = M.paste_args(params.boxes, p.size, p.size, partner)
         else:
-            out["masks"] = (np.asarray(params.masks) * 255).astype(np.uint8)[..., None]
+            # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
+            out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
             if partner is not None:
                 out["partner"] = partner.astype(np.int32).reshape(-1, 1)
         return [out[k] for k in self.paste_outputs()]
@@ -224,7 +225,7 @@ class SampleSource:
             raise StopIteration
         positions = np.arange(start, min(start + self.batch_size, c.positions), dtype=np.int64)
         out = self.batch(c.epoch0 + info.epoch_idx, positions)
-        return tuple(list(o) if isinstance(o, np.ndarray) else o for o in out)
+        return out  # uniform outputs as whole-batch arrays (one object to pass, not one per sample)
 
     @property
     def batch_size(self) -> int:
