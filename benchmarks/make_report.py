@@ -44,11 +44,16 @@ def chart(loader_results: list[tuple[str, dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(loader_results), figsize=(5 * len(loader_results), 3.2), squeeze=False)
-    for ax, (tag, res) in zip(axes[0], loader_results):
-        rows = res["rows"]
+    cols = min(4, len(loader_results))
+    nrows = -(-len(loader_results) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(loader_results):]:
+        ax.axis("off")
+    for ax, (tag, res) in zip(axes.flat, loader_results):
+        rows, c = res["rows"], res["config"]
         ax.bar([r["loader"] for r in rows], [r["images_per_s"] for r in rows], color="tab:blue")
-        ax.set_title(f"{tag}: mix {res['config'].get('mix')}, batch {res['config'].get('batch_size')}")
+        ax.set_title(f"{tag}: mix {c.get('mix')}, weights {c.get('weights')},\n"
+                     f"batch {c.get('batch_size')}, {c.get('threads')} DALI threads", fontsize=9)
         ax.set_ylabel("images / s")
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()

@@ -93,12 +93,20 @@ def test_labels_and_targets_follow_the_images_device(tiny, mix, monkeypatch):
         seen.update(y_bg=y_bg.device.type, y_fg=y_fg.device.type)
         return torch.zeros(len(y_bg), num_classes, device=y_bg.device)
 
+    def targets_from_lam(lam, y_bg, y_fg, num_classes, smoothing):
+        seen.update(lam=lam.device.type)
+        return soft_targets(None, y_bg, y_fg, num_classes, smoothing)
+
     monkeypatch.setattr(M, "soft_targets", soft_targets)
+    monkeypatch.setattr(M, "targets_from_lam", targets_from_lam)
     loader = Loader(tiny, 4, image_size=8, mix=mix, device="cpu", py_workers=0)
     images = torch.zeros(4, 3, 8, 8, device="meta")
     labels = torch.tensor([[0], [1], [0], [1]])  # host outputs of the pipeline
     skipped = torch.full((4, 1), -1)
-    out_images, targets = loader._finish([images, labels, skipped])
+    lam = torch.full((4, 1), 0.75, dtype=torch.float64)  # mixed in the pipeline: lam is a host output too
+    out = [images, labels, lam, skipped] if loader._paste_spec() is not None else [images, labels, skipped]
+    out_images, targets = loader._finish(out)
     assert out_images.device.type == "meta" and targets.device.type == "meta"
     if mix is not None:
-        assert seen == {"y_bg": "meta", "y_fg": "meta"}
+        assert {k: seen[k] for k in ("y_bg", "y_fg")} == {"y_bg": "meta", "y_fg": "meta"}
+        assert seen.get("lam", "meta") == "meta"
