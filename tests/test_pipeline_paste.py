@@ -52,7 +52,7 @@ def test_paste_args_copy_the_box_at_its_place():
 
 CASES = {"one-stream": {}, "cmo-two-streams": {"foreground_weights": "cmo"}, "channels-last": {"channels_last": True},
          "batch-mode": {"mix_options": {"mode": "batch"}, "mix_prob": 1.0}, "fp16": {"dtype": "float16"},
-         "partial": {"last_batch": "partial", "epoch_length": 33}}
+         "partial": {"last_batch": "partial", "epoch_length": 33}, "smoothing": {"label_smoothing": 0.1}}
 
 
 @pytest.mark.parametrize("kind", ["cutmix", "fmix"])
