@@ -9,6 +9,9 @@ reader, and the consuming (training) thread's own CPU time per batch (``time.thr
 work a loader does on the training thread is time the model cannot use.
 
 * ``fastcas``: :class:`fastcas.Loader` (stateless weighted source -> DALI -> mixing)
+* ``fastcas-torchmix``: the same Loader with ``mix_in_pipeline=False`` (CutMix / FMix applied
+  with torch after the pipeline instead of by DALI operators: the same pixels), to measure
+  where mixing should run
 * ``torchvision``: :class:`fastcas.baseline.TorchvisionLoader` (PIL + v2 ops, DataLoader workers)
 * ``dali-plain``: DALI's own sequential ``readers.webdataset`` + the same decode/augment ops,
   no sampler, no mixing: the ceiling fastcas's DALI path can reach
@@ -20,7 +23,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-LOADERS = ("fastcas", "torchvision", "dali-plain", "decode-only")
+LOADERS = ("fastcas", "fastcas-torchmix", "torchvision", "dali-plain", "decode-only")
 MIXES = ("none", "cutmix", "fmix", "saliencymix", "cmo")
 
 
@@ -84,10 +87,11 @@ class _DaliPlain:
 
 
 def _make(name: str, cfg: BenchConfig, device: str):
-    if name == "fastcas":
+    if name in ("fastcas", "fastcas-torchmix"):
         from fastcas.loader import Loader
 
-        return Loader(cfg.dataset, cfg.batch_size, **_loader_options(cfg, device))
+        return Loader(cfg.dataset, cfg.batch_size, **_loader_options(cfg, device),
+                      mix_in_pipeline=name == "fastcas")
     if name == "torchvision":
         from fastcas.baseline import TorchvisionLoader
 

@@ -174,11 +174,13 @@ def test_bench_smoke(ds, tmp_path):
     from fastcas.cli import main
 
     out = tmp_path / "b.json"
-    assert main(["bench", str(ds), "--loaders", "fastcas,torchvision,dali-plain,decode-only", "--batch-size", "4",
+    assert main(["bench", str(ds), "--loaders", "fastcas,fastcas-torchmix,torchvision,dali-plain,decode-only",
+                 "--batch-size", "4",
                  "--image-size", "16", "--seconds", "0.2", "--rounds", "1", "--warmup", "1", "--baseline-workers", "0",
                  "--workers", "0", "--json", str(out), "--plot", str(tmp_path / "b.png"), "--device", "cpu"]) == 0
     res = json.loads(out.read_text())
-    assert [r["loader"] for r in res["rows"]] == ["fastcas", "torchvision", "dali-plain", "decode-only"]
+    assert [r["loader"] for r in res["rows"]] == ["fastcas", "fastcas-torchmix", "torchvision", "dali-plain",
+                                                  "decode-only"]
     assert all(r["images_per_s"] > 0 for r in res["rows"]) and res["machine"]["cores"]
     assert (tmp_path / "b.png").exists()
 

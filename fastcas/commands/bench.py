@@ -42,13 +42,13 @@ def run(args) -> int:
                       seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, device=args.device)
     res = run_bench(cfg)
     rows, dev = res["rows"], res["device"]
-    print(f"{'loader':<12} {'img/s':>9} {'min':>9} {'max':>9} {'x torchvision':>14} {'x dali-plain':>13} "
+    print(f"{'loader':<16} {'img/s':>9} {'min':>9} {'max':>9} {'x torchvision':>14} {'x dali-plain':>13} "
           f"{'train-thread ms/batch':>22}   ({dev}, batch {cfg.batch_size}, {cfg.image_size}px, mix {cfg.mix}, "
           f"weights {cfg.weights})")
     for r in rows:
         tv = f"{r['ratio_vs_torchvision']:.2f}" if r["ratio_vs_torchvision"] else "-"
         dp = f"{r['ratio_vs_dali_plain']:.2f}" if r.get("ratio_vs_dali_plain") else "-"
-        print(f"{r['loader']:<12} {r['images_per_s']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {tv:>14} {dp:>13} "
+        print(f"{r['loader']:<16} {r['images_per_s']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {tv:>14} {dp:>13} "
               f"{r['train_thread_ms_per_batch']:>22.2f}")
     gl = goals(rows, dev, cfg.mix)
     for g in gl:
