@@ -7,6 +7,8 @@ processes. Only the execution engine differs.
 """
 from __future__ import annotations
 
+import gc
+
 import io
 from types import SimpleNamespace
 
@@ -74,6 +76,8 @@ class TorchvisionLoader(Loader):
         ds = _Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         start = self.step * cfg.batch_size
         sampler = range(start, len(ds))
+        if cfg.py_workers:
+            gc.collect()  # as fastcas.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
         dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
                                          num_workers=cfg.py_workers, persistent_workers=False,
                                          prefetch_factor=4 if cfg.py_workers else None,

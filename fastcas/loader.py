@@ -21,6 +21,7 @@ positions, samples and parameters without running DALI.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -150,7 +151,7 @@ class Loader:
             raise ValueError(f"step must be in [0, {self.steps}), got {step}")
         pos = self.positions(step, epoch)
         n = len(pos)
-        source = SampleSource(self._source_config(epoch, 0))
+        source = SampleSource(dataclasses.replace(self._source_config(epoch, 0), paste=None))  # params come below
         out = source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64))
         ns = len(self.streams)
         indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)

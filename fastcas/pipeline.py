@@ -85,9 +85,9 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     paste = bool(source.paste_outputs())
     mix_types = {"lam": types.FLOAT64, "masks": types.UINT8}  # the other mixing outputs are int32
 
-    def normalise(img):
+    def normalise(img, mirror=0):
         return fn.crop_mirror_normalize(
-            img, crop=(S, S), mean=[255 * m for m in IMAGENET_MEAN],
+            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],
             std=[255 * s_ for s_ in IMAGENET_STD], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
             output_layout="HWC" if cfg.channels_last else "CHW")
 
@@ -113,26 +113,28 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
                 hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
                 img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True)
+                mirror = 0
             else:
                 img = fn.resize(img, resize_shorter=round(S / EVAL_CROP_FRACTION))
-            images.append(img)
+                mirror = flip[0]  # all 0 in evaluation; consumed, so DALI does not warn of an unused output
+            images.append((img, mirror))
             labels.append(label)
         if paste:
             args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
-            lam, bg = args.pop("lam"), images[0]
+            lam, bg = args.pop("lam"), images[0][0]
             if source.config.paste.kind == "cutmix":
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
                 anchors = args.pop("anchors")
-                mixed = fn.multi_paste(*images, **args, in_anchors=anchors,
+                mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
-                fg = images[1] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
+                fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
                 masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
                 mixed = bg ^ ((bg ^ fg) & masks)
             return (normalise(mixed), *labels, lam, raw[-1])
         outs = []
-        for img, label in zip(images, labels):
-            outs += [normalise(img), label]
+        for (img, mirror), label in zip(images, labels):
+            outs += [normalise(img, mirror), label]
         outs.append(raw[-1])
         return tuple(outs)
 

@@ -35,8 +35,9 @@ STATUSES = ("PASS", "FAIL", "SKIP")
 CONFIGS = {
     "weighted": {"weights": "cmo"},                                     # class-inverse draws, no mixing
     "eval": {"train": False, "last_batch": "partial"},                  # sequential, centre crop
-    "cutmix": {"mix": "cutmix", "alpha": 1.0},                          # in-batch partner
+    "cutmix": {"mix": "cutmix", "alpha": 1.0},                          # in-batch partner, in the DALI graph
     "fmix": {"mix": "fmix", "alpha": 1.0},
+    "cutmix-torch": {"mix": "cutmix", "alpha": 1.0, "mix_in_pipeline": False},  # torch ops / Numba kernels
     "cmo-paste": {"foreground_weights": "cmo", "mix": "cutmix", "mix_prob": 0.5},  # two streams
 }
 GPU_CHECKS = ("keys-labels", "decoder", "mix-params", "mix-reference", "resume", "handoff", "host-sync",
@@ -179,6 +180,7 @@ def collect(dataset, device: str, name: str, cfg: SelftestConfig, **extra) -> Ru
     stand as the output, so :func:`check_mix_reference` holds DALI's mixing to the NumPy
     reference."""
     run = _collect(dataset, device, name, cfg, **extra)
+    # (the twin's own mixing is checked by a configuration of its own: cutmix-torch)
     if run.mixed and not run.calls:  # mixed inside the pipeline: targets from the lam it applied
         twin = _collect(dataset, device, name, cfg, **{**extra, "mix_in_pipeline": False})
         run.calls = [{**t, "out": x, "targets": y, "in_pipeline": True}

@@ -235,7 +235,10 @@ def test_cli_cpu_half_passes_and_reports_the_gpu_half_skipped(tmp_path):
 
 
 @pytest.mark.slow
-def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["graph", "torch"])
+def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatch, capsys, where):
+    """The same one-row-too-tall CutMix box planted in DALI's paste (graph) or in the torch
+    path after the pipeline (torch): either alone fails mix-reference."""
     from fastcas import selftest
     from fastcas.loader import Loader
     from fastcas import mix as M
@@ -261,8 +264,10 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
     def forgetful(self, state):  # resume restarts the epoch
         self.epoch, self.step = int(state["epoch"]), 0
 
-    monkeypatch.setattr(_backend, "apply_torch", off_by_one)
-    monkeypatch.setattr(M, "paste_args", off_by_one_paste)
+    if where == "torch":
+        monkeypatch.setattr(_backend, "apply_torch", off_by_one)
+    else:
+        monkeypatch.setattr(M, "paste_args", off_by_one_paste)
     monkeypatch.setattr(Loader, "load_state_dict", forgetful)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     monkeypatch.setattr(selftest, "check_throughput", lambda *a: selftest.Check("throughput", "cpu", "PASS"))
@@ -324,7 +329,7 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
         assert status[f"gpu.{name}"]["status"] == "PASS", status[f"gpu.{name}"]
     assert r["ok"] and r["gpu_half"]["ran"]
     assert status["gpu.decoder"]["numbers"]["max_batch_mad_levels"] == 0
-    assert status["gpu.mix-params"]["numbers"]["batches"] == 9
+    assert status["gpu.mix-params"]["numbers"]["batches"] == 12  # 4 mixed configurations x 3 batches (--quick)
 
 
 def test_recording_mix_pairs_each_apply_with_its_targets_and_restores_the_api():

@@ -360,7 +360,8 @@ def paste_args(boxes, height: int, width: int, partner=None) -> tuple:
     foreground is the second input of ``multi_paste``). Returns ``(in_ids, anchors, shapes)``,
     int32 ``[B, 2]`` (None without ``partner``), ``[B, 2, 2]``, ``[B, 2, 2]``: per output
     sample, paste 0 is the sample itself, whole; paste 1 is the partner's (or foreground's)
-    box, at the same place (``anchors`` serve as both ``in_anchors`` and ``out_anchors``).
+    box, at the same place (``anchors`` serve as both ``in_anchors`` and ``out_anchors``); an
+    empty box is a zero-size paste at ``(height, width)``.
     Pasting is a copy, so pasting before normalisation gives exactly the pixels
     :func:`fastcas.mix.apply` gives after it.
     """
@@ -371,6 +372,12 @@ def paste_args(boxes, height: int, width: int, partner=None) -> tuple:
     shapes = np.zeros((b, 2, 2), np.int32)
     shapes[:, 0] = (int(height), int(width))
     shapes[:, 1] = np.maximum(bx[:, 2:4] - bx[:, 0:2], 0)
+    # an empty paste (unmixed sample, or a box clipped to nothing) is parked at the far corner
+    # (H, W): DALI's GPU kernel sweeps paste edges over a grid and never closes a zero-width
+    # paste that opens inside the canvas, which would then cover the rest of it
+    empty = (shapes[:, 1] == 0).any(1)
+    anchors[empty, 1] = (int(height), int(width))
+    shapes[empty, 1] = 0
     in_ids = None
     if partner is not None:
         in_ids = np.stack([np.arange(b), np.asarray(partner, np.int64).reshape(-1)], 1).astype(np.int32)
