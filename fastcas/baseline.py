@@ -8,7 +8,6 @@ processes. Only the execution engine differs.
 from __future__ import annotations
 
 import gc
-
 import io
 from types import SimpleNamespace
 

@@ -438,16 +438,6 @@ class Loader:
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
-        positions = self.positions(step)[:n]
-        if self._paste_spec() is not None:  # mixed by DALI: targets from the lam it applied
-            from fastcas import mix as M
-
-            lam = to_dev(out[-2][:n].reshape(-1))
-            if len(self.streams) == 2:
-                y_fg = to_dev(out[2][:n].reshape(-1))
-            else:
-                y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
-            return images, M.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
         if kind is None:
             if cfg.label_smoothing:
                 return images, self._smooth(labels)
@@ -455,6 +445,14 @@ class Loader:
         from fastcas import mix as M
 
         # every parameter is keyed by the samples' global positions (fastcas.elastic)
+        positions = self.positions(step)[:n]
+        if self._paste_spec() is not None:  # mixed by DALI: targets from the lam it applied
+            lam = to_dev(out[-2][:n].reshape(-1))
+            if len(self.streams) == 2:
+                y_fg = to_dev(out[2][:n].reshape(-1))
+            else:
+                y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
+            return images, M.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
         if len(self.streams) == 2:
             fg, y_fg = out[2][:n], to_dev(out[3][:n].reshape(-1))
             if cfg.channels_last:
