@@ -270,13 +270,19 @@ class Loader:
         """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's
         threads or GPU) instead of by torch after it; the source draws their parameters from
         the same position keys, and the targets are built here from the ``lam`` that arrives
-        with the batch (:meth:`_finish`)."""
+        with the batch (:meth:`_finish`). SaliencyMix with the fine-grained saliency too, on
+        CPU pipelines (the saliency and box as DALI Numba operators, :mod:`fastcas.mix.graph_ops`)."""
         cfg = self.config
         opts = cfg.mix_options
-        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix")):
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
             return None
         if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
             return None  # soft masks blend: torch after the pipeline
+        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or opts.get("saliency", "finegrained")
+                                              not in ("finegrained", "fine-grained")):
+            # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
+            # pipeline's images are on the device, where torch computes the same boxes
+            return None
         return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
                          mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0))
 
@@ -471,9 +477,13 @@ class Loader:
 
         cfg = self.config
         if cfg.mix_kind == "saliencymix":
+            from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+            from fastcas.mix.graph_ops import pixels_u8
+
+            # the saliency of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
             # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
-            return D.saliency_params(cfg.seed, epoch, positions, fg, alpha=cfg.alpha, prob=cfg.mix_prob,
-                                     to_device=to_dev, **cfg.mix_options)
+            return D.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
+                                     alpha=cfg.alpha, prob=cfg.mix_prob, to_device=to_dev, **cfg.mix_options)
         return D.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
 
     def _mix_params(self, epoch: int, positions, size: int, **extra):

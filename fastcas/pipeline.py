@@ -122,9 +122,16 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
         if paste:
             args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
             lam, bg = args.pop("lam"), images[0][0]
-            if source.config.paste.kind == "cutmix":
+            kind = source.config.paste.kind
+            if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
+                centre_op, paste_op = _saliency_ops()
+                centre = centre_op(images[1][0] if streams == 2 else bg)
+                centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
+                anchors, shapes, lam = paste_op(args.pop("anchors"), args.pop("shapes"), lam, args.pop("half"), centre)
+                args["shapes"] = shapes
+            if kind in ("cutmix", "saliencymix"):
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
-                anchors = args.pop("anchors")
+                anchors = anchors if kind == "saliencymix" else args.pop("anchors")
                 mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
@@ -146,6 +153,31 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     p = pipe()
     p.build()
     return p
+
+
+_SALIENCY_OPS: list = []
+
+
+def _saliency_ops():
+    """DALI Numba operators (CPU) running :mod:`fastcas.mix.graph_ops`: the saliency peak of
+    each sample's uint8 HWC image, and the ``multi_paste`` arguments of its box. Built once
+    per process: DALI compiles a Numba function when its operator is constructed (~4 s here),
+    and an operator instance can be placed in any number of pipelines."""
+    if not _SALIENCY_OPS:
+        from nvidia.dali import types
+        from nvidia.dali.plugin.numba import NumbaFunction
+
+        from fastcas.mix import graph_ops as G
+
+        i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
+        _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_centre, setup_fn=G.saliency_centre_setup,
+                                           out_types=[i32], in_types=[u8], outs_ndim=[1], ins_ndim=[3],
+                                           device="cpu"))
+        _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_paste, setup_fn=G.saliency_paste_setup,
+                                           out_types=[i32, i32, f64],
+                                           in_types=[i32, i32, f64, i32, i32], outs_ndim=[2, 2, 1],
+                                           ins_ndim=[2, 2, 1, 1, 1], device="cpu"))
+    return tuple(_SALIENCY_OPS)
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,

@@ -37,8 +37,9 @@ class PasteSpec:
     parameters from its global position with :func:`fastcas.mix.make_params_at` and emits what
     the graph's operators take, plus ``lam``, so the targets are built from exactly the
     parameters applied. ``kind``: "cutmix" (``multi_paste`` arguments,
-    :func:`fastcas.mix.paste_args`) or "fmix" with binary masks (partner indices and uint8
-    masks, 255 = foreground). ``size``: the output side S."""
+    :func:`fastcas.mix.paste_args`), "fmix" with binary masks (partner indices and uint8
+    masks, 255 = foreground) or "saliencymix" (the pixel-free draws; the graph finds each box
+    from the foreground's saliency, :mod:`fastcas.mix.graph_ops`). ``size``: the output side S."""
 
     kind: str
     size: int
@@ -48,8 +49,8 @@ class PasteSpec:
     decay: float = 3.0
 
     def __post_init__(self):
-        if self.kind not in ("cutmix", "fmix"):
-            raise ValueError(f"mixing inside the pipeline takes cutmix or fmix, got {self.kind!r}")
+        if self.kind not in ("cutmix", "fmix", "saliencymix"):
+            raise ValueError(f"mixing inside the pipeline takes cutmix, fmix or saliencymix, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class SampleSource:
         one = len(self.config.streams) == 1
         if p.kind == "cutmix":
             return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
+        if p.kind == "saliencymix":
+            return (("in_ids",) if one else ()) + ("centre_ids", "anchors", "shapes", "lam", "half")
         return (("partner",) if one else ()) + ("masks", "lam")
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
@@ -188,19 +191,22 @@ class SampleSource:
         """In-graph mixing outputs of one batch (one step: ``local`` rank-local, ``g`` global
         positions), by name (:meth:`paste_outputs`): ``in_ids`` int32 [B, 2], ``anchors`` and
         ``shapes`` int32 [B, 2, 2] (CutMix, :func:`fastcas.mix.paste_args`); ``partner`` int32
-        [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. Only the step's
-        real samples pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs
-        with itself and is dropped)."""
+        [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. SaliencyMix:
+        ``in_ids``, and ``anchors`` / ``shapes`` / ``lam`` of an unmixed sample (the graph fills
+        in the box), ``centre_ids`` int32 [B, 1] (whose saliency peak centres each box: the
+        partner, the foreground stream's own sample, or in batch mode the first sample's) and
+        ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2, mixed)``. Only the step's real samples
+        pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
+        and is dropped)."""
         from fastcas import mix as M  # the parameter generators only (pure functions of keys)
 
         c, p = self.config, self.config.paste
+        if p.kind == "saliencymix":
+            return self._saliency(epoch, local, g)
         opts = {"decay": p.decay} if p.kind == "fmix" else {}
         params = M.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
                                   mode=p.mode, **opts)
-        partner = None
-        if len(c.streams) == 1:
-            n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
-            partner = np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
+        partner = self._partner(local, g)
         out = {"lam": params.lam.reshape(-1, 1)}
         if p.kind == "cutmix":
             out["in_ids"], out["anchors"], out["shapes"] = M.paste_args(params.boxes, p.size, p.size, partner)
@@ -209,6 +215,36 @@ class SampleSource:
             out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
             if partner is not None:
                 out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        return [out[k] for k in self.paste_outputs()]
+
+    def _partner(self, local: np.ndarray, g: np.ndarray):
+        """In-batch partners (local indices int64 [B]) of one stream's step, or None for two
+        streams: the step's real samples pair by :func:`fastcas.mix.pair_partner`, padding with
+        itself."""
+        from fastcas import mix as M
+
+        c = self.config
+        if len(c.streams) != 1:
+            return None
+        n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
+        return np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
+
+    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+        """SaliencyMix's outputs (see :meth:`_paste`): the draws of
+        :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste`` arguments."""
+        from fastcas import mix as M
+        from fastcas.mix.params import saliency_draws
+
+        c, p = self.config, self.config.paste
+        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob, p.mode)
+        partner = self._partner(local, g)
+        ids = np.arange(len(g)) if partner is None else partner
+        if p.mode == "batch":  # one box for the batch: the first foreground's peak
+            ids = np.full(len(g), ids[0] if len(g) else 0)
+        in_ids, anchors, shapes = M.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
+        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "anchors": anchors,
+               "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
+               "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
         return [out[k] for k in self.paste_outputs()]
 
     def __call__(self, info):

@@ -35,7 +35,11 @@ def _epoch(loader):
 def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
     assert _loader(ds, mix="fmix")._paste_spec().kind == "fmix"
     assert _loader(ds, mix="fmix", mix_options={"max_soft": 0.1})._paste_spec() is None
-    assert _loader(ds, mix="saliencymix")._paste_spec() is None and _loader(ds, mix="mixup")._paste_spec() is None
+    assert _loader(ds, mix="mixup")._paste_spec() is None
+    # SaliencyMix: the fine-grained saliency in the graph; other saliency methods after it
+    assert _loader(ds, mix="saliencymix")._paste_spec().kind == "saliencymix"
+    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"})._paste_spec() is None
+    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"})._paste_spec() is None
     assert _loader(ds, mix="cutmix", mix_in_pipeline=False)._paste_spec() is None
     with pytest.raises(ValueError, match="mix_in_pipeline must be True or False"):
         _loader(ds, mix_in_pipeline="yes")
@@ -60,7 +64,7 @@ CASES = {"one-stream": {}, "cmo-two-streams": {"foreground_weights": "cmo"}, "ch
          "partial": {"last_batch": "partial", "epoch_length": 33}, "smoothing": {"label_smoothing": 0.1}}
 
 
-@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+@pytest.mark.parametrize("kind", ["cutmix", "fmix", "saliencymix"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
     kw = {"mix": kind, **CASES[case]}
@@ -78,7 +82,20 @@ def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
     assert mixed > 0  # some samples really were mixed
 
 
-@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+def _reference_params(loader, kind, step, fg):
+    """The host definition of a step's parameters; SaliencyMix's boxes come from the saliency
+    of the foreground's uint8 pixels (the normalised images de-normalised)."""
+    if kind != "saliencymix":
+        return loader.plan(step)["params"]
+    from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+    from fastcas.mix.graph_ops import pixels_u8
+
+    cfg = loader.config
+    return M.make_params_at(kind, cfg.seed, loader.epoch, loader.positions(step), cfg.image_size, cfg.image_size,
+                            alpha=cfg.alpha, prob=cfg.mix_prob, foreground=pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD))
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "fmix", "saliencymix"])
 def test_mixed_pixels_equal_the_reference_on_the_unmixed_stream(ds, kind):
     """The same loader without mixing decodes the same crops and flips (keyed by position):
     the NumPy reference applied to them with the loader's parameters gives its batches."""
@@ -86,7 +103,7 @@ def test_mixed_pixels_equal_the_reference_on_the_unmixed_stream(ds, kind):
     plain = _loader(ds, mix=None, py_workers=1)
     for step, ((xm, tm), (xp, _)) in enumerate(zip(graph, plain)):
         pos = graph.positions(step)
-        p = graph.plan(step)["params"]
+        p = _reference_params(graph, kind, step, xp[M.pair_partner(pos)])
         ref = apply_numpy(p, xp.numpy(), xp.numpy()[M.pair_partner(pos)])
         np.testing.assert_array_equal(xm.numpy(), ref)
         # targets: lam of the pasted fraction, measured on the pixels themselves

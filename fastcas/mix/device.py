@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .params import MixParams, cut_sizes, position_draws
+from .params import MixParams, saliency_draws
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,7 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
     method = ALIASES.get(saliency, saliency)
     b, _, height, width = foreground.shape
     pos = np.asarray(positions, np.int64).reshape(-1)
-    src = pos[:1] if mode == "batch" else pos
-    drawn, mixed, _, _ = position_draws(seed, epoch, src, alpha, prob)
-    if mode == "batch":
-        drawn, mixed = np.repeat(drawn, b), np.repeat(mixed, b)
+    drawn, mixed, halves = saliency_draws(seed, epoch, pos, height, width, alpha, prob, mode)
     img = foreground[:1] if (mode == "batch" and b) else foreground
     if method == "finegrained":
         from .finegrained import finegrained_argmax
@@ -115,8 +112,7 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
         cy, cx = to_device(torch.from_numpy(hy)), to_device(torch.from_numpy(hx))
     if mode == "batch":
         cy, cx = cy.expand(b), cx.expand(b)
-    cut_h, cut_w = cut_sizes(drawn, height, width)
-    half = to_device(torch.from_numpy(np.stack([cut_h // 2, cut_w // 2]).astype(np.int64)))
+    half = to_device(torch.from_numpy(np.ascontiguousarray(halves.T)))
     keep = to_device(torch.from_numpy(mixed))
     y0 = torch.clamp(cy - half[0], 0, height)
     y1 = torch.clamp(cy + half[0], 0, height)

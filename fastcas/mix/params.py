@@ -279,6 +279,22 @@ def position_draws(seed: int, epoch: int, positions, alpha: float = 1.0, prob: f
     return beta_quantile(u(_LAM), alpha), u(_DECIDE) < prob, u(_CY), u(_CX)
 
 
+def saliency_draws(seed: int, epoch: int, positions, height: int, width: int, alpha: float = 1.0,
+                   prob: float = 1.0, mode: str = "elem") -> tuple:
+    """The pixel-free part of SaliencyMix at global ``positions`` (int [B]): ``(drawn lam
+    float64 [B], mixed bool [B], half int64 [B, 2])`` with ``half = (cut_h // 2, cut_w // 2)``
+    (:func:`cut_sizes`); the box is ``half`` around the foreground's saliency peak. In batch
+    mode every sample takes the draws of ``positions[0]``. Shared by the torch path
+    (:func:`fastcas.mix.device.saliency_params`) and the source of the in-graph path."""
+    pos = np.asarray(positions, np.int64).reshape(-1)
+    src = pos[:1] if mode == "batch" else pos
+    drawn, mixed, _, _ = position_draws(seed, epoch, src, alpha, prob)
+    if mode == "batch":
+        drawn, mixed = np.repeat(drawn, len(pos)), np.repeat(mixed, len(pos))
+    cut_h, cut_w = cut_sizes(drawn, height, width)
+    return drawn, mixed, np.stack([cut_h // 2, cut_w // 2], axis=1).astype(np.int64)
+
+
 def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, width: int, *,
                    alpha: float = 1.0, prob: float = 1.0, foreground=None, mode: str = "elem",
                    decay: float = 3.0, max_soft: float = 0.0, saliency: str = "finegrained",
