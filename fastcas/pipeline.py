@@ -5,7 +5,9 @@
       -> resize to S x S, flipped by a right-to-left ROI
       -> crop_mirror_normalize (ImageNet mean/std, CHW/HWC, fp32/fp16)
     mixing in the graph: ... -> resize (+ flip) -> multi_paste (CutMix) or a masked select
-      (FMix) with the partner's pixels -> normalize
+      (FMix) with the partner's pixels -> normalize; SaliencyMix (CPU pipelines): Numba
+      operators find each sample's saliency peak and its box (fastcas.mix.graph_ops, the one
+      import of the mixing stage, for those functions only) -> multi_paste -> normalize
 
 Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
 S x S. Every random choice (window, flip) comes from the stateless source, not DALI's RNG.
@@ -72,9 +74,14 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     images are mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
     CutMix: ``fn.multi_paste`` copies the partner's box; FMix (binary masks): a bitwise select
     ``bg ^ ((bg ^ fg) & mask)`` with the partner from ``fn.permute_batch`` — then one
-    normalisation without mirror. Both are copies of whole pixels and normalisation is per
-    pixel, so the pixels equal ``fastcas.mix.apply`` on the normalised, flipped images, on the
-    CPU and the GPU alike (DALI runs the same operators)."""
+    normalisation without mirror. SaliencyMix (CPU pipelines only: its Numba operators take
+    host images): a Numba operator finds each sample's saliency peak on its uint8 pixels
+    (:func:`fastcas.mix.graph_ops.saliency_centre`), ``fn.permute_batch`` gives each sample its
+    foreground's peak, a second one makes the box's ``multi_paste`` arguments and ``lam``
+    (:func:`~fastcas.mix.graph_ops.saliency_paste`), and ``fn.multi_paste`` copies the box.
+    All are copies of whole pixels and normalisation is per pixel, so the pixels equal
+    ``fastcas.mix.apply`` on the normalised, flipped images, on the CPU and the GPU alike (DALI
+    runs the same operators)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = cfg.device == "cuda"

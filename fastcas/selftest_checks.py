@@ -37,6 +37,7 @@ CONFIGS = {
     "eval": {"train": False, "last_batch": "partial"},                  # sequential, centre crop
     "cutmix": {"mix": "cutmix", "alpha": 1.0},                          # in-batch partner, in the DALI graph
     "fmix": {"mix": "fmix", "alpha": 1.0},
+    "saliencymix": {"mix": "saliencymix", "alpha": 1.0},                # in the graph on the CPU, torch on a GPU
     "cutmix-torch": {"mix": "cutmix", "alpha": 1.0, "mix_in_pipeline": False},  # torch ops / Numba kernels
     "cmo-paste": {"foreground_weights": "cmo", "mix": "cutmix", "mix_prob": 0.5},  # two streams
 }
