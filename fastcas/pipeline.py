@@ -132,7 +132,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             kind = source.config.paste.kind
             if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
                 centre_op, paste_op = _saliency_ops()
-                centre = centre_op(images[1][0] if streams == 2 else bg)
+                centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
                 centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
                 anchors, shapes, lam = paste_op(args.pop("anchors"), args.pop("shapes"), lam, args.pop("half"), centre)
                 args["shapes"] = shapes
@@ -178,7 +178,7 @@ def _saliency_ops():
 
         i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
         _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_centre, setup_fn=G.saliency_centre_setup,
-                                           out_types=[i32], in_types=[u8], outs_ndim=[1], ins_ndim=[3],
+                                           out_types=[i32], in_types=[u8, i32], outs_ndim=[1], ins_ndim=[3, 1],
                                            device="cpu"))
         _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_paste, setup_fn=G.saliency_paste_setup,
                                            out_types=[i32, i32, f64],

@@ -123,7 +123,7 @@ class SampleSource:
         if p.kind == "cutmix":
             return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
         if p.kind == "saliencymix":
-            return (("in_ids",) if one else ()) + ("centre_ids", "anchors", "shapes", "lam", "half")
+            return (("in_ids",) if one else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
         return (("partner",) if one else ()) + ("masks", "lam")
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
@@ -194,8 +194,9 @@ class SampleSource:
         [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. SaliencyMix:
         ``in_ids``, and ``anchors`` / ``shapes`` / ``lam`` of an unmixed sample (the graph fills
         in the box), ``centre_ids`` int32 [B, 1] (whose saliency peak centres each box: the
-        partner, the foreground stream's own sample, or in batch mode the first sample's) and
-        ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2, mixed)``. Only the step's real samples
+        partner, the foreground stream's own sample, or in batch mode the first sample's),
+        ``need`` int32 [B, 1] (1 where some mixed sample's box is centred on this sample's peak:
+        the graph computes only those maps) and ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2, mixed)``. Only the step's real samples
         pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
         and is dropped)."""
         from fastcas import mix as M  # the parameter generators only (pure functions of keys)
@@ -241,8 +242,10 @@ class SampleSource:
         ids = np.arange(len(g)) if partner is None else partner
         if p.mode == "batch":  # one box for the batch: the first foreground's peak
             ids = np.full(len(g), ids[0] if len(g) else 0)
+        need = np.zeros((len(g), 1), np.int32)  # only the peaks some mixed sample's box is centred on
+        need[ids[mixed], 0] = 1
         in_ids, anchors, shapes = M.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
-        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "anchors": anchors,
+        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need, "anchors": anchors,
                "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
                "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
         return [out[k] for k in self.paste_outputs()]

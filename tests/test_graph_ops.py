@@ -21,6 +21,7 @@ from fastcas.mix.reference import apply_numpy
 
 centre_fn = njit(G.saliency_centre)  # what DALI's numba_function compiles, called directly
 paste_fn = njit(G.saliency_paste)
+ONE = np.ones(1, np.int32)
 
 
 def _photos(size, limit=17):
@@ -37,7 +38,7 @@ def test_saliency_centre_is_the_first_argmax_of_opencv_on_the_pixels(size):
     sal = cv2.saliency.StaticSaliencyFineGrained_create()
     for img in x:
         got = np.zeros(2, np.int32)
-        centre_fn(got, np.ascontiguousarray(img))
+        centre_fn(got, np.ascontiguousarray(img), ONE)
         ok, m = sal.computeSaliency(np.ascontiguousarray(img))
         ref = np.argmax((m * 255).astype(np.uint8))  # the reference's quantised map, first maximum
         assert ok and got.tolist() == [ref // img.shape[1], ref % img.shape[1]]
@@ -45,13 +46,19 @@ def test_saliency_centre_is_the_first_argmax_of_opencv_on_the_pixels(size):
     flat = finegrained_argmax(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     for img, f in zip(x, flat):
         got = np.zeros(2, np.int32)
-        centre_fn(got, np.ascontiguousarray(img))
+        centre_fn(got, np.ascontiguousarray(img), ONE)
         assert got[0] * img.shape[1] + got[1] == f
 
 
-def test_saliency_centre_of_a_flat_image_is_the_origin():
+def test_saliency_centre_of_a_flat_image_or_one_not_needed_is_the_origin():
     got = np.full(2, -1, np.int32)
-    centre_fn(got, np.full((20, 30, 3), 9, np.uint8))
+    centre_fn(got, np.full((20, 30, 3), 9, np.uint8), ONE)
+    assert got.tolist() == [0, 0]
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[12, 17] = 255  # a peak away from the origin
+    centre_fn(got, img, ONE)
+    assert got.tolist() != [0, 0]
+    centre_fn(got, img, np.zeros(1, np.int32))  # no box is centred on it: skipped
     assert got.tolist() == [0, 0]
 
 

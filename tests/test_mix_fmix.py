@@ -166,8 +166,12 @@ def test_fused_host_path_is_low_freq_then_binarise_and_soft_masks_use_the_box():
     np.testing.assert_allclose(lam, 1 - soft_masks.reshape(6, -1).mean(1), atol=1e-6)
     hard = soft_masks.reshape(6, -1)[(soft_masks.reshape(6, -1) == 0) | (soft_masks.reshape(6, -1) == 1)]
     assert hard.size  # the soft ramp is around the same low-frequency image's threshold
-    t = F._masks_torch(noise, h, w, 4.0, *F._counts(drawn, h * w, 0.1), torch.device("cpu")).numpy()
-    assert np.abs(t - soft_masks).max() < 1e-3
+    num_s, soft_s = F._counts(drawn, h * w, 0.1)
+    t = F._masks_torch(noise, h, w, 4.0, num_s, soft_s, torch.device("cpu")).numpy()
+    # float32 FFTs of two libraries may swap the ranks of nearly equal pixels (which ones depends
+    # on the CPU's vector width): a swap moves a ramp value by one step, 1 / (2 soft - 1)
+    step = 1.0 / np.maximum(2 * soft_s - 1, 1)
+    assert (np.abs(t - soft_masks).reshape(6, -1).max(1) <= 2 * step + 1e-6).all()
 
 
 def test_every_matrix_product_is_small_enough_for_one_blas_thread(monkeypatch):

@@ -32,9 +32,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .finegrained import NEIGHBOURHOODS
+from .finegrained import _GREY, NEIGHBOURHOODS
 
 _SCALES = np.array(NEIGHBOURHOODS, dtype=np.int64)
+_GREY_W = np.array(_GREY, dtype=np.int32)  # OpenCV's BGR2GRAY fixed-point weights
 _SIGNLESS = (np.int64(0x7FFFFFFF), np.int64(0x7FFFFFFFFFFFFFFF))  # index: itemsize // 8
 PAD = max(NEIGHBOURHOODS)  # boxes reach columns x - n + 1 >= -(n - 1) and x + n + 1 <= W + n
 
@@ -134,6 +135,15 @@ def _image_map(img, keys, raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, s
             for x in range(w):
                 g0[y, x] = (7470 * pl[0, y, x] + 38470 * pl[1, y, x] + 19596 * pl[2, y, x]
                             + 32768) >> 16
+    return _grey_map(g0, g1, integ, widths, gf, son, soff, sal)
+
+
+@njit(**_JIT)
+def _grey_map(g0, g1, integ, widths, gf, son, soff, sal):
+    """The map of one grey image g0 int32 [H, W] (values 0..255; overwritten by its blurs) into
+    sal int32 [H, W], scratch as :func:`_image_map`. Returns the flat index of the first
+    maximum of ``sal``."""
+    h, w = g0.shape
     _blur121(g0, g1, g0)
     _blur121(g0, g1, g0)
     # integral: exact int64 running sums, each converted to float32 (as torch's cumsum then .to)

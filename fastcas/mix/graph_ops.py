@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._finegrained_cpu import PAD, _SCALES, _image_map
+from ._finegrained_cpu import _GREY_W, PAD, _SCALES, _grey_map
 
 
 def saliency_centre_setup(outs, ins):
@@ -43,16 +43,21 @@ def saliency_centre_setup(outs, ins):
         outs[0][i][0] = 2
 
 
-def saliency_centre(centre, image):
+def saliency_centre(centre, image, need):
     """centre int32 ``[2]`` <- the ``(y, x)`` of the first maximum (raster order) of the
     fine-grained saliency map of image uint8 ``[H, W, C]`` (C-contiguous HWC, C = 1 or 3),
     taken as it is (no min-max scaling): :func:`fastcas.mix._finegrained_cpu.finegrained_batch`
     with ``raw`` and ``nhwc``, for one sample (scratch is per call: DALI runs samples on
-    several threads at once)."""
+    several threads at once). ``need`` int32 ``[1]``: 0 when no box is centred on this sample
+    (not a mixed sample's foreground; in batch mode all but one): the map is skipped and the
+    centre is ``(0, 0)``."""
+    if need[0] == 0:
+        centre[0] = 0
+        centre[1] = 0
+        return
     h = image.shape[0]
     w = image.shape[1]
     c = image.shape[2]
-    u8 = np.empty(c * h * w, dtype=np.int32)
     g0 = np.empty((h, w), dtype=np.int32)
     g1 = np.empty((h, w), dtype=np.int32)
     integ = np.empty((h + 1, w + 1 + 2 * PAD), dtype=np.float32)
@@ -66,12 +71,19 @@ def saliency_centre(centre, image):
     son = np.empty((h, w), dtype=np.float32)
     soff = np.empty((h, w), dtype=np.float32)
     sal = np.empty((h, w), dtype=np.int32)
-    keys = np.zeros(1, dtype=np.int8)  # unused with raw pixels
     if h == 0 or w == 0:
         centre[0] = 0
         centre[1] = 0
         return
-    arg = _image_map(image, keys, True, True, u8, g0, g1, integ, widths, gf, son, soff, sal)
+    # grey straight from the uint8 pixels (OpenCV's BGR2GRAY fixed point, as _image_map)
+    for y in range(h):
+        for x in range(w):
+            if c == 1:
+                g0[y, x] = np.int32(image[y, x, 0])
+            else:
+                g0[y, x] = (_GREY_W[0] * np.int32(image[y, x, 0]) + _GREY_W[1] * np.int32(image[y, x, 1])
+                            + _GREY_W[2] * np.int32(image[y, x, 2]) + np.int32(32768)) >> 16
+    arg = _grey_map(g0, g1, integ, widths, gf, son, soff, sal)
     centre[0] = arg // w
     centre[1] = arg % w
 
