@@ -5,7 +5,9 @@
 
 Rows: the torch definition as it was (``index_select`` corners, kept here as the baseline), the
 torch definition now (corners as views of one edge-replicated integral: the CUDA path), the
-Numba CPU twin (the CPU default of ``finegrained_argmax``), and OpenCV's own per-image loop
+Numba CPU twin (the CPU default of ``finegrained_argmax``), the per-sample function the DALI
+graph runs for SaliencyMix on CPU pipelines (``fastcas.mix.graph_ops.saliency_centre``, called
+through ``numba.njit`` on HWC uint8 images), and OpenCV's own per-image loop
 (``StaticSaliencyFineGrained.computeSaliency`` on ready HWC uint8 images, then ``np.argmax``).
 All on one thread: ``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``; the Numba twin has no
 parallel loop (``NUMBA_NUM_THREADS=1`` is set anyway). Also the first-call time of the twin in a
@@ -121,6 +123,26 @@ def main(argv=None) -> int:
             assert torch.equal(fn(), ref), name  # same argmax before timing
             t = timeit(fn, repeat=repeat)
             rows.append({"impl": name, "input": dtype, "batch": b, "size": size,
+                         "ms_per_image": t["median_s"] / b * 1e3, "ms_per_batch": t["median_s"] * 1e3,
+                         "min_ms_per_batch": t["min_s"] * 1e3})
+        if dtype == "uint8":  # the DALI graph's per-sample operator (SaliencyMix in the graph, CPU)
+            from numba import njit
+
+            from fastcas.mix.graph_ops import saliency_centre
+
+            centre, one, op = np.zeros(2, np.int32), np.ones(1, np.int32), njit(saliency_centre)
+            hwc = [np.ascontiguousarray(img.permute(1, 2, 0).numpy()) for img in x]
+
+            def graph_op():
+                out = []
+                for img in hwc:
+                    op(centre, img, one)
+                    out.append(int(centre[0]) * size + int(centre[1]))
+                return torch.tensor(out)
+
+            assert torch.equal(graph_op(), ref), "graph op"
+            t = timeit(graph_op, repeat=repeat)
+            rows.append({"impl": "DALI graph op (uint8 HWC, per sample)", "input": dtype, "batch": b, "size": size,
                          "ms_per_image": t["median_s"] / b * 1e3, "ms_per_batch": t["median_s"] * 1e3,
                          "min_ms_per_batch": t["min_s"] * 1e3})
         if cv2 is not None and dtype == "uint8":

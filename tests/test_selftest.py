@@ -329,7 +329,7 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
         assert status[f"gpu.{name}"]["status"] == "PASS", status[f"gpu.{name}"]
     assert r["ok"] and r["gpu_half"]["ran"]
     assert status["gpu.decoder"]["numbers"]["max_batch_mad_levels"] == 0
-    assert status["gpu.mix-params"]["numbers"]["batches"] == 12  # 4 mixed configurations x 3 batches (--quick)
+    assert status["gpu.mix-params"]["numbers"]["batches"] == 15  # 5 mixed configurations x 3 batches (--quick)
 
 
 def test_recording_mix_pairs_each_apply_with_its_targets_and_restores_the_api():
