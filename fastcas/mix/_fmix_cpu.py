@@ -1,0 +1,89 @@
+"""Numba CPU kernels of the host FMix mask builder (:mod:`fastcas.mix.fmix`), private to it.
+
+The two folds turn the half-size products of :func:`fastcas.mix.fmix.low_freq_numpy` into the
+whole image (real-DFT symmetry: the cosine part of a row or column is even about ``H - y`` /
+``W - x``, the sine part odd); :func:`bracket` is the one pass over a mask's image that the
+exact-count threshold needs once a sample of the image has bracketed it.
+
+``fastmath=False`` (no reassociation, no FMA contraction: the sums are the ones written here),
+``nogil=True`` (the loader's prefetch thread runs them without the GIL), ``cache=True`` (a fresh
+DALI worker loads the compiled code instead of compiling it). No ``prange``: no threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = dict(nogil=True, cache=True, fastmath=False, error_model="numpy", boundscheck=False)
+_CHUNK = 64  # bracket(): pixels counted (vectorised) before the rare scalar gather of a chunk
+
+
+@njit(**_JIT)
+def fold_rows(g, tr, ti):
+    """Rows of the column-transformed spectrum from the half-height product.
+
+    g float32 ``[2 * Hh, 2C]``, ``Hh = H // 2 + 1``: rows ``[0, Hh)`` are ``cos(2 pi ky y / H)``
+    times the box's ``[Re | Im]``, rows ``[Hh, 2 Hh)`` the same with ``sin``. Writes tr, ti float32
+    ``[H, C]`` (real and imaginary part): row ``y`` is ``cos - i sin`` parts combined as
+    ``(c_re - s_im, c_im + s_re)``, row ``H - y`` (``0 < y < H - y``) as ``(c_re + s_im, c_im - s_re)``
+    (the sine flips sign there)."""
+    h, c = tr.shape
+    hh = g.shape[0] // 2
+    for y in range(min(hh, h)):
+        for j in range(c):
+            tr[y, j] = g[y, j] - g[hh + y, c + j]
+            ti[y, j] = g[y, c + j] + g[hh + y, j]
+    for y in range(1, (h - 1) // 2 + 1):
+        for j in range(c):
+            tr[h - y, j] = g[y, j] + g[hh + y, c + j]
+            ti[h - y, j] = g[y, c + j] - g[hh + y, j]
+
+
+@njit(**_JIT)
+def fold_cols(d, e, img):
+    """The image from its half-width cosine and sine parts: d, e float32 ``[H, Wh]``,
+    ``Wh = W // 2 + 1``; writes img float32 ``[H, W]``: column ``x <= W // 2`` is ``d + e``,
+    column ``W - x`` (``0 < x < W - x``) is ``d - e``."""
+    h, w = img.shape
+    wh = d.shape[1]
+    for y in range(h):
+        for x in range(min(wh, w)):
+            img[y, x] = d[y, x] + e[y, x]
+        for x in range(1, (w - 1) // 2 + 1):
+            img[y, w - x] = d[y, x] - e[y, x]
+
+
+@njit(**_JIT)
+def bracket(row, lo, hi, cand):
+    """One pass over row float32 ``[N]``: returns ``(below, m)``, the count of values ``< lo``
+    and of values in ``[lo, hi]``, which are copied (in index order) to ``cand[:m]`` (float32
+    ``[N]``). Chunks of ``_CHUNK`` pixels are first only counted (a loop LLVM vectorises); a
+    chunk is scanned value by value only when it holds a value in the bracket (a few percent of
+    a smooth image's chunks)."""
+    n = row.shape[0]
+    full = n - n % _CHUNK
+    below = 0
+    m = 0
+    for s in range(0, full, _CHUNK):
+        blk = row[s:s + _CHUNK]
+        cb = np.int32(0)
+        ch = np.int32(0)
+        for i in range(_CHUNK):  # a constant trip count: LLVM vectorises the two counts
+            v = blk[i]
+            cb += np.int32(v < lo)
+            ch += np.int32(v <= hi)
+        below += cb
+        if ch > cb:
+            for i in range(_CHUNK):
+                v = blk[i]
+                if v >= lo and v <= hi:
+                    cand[m] = v
+                    m += 1
+    for i in range(full, n):
+        v = row[i]
+        if v < lo:
+            below += 1
+        elif v <= hi:
+            cand[m] = v
+            m += 1
+    return below, m
