@@ -46,6 +46,12 @@ import numpy as np
 from fastcas._device import array_to_device
 from fastcas._rng import generator
 
+from ._fmix_cpu import below as _below
+from ._fmix_cpu import bracket as _bracket
+from ._fmix_cpu import fold_cols as _fold_cols
+from ._fmix_cpu import fold_quarters as _fold_quarters
+from ._fmix_cpu import fold_rows as _fold_rows
+
 DROP_TOL = 1e-6  # share of the spectrum's power the low-frequency box may drop
 _MATMUL_COLS = 48  # the box's inverse FFT as matrix products up to this many columns (else irfft2)
 
@@ -132,33 +138,32 @@ def _ranked(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.ndarray:
 
 _SAMPLE_STEP = 16  # _kth(): every 16th pixel brackets the threshold
 _SAMPLE_MIN = 4096  # _kth(): rows shorter than this go straight to ndarray.partition
+_NEG_INF, _POS_INF = np.float32(-np.inf), np.float32(np.inf)
 
 
 def _kth(row: np.ndarray, k: int, buf: np.ndarray) -> tuple[float, bool]:
     """The ``k``-th smallest value (0-based) of row float ``[N]``, and whether a value of rank
-    ``< k`` ties it. ``buf``: float scratch ``[N]``. Long rows: the ranks ``k / 16 +- margin``
-    of every 16th value bracket the threshold, one pass (:func:`~fastcas.mix._fmix_cpu.bracket`)
-    counts the values below the bracket and gathers the few inside, and the threshold is
-    selected among those (~3x faster than ``ndarray.partition`` of the whole row). The margin,
-    ``ns / 40`` of the ``ns`` sampled values (78 at 224x224), is wider than any rank error of
-    the sample measured at 224x224, decay 3 (at most 52 on 2048 draws, 0.1% above 48: the
-    samples of a smooth image are correlated); a miss costs a second pass, as do short rows:
-    ``ndarray.partition`` of the whole row (linear time, the SIMD select). The value is the
-    same either way: the k-th order statistic."""
+    ``< k`` ties it. ``buf``: scratch ``[N]`` of row's dtype. Long float32 rows: the ranks
+    ``k / 16 +- margin`` of every 16th value bracket the threshold, one pass
+    (:func:`~fastcas.mix._fmix_cpu.bracket`) counts the values below the bracket and gathers
+    the few inside, and the threshold is selected among those (~3x faster than
+    ``ndarray.partition`` of the whole row). The margin, ``ns / 40`` of the ``ns`` sampled
+    values (78 at 224x224), is wider than any rank error of the sample measured at 224x224,
+    decay 3 (at most 52 on 2048 draws, 0.1% above 48: the samples of a smooth image are
+    correlated); a miss costs a second pass, as do short rows: ``ndarray.partition`` of the
+    whole row (linear time, the SIMD select). The value is the same either way: the k-th order
+    statistic."""
     n = row.shape[0]
     if n >= _SAMPLE_MIN and row.dtype == np.float32:
-        from ._fmix_cpu import bracket
-
         s = buf[: (n + _SAMPLE_STEP - 1) // _SAMPLE_STEP]
         s[:] = row[::_SAMPLE_STEP]
         ns = len(s)
-        centre = (k * ns) // n
-        margin = ns // 40 + 2
+        centre, margin = (k * ns) // n, ns // 40 + 2
         r1, r2 = max(centre - margin, 0), min(centre + margin, ns - 1)
         s.partition((r1, r2))
-        lo = s[r1] if r1 > 0 else -np.inf  # the ends are open: every value is inside them
-        hi = s[r2] if r2 < ns - 1 else np.inf
-        below, m = bracket(row, np.float32(lo), np.float32(hi), buf)
+        lo = s[r1] if r1 > 0 else _NEG_INF  # the ends are open: every value is inside them
+        hi = s[r2] if r2 < ns - 1 else _POS_INF
+        below, m = _bracket(row, lo, hi, buf)
         j = k - below
         if 0 <= j < m:
             cand = buf[:m]
@@ -186,7 +191,10 @@ def _binarise_row(row: np.ndarray, num: int, out: np.ndarray, buf: np.ndarray) -
     if tie:
         out[:] = _ranked(row[None], np.array([num]), np.zeros(1, np.int64))[0]
         return
-    np.less(row, thr, out=out, casting="unsafe")
+    if row.dtype == np.float32:
+        _below(row, thr, out)
+    else:
+        np.less(row, thr, out=out, casting="unsafe")
 
 
 def _binarise_numpy(img: np.ndarray, num: np.ndarray, soft: np.ndarray) -> np.ndarray:
@@ -215,30 +223,41 @@ def _box_scale(height: int, width: int, decay: float) -> np.ndarray:
     return scale
 
 
+def _col_order(width: int, cols: int) -> np.ndarray:
+    """int64 ``[C]``: the order of the box's columns in :func:`_box_spectra`: even then odd
+    frequencies for an even width (:func:`_half_bases`' quarter split), else as they are."""
+    k = np.arange(cols)
+    return np.r_[k[0::2], k[1::2]] if width % 2 == 0 else k
+
+
 @lru_cache(maxsize=8)
 def _half_bases(height: int, width: int, lo: int, hi: int, cols: int):
-    """float32 matrices of the box's inverse real FFT on half the rows and half the columns
-    (read-only), as :func:`_box_image` uses them:
+    """float32 matrices of the box's inverse real FFT on half the rows and half (even width: a
+    quarter of) the columns (read-only), as :func:`_box_image` uses them:
 
     * ``eyh [2 Hh, R]``, ``Hh = H // 2 + 1``: ``cos`` then ``sin`` of the kept rows' phases
       ``2 pi ky y / H`` for ``y <= H // 2`` (rows ``H - y`` follow by symmetry);
-    * ``exc, exs [C, Wh]``, ``Wh = W // 2 + 1``: ``w cos`` and ``-w sin`` of ``2 pi kx x / W`` for
-      ``x <= W // 2``, ``w`` the irfft weight (1 for DC and Nyquist columns, else 2) times
-      ``irfft2``'s ``1 / (H W)`` (columns ``W - x`` follow by symmetry).
+    * ``exc, exs [C, X]``: ``w cos`` and ``-w sin`` of ``2 pi kx x / W``, ``w`` the irfft weight
+      (1 for DC and Nyquist columns, else 2) times ``irfft2``'s ``1 / (H W)``, for ``x <= W // 2``
+      (odd width, ``X = W // 2 + 1``; columns ``W - x`` follow by symmetry), or for
+      ``x <= W // 4`` (even width, ``X = W // 4 + 1``, rows in :func:`_col_order`: columns
+      ``W / 2 +- x`` and ``W - x`` follow by symmetry);
+    * ``ne``: how many of the (reordered) columns are even frequencies (0 for an odd width).
 
     The entries are those of the full-size bases before the symmetric split (float64 cos / sin
     rounded once to float32)."""
     ky = np.r_[0:lo, -hi:0]
     ang = 2 * np.pi * np.outer(np.arange(height // 2 + 1), ky) / height
     eyh = np.concatenate([np.cos(ang), np.sin(ang)], axis=0)
-    k = np.arange(cols)
+    k = _col_order(width, cols)
     wgt = np.where((k == 0) | (2 * k == width), 1.0, 2.0) / (height * width)
-    ang = 2 * np.pi * np.outer(k, np.arange(width // 2 + 1)) / width
+    xs = np.arange(width // 4 + 1 if width % 2 == 0 else width // 2 + 1)
+    ang = 2 * np.pi * np.outer(k, xs) / width
     exc, exs = wgt[:, None] * np.cos(ang), -wgt[:, None] * np.sin(ang)
     out = tuple(np.ascontiguousarray(x, dtype=np.float32) for x in (eyh, exc, exs))
     for x in out:
         x.setflags(write=False)
-    return out
+    return out + ((cols + 1) // 2 if width % 2 == 0 else 0,)
 
 
 _ONE_THREAD_MNK = 1 << 18  # OpenBLAS runs a product with M*N*K at most this on the calling thread
@@ -250,7 +269,11 @@ def _matmul_1t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     2-core box under load (DALI decoding on both cores), every threaded product measured
     16-32 ms of wall time and 8-16 ms of CPU (its workers spin for a scheduler tick) instead of
     ~0.05 ms; torch's matmul with 2 threads stalls the same way."""
-    rows = max(1, _ONE_THREAD_MNK // max(1, b.shape[0] * b.shape[1]))
+    kn = b.shape[0] * b.shape[1]
+    if a.shape[0] * kn <= _ONE_THREAD_MNK:  # one block (most products here): no slicing
+        np.matmul(a, b, out=out)
+        return
+    rows = max(1, _ONE_THREAD_MNK // max(1, kn))
     for s in range(0, a.shape[0], rows):
         np.matmul(a[s:s + rows], b, out=out[s:s + rows])
 
@@ -258,47 +281,58 @@ def _matmul_1t(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
 def _box_spectra(noise: np.ndarray, height: int, width: int, decay: float):
     """The box's scaled spectrum, or None when :func:`low_freq_numpy` uses ``irfft2`` (whole
     spectrum, or more than ``_MATMUL_COLS`` columns). Returns ``(z, bases)``: ``z`` float32
-    ``[B, R, 2C]`` = ``[Re | Im]`` per sample (kept rows ``ky = 0..lo-1, -hi..-1``), ``bases``
-    those of :func:`_half_bases`."""
+    ``[B, R, 2C]`` = ``[Re | Im]`` per sample (kept rows ``ky = 0..lo-1, -hi..-1``, columns in
+    :func:`_col_order`), ``bases`` those of :func:`_half_bases`."""
     lo, hi, cols = spectrum_box(height, width, decay)
     if lo == height or cols > _MATMUL_COLS:
         return None
     noise = box_noise(noise, height, width, decay)
     scale = _box_scale(height, width, decay)
-    z = np.concatenate([noise[..., 0] * scale, noise[..., 1] * scale], axis=2)  # [B, R, 2C]
+    order = _col_order(width, cols)
+    z = np.concatenate([noise[..., 0] * scale, noise[..., 1] * scale], axis=2)[..., np.r_[order, cols + order]]
     return z, _half_bases(height, width, lo, hi, cols)
 
 
 class _Scratch:
     """Per-batch scratch arrays of :func:`_box_image` (float32; reused for every sample so they
-    stay in cache): ``g [2 Hh, 2C]``, ``tr, ti [H, C]``, ``d, e [H, Wh]``."""
+    stay in cache): ``g [2 Hh, 2C]``, ``tr, ti [H, C]``, and the column parts: ``d, e [H, X]``
+    (odd width) or ``ec, oc, es, os [H, X]`` (even width)."""
 
     def __init__(self, bases, height: int):
-        eyh, exc, _ = bases
-        c, wh = exc.shape
+        eyh, exc, _, ne = bases
+        c, x = exc.shape
         self.g = np.empty((eyh.shape[0], 2 * c), np.float32)
         self.tr, self.ti = np.empty((height, c), np.float32), np.empty((height, c), np.float32)
-        self.d, self.e = np.empty((height, wh), np.float32), np.empty((height, wh), np.float32)
+        self.parts = [np.empty((height, x), np.float32) for _ in range(4 if ne else 2)]
 
 
 def _box_image(z: np.ndarray, bases, scr: _Scratch, img: np.ndarray) -> None:
     """One sample's low-frequency image: z float32 ``[R, 2C]`` (:func:`_box_spectra`) -> img
-    float32 ``[H, W]``. The inverse real FFT of the box as half-size products, using the
-    real-DFT symmetry (cos even, sin odd about ``H - y`` and ``W - x``): ``g = eyh @ z`` (half
-    the rows' cos and sin parts), :func:`~fastcas.mix._fmix_cpu.fold_rows` -> ``tr, ti [H, C]``,
-    ``d = tr @ exc``, ``e = ti @ exs`` (half the columns), and
-    :func:`~fastcas.mix._fmix_cpu.fold_cols`: column ``x`` is ``d + e``, column ``W - x`` is
-    ``d - e``. About half the multiply-adds of the full-size products
-    (``[H, 2R] @ [2R, 2C]`` then ``[H, 2C] @ [2C, W]``) with the same terms summed in another
-    order (float32: the last bits differ, see the module docstring)."""
-    from ._fmix_cpu import fold_cols, fold_rows
-
-    eyh, exc, exs = bases
+    float32 ``[H, W]``. The inverse real FFT of the box as small products, using the real-DFT
+    symmetry (cos even, sin odd about ``H - y`` and ``W - x``; odd frequencies flip sign from
+    ``x`` to ``W / 2 + x``): ``g = eyh @ z`` (half the rows' cos and sin parts),
+    :func:`~fastcas.mix._fmix_cpu.fold_rows` -> ``tr, ti [H, C]``; then for an even width the
+    four quarter-width parts ``tr_even @ exc_even``, ``tr_odd @ exc_odd``, ``ti_even @
+    exs_even``, ``ti_odd @ exs_odd`` folded into the image by
+    :func:`~fastcas.mix._fmix_cpu.fold_quarters`, for an odd width the half-width ``tr @ exc``,
+    ``ti @ exs`` folded by :func:`~fastcas.mix._fmix_cpu.fold_cols`. About half (odd width) or
+    a third (even) of the multiply-adds of the full-size products (``[H, 2R] @ [2R, 2C]``
+    then ``[H, 2C] @ [2C, W]``), the same terms summed in another order (float32: the last
+    bits differ, see the module docstring)."""
+    eyh, exc, exs, ne = bases
     _matmul_1t(eyh, z, scr.g)
-    fold_rows(scr.g, scr.tr, scr.ti)
-    _matmul_1t(scr.tr, exc, scr.d)
-    _matmul_1t(scr.ti, exs, scr.e)
-    fold_cols(scr.d, scr.e, img)
+    _fold_rows(scr.g, scr.tr, scr.ti)
+    p = scr.parts
+    if ne:
+        _matmul_1t(scr.tr[:, :ne], exc[:ne], p[0])
+        _matmul_1t(scr.tr[:, ne:], exc[ne:], p[1])
+        _matmul_1t(scr.ti[:, :ne], exs[:ne], p[2])
+        _matmul_1t(scr.ti[:, ne:], exs[ne:], p[3])
+        _fold_quarters(p[0], p[1], p[2], p[3], img)
+    else:
+        _matmul_1t(scr.tr, exc, p[0])
+        _matmul_1t(scr.ti, exs, p[1])
+        _fold_cols(p[0], p[1], img)
 
 
 def low_freq_numpy(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
