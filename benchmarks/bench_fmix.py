@@ -9,8 +9,8 @@ the inverse FFT to the low-frequency image, the exact-count binarisation, and th
 baseline: the whole spectrum's noise, a full-size ``irfft2``, a full sort per row); "prev" is
 its host path before the symmetric products (commit c852ebb, also kept here compactly: the
 low-frequency box as two full-size float32 products per sample, ``ndarray.partition`` of each
-row, fused per sample); "after" is the installed :mod:`fastcas.mix.fmix`. A second table times the binary-mask blend as the
-loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal that blends
+row, fused per sample); "after" is the installed :mod:`fastcas.mix.fmix`. A second table
+times the binary-mask blend as the loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal that blends
 the in-batch pairs ``g ^ 1`` without the gather. One thread everywhere (``torch.set_num_threads(1)``,
 BLAS limited to one thread through threadpoolctl when installed, after one row with BLAS at its
 default, as in the loader); times are CPU seconds of the
@@ -231,10 +231,10 @@ def main(argv=None) -> int:
         assert (prev_masks != after_total().masks).mean() < 1e-4
     parts = [
         ("noise", lambda: legacy_noise(0, 0, pos, h, w), None, lambda: F.noise_at(0, 0, pos, h, w, d)),
-        ("fft", lambda: legacy_low_freq(old_noise, h, w, d), box and (lambda: prev_low_freq(new_noise, h, w, d, bases)),
-         lambda: F.low_freq_numpy(new_noise, h, w, d)),
-        ("binarise (rows out of cache)", lambda: legacy_binarise(old_img, num), box and (lambda: prev_binarise(new_img, num)),
-         lambda: F._binarise_numpy(new_img, num, soft)),
+        ("fft", lambda: legacy_low_freq(old_noise, h, w, d),
+         box and (lambda: prev_low_freq(new_noise, h, w, d, bases)), lambda: F.low_freq_numpy(new_noise, h, w, d)),
+        ("binarise (rows out of cache)", lambda: legacy_binarise(old_img, num),
+         box and (lambda: prev_binarise(new_img, num)), lambda: F._binarise_numpy(new_img, num, soft)),
         ("total make_params_at", lambda: legacy_params(0, 0, pos, h, w, d),
          box and (lambda: prev_params(0, 0, pos, h, w, d, bases)), after_total),
     ]
