@@ -6,9 +6,11 @@
 Parts of ``make_params_at("fmix", ...)`` on the CPU: spectrum noise (per-position generators),
 the inverse FFT to the low-frequency image, the exact-count binarisation, and the whole call.
 "before" is the code of ``fastcas/mix/fmix.py`` before that work (kept here, compactly, as the
-baseline: the whole spectrum's noise, a full-size ``irfft2``, a full sort per row); "after" is
-the installed :mod:`fastcas.mix.fmix`. A second table times the binary-mask blend as the
-loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal that blends
+baseline: the whole spectrum's noise, a full-size ``irfft2``, a full sort per row); "prev" is
+its host path before the symmetric products (commit c852ebb, also kept here compactly: the
+low-frequency box as two full-size float32 products per sample, ``ndarray.partition`` of each
+row, fused per sample); "after" is the installed :mod:`fastcas.mix.fmix`. A second table
+times the binary-mask blend as the loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal that blends
 the in-batch pairs ``g ^ 1`` without the gather. One thread everywhere (``torch.set_num_threads(1)``,
 BLAS limited to one thread through threadpoolctl when installed, after one row with BLAS at its
 default, as in the loader); times are CPU seconds of the
@@ -74,6 +76,81 @@ def legacy_params(seed, epoch, positions, h, w, decay):
     num = np.floor(drawn * h * w + 0.5).astype(np.int64)
     img = legacy_low_freq(legacy_noise(seed, epoch, positions, h, w), h, w, decay).reshape(len(positions), -1)
     masks = legacy_binarise(img, num).reshape(-1, h, w)
+    masks[~mixed] = 0.0
+    return masks
+
+
+# ---------------------------------------------------------------- the previous box path ("prev")
+def prev_bases(h, w, decay):
+    from fastcas.mix.fmix import spectrum_box
+
+    lo, hi, cols = spectrum_box(h, w, decay)
+    ky = np.r_[0:lo, -hi:0]
+    ang = 2 * np.pi * np.outer(np.arange(h), ky) / h
+    ey = np.concatenate([np.cos(ang), np.sin(ang)], axis=1).astype(np.float32)
+    k = np.arange(cols)
+    wgt = np.where((k == 0) | (2 * k == w), 1.0, 2.0) / (h * w)
+    ang = 2 * np.pi * np.outer(k, np.arange(w)) / w
+    ex = np.concatenate([wgt[:, None] * np.cos(ang), -wgt[:, None] * np.sin(ang)]).astype(np.float32)
+    return ey, ex
+
+
+def prev_matmul(a, b, out):  # row blocks that keep OpenBLAS on the calling thread, as before
+    rows = max(1, (1 << 18) // (b.shape[0] * b.shape[1]))
+    for s in range(0, a.shape[0], rows):
+        np.matmul(a[s:s + rows], b, out=out[s:s + rows])
+
+
+def prev_spectra(noise, h, w, decay):
+    from fastcas.mix.fmix import _box_scale
+
+    scale = _box_scale(h, w, decay)
+    re, im = noise[..., 0] * scale, noise[..., 1] * scale
+    return np.concatenate([np.concatenate([re, im], axis=2), np.concatenate([-im, re], axis=2)], axis=1)
+
+
+def prev_low_freq(noise, h, w, decay, bases):
+    ey, ex = bases
+    q = prev_spectra(noise, h, w, decay)
+    img = np.empty((len(q), h, w), np.float32)
+    t = np.empty((h, ex.shape[0]), np.float32)
+    for i in range(len(q)):
+        prev_matmul(ey, q[i], t)
+        prev_matmul(t, ex, img[i])
+    return img
+
+
+def prev_binarise_row(row, num, out, buf):
+    k = row.shape[0] - num
+    buf[:] = row
+    buf.partition(k)
+    thr = buf[k]
+    assert buf[:k].max() < thr  # no ties in these runs (the old fallback re-ranked the row)
+    np.less(row, thr, out=out, casting="unsafe")
+
+
+def prev_binarise(img, num):
+    masks, buf = np.empty(img.shape, np.float32), np.empty(img.shape[1], img.dtype)
+    for i in range(len(img)):
+        prev_binarise_row(img[i], num[i], masks[i], buf)
+    return masks
+
+
+def prev_params(seed, epoch, positions, h, w, decay, bases):
+    from fastcas.mix.fmix import noise_at
+    from fastcas.mix.params import position_draws
+
+    drawn, mixed, _, _ = position_draws(seed, epoch, positions, 1.0, 1.0)
+    num = np.floor(drawn * h * w + 0.5).astype(np.int64)
+    ey, ex = bases
+    q = prev_spectra(noise_at(seed, epoch, positions, h, w, decay), h, w, decay)
+    masks = np.empty((len(q), h * w), np.float32)
+    t, img, buf = np.empty((h, ex.shape[0]), np.float32), np.empty((h, w), np.float32), np.empty(h * w, np.float32)
+    for i in range(len(q)):  # fused per sample, as before
+        prev_matmul(ey, q[i], t)
+        prev_matmul(t, ex, img)
+        prev_binarise_row(img.reshape(-1), num[i], masks[i], buf)
+    masks = masks.reshape(-1, h, w)
     masks[~mixed] = 0.0
     return masks
 
@@ -146,19 +223,31 @@ def main(argv=None) -> int:
     old_img = legacy_low_freq(old_noise, h, w, d).reshape(b, -1)
     new_img = F.low_freq_numpy(new_noise, h, w, d).reshape(b, -1)
     soft = np.zeros(b, np.int64)
+    box = F._box_spectra(new_noise, h, w, d) is not None
+    bases = prev_bases(h, w, d) if box else None
+    after_total = lambda: make_params_at("fmix", 0, 0, pos, h, w, alpha=1.0, prob=1.0, decay=d)  # noqa: E731
+    if box:  # the previous box path makes the same masks (but for pixels tying the threshold)
+        prev_masks = prev_params(0, 0, pos, h, w, d, bases)
+        assert (prev_masks != after_total().masks).mean() < 1e-4
     parts = [
-        ("noise", lambda: legacy_noise(0, 0, pos, h, w), lambda: F.noise_at(0, 0, pos, h, w, d)),
-        ("fft", lambda: legacy_low_freq(old_noise, h, w, d), lambda: F.low_freq_numpy(new_noise, h, w, d)),
-        ("binarise", lambda: legacy_binarise(old_img, num), lambda: F._binarise_numpy(new_img, num, soft)),
+        ("noise", lambda: legacy_noise(0, 0, pos, h, w), None, lambda: F.noise_at(0, 0, pos, h, w, d)),
+        ("fft", lambda: legacy_low_freq(old_noise, h, w, d),
+         box and (lambda: prev_low_freq(new_noise, h, w, d, bases)), lambda: F.low_freq_numpy(new_noise, h, w, d)),
+        ("binarise (rows out of cache)", lambda: legacy_binarise(old_img, num),
+         box and (lambda: prev_binarise(new_img, num)), lambda: F._binarise_numpy(new_img, num, soft)),
         ("total make_params_at", lambda: legacy_params(0, 0, pos, h, w, d),
-         lambda: make_params_at("fmix", 0, 0, pos, h, w, alpha=1.0, prob=1.0, decay=d)),
+         box and (lambda: prev_params(0, 0, pos, h, w, d, bases)), after_total),
     ]
     rows = []
-    for name, before, after in parts:
+    for name, before, prev, after in parts:
         tb, ta = cpu_ms(before, r), cpu_ms(after, r)
-        rows.append({"part": name, "before_ms": tb, "after_ms": ta, "speedup": tb / ta})
+        row = {"part": name, "before_ms": tb, "after_ms": ta, "speedup": tb / ta}
+        if prev:
+            tp = cpu_ms(prev, r)
+            row.update(prev_ms=tp, vs_prev=tp / ta)
+        rows.append(row)
     rows.append({"part": "total, default BLAS threads", "after_ms": default_blas})
-    print_table(rows, ["part", "before_ms", "after_ms", "speedup"],
+    print_table(rows, ["part", "before_ms", "prev_ms", "after_ms", "speedup", "vs_prev"],
                 title=f"FMix parameters, CPU ms per batch of {b} at {h}x{w}, decay {d}, box {F.spectrum_box(h, w, d)}")
     brows = blend_rows(b, args.size, r)
     print_table(brows, ["part", "ms"], title=f"binary-mask blend, CPU ms per batch of {b}x3x{h}x{w} float32")

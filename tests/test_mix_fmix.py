@@ -191,3 +191,155 @@ def test_every_matrix_product_is_small_enough_for_one_blas_thread(monkeypatch):
     monkeypatch.undo()
     np.testing.assert_allclose(img, _irfft2_f64(_full_from_box(noise, 224, 224, 3.0), 224, 224, 3.0),
                                rtol=0, atol=5e-6 * np.abs(img).max())
+
+
+# ---------------------------------------------------------------- the faster host path (fmixfast2)
+def _full_size_products(noise, h, w, decay):
+    """The earlier definition of the box image: float32 ``(ey @ [[Re, Im], [-Im, Re]]) @ ex``
+    with the full-size bases (every row, every column), as before the symmetric split."""
+    lo, hi, cols = F.spectrum_box(h, w, decay)
+    box = F.box_noise(noise, h, w, decay)
+    scale = F._box_scale(h, w, decay)
+    re, im = box[..., 0] * scale, box[..., 1] * scale
+    q = np.concatenate([np.concatenate([re, im], 2), np.concatenate([-im, re], 2)], 1)
+    ky = np.r_[0:lo, -hi:0]
+    ang = 2 * np.pi * np.outer(np.arange(h), ky) / h
+    ey = np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    k = np.arange(cols)
+    wgt = np.where((k == 0) | (2 * k == w), 1.0, 2.0) / (h * w)
+    ang = 2 * np.pi * np.outer(k, np.arange(w)) / w
+    ex = np.concatenate([wgt[:, None] * np.cos(ang), -wgt[:, None] * np.sin(ang)]).astype(np.float32)
+    return np.stack([(ey @ qi) @ ex for qi in q])
+
+
+@pytest.mark.parametrize("h,w,decay", [(224, 224, 3.0), (225, 223, 3.0), (160, 226, 4.0), (63, 65, 4.0),
+                                       (64, 64, 4.0), (96, 128, 3.0), (97, 130, 5.0)])
+def test_symmetric_products_equal_the_full_size_products(h, w, decay):
+    """Half-height rows, quarter- (even W) or half-width (odd W) columns, folded: the same sum
+    as the full-size products but for float32 rounding (measured <= 1.2e-6 of the image's
+    peak at 224x224; the bound here is 4e-6)."""
+    noise = F.noise_at(11, 3, np.arange(6), h, w, decay)
+    ref = _full_size_products(noise, h, w, decay)
+    got = F.low_freq_numpy(noise, h, w, decay)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4e-6 * np.abs(ref).max())
+    # and the exact (float64) zero-padded irfft2 of the box, as before
+    exact = _irfft2_f64(_full_from_box(noise, h, w, decay), h, w, decay)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=5e-6 * np.abs(exact).max())
+
+
+def test_fold_quarters_and_fold_cols_place_every_column():
+    from fastcas.mix import _fmix_cpu as K
+
+    rng = np.random.default_rng(0)
+    for w in (224, 226, 8, 10):  # h = W / 2 even and odd
+        h = w // 2
+        ec, oc, es, os_ = (rng.standard_normal((5, h // 2 + 1)).astype(np.float32) for _ in range(4))
+        img = np.full((5, w), np.nan, np.float32)
+        K.fold_quarters(ec, oc, es, os_, img)
+        ref = np.empty_like(img)
+        for x in range(h // 2 + 1):  # the module's order: later assignments win
+            u, v, u2, v2 = ec[:, x] + oc[:, x], es[:, x] + os_[:, x], ec[:, x] - oc[:, x], es[:, x] - os_[:, x]
+            if h + x < w:
+                ref[:, h + x] = u2 + v2
+            ref[:, h - x] = u2 - v2
+        for x in range(h // 2 + 1):
+            u, v = ec[:, x] + oc[:, x], es[:, x] + os_[:, x]
+            if x:
+                ref[:, w - x] = u - v
+            ref[:, x] = u + v
+        np.testing.assert_array_equal(img, ref)
+    for w in (223, 9):
+        d, e = (rng.standard_normal((4, w // 2 + 1)).astype(np.float32) for _ in range(2))
+        img = np.full((4, w), np.nan, np.float32)
+        K.fold_cols(d, e, img)
+        np.testing.assert_array_equal(img[:, :w // 2 + 1], d + e)
+        np.testing.assert_array_equal(img[:, w // 2 + 1:], (d - e)[:, 1:w // 2 + 1][:, ::-1])
+
+
+def _tied_rows(rng, n):
+    return [np.round(rng.standard_normal(n), 1).astype(np.float32),  # many ties
+            np.full(n, 0.25, np.float32),  # all tied
+            (rng.random(n) < 0.5).astype(np.float32),  # two values
+            np.repeat(rng.standard_normal(n // 64 + 1), 64)[:n].astype(np.float32)]  # runs of 64
+
+
+@pytest.mark.parametrize("n", [50176, 4096, 5000, 4095, 500])
+def test_kth_is_the_partition_value_and_flags_ties(n):
+    """_kth (sampled bracket for long float32 rows, ndarray.partition otherwise) returns the
+    k-th order statistic and flags a tie below rank k, on smooth, random and tied rows."""
+    rng = np.random.default_rng(n)
+    img = F.low_freq_numpy(F.noise_at(1, 0, np.arange(2), 224, 224), 224, 224, 3.0).reshape(2, -1)[:, :n]
+    rows = [img[0], img[1], rng.standard_normal(n).astype(np.float32), np.sort(rng.random(n)).astype(np.float32)]
+    buf = np.empty(n, np.float32)
+    for tied, row in [(False, r) for r in rows] + [(True, r) for r in _tied_rows(rng, n)]:
+        srt = np.sort(row)
+        for k in [1, 2, n // 3, n // 2, n - 2, n - 1] + list(rng.integers(1, n, 6)):
+            thr, tie = F._kth(row, int(k), buf)
+            assert thr == srt[k] == np.partition(row, k)[k]
+            assert tie == bool(srt[k - 1] == thr)
+            if not tied:
+                assert not tie
+
+
+def test_kth_falls_back_when_the_sample_misses_the_threshold():
+    """A row whose every 16th value lies far off the rest: the bracket misses, and the whole
+    row is partitioned (same value)."""
+    rng = np.random.default_rng(5)
+    row = rng.standard_normal(8192).astype(np.float32)
+    row[::16] += 100.0
+    buf = np.empty_like(row)
+    for k in (100, 4000, 8000):
+        assert F._kth(row, k, buf) == (np.partition(row, k)[k], False)
+
+
+def test_bracket_counts_below_and_gathers_inside():
+    from fastcas.mix import _fmix_cpu as K
+
+    rng = np.random.default_rng(6)
+    for n in (50176, 1000, 70, 5):
+        row = np.round(rng.standard_normal(n), 2).astype(np.float32)
+        lo, hi = np.float32(-0.3), np.float32(0.41)
+        cand = np.empty(n, np.float32)
+        below, m = K.bracket(row, lo, hi, cand)
+        assert below == (row < lo).sum()
+        np.testing.assert_array_equal(cand[:m], row[(row >= lo) & (row <= hi)])
+    row = np.full(300, 5.0, np.float32)  # chunks whose only bracketed value is an end of it
+    row[[3, 130, 299]] = [-0.3, 0.41, 0.41]
+    cand = np.empty(300, np.float32)
+    below, m = K.bracket(row, np.float32(-0.3), np.float32(0.41), cand)
+    assert (below, m) == (0, 3)
+    np.testing.assert_array_equal(cand[:3], np.float32([-0.3, 0.41, 0.41]))
+
+
+def test_long_rows_exact_counts_and_ties_on_the_sampled_path():
+    """Hard masks of 224x224 images: exactly num background pixels for every num (0, 1, N - 1,
+    N included), equal to the exact-rank definition, also when values tie (sampled select, then
+    the tie fallback to exact ranks)."""
+    h = w = 224
+    n = h * w
+    img = F.low_freq_numpy(F.noise_at(8, 0, np.arange(4), h, w), h, w, 3.0).reshape(4, -1)
+    rng = np.random.default_rng(9)
+    tied = np.stack(_tied_rows(rng, n))
+    rows = np.concatenate([img, tied, np.round(img * (200 / np.abs(img).max()))]).astype(np.float32)
+    for num in ([0, 1, n - 1, n], list(rng.integers(0, n + 1, 4))):
+        nums = np.resize(np.array(num), len(rows))
+        zero = np.zeros(len(rows), np.int64)
+        got = F._binarise_numpy(rows, nums, zero)
+        np.testing.assert_array_equal((1 - got).sum(1), nums)
+        np.testing.assert_array_equal(got, F._ranked(rows, nums, zero))
+
+
+def test_host_masks_unchanged_by_the_symmetric_products_but_for_threshold_pixels():
+    """The documented change (module docstring): masks of the symmetric products against the
+    full-size products' masks, same noise: lam and counts identical, pixels nearly all equal."""
+    h = w = 224
+    pos = np.arange(64)
+    noise = F.noise_at(0, 0, pos, h, w)
+    drawn = np.random.default_rng(0).random(64)
+    num, soft = F._counts(drawn, h * w, 0.0)
+    old = F._binarise_numpy(_full_size_products(noise, h, w, 3.0).reshape(64, -1), num, soft)
+    new, lam = F.masks_from_noise(noise, drawn, np.ones(64, bool), h, w)
+    np.testing.assert_array_equal(lam, num / (h * w))
+    np.testing.assert_array_equal((1 - new).reshape(64, -1).sum(1), num)
+    assert (new.reshape(64, -1) != old).mean() < 1e-5
