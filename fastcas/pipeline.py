@@ -131,7 +131,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             lam, bg = args.pop("lam"), images[0][0]
             kind = source.config.paste.kind
             if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
-                centre_op, paste_op = _saliency_ops()
+                centre_op, paste_op = _graph_op("saliency_centre"), _graph_op("saliency_paste")
                 centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
                 centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
                 anchors, shapes, lam = paste_op(args.pop("anchors"), args.pop("shapes"), lam, args.pop("half"), centre)
@@ -143,8 +143,11 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
                 fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
-                masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
-                mixed = bg ^ ((bg ^ fg) & masks)
+                if gpu or not _FMIX_SELECT_OP:  # DALI's arithmetic operators (the GPU's select)
+                    masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
+                    mixed = bg ^ ((bg ^ fg) & masks)
+                else:  # the same select as one vectorised Numba pass (DALI's CPU arithmetic broadcasts slowly)
+                    mixed = _graph_op("fmix_select")(bg, fg, args["masks"])
             return (normalise(mixed), *labels, lam, raw[-1])
         outs = []
         for (img, mirror), label in zip(images, labels):
@@ -162,29 +165,32 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     return p
 
 
-_SALIENCY_OPS: list = []
+_GRAPH_OPS: dict = {}
+_FMIX_SELECT_OP = True  # CPU FMix select as a Numba operator (False: DALI arithmetic, as on the GPU; for tests)
 
 
-def _saliency_ops():
-    """DALI Numba operators (CPU) running :mod:`fastcas.mix.graph_ops`: the saliency peak of
-    each sample's uint8 HWC image, and the ``multi_paste`` arguments of its box. Built once
-    per process: DALI compiles a Numba function when its operator is constructed (~4 s here),
-    and an operator instance can be placed in any number of pipelines."""
-    if not _SALIENCY_OPS:
+def _graph_op(name: str):
+    """A DALI Numba operator (CPU) running ``fastcas.mix.graph_ops.<name>`` per sample on DALI's
+    threads: ``saliency_centre`` (the saliency peak of each uint8 HWC image), ``saliency_paste``
+    (the ``multi_paste`` arguments and lam of its box) or ``fmix_select``. Built once per
+    process: DALI compiles a Numba function when its operator is constructed (seconds), and an
+    operator instance can be placed in any number of pipelines."""
+    if name not in _GRAPH_OPS:
         from nvidia.dali import types
         from nvidia.dali.plugin.numba import NumbaFunction
 
         from fastcas.mix import graph_ops as G
 
         i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
-        _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_centre, setup_fn=G.saliency_centre_setup,
-                                           out_types=[i32], in_types=[u8, i32], outs_ndim=[1], ins_ndim=[3, 1],
-                                           device="cpu"))
-        _SALIENCY_OPS.append(NumbaFunction(run_fn=G.saliency_paste, setup_fn=G.saliency_paste_setup,
-                                           out_types=[i32, i32, f64],
-                                           in_types=[i32, i32, f64, i32, i32], outs_ndim=[2, 2, 1],
-                                           ins_ndim=[2, 2, 1, 1, 1], device="cpu"))
-    return tuple(_SALIENCY_OPS)
+        spec = {  # out_types, in_types, outs_ndim, ins_ndim
+            "saliency_centre": ([i32], [u8, i32], [1], [3, 1]),
+            "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
+            "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
+        }[name]
+        _GRAPH_OPS[name] = NumbaFunction(run_fn=getattr(G, name), setup_fn=getattr(G, name + "_setup"),
+                                         out_types=spec[0], in_types=spec[1], outs_ndim=spec[2],
+                                         ins_ndim=spec[3], device="cpu")
+    return _GRAPH_OPS[name]
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,

@@ -91,12 +91,14 @@ def test_resume_at_another_world_size_continues_the_stream_exactly(ds, scores, r
 
 
 @pytest.mark.dali
-def test_dali_batches_at_world_size_one_equal_the_concatenated_world_size_two_batches(ds):
+@pytest.mark.parametrize("mix", ["cutmix", "fmix", "saliencymix"])
+def test_dali_batches_at_world_size_one_equal_the_concatenated_world_size_two_batches(ds, mix):
     """Through DALI on CPU: after 2 steps at world size 2 (b = 4), world size 1 (b = 8) resumes
-    with batches whose pixels and targets are the two ranks' batches concatenated."""
+    with batches whose pixels and targets are the two ranks' batches concatenated (each kind
+    mixed inside the DALI graph)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("nvidia.dali")
-    kw = dict(weights="cmo", mix="cutmix", alpha=1.0, image_size=16, epoch_length=40, seed=3, device="cpu",
+    kw = dict(weights="cmo", mix=mix, alpha=1.0, image_size=16, epoch_length=40, seed=3, device="cpu",
               py_workers=0)
     ranks = [Loader(ds, 4, rank=r, world_size=2, **kw) for r in range(2)]
     per_rank = [[[t.clone() for t in b] for b in r] for r in ranks]

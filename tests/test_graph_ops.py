@@ -160,3 +160,14 @@ def test_default_saliencymix_pastes_the_box_around_opencvs_peak_on_real_photos(p
             inside.append(y0 <= peak // 96 < y1 and x0 <= peak % 96 < x1)
     assert boxes >= 30
     assert np.mean(inside) >= 0.85 and all(inside)  # centred on the peak: every box holds it
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_fmix_select_takes_the_foreground_where_the_mask_is_set(channels):
+    rng = np.random.default_rng(channels)
+    bg = rng.integers(0, 256, (23, 17, channels), dtype=np.uint8)
+    fg = rng.integers(0, 256, (23, 17, channels), dtype=np.uint8)
+    mask = np.where(rng.random((23, 17, 1)) < 0.4, 255, 0).astype(np.uint8)
+    out = np.zeros_like(bg)
+    njit(G.fmix_select)(out, bg, fg, mask)
+    np.testing.assert_array_equal(out, np.where(mask == 255, fg, bg))

@@ -56,9 +56,12 @@ def test_batches_are_finished_off_the_training_thread(ds, monkeypatch):
     assert set(where) == {threading.get_ident()}
 
 
-def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds):
-    whole = _epoch(_loader(ds, mix="fmix", prefetch=2))
-    loader = _loader(ds, mix="fmix", prefetch=3)
+@pytest.mark.parametrize("kw", [{"mix": "fmix"}, {"mix": "saliencymix"}, {"mix": "saliencymix", "mix_in_pipeline": False},
+                                {"mix": "saliencymix", "foreground_weights": "cmo"}],
+                         ids=["fmix", "saliencymix", "saliencymix-torch", "saliencymix-cmo"])
+def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds, kw):
+    whole = _epoch(_loader(ds, prefetch=2, **kw))
+    loader = _loader(ds, prefetch=3, **kw)
     got = []
     for b in loader:  # the producer runs ahead; the consumer stops after 3
         got.append(tuple(t.clone() for t in b))
@@ -67,7 +70,7 @@ def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds):
     state = loader.state_dict()
     assert state["step"] == 3
     got += _epoch(loader)  # the same loader: rebuilt at the step consumed, not produced
-    fresh = _loader(ds, mix="fmix", prefetch=2)
+    fresh = _loader(ds, prefetch=2, **kw)
     fresh.load_state_dict(state)
     tail = _epoch(fresh)
     assert len(got) == len(whole) and len(tail) == len(whole) - 3

@@ -1,4 +1,5 @@
-"""SaliencyMix inside the DALI graph: the per-sample functions DALI's Numba operator runs.
+"""Mixing inside the DALI graph on the CPU: the per-sample functions DALI's Numba operator runs
+(SaliencyMix's saliency peak and box, FMix's bit-mask select).
 
 :mod:`fastcas.pipeline` (the only module that imports DALI) wraps these plain functions with
 ``nvidia.dali.plugin.numba``'s ``numba_function`` (CPU, one call per sample on DALI's thread
@@ -135,6 +136,40 @@ def saliency_paste(anchors, shapes, lam, anchors0, shapes0, lam0, half, centre):
     shapes[1, 1] = x1 - x0
     area = np.int64(y1 - y0) * np.int64(x1 - x0)
     lam[0] = 1.0 - np.float64(area) / np.float64(np.int64(height) * np.int64(width))
+
+
+def fmix_select_setup(outs, ins):
+    """Output shape of :func:`fmix_select`: the background's ``[H, W, C]``."""
+    for i in range(len(outs[0])):
+        for d in range(3):
+            outs[0][i][d] = ins[0][i][d]
+
+
+def fmix_select(out, bg, fg, mask):
+    """out uint8 ``[H, W, C]`` <- ``bg ^ ((bg ^ fg) & mask)``: the foreground's pixels where the
+    FMix bit mask uint8 ``[H, W, 1]`` is 255, the background's where it is 0 (exact: bitwise
+    on uint8). bg, fg: uint8 ``[H, W, C]``, C-contiguous. The expression of the GPU graph (DALI
+    arithmetic operators), as one vectorised pass (~7 us a 224 px sample against ~100 us for
+    DALI's broadcasting arithmetic on the CPU)."""
+    h = bg.shape[0]
+    w = bg.shape[1]
+    c = bg.shape[2]
+    o = out.reshape(h * w * c)
+    b = bg.reshape(h * w * c)
+    f = fg.reshape(h * w * c)
+    m = mask.reshape(h * w)
+    if c == 3:  # unrolled: LLVM vectorises the three interleaved channels
+        for p in range(h * w):
+            mm = m[p]
+            i = 3 * p
+            o[i] = b[i] ^ ((b[i] ^ f[i]) & mm)
+            o[i + 1] = b[i + 1] ^ ((b[i + 1] ^ f[i + 1]) & mm)
+            o[i + 2] = b[i + 2] ^ ((b[i + 2] ^ f[i + 2]) & mm)
+    else:
+        for p in range(h * w):
+            for k in range(c):
+                i = c * p + k
+                o[i] = b[i] ^ ((b[i] ^ f[i]) & m[p])
 
 
 def pixels_u8(images, mean, std):
