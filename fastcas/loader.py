@@ -168,8 +168,9 @@ class Loader:
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
             if kind == "saliencymix":
-                drawn, mixed, _, _ = M.params.position_draws(self.config.seed, epoch, pos, self.config.alpha,
-                                                             self.config.mix_prob)
+                c, S = self.config, self.config.image_size
+                drawn, mixed, _ = M.params.saliency_draws(c.seed, epoch, pos, S, S, c.alpha, c.mix_prob,
+                                                          c.mix_options.get("mode", "elem"))
                 res.update(params=None, drawn=drawn, mixed=mixed)
             else:
                 res["params"] = self._mix_params(epoch, pos, self.config.image_size)
@@ -480,7 +481,7 @@ class Loader:
             from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
             from fastcas.mix.graph_ops import pixels_u8
 
-            # the saliency of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
+            # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
             # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
             return D.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
                                      alpha=cfg.alpha, prob=cfg.mix_prob, to_device=to_dev, **cfg.mix_options)

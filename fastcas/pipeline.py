@@ -15,6 +15,7 @@ S x S. Every random choice (window, flip) comes from the stateless source, not D
 from __future__ import annotations
 
 import gc
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,9 +80,10 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     (:func:`fastcas.mix.graph_ops.saliency_centre`), ``fn.permute_batch`` gives each sample its
     foreground's peak, a second one makes the box's ``multi_paste`` arguments and ``lam``
     (:func:`~fastcas.mix.graph_ops.saliency_paste`), and ``fn.multi_paste`` copies the box.
-    All are copies of whole pixels and normalisation is per pixel, so the pixels equal
-    ``fastcas.mix.apply`` on the normalised, flipped images, on the CPU and the GPU alike (DALI
-    runs the same operators)."""
+    On the CPU the FMix select is one Numba operator (:func:`fastcas.mix.graph_ops.fmix_select`,
+    the same expression). All are copies of whole pixels and normalisation is per pixel, so the
+    pixels equal ``fastcas.mix.apply`` on the normalised, flipped images, on the CPU and the GPU
+    alike (tested against the torch path on the CPU)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = cfg.device == "cuda"
@@ -131,6 +133,9 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             lam, bg = args.pop("lam"), images[0][0]
             kind = source.config.paste.kind
             if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
+                if gpu:
+                    raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
+                                     "take host images); a GPU loader computes the boxes with torch after it")
                 centre_op, paste_op = _graph_op("saliency_centre"), _graph_op("saliency_paste")
                 centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
                 centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
@@ -166,6 +171,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
 
 
 _GRAPH_OPS: dict = {}
+_GRAPH_OPS_LOCK = threading.Lock()  # two threads building pipelines compile each operator once
 _FMIX_SELECT_OP = True  # CPU FMix select as a Numba operator (False: DALI arithmetic, as on the GPU; for tests)
 
 
@@ -175,22 +181,27 @@ def _graph_op(name: str):
     (the ``multi_paste`` arguments and lam of its box) or ``fmix_select``. Built once per
     process: DALI compiles a Numba function when its operator is constructed (seconds), and an
     operator instance can be placed in any number of pipelines."""
-    if name not in _GRAPH_OPS:
-        from nvidia.dali import types
-        from nvidia.dali.plugin.numba import NumbaFunction
+    with _GRAPH_OPS_LOCK:
+        if name not in _GRAPH_OPS:
+            _GRAPH_OPS[name] = _make_graph_op(name)
+        return _GRAPH_OPS[name]
 
-        from fastcas.mix import graph_ops as G
 
-        i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
-        spec = {  # out_types, in_types, outs_ndim, ins_ndim
-            "saliency_centre": ([i32], [u8, i32], [1], [3, 1]),
-            "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
-            "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
-        }[name]
-        _GRAPH_OPS[name] = NumbaFunction(run_fn=getattr(G, name), setup_fn=getattr(G, name + "_setup"),
-                                         out_types=spec[0], in_types=spec[1], outs_ndim=spec[2],
-                                         ins_ndim=spec[3], device="cpu")
-    return _GRAPH_OPS[name]
+def _make_graph_op(name: str):
+    """Builds (compiles) the DALI Numba operator of :func:`_graph_op`."""
+    from nvidia.dali import types
+    from nvidia.dali.plugin.numba import NumbaFunction
+
+    from fastcas.mix import graph_ops as G
+
+    i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
+    spec = {  # out_types, in_types, outs_ndim, ins_ndim
+        "saliency_centre": ([i32], [u8, i32], [1], [3, 1]),
+        "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
+        "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
+    }[name]
+    return NumbaFunction(run_fn=getattr(G, name), setup_fn=getattr(G, name + "_setup"), out_types=spec[0],
+                         in_types=spec[1], outs_ndim=spec[2], ins_ndim=spec[3], device="cpu")
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,

@@ -55,7 +55,8 @@ def check_decoder(gpu_runs: dict, cpu_runs: dict) -> Check:
 
 
 def check_mix_params(gpu_runs: dict, cpu_runs: dict) -> Check:
-    """Mixing parameters (lam, decision, boxes, masks) identical on both devices; targets equal."""
+    """Mixing parameters (lam, decision, boxes, masks) identical on both devices; targets equal.
+    SaliencyMix: identical draws, and boxes from each device's own pixels (:func:`_saliency_problem`)."""
     bad, count, worst, mask_px = [], 0, 0.0, 0
     for name, run in gpu_runs.items():
         if not run.mixed:
@@ -66,19 +67,43 @@ def check_mix_params(gpu_runs: dict, cpu_runs: dict) -> Check:
             continue
         for step, (g, c) in enumerate(zip(run.calls, ref.calls)):
             count += 1
-            if not _same_params(g["params"], c["params"]):
+            if g["params"].kind == "saliencymix":  # boxes follow the pixels, and the decoders differ
+                if (msg := _saliency_problem(g, c)):
+                    bad.append(f"{name} step {step}: {msg}")
+            elif not _same_params(g["params"], c["params"]):
                 bad.append(f"{name} step {step}: parameters differ")
                 if g["params"].masks is not None and c["params"].masks is not None:  # how far, for the report
                     mask_px += int((g["params"].box_masks() != c["params"].box_masks()).sum())
             if not np.array_equal(g["y_fg"], c["y_fg"]):
                 bad.append(f"{name} step {step}: foreground labels differ")
-            worst = max(worst, float(np.abs(run.targets[step].astype(np.float64) - ref.targets[step]).max()))
+            if g["params"].kind != "saliencymix":  # its targets follow its boxes (mix-reference checks them)
+                worst = max(worst, float(np.abs(run.targets[step].astype(np.float64) - ref.targets[step]).max()))
     ok = not bad and count > 0 and worst <= TARGET_ATOL
     return _verdict("mix-params", "gpu", ok,
                     f"{count} batches: identical lam, boxes, masks; targets within {worst:.1g}",
                     "; ".join(bad[:3]) or f"targets differ by {worst:.3g}",
                     {"batches": count, "target_max_abs": worst, "mask_pixels_differing": mask_px, "problems": bad},
                     f"params exact; targets <= {TARGET_ATOL}")
+
+
+def _saliency_problem(g: dict, c: dict) -> str | None:
+    """SaliencyMix on two devices: the pixel-free draws (lambda, mix decisions) must be identical,
+    and each device's boxes must be the definition applied to its own foreground pixels (nvJPEG
+    and libjpeg-turbo decode a few levels apart, which may move a saliency peak). None if so."""
+    import torch
+
+    from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+    from fastcas.mix.graph_ops import pixels_u8
+    from fastcas.mix.params import boxes_at, cut_sizes
+    from fastcas.mix.saliency import saliency_centres
+
+    p, q = g["params"], c["params"]
+    if not (np.array_equal(p.drawn, q.drawn) and np.array_equal(p.mixed, q.mixed)):
+        return "drawn lambda or mix decisions differ"
+    fg = g["fg"] if g["fg"].shape[1] in (1, 3) else g["fg"].transpose(0, 3, 1, 2)
+    cy, cx = saliency_centres(pixels_u8(torch.from_numpy(np.ascontiguousarray(fg)), IMAGENET_MEAN, IMAGENET_STD))
+    boxes = boxes_at(cy, cx, *cut_sizes(p.drawn, p.height, p.width), p.height, p.width) * p.mixed[:, None]
+    return None if np.array_equal(boxes, p.boxes) else "boxes are not centred on the foreground's own saliency peaks"
 
 
 @contextlib.contextmanager

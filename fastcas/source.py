@@ -196,7 +196,8 @@ class SampleSource:
         in the box), ``centre_ids`` int32 [B, 1] (whose saliency peak centres each box: the
         partner, the foreground stream's own sample, or in batch mode the first sample's),
         ``need`` int32 [B, 1] (1 where some mixed sample's box is centred on this sample's peak:
-        the graph computes only those maps) and ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2, mixed)``. Only the step's real samples
+        the graph computes only those maps) and ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2,
+        mixed)``. Only the step's real samples
         pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
         and is dropped)."""
         from fastcas import mix as M  # the parameter generators only (pure functions of keys)

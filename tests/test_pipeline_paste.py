@@ -45,6 +45,15 @@ def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
         _loader(ds, mix_in_pipeline="yes")
 
 
+def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds):
+    """SaliencyMix's Numba operators take host images: a GPU loader (its images are on the
+    device) mixes after the pipeline, while CutMix and FMix stay in the graph."""
+    for kind, in_graph in (("saliencymix", False), ("cutmix", True), ("fmix", True)):
+        loader = _loader(ds, mix=kind)
+        loader.device = "cuda"  # what resolve_device gives on a GPU machine; nothing is built here
+        assert (loader._paste_spec() is not None) == in_graph, kind
+
+
 def test_paste_args_copy_the_box_at_its_place():
     boxes = np.array([[2, 3, 7, 9], [0, 0, 0, 0], [5, 0, 10, 10]])
     in_ids, anchors, shapes = M.paste_args(boxes, 10, 12, partner=np.array([1, 0, 2]))
@@ -61,7 +70,8 @@ def test_paste_args_copy_the_box_at_its_place():
 
 CASES = {"one-stream": {}, "cmo-two-streams": {"foreground_weights": "cmo"}, "channels-last": {"channels_last": True},
          "batch-mode": {"mix_options": {"mode": "batch"}, "mix_prob": 1.0}, "fp16": {"dtype": "float16"},
-         "partial": {"last_batch": "partial", "epoch_length": 33}, "smoothing": {"label_smoothing": 0.1}}
+         "partial": {"last_batch": "partial", "epoch_length": 33}, "smoothing": {"label_smoothing": 0.1},
+         "cmo-batch-mode": {"foreground_weights": "cmo", "mix_options": {"mode": "batch"}, "mix_prob": 1.0}}
 
 
 @pytest.mark.parametrize("kind", ["cutmix", "fmix", "saliencymix"])

@@ -350,3 +350,29 @@ def test_recording_mix_pairs_each_apply_with_its_targets_and_restores_the_api():
     assert calls[1]["params"] is p and np.array_equal(calls[1]["out"], out.numpy())
     assert np.array_equal(calls[1]["y_fg"], [1, 2, 1, 0]) and calls[1]["targets"].shape == (B, 3)
     assert check_mix_reference({"cutmix": Run("cutmix", "cpu", [], [None, None], [], calls)}, "cpu").status == "PASS"
+
+
+def test_gpu_saliencymix_boxes_are_checked_against_each_devices_own_pixels():
+    """SaliencyMix on two devices: the draws must be identical and each device's boxes centred
+    on its own foreground's saliency peaks (decoders differ by a few levels)."""
+    from fastcas.augment import IMAGENET_MEAN, IMAGENET_STD
+    from fastcas.mix import make_params_at
+    from fastcas.mix.graph_ops import pixels_u8
+    from fastcas.selftest_gpu import _saliency_problem
+
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, (6, 3, 20, 28), dtype=np.uint8)
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    fg = ((u8 / 255.0 - mean) / std).astype(np.float32)  # what the loader hands over
+    pos = np.arange(10, 16)
+    p = make_params_at("saliencymix", 3, 0, pos, 20, 28, alpha=1.0, prob=0.7,
+                       foreground=pixels_u8(torch.from_numpy(fg), IMAGENET_MEAN, IMAGENET_STD))
+    assert p.mixed.any()
+    call = {"params": p, "fg": fg}
+    assert _saliency_problem(call, call) is None
+    other = make_params_at("saliencymix", 3, 0, pos, 20, 28, alpha=1.0, prob=0.7,
+                           foreground=torch.from_numpy(u8[::-1].copy()))
+    msg = _saliency_problem({"params": other, "fg": fg}, call)  # the same draws, boxes from other pixels
+    assert msg is not None and "saliency peaks" in msg
+    draws = make_params_at("saliencymix", 4, 0, pos, 20, 28, alpha=1.0, prob=0.7, foreground=torch.from_numpy(u8))
+    assert "drawn lambda" in _saliency_problem({"params": draws, "fg": fg}, call)

@@ -81,7 +81,8 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
     Same numbers as ``make_params_at("saliencymix", ...)`` (drawn lambda and decisions keyed by
     position; box = CutMix size centred at the first saliency argmax of each foreground sample,
     clipped; lam measured from the clipped box), but the argmax, the boxes and lam never leave
-    the device. foreground: [B, C, H, W] tensor (the loader passes the uint8 pixels, graph_ops.pixels_u8). saliency: "finegrained" (default, the
+    the device. foreground: [B, C, H, W] tensor (the loader passes the uint8 pixels,
+    :func:`fastcas.mix.graph_ops.pixels_u8`). saliency: "finegrained" (default, the
     reference's) or "spectral"; "opencv" runs on the host (it synchronises).
     """
     import torch

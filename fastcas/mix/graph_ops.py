@@ -106,7 +106,8 @@ def saliency_paste(anchors, shapes, lam, anchors0, shapes0, lam0, half, centre):
 
     Inputs: ``anchors0`` / ``shapes0`` int32 ``[2, 2]`` and ``lam0`` float64 ``[1]``: the
     unmixed sample's arguments (:func:`fastcas.mix.paste_args` of an empty box: paste 0 is the
-    sample itself, whole, ``shapes0[0] = (H, W)``; paste 1 empty); ``half`` int32 ``[3]``: ``(cut_h // 2, cut_w // 2, mixed)``; ``centre`` int32
+    sample itself, whole, ``shapes0[0] = (H, W)``; paste 1 empty); ``half`` int32 ``[3]``:
+    ``(cut_h // 2, cut_w // 2, mixed)``; ``centre`` int32
     ``[2]``: the foreground's saliency peak ``(y, x)``.
     Outputs: the same with paste 1 the box ``[cy - cut_h // 2, cy + cut_h // 2) x [cx -
     cut_w // 2, cx + cut_w // 2)`` clipped to the image (clovaai's rule, as
