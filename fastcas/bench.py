@@ -101,7 +101,9 @@ def _make(name: str, cfg: BenchConfig, device: str):
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Returns ``{"config", "rows": [{loader, images_per_s (median), min, max, ratio_vs_torchvision}], "device"}``."""
+    """Returns ``{"rows": [{loader, images_per_s (median over rounds), min, max, rates (per round),
+    ratio_vs_torchvision, ratio_vs_dali_plain (of the medians), paired_ratio_vs_dali_plain (median of
+    the per-round ratios), train_thread_ms_per_batch}], "device"}``."""
     import torch
 
     from fastcas.loader import resolve_device
@@ -131,9 +133,13 @@ def run_bench(cfg: BenchConfig) -> dict:
     rows = []
     for name, r in rates.items():
         med = statistics.median(r)
-        rows.append({"loader": name, "images_per_s": med, "min": min(r), "max": max(r),
+        # paired: each round's rate over DALI's reader's in the same round (seconds apart), so a
+        # drift of the machine's speed between rounds cancels (shared 2-core VMs drift by 10-20%)
+        paired = statistics.median(a / b for a, b in zip(r, rates["dali-plain"])) if plain else None
+        rows.append({"loader": name, "images_per_s": med, "min": min(r), "max": max(r), "rates": list(r),
                      "ratio_vs_torchvision": med / base if base else None,
                      "ratio_vs_dali_plain": med / plain if plain else None,
+                     "paired_ratio_vs_dali_plain": paired,
                      "train_thread_ms_per_batch": statistics.median(thread_ms[name])})
     return {"device": device, "rows": rows}
 

@@ -182,6 +182,10 @@ def test_bench_smoke(ds, tmp_path):
     assert [r["loader"] for r in res["rows"]] == ["fastcas", "fastcas-torchmix", "torchvision", "dali-plain",
                                                   "decode-only"]
     assert all(r["images_per_s"] > 0 for r in res["rows"]) and res["machine"]["cores"]
+    by = {r["loader"]: r for r in res["rows"]}
+    assert all(len(r["rates"]) == 1 for r in res["rows"]) and by["dali-plain"]["paired_ratio_vs_dali_plain"] == 1.0
+    f = by["fastcas"]  # one round: the paired ratio is that round's ratio
+    assert f["paired_ratio_vs_dali_plain"] == f["rates"][0] / by["dali-plain"]["rates"][0]
     assert (tmp_path / "b.png").exists()
 
 

@@ -43,13 +43,15 @@ def run(args) -> int:
     res = run_bench(cfg)
     rows, dev = res["rows"], res["device"]
     print(f"{'loader':<16} {'img/s':>9} {'min':>9} {'max':>9} {'x torchvision':>14} {'x dali-plain':>13} "
-          f"{'train-thread ms/batch':>22}   ({dev}, batch {cfg.batch_size}, {cfg.image_size}px, mix {cfg.mix}, "
-          f"weights {cfg.weights})")
+          f"{'paired':>7} {'train-thread ms/batch':>22}   ({dev}, batch {cfg.batch_size}, {cfg.image_size}px, "
+          f"mix {cfg.mix}, weights {cfg.weights})")
     for r in rows:
         tv = f"{r['ratio_vs_torchvision']:.2f}" if r["ratio_vs_torchvision"] else "-"
         dp = f"{r['ratio_vs_dali_plain']:.2f}" if r.get("ratio_vs_dali_plain") else "-"
+        pr = f"{r['paired_ratio_vs_dali_plain']:.2f}" if r.get("paired_ratio_vs_dali_plain") else "-"
         print(f"{r['loader']:<16} {r['images_per_s']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {tv:>14} {dp:>13} "
-              f"{r['train_thread_ms_per_batch']:>22.2f}")
+              f"{pr:>7} {r['train_thread_ms_per_batch']:>22.2f}")
+    print("(x dali-plain: ratio of the medians; paired: median over rounds of each round's ratio)")
     gl = goals(rows, dev, cfg.mix)
     for g in gl:
         print(f"goal: {g['goal']}: {g['value']:.2f} -> {'met' if g['met'] else 'MISSED'}")
