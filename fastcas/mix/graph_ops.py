@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._finegrained_cpu import _GREY_W, PAD, _SCALES, _grey_map
+from ._finegrained_cpu import _GREY_W, _grey_map, scratch
 
 
 def saliency_centre_setup(outs, ins):
@@ -59,23 +59,11 @@ def saliency_centre(centre, image, need):
     h = image.shape[0]
     w = image.shape[1]
     c = image.shape[2]
-    g0 = np.empty((h, w), dtype=np.int32)
-    g1 = np.empty((h, w), dtype=np.int32)
-    integ = np.empty((h + 1, w + 1 + 2 * PAD), dtype=np.float32)
-    ns = _SCALES.shape[0]
-    widths = np.empty((ns, w), dtype=np.int32)
-    for s in range(ns):
-        n = _SCALES[s]
-        for x in range(w):
-            widths[s, x] = min(x + n + 1, w) - max(x - n + 1, 0)
-    gf = np.empty(w, dtype=np.float32)
-    son = np.empty((h, w), dtype=np.float32)
-    soff = np.empty((h, w), dtype=np.float32)
-    sal = np.empty((h, w), dtype=np.int32)
     if h == 0 or w == 0:
         centre[0] = 0
         centre[1] = 0
         return
+    g0, g1, integ, widths, gf, son, soff = scratch(h, w)
     # grey straight from the uint8 pixels (OpenCV's BGR2GRAY fixed point, as _image_map)
     for y in range(h):
         for x in range(w):
@@ -84,7 +72,7 @@ def saliency_centre(centre, image, need):
             else:
                 g0[y, x] = (_GREY_W[0] * np.int32(image[y, x, 0]) + _GREY_W[1] * np.int32(image[y, x, 1])
                             + _GREY_W[2] * np.int32(image[y, x, 2]) + np.int32(32768)) >> 16
-    arg = _grey_map(g0, g1, integ, widths, gf, son, soff, sal)
+    arg = _grey_map(g0, g1, integ, widths, gf, son, soff, np.empty((h, w), dtype=np.int32))
     centre[0] = arg // w
     centre[1] = arg % w
 
