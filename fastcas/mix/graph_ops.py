@@ -20,15 +20,17 @@ The saliency is the map of the sample's **uint8 pixels** (RGB as decoded, the HW
 before normalisation). It equals the torch path (:func:`fastcas.mix.device.saliency_params`
 on the loader's de-normalised pixels, :func:`pixels_u8`) bit for bit, and it is exactly
 OpenCV's ``StaticSaliencyFineGrained`` of that image, which is what the SaliencyMix reference
-calls. (The reference hands OpenCV the *normalised float* tensor, which OpenCV's fine-grained
-code reads through an 8-bit view, so no faithful float variant exists; the decoded 8-bit
-picture is the image the saliency of a photo is defined on.)
+calls. (The reference hands OpenCV the *normalised float* tensor, but OpenCV's fine-grained code
+does not treat float input as the picture: the same pixel values stored as float32 give another
+map (measured on a 224 px photo: the peak moves from flat index 15414 to 1041), so no faithful
+float variant exists; the decoded 8-bit picture is the image the saliency of a photo is defined
+on. fastcas before 2026-12 min-max scaled the normalised floats to 8 bits instead.)
 
 Why Numba operators in the graph (measured on the 2-core box, see the stop note of issue 13):
 after the pipeline, SaliencyMix cost a float32 gather of the partner images, a float32 blend
 and the saliency on the prefetch thread (~20 ms of CPU a batch of 32, more under load with
 torch's intra-op threads); in the graph the saliency runs on DALI's threads beside decoding
-(~0.26 ms an image) and the paste is a uint8 box copy, as for CutMix.
+(~0.19 ms an image on the 2-core AMD EPYC) and the paste is a uint8 box copy, as for CutMix.
 """
 from __future__ import annotations
 
