@@ -60,10 +60,11 @@ class LoaderConfig:
     fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
     ("finegrained" (default) | "opencv" | "spectral"). ``prefetch``: batches finished (mixed,
     targets built) ahead on a background thread (:mod:`fastcas.prefetch`); 0 finishes them
-    on the consuming thread. ``mix_in_pipeline``: CutMix (and CMO's paste) runs as DALI
-    operators inside the pipeline (flip, ``multi_paste`` on uint8, then one normalisation);
-    False applies it with torch after the pipeline. Both give the same pixels (tested); the
-    pipeline is cheaper (one uint8 copy of each box instead of float gathers and blends)."""
+    on the consuming thread. ``mix_in_pipeline``: CutMix (and CMO's paste), binary FMix and, on
+    CPU pipelines with the fine-grained saliency, SaliencyMix run as DALI operators inside the
+    pipeline (uint8 pastes or selects before one normalisation, :mod:`fastcas.pipeline`); False
+    applies them with torch after the pipeline. Both give the same pixels (tested); the pipeline
+    is cheaper (uint8 copies instead of float gathers and blends)."""
 
     batch_size: int
     weights: str = "uniform"
