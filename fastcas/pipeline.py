@@ -139,11 +139,12 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 centre_op, paste_op = _graph_op("saliency_centre"), _graph_op("saliency_paste")
                 centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
                 centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
-                anchors, shapes, lam = paste_op(args.pop("anchors"), args.pop("shapes"), lam, args.pop("half"), centre)
-                args["shapes"] = shapes
+                # the unmixed sample's paste arguments in, the box's out: then pasted like CutMix's
+                args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], lam,
+                                                                args.pop("half"), centre)
             if kind in ("cutmix", "saliencymix"):
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
-                anchors = anchors if kind == "saliencymix" else args.pop("anchors")
+                anchors = args.pop("anchors")
                 mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
                                        out_anchors=anchors, output_size=[S, S])
             else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
