@@ -40,6 +40,14 @@ from fastcas.loader_config import (LAST_BATCH, MIX_KINDS, MIX_OPTIONS, LoaderCon
                                    resolve_device)
 
 
+def _saliency_method(mix_options: dict) -> str:
+    """SaliencyMix's saliency method, aliases resolved (:data:`fastcas.mix.saliency.ALIASES`)."""
+    from fastcas.mix.saliency import ALIASES
+
+    name = mix_options.get("saliency", "finegrained")
+    return ALIASES.get(name, name)
+
+
 class Loader:
     """Iterator of ``(images, targets)`` batches; see the module docstring.
 
@@ -279,8 +287,7 @@ class Loader:
             return None
         if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
             return None  # soft masks blend: torch after the pipeline
-        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or opts.get("saliency", "finegrained")
-                                              not in ("finegrained", "fine-grained")):
+        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or _saliency_method(opts) != "finegrained"):
             # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
             # pipeline's images are on the device, where torch computes the same boxes
             return None

@@ -109,6 +109,20 @@ def _blur121(src, tmp, dst):
 
 
 @njit(**_JIT)
+def grey_hwc(px, g0):
+    """px [H, W, C] (C = 1 or 3; uint8 or int32 values 0..255, channel 0 weighted as blue) ->
+    g0 int32 [H, W]: OpenCV's ``COLOR_BGR2GRAY`` fixed point, or the one channel as it is."""
+    h, w, c = px.shape
+    for y in range(h):
+        for x in range(w):
+            if c == 1:
+                g0[y, x] = np.int32(px[y, x, 0])
+            else:
+                g0[y, x] = (_GREY_W[0] * np.int32(px[y, x, 0]) + _GREY_W[1] * np.int32(px[y, x, 1])
+                            + _GREY_W[2] * np.int32(px[y, x, 2]) + np.int32(32768)) >> 16
+
+
+@njit(**_JIT)
 def _image_map(img, keys, raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, sal):
     """Saliency of one image img (C-contiguous [C, H, W], or [H, W, C] when ``nhwc``) into sal
     int32 [H, W]. Scratch: u8 int32 [C * H * W] (img's scaled values, in img's order),
@@ -121,16 +135,8 @@ def _image_map(img, keys, raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, s
     h, w = g0.shape
     c = u8.shape[0] // (h * w)
     _scale_u8(img.reshape(u8.shape[0]), keys, u8, raw)
-    if c == 1:
-        for y in range(h):
-            for x in range(w):
-                g0[y, x] = u8[y * w + x]
-    elif nhwc:  # channels-last memory: the pixel's three values are adjacent
-        px = u8.reshape((h, w, c))
-        for y in range(h):
-            for x in range(w):
-                g0[y, x] = (7470 * px[y, x, 0] + 38470 * px[y, x, 1] + 19596 * px[y, x, 2]
-                            + 32768) >> 16
+    if c == 1 or nhwc:  # one channel, or channels-last memory: the pixel's values are adjacent
+        grey_hwc(u8.reshape((h, w, c)), g0)
     else:
         pl = u8.reshape((c, h, w))
         for y in range(h):

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._finegrained_cpu import _GREY_W, _grey_map, scratch
+from ._finegrained_cpu import _grey_map, grey_hwc, scratch
 
 
 def saliency_centre_setup(outs, ins):
@@ -60,20 +60,12 @@ def saliency_centre(centre, image, need):
         return
     h = image.shape[0]
     w = image.shape[1]
-    c = image.shape[2]
     if h == 0 or w == 0:
         centre[0] = 0
         centre[1] = 0
         return
     g0, g1, integ, widths, gf, son, soff = scratch(h, w)
-    # grey straight from the uint8 pixels (OpenCV's BGR2GRAY fixed point, as _image_map)
-    for y in range(h):
-        for x in range(w):
-            if c == 1:
-                g0[y, x] = np.int32(image[y, x, 0])
-            else:
-                g0[y, x] = (_GREY_W[0] * np.int32(image[y, x, 0]) + _GREY_W[1] * np.int32(image[y, x, 1])
-                            + _GREY_W[2] * np.int32(image[y, x, 2]) + np.int32(32768)) >> 16
+    grey_hwc(image, g0)  # straight from the uint8 pixels, as the twin does for channels-last images
     arg = _grey_map(g0, g1, integ, widths, gf, son, soff, np.empty((h, w), dtype=np.int32))
     centre[0] = arg // w
     centre[1] = arg % w
