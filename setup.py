@@ -59,7 +59,7 @@ setup(
     # `kernels/` (device code) ships inside the package as `fastcas.kernels`.
     packages=find_packages(include=["fastcas", "fastcas.*"]) + ["fastcas.kernels"],
     package_dir={"fastcas": "fastcas", "fastcas.kernels": "kernels"},
-    package_data={"fastcas": ["data/*"], "fastcas.kernels": ["*.cu", "*.cuh"]},
+    package_data={"fastcas.scoring": ["*.json"], "fastcas.train": ["recipes/*.json"], "fastcas.kernels": ["*.cu", "*.cuh"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

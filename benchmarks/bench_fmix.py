@@ -14,7 +14,7 @@ times the binary-mask blend as the loader does it on the CPU (``images[perm]`` t
 the in-batch pairs ``g ^ 1`` without the gather. One thread everywhere (``torch.set_num_threads(1)``,
 BLAS limited to one thread through threadpoolctl when installed, after one row with BLAS at its
 default, as in the loader); times are CPU seconds of the
-process (``time.process_time``), median of ``--repeat``. Goal (issue 13): FMix >= 0.80 of
+process (``time.process_time``), median of ``--repeat``. Goal: FMix >= 0.80 of
 dali-plain on the 2-core box, i.e. params + blend <= ~12 ms per batch of 32 at 224.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def cpu_ms(fn, repeat: int) -> float:
 
 # ---------------------------------------------------------------- the baseline ("before")
 def legacy_noise(seed, epoch, positions, h, w):
-    from fastcas._rng import generator
+    from fastcas.core.rng import generator
 
     out = np.empty((len(positions), h, w // 2 + 1, 2), np.float32)
     for j, p in enumerate(positions):

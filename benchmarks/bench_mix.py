@@ -30,7 +30,7 @@ def _torch():
 
 
 def bench_fastcas(kind, b, size, dtype, backend, repeat, num_classes=1000):
-    from fastcas._rng import generator
+    from fastcas.core.rng import generator
     from fastcas.mix import apply, make_params, mix
 
     torch = _torch()

@@ -11,7 +11,7 @@ through ``numba.njit`` on HWC uint8 images), and OpenCV's own per-image loop
 (``StaticSaliencyFineGrained.computeSaliency`` on ready HWC uint8 images, then ``np.argmax``).
 All on one thread: ``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``; the Numba twin has no
 parallel loop (``NUMBA_NUM_THREADS=1`` is set anyway). Also the first-call time of the twin in a
-fresh process: compiling into an empty cache, and loading the cache. Goal (issue 13: SaliencyMix
+fresh process: compiling into an empty cache, and loading the cache. Goal (SaliencyMix
 >= 0.80 of DALI's plain reader on 2 cores): about 0.4 ms of CPU per image.
 """
 from __future__ import annotations

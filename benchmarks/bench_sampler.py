@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import base_parser, print_table, write_json  # noqa: E402
-from fastcas.sampler import WeightedSampler  # noqa: E402
+from fastcas.sampling.sampler import WeightedSampler  # noqa: E402
 
 
 def timed(fn):

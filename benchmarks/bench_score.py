@@ -1,6 +1,6 @@
 """CAS scoring throughput: the full scoring path (read shards -> decode -> resize -> encode,
 as ``fastcas score`` runs it) against the bare encoder forward on the same, already decoded
-batches. Goal (issue 6): scoring >= 90% of the bare forward, i.e. the data path is not the
+batches. Goal: scoring >= 90% of the bare forward, i.e. the data path is not the
 bottleneck. Encoders: the pixel encoder and an open_clip model with random weights.
 
     python benchmarks/bench_score.py [--quick] [--images 512] [--clip-model ViT-B-32] [--decoders torchvision dali]
@@ -37,7 +37,7 @@ def _bare(batches, fn) -> float:
 
 
 def _scoring(ds, fn, *, batch_size, image_size, decoder, device) -> tuple[float, int]:
-    from fastcas.attributes.run import encode_dataset
+    from fastcas.scoring.run import encode_dataset
 
     t0 = time.perf_counter()
     idx, _ = encode_dataset(ds, fn, batch_size=batch_size, image_size=image_size, progress=False,
@@ -48,11 +48,11 @@ def _scoring(ds, fn, *, batch_size, image_size, decoder, device) -> tuple[float,
 def main(argv=None) -> int:
     import torch
 
-    from fastcas.attributes.pixel import PixelEncoder
-    from fastcas.attributes.run import decode_batch, rank_batches
-    from fastcas.demo_data import corpus_samples
-    from fastcas.reader import ShardReader
-    from fastcas.shards import ShardWriterConfig, write_shards
+    from fastcas.scoring.pixel import PixelEncoder
+    from fastcas.scoring.run import decode_batch, rank_batches
+    from fastcas.tools.demo.data import corpus_samples
+    from fastcas.dataset.reader import ShardReader
+    from fastcas.dataset.shards import ShardWriterConfig, write_shards
 
     p = base_parser(__doc__)
     p.add_argument("--images", type=int, default=512)
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         write_shards(corpus_samples(n_clip, seed=0), tmp / "ds_clip", ShardWriterConfig(shard_size=256))
         encoders = [("pixel", PixelEncoder().encode, 64, tmp / "ds")]
         try:
-            from fastcas.attributes.clip import ClipEncoder
+            from fastcas.scoring.clip import ClipEncoder
 
             clip = ClipEncoder(clip_model, None, device)
             encoders.append((f"clip {clip_model} (random weights)", clip.embed_images, clip.image_size, tmp / "ds_clip"))
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                     title=f"CAS scoring throughput on {device}")
         write_json("bench_score", {"images": n, "clip_images": n_clip, "batch_size": a.batch_size,
                                    "clip_model": clip_model, "device": device, "rounds": a.rounds, "torch_threads": torch.get_num_threads(),
-                                   "corpus": "fastcas.demo_data.corpus_samples (real photos, seeded crops)"},
+                                   "corpus": "fastcas.tools.demo.data.corpus_samples (real photos, seeded crops)"},
                    rows, a.out, goals=goals)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from fastcas._machine import machine_info, machine_tag  # noqa: F401  (re-exported)
+from fastcas.tools.machine import machine_info, machine_tag  # noqa: F401  (re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

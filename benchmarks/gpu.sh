@@ -62,7 +62,7 @@ $PY -c "import nvidia.dali, optree; from nvidia.dali.plugin.pytorch import feed_
 print('DALI', nvidia.dali.__version__)"
 
 if [ -z "$OUT" ]; then
-  OUT=$($PY -c "from fastcas._machine import machine_tag; print('benchmarks/results/' + machine_tag())")
+  OUT=$($PY -c "from fastcas.tools.machine import machine_tag; print('benchmarks/results/' + machine_tag())")
 fi
 mkdir -p "$OUT"
 DATA=${FASTCAS_BENCH_DATA:-demo-data}

@@ -11,10 +11,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ShardReader": "fastcas.reader",
-    "WeightedSampler": "fastcas.sampler",
-    "Loader": "fastcas.loader",
-    "TorchvisionLoader": "fastcas.baseline",
+    "ShardReader": "fastcas.dataset.reader",
+    "WeightedSampler": "fastcas.sampling.sampler",
+    "Loader": "fastcas.loading.loader",
+    "LoaderConfig": "fastcas.loading.config",
+    "TorchvisionLoader": "fastcas.loading.baseline",
     "mix": "fastcas.mix",
 }
 

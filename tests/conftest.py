@@ -34,5 +34,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# fails any test not marked gpu that resolves device="auto" or initialises CUDA (issue 12, finding 8)
+# fails any test not marked gpu that resolves device="auto" or initialises CUDA
 from tests.cuda_guard import no_cuda_in_unmarked_tests  # noqa: E402,F401

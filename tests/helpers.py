@@ -24,7 +24,7 @@ def jpeg_bytes(seed: int, size=(40, 32), quality: int = 90) -> bytes:
 
 def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), seed=0, meta=False):
     """Write a tiny sharded dataset with ``counts[k]`` samples of class k; returns the manifest."""
-    from fastcas.shards import RawSample, ShardWriterConfig, write_shards
+    from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 
     samples, i = [], 0
     for k, c in enumerate(counts):

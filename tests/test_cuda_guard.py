@@ -1,7 +1,6 @@
 """The conftest guard (tests/cuda_guard.py): an unmarked test that resolves device="auto" or asks
 torch for a GPU fails, even when the code under test swallows exceptions; gpu-marked and
 device="cpu" tests pass. Runs a small pytest session in a subprocess (its own torch state)."""
-import pytest
 
 pytest_plugins = ["pytester"]
 
@@ -12,7 +11,7 @@ def test_guard_fails_unmarked_tests_that_ask_for_a_gpu(pytester, monkeypatch):
     pytester.makepyfile(test_devices='''
         import os
         import pytest
-        from fastcas.loader import resolve_device
+        from fastcas.loading.loader import resolve_device
 
         def test_auto():
             resolve_device("auto")

@@ -34,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .finegrained import _GREY, NEIGHBOURHOODS
+from ._finegrained_spec import GREY as _GREY
+from ._finegrained_spec import NEIGHBOURHOODS
 
 _SCALES = np.array(NEIGHBOURHOODS, dtype=np.int64)
 _GREY_W = np.array(_GREY, dtype=np.int32)  # OpenCV's BGR2GRAY fixed-point weights

@@ -70,7 +70,7 @@ def soft_targets(params: MixParams, y_bg, y_fg, num_classes: int, label_smoothin
 def targets_from_lam(lam, y_bg, y_fg, num_classes: int, label_smoothing: float = 0.0):
     """:func:`soft_targets` from ``lam`` alone (float64 ``[B]`` host array, or a tensor on the
     labels' device): for batches mixed inside the DALI pipeline, whose parameters arrive with
-    the batch (:mod:`fastcas.pipeline`)."""
+    the batch (:mod:`fastcas.loading.pipeline`)."""
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -147,7 +147,7 @@ def _generator(generator) -> np.random.Generator:
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)):
-        from fastcas._rng import generator as make
+        from fastcas.core.rng import generator as make
 
         return make(int(generator))
     raise ValueError(f"generator must be a numpy.random.Generator, an int seed or None, "

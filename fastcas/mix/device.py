@@ -59,7 +59,7 @@ class DeviceParams:
 
 def on_device(params: MixParams, to_device: Callable) -> DeviceParams:
     """Host MixParams -> DeviceParams, each array moved once with ``to_device`` (a callable
-    taking a CPU tensor, e.g. :func:`fastcas.pipeline.to_device` bound to the images' device).
+    taking a CPU tensor, e.g. :func:`fastcas.loading.pipeline.to_device` bound to the images' device).
     FMix masks already made on the device stay where they are."""
     import torch
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NEIGHBOURHOODS = (12, 24, 48, 28, 56, 112)
-_GREY = (7470, 38470, 19596)
+from ._finegrained_spec import GREY as _GREY
+from ._finegrained_spec import NEIGHBOURHOODS
 
 
 def _to_uint8(images):

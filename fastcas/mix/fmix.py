@@ -45,8 +45,7 @@ to exact ranks). Host time per batch of 32 at 224x224, decay 3, one thread, on t
 
 The spectrum noise is always drawn with NumPy on the host, for the kept box only (:func:`fmix_masks`
 from the generator it is given; :func:`noise_at` per global position, from ``(seed, epoch,
-position)`` alone), so the same parameters give the same noise on every device (issue 12,
-finding 5). (Where the box is truncated, a sample's noise is the first ``R * C * 2`` normals of
+position)`` alone), so the same parameters give the same noise on every device. (Where the box is truncated, a sample's noise is the first ``R * C * 2`` normals of
 its generator in box layout, so those masks differ from releases before the box; lam does not.) With ``device`` a CUDA torch device the FFT, sort and binarisation then run on the
 device (:func:`_masks_torch`: the same truncated spectrum, zero-padded, through ``irfft2``);
 float32 FFTs of different libraries may differ in the last bits, which can move a pixel whose
@@ -58,8 +57,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from fastcas._device import array_to_device
-from fastcas._rng import generator
+from fastcas.core.device import array_to_device
+from fastcas.core.rng import generator
 
 from ._fmix_cpu import below as _below
 from ._fmix_cpu import bracket as _bracket

@@ -1,12 +1,12 @@
 """Mixing inside the DALI graph on the CPU: the per-sample functions DALI's Numba operator runs
 (SaliencyMix's saliency peak and box, FMix's bit-mask select).
 
-:mod:`fastcas.pipeline` (the only module that imports DALI) wraps these plain functions with
+:mod:`fastcas.loading.pipeline` (the only module that imports DALI) wraps these plain functions with
 ``nvidia.dali.plugin.numba``'s ``numba_function`` (CPU, one call per sample on DALI's thread
 pool); this module imports no DALI, so the tests call the same functions through ``numba.njit``.
 Each function's first arguments are its outputs, then its inputs, as that operator calls them.
 
-The graph (CPU pipelines; see :func:`fastcas.pipeline.build_pipeline`)::
+The graph (CPU pipelines; see :func:`fastcas.loading.pipeline.build_pipeline`)::
 
     images uint8 [S, S, 3] (decoded, resized, flipped)
       -> saliency_centre          -> centre int32 [2] (y, x): first maximum of the sample's own
@@ -26,7 +26,7 @@ map (measured on a 224 px photo: the peak moves from flat index 15414 to 1041), 
 float variant exists; the decoded 8-bit picture is the image the saliency of a photo is defined
 on. fastcas before 2026-12 min-max scaled the normalised floats to 8 bits instead.)
 
-Why Numba operators in the graph (measured on the 2-core box, see the stop note of issue 13):
+Why Numba operators in the graph (measured on the 2-core box):
 after the pipeline, SaliencyMix cost a float32 gather of the partner images, a float32 blend
 and the saliency on the prefetch thread (~20 ms of CPU a batch of 32, more under load with
 torch's intra-op threads); in the graph the saliency runs on DALI's threads beside decoding

@@ -19,7 +19,7 @@ Conventions (pinned, tested):
 
 Two ways to draw: :func:`make_params` from a ``numpy.random.Generator`` (direct API use), and
 :func:`make_params_at` from the global positions of the samples (the loader; the key scheme
-of :mod:`fastcas.elastic`): the mix decision, lambda, box centre and FMix noise of position
+of :mod:`fastcas.sampling.geometry`): the mix decision, lambda, box centre and FMix noise of position
 ``g`` of epoch ``e`` are pure functions of ``(seed, purpose, e, g)``, and the in-batch partner
 is position ``g ^ 1`` (:func:`pair_partner`), so the parameters of a sample do not depend on
 how the global batch is split over ranks.
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fastcas._rng import counter_uniform, derive_key
+from fastcas.core.rng import counter_uniform, derive_key
 
 KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 MODES = ("elem", "batch")
@@ -368,7 +368,7 @@ def in_batch_partner(batch_size: int, generator: np.random.Generator) -> np.ndar
 
 def paste_args(boxes, height: int, width: int, partner=None) -> tuple:
     """DALI ``fn.multi_paste`` arguments that apply CutMix ``boxes`` inside the pipeline graph
-    (:mod:`fastcas.pipeline`), on the decoded, flipped uint8 HWC images before normalisation.
+    (:mod:`fastcas.loading.pipeline`), on the decoded, flipped uint8 HWC images before normalisation.
 
     boxes: int ``[B, 4]`` ``(y0, x0, y1, x1)`` as in :class:`MixParams` (rows ``[y0, y1)``,
     columns ``[x0, x1)``; an empty box for unmixed samples) on ``height x width`` images. partner: int ``[B]`` local

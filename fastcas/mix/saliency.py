@@ -95,7 +95,7 @@ def spectral_residual_torch(images):
     local = sum(torch.roll(log_amp, (dy, dx), dims=(1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
     phase = spec / torch.clamp(amp, min=1e-30)
     sal = torch.fft.ifft2(torch.exp(log_amp - local) * phase).abs() ** 2
-    from fastcas._device import array_to_device
+    from fastcas.core.device import array_to_device
 
     taps = array_to_device(_gauss_taps(), images.device, torch.float32)  # pinned, non-blocking: no host sync
     r = len(taps) // 2

@@ -1,0 +1,45 @@
+"""``fastcas info DATASET``: size, shards and class statistics of a sharded dataset."""
+from __future__ import annotations
+
+import json
+
+HELP = "print a sharded dataset's statistics"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("dataset", help="dataset directory or manifest")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def summary(reader) -> dict:
+    counts = reader.class_counts
+    nz = counts[counts > 0]
+    return {
+        "path": str(reader.root),
+        "samples": len(reader),
+        "shards": len(reader.shard_paths),
+        "bytes": int(sum(p.stat().st_size for p in reader.shard_paths if p.exists())),
+        "classes": reader.num_classes,
+        "imbalance_ratio": float(nz.max() / nz.min()) if len(nz) else 0.0,
+        "class_counts": dict(zip(reader.class_names, counts.tolist())),
+        "content_hash": reader.manifest.get("content_hash"),
+        "skipped": len(reader.manifest.get("skipped", [])),
+    }
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['path']}: {s['samples']} samples, {s['shards']} shards, {s['bytes'] / 1e6:.1f} MB, "
+             f"{s['classes']} classes, imbalance ratio {s['imbalance_ratio']:.1f}"]
+    width = max(len(n) for n in s["class_counts"]) if s["class_counts"] else 0
+    top = max(s["class_counts"].values()) if s["class_counts"] else 1
+    for name, c in s["class_counts"].items():
+        lines.append(f"  {name:<{width}} {c:>8}  {'#' * max(1 if c else 0, round(40 * c / top))}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from fastcas.dataset.reader import ShardReader
+
+    s = summary(ShardReader(args.dataset))
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0

@@ -1,0 +1,128 @@
+"""``fastcas train TRAIN --val VAL ...``: train and evaluate with a fastcas recipe."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "train and evaluate a classifier with a fastcas recipe"
+RECIPES = Path(__file__).resolve().parent.parent / "train" / "recipes"
+
+# --help text per TrainConfig field (fields not listed show only their default)
+FIELD_HELP = {
+    "out": "run directory: checkpoint, metrics.jsonl, reports, model.pt; must be empty unless --resume "
+           "or --overwrite, and is locked while a run uses it",
+    "model": "network", "schedule": "learning-rate schedule after the warm-up",
+    "step_epochs": "step schedule: epochs where the learning rate is multiplied by 0.1",
+    "weights": "how training samples are drawn (cas needs --scores; cmo: class-inverse 1/n_k)",
+    "foreground_weights": "CMO recipe: weights of the pasted foreground stream (background: --weights)",
+    "mix": "mixing of pairs in a batch (with --foreground-weights: foregrounds from the second stream)",
+    "alpha": "Beta(alpha, alpha) for the mixing ratio", "mix_prob": "probability that a sample is mixed",
+    "mix_start": "CMO schedule: no mixing before this epoch",
+    "mix_end": "CMO schedule: no mixing in the last MIX_END epochs (recipes with --epochs too small for "
+               "MIX_START + MIX_END are clamped to mix every epoch, with a warning)",
+    "b": "CAS exponent: w = CAS ** b", "r": "CMO exponent: w = 1 / n_k ** r",
+    "scores": "training CAS score file (fastcas score), for --weights cas / cas-cmo",
+    "val_scores": "validation CAS score file (fastcas score --reference TRAIN_SCORES): CAS low/middle/high",
+    "loss_weights": "per-class loss weights (inverse: 1/n_k; effective: class-balanced effective number; upweight-low: "
+                    "x2 for the rarest quarter of classes; all normalised to mean 1)",
+    "drw_epoch": "deferred re-weighting: --loss-weights apply only from this epoch on (unset: from the start)",
+    "epoch_length": "draws per epoch over all ranks (unset: the dataset size)",
+    "many": "classes with more than MANY training images form the 'many' group",
+    "few": "classes with fewer than FEW training images form the 'few' group (the rest: 'medium')",
+    "checkpoint_every": "checkpoint every N steps (and at every epoch end)",
+    "eval_every": "evaluate every N epochs (and after the last)",
+    "max_steps": "stop after this many steps in all (dry runs); the checkpoint allows --resume",
+    "device": "auto: a CUDA GPU when torch sees one, else cpu",
+}
+
+
+def _choices() -> dict:
+    from fastcas.sampling import weights as W
+    from fastcas.mix.params import KINDS
+    from fastcas.train.models import MODELS
+
+    return {"model": list(MODELS), "weights": list(W.NAMES), "foreground_weights": list(W.NAMES),
+            "mix": ["none", *KINDS], "loss_weights": list(W.LOSS_WEIGHTS), "schedule": ["cosine", "step"],
+            "device": ["auto", "cpu", "cuda"]}
+
+
+def add_arguments(p) -> None:
+    from fastcas.train.loop import TrainConfig
+
+    p.add_argument("train", help="training dataset (directory or manifest)")
+    p.add_argument("--val", help="validation dataset")
+    p.add_argument("--recipe", help=f"recipe JSON (a path, or a name in {RECIPES}: "
+                   + ", ".join(sorted(x.stem for x in RECIPES.glob('*.json'))) + "); flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the configuration must "
+                   "match the saved one except: epochs, max-steps, eval/checkpoint frequency, val, workers, device)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT (deletes its files)")
+    p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL
+    defaults = TrainConfig(train="")
+    choices = _choices()
+    for f in TrainConfig.__dataclass_fields__.values():
+        if f.name in ("train", "val"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        d = getattr(defaults, f.name)
+        if isinstance(d, bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+        elif f.name == "step_epochs":
+            p.add_argument(flag, dest=f.name, type=int, nargs="*", default=None, help=FIELD_HELP.get(f.name))
+        else:
+            typ = type(d) if d is not None else (int if f.name in ("drw_epoch", "epoch_length", "max_steps") else str)
+            text = f"{FIELD_HELP[f.name]}" + (f" (default {d})" if d is not None else "") if f.name in FIELD_HELP \
+                else f"default {d}"
+            p.add_argument(flag, dest=f.name, type=typ, default=None, help=text, choices=choices.get(f.name))
+
+
+def config_from_args(args):
+    from fastcas.train.loop import TrainConfig
+
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    overrides["train"], overrides["val"] = args.train, args.val
+    if "step_epochs" in overrides:
+        overrides["step_epochs"] = tuple(overrides["step_epochs"])
+    if args.recipe:
+        path = Path(args.recipe)
+        if not path.exists():
+            path = RECIPES / f"{args.recipe}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no recipe {args.recipe!r} (not a file, not in {RECIPES})")
+        return TrainConfig.from_file(path, **_clamp_mix_schedule(path, overrides))
+    return TrainConfig(**overrides)
+
+
+def _clamp_mix_schedule(recipe: Path, overrides: dict) -> dict:
+    """A recipe's CMO schedule (mix_start / mix_end epochs without mixing) leaves no epoch to
+    mix in when --epochs is small (a 1-epoch try-out of a 200-epoch recipe): mix in every epoch
+    instead, with a warning, unless the user set --mix-start / --mix-end themselves."""
+    import json
+
+    data = {**json.loads(recipe.read_text()), **overrides}
+    start, end, epochs = data.get("mix_start", 0), data.get("mix_end", 0), data.get("epochs", 10)
+    user_set = "mix_start" in overrides or "mix_end" in overrides
+    if data.get("mix", "none") != "none" and start + end >= epochs and not user_set:
+        print(f"warning: recipe {recipe.stem} mixes only between epoch {start} and {epochs} - {end}, which leaves "
+              f"no epoch in {epochs}; mixing in every epoch instead (--mix-start 0 --mix-end 0)", file=sys.stderr)
+        return {**overrides, "mix_start": 0, "mix_end": 0}
+    return overrides
+
+
+def run(args) -> int:
+    from fastcas.train.loop import train
+
+    from fastcas.cli._device import require_device
+
+    cfg = config_from_args(args)
+    require_device(cfg.device)
+    final = train(cfg, resume=args.resume, crash_at_step=args.crash_at_step, overwrite=args.overwrite)
+    rep = final["report"]
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one final line, from rank 0
+        return 0
+    if rep:
+        print(f"final top-1 {rep['top1']:.4f}; report in {cfg.out}")
+    else:
+        print(f"trained {final['global_step']} steps (no evaluation: no --val); model in {Path(cfg.out) / 'model.pt'}")
+    return 0

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``fastcas`` CLI; see :mod:`fastcas.cli` for the protocol."""

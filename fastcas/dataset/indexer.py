@@ -1,0 +1,383 @@
+"""``fastcas index``: a fastcas manifest for existing WebDataset tars, without rewriting them.
+
+    sources (dir of .tar | brace pattern | glob | URLs) -> scan each tar's headers
+      -> group members into samples by WebDataset's key rule -> image member, label, header
+      -> DALI v1.2 index per tar + manifest.json in OUT (written last, atomically)
+
+Key rule (webdataset ``base_plus_ext``): a member ``dir/name.ext1.ext2`` has key
+``dir/name`` and extension ``ext1.ext2`` (lower-cased); consecutive members with one key are
+one sample; names without a dot are ignored. The image is the first present of
+``image_keys``; the label comes from ``label_key``: an extension whose member holds a decimal
+integer (``cls``), or ``json:FIELD`` (a field of the ``json`` member: an integer, or a class
+name when ``class_names`` are given). Image sizes are read from the headers (displayed size,
+EXIF orientation applied), so the loader needs no per-sample header parse for geometry.
+
+Samples without an image or a label, with an unreadable image header or over ``max_pixels``
+are listed in the manifest's ``skipped`` and left out (``strict`` makes each an error naming
+tar and key). Always errors: not a tar / truncated tar, a label that is not a non-negative
+integer, a key seen twice (in one tar or across tars), unsafe member names (absolute, ``..``,
+links), member names with whitespace (the DALI index cannot hold them).
+
+Local tars are read through ``mmap``: only member headers and image headers are touched,
+unless ``hash_local``. Remote tars (URLs) are downloaded whole into the shard cache, hashed,
+and recorded with their size and SHA-256, so the loader's cache can verify them later.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import mmap
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.dataset import imagehdr
+from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.core.errors import ShardError
+from fastcas.dataset.remote import ShardCache, is_url
+from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.wdsindex import Member, format_index
+
+FORMAT = "fastcas-index/1"
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    image_keys: tuple[str, ...] = IMAGE_KEYS
+    label_key: str = "cls"
+    class_names: tuple[str, ...] | None = None
+    strict: bool = False
+    max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None
+    overwrite: bool = False
+    hash_local: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.image_keys or any(not k or "/" in k or k.startswith(".") for k in self.image_keys):
+            raise ValueError(f"image_keys must be non-empty extensions like 'jpg', got {self.image_keys!r}")
+        if not self.label_key or (self.label_key.startswith("json:") and len(self.label_key) == 5):
+            raise ValueError(f"label_key must be an extension ('cls') or 'json:FIELD', got {self.label_key!r}")
+
+    @property
+    def label_ext(self) -> str:
+        return "json" if self.label_key.startswith("json:") else self.label_key
+
+
+# -- sources -----------------------------------------------------------------------------------
+def expand_sources(sources) -> list[str]:
+    """Tar paths / URLs, in order: a directory gives its ``*.tar`` sorted; a brace pattern
+    (``train-{000..009}.tar``) or glob is expanded. ``ValueError`` naming the source for a
+    pattern that matches nothing, a missing file or a directory without tars."""
+    from braceexpand import braceexpand
+
+    out: list[str] = []
+    for src in sources:
+        src = str(src)
+        if is_url(src):
+            out += list(braceexpand(src))
+            continue
+        p = Path(src)
+        if p.is_dir():
+            tars = sorted(str(t) for t in p.glob("*.tar"))
+            if not tars:
+                raise ValueError(f"{src}: directory holds no .tar files")
+            out += tars
+            continue
+        names = list(braceexpand(src)) if "{" in src else [src]
+        if any(c in src for c in "*?["):
+            names = sorted(n for pat in names for n in glob.glob(pat))
+        found = [n for n in names if Path(n).is_file()]
+        if not found:
+            raise ValueError(f"{src}: matches no file" if len(names) != 1 or names[0] != src
+                             else f"{src}: no such tar file or directory")
+        missing = [n for n in names if not Path(n).is_file()]
+        if missing:
+            raise ValueError(f"{src}: {len(missing)} of {len(names)} files do not exist (first: {missing[0]})")
+        out += found
+    if len(set(out)) != len(out):
+        dup = next(x for x in out if out.count(x) > 1)
+        raise ValueError(f"{dup}: named twice in the sources")
+    return out
+
+
+# -- one tar -----------------------------------------------------------------------------------
+@dataclass
+class _Sample:
+    key: str
+    members: list = field(default_factory=list)  # Member(ext, offset, size, name)
+
+
+def _members(path: Path, where: str, data: memoryview):
+    """Yield Member per regular file of the tar at ``path``; ShardError naming ``where``."""
+    size = len(data)
+    try:
+        f = open(path, "rb")
+        tar = tarfile.open(fileobj=f, mode="r:")
+    except tarfile.TarError as exc:
+        f.close()
+        raise ShardError(f"{where}: not a tar file ({exc})") from None
+    with f, tar:
+        while True:
+            try:
+                info = tar.next()
+            except tarfile.TarError as exc:
+                raise ShardError(f"{where}: corrupt or truncated tar at byte {tar.offset} ({exc})") from None
+            if info is None:
+                if tar.offset + 512 > size:  # cut at a member boundary: no end-of-archive block
+                    raise ShardError(f"{where}: truncated tar (no end-of-archive marker after byte {tar.offset:,})")
+                return
+            name = info.name
+            if info.issym() or info.islnk():
+                raise ShardError(f"{where}: unsafe member {name!r} (a link)")
+            if not info.isfile():
+                continue
+            if name.startswith("/") or ".." in name.split("/"):
+                raise ShardError(f"{where}: unsafe member name {name!r} (absolute or '..')")
+            if info.offset_data + info.size > size:
+                raise ShardError(f"{where}: truncated tar (member {name!r} ends at byte "
+                                 f"{info.offset_data + info.size:,}, file has {size:,})")
+            yield name, info.offset_data, info.size
+
+
+def _samples(path: Path, where: str, data: memoryview) -> list[_Sample]:
+    out: list[_Sample] = []
+    for name, offset, size in _members(path, where, data):
+        m = _KEY_EXT.match(name)
+        if not m:
+            continue  # webdataset ignores names without an extension
+        key, ext = m.group(1), m.group(2).lower()
+        if any(c.isspace() for c in name):
+            raise ShardError(f"{where}: member name {name!r} has whitespace (a DALI index cannot hold it)")
+        if not out or out[-1].key != key:
+            out.append(_Sample(key))
+        if any(x.ext == ext for x in out[-1].members):
+            raise ShardError(f"{where}: sample {key!r} has two {ext!r} members")
+        out[-1].members.append(Member(ext, offset, size, name))
+    return out
+
+
+def _label(sample: _Sample, config: IndexConfig, data: memoryview, where: str):
+    """Class id, or None when the sample has no label member."""
+    ext = config.label_ext
+    mem = next((x for x in sample.members if x.ext == ext), None)
+    if mem is None:
+        return None
+    raw = bytes(data[mem.offset : mem.offset + mem.size])
+    bad = f"{where}: sample {sample.key!r}: label"
+    if ext == "json" and config.label_key.startswith("json:"):
+        try:
+            value = json.loads(raw)
+            for part in config.label_key[5:].split("."):
+                value = value[part]
+        except (ValueError, KeyError, TypeError):
+            return None  # no such field: a sample without a label
+        if isinstance(value, str) and config.class_names and value in config.class_names:
+            return config.class_names.index(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{bad} {config.label_key} = {value!r} is not a non-negative integer"
+                             + ("" if config.class_names else " (pass --class-names to map names)"))
+        return value
+    text = raw.decode("utf-8", "replace").strip()
+    if not text.isdigit() or not text.isascii():
+        if config.class_names and text in config.class_names:
+            return config.class_names.index(text)
+        raise ValueError(f"{bad} {text[:40]!r} in .{ext} is not a non-negative integer")
+    return int(text)
+
+
+def scan_tar(path: Path, where: str, config: IndexConfig) -> dict:
+    """Scan one local tar: index entries of every sample, and the columns of usable ones."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ShardError(f"{where}: empty file, not a tar")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    data = memoryview(mm)
+    try:
+        samples = _samples(path, where, data)
+        cols = {k: [] for k in ("keys", "labels", "image_offset", "image_size", "image_ext",
+                                "meta_offset", "meta_size", "sizes")}
+        skipped = []
+        for smp in samples:
+            img = next((x for k in config.image_keys for x in smp.members if x.ext == k), None)
+            reason = None
+            if img is None:
+                reason = f"no image member ({'/'.join(config.image_keys)})"
+            label = _label(smp, config, data, where)
+            if reason is None and label is None:
+                reason = f"no label ({config.label_key})"
+            if reason is None:
+                try:
+                    header = imagehdr.parse(data[img.offset : img.offset + img.size])
+                    imagehdr.check_pixels(header, config.max_pixels, f".{img.ext}")
+                except imagehdr.ImageHeaderError as exc:
+                    reason = str(exc)
+            if reason is not None:
+                if config.strict:
+                    raise ValueError(f"{where}: sample {smp.key!r}: {reason}")
+                skipped.append({"tar": where, "key": smp.key, "reason": reason})
+                continue
+            meta = next((x for x in smp.members if x.ext == "json"), None)
+            cols["keys"].append(smp.key)
+            cols["labels"].append(label)
+            cols["image_offset"].append(img.offset)
+            cols["image_size"].append(img.size)
+            cols["image_ext"].append(img.ext)
+            cols["meta_offset"].append(meta.offset if meta else -1)
+            cols["meta_size"].append(meta.size if meta else 0)
+            cols["sizes"].append(list(header.display_size))
+        sha = hashlib.sha256(data).hexdigest() if config.hash_local else None
+    finally:
+        data.release()
+        mm.close()
+    return {"index": format_index([s.members for s in samples]), "samples": len(samples), "size": size,
+            "sha256": sha, "cols": cols, "skipped": skipped}
+
+
+# -- the whole dataset ---------------------------------------------------------------------------
+def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: bool = False,
+                  workers: int = 1) -> dict:
+    """Index ``sources`` into ``out`` (manifest + one DALI index per tar); returns the manifest.
+    Nothing is written to ``out`` unless every tar indexes cleanly. ``workers``: processes
+    scanning local tars."""
+    config = config or IndexConfig()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+    tars = expand_sources(sources)
+    cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(total=len(tars), unit="tar", desc=f"index {out.name}")
+    scans = _scan_all(tars, config, cache, workers)
+    try:
+        results = _collect(tars, scans, out, {}, it if progress else None)
+    finally:
+        scans.close()  # stops the worker processes at once on an error
+        if progress:
+            it.close()
+    return _write(results, out, config, tars)
+
+
+def _collect(tars, scans, out: Path, owner: dict, bar) -> list[dict]:
+    results = []
+    for n, (src, r) in enumerate(zip(tars, scans)):
+        if is_url(src):
+            r["tar"] = src
+        else:
+            r["tar"] = _relative(Path(src), out)
+        if bar is not None:
+            bar.update(1)
+        for key in r["cols"]["keys"] + [s["key"] for s in r["skipped"]]:
+            if key in owner:
+                raise ValueError(f"duplicate key {key!r}: in {owner[key]} and in {src}")
+            owner[key] = src
+        r["index_name"] = f"{n:06d}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(src.rsplit('/', 1)[-1]).stem)}.idx"
+        results.append(r)
+        if bar is not None:
+            bar.set_postfix(samples=len(owner))
+    return results
+
+
+def _scan_one(src: str, config: IndexConfig) -> dict:
+    return scan_tar(Path(src), src, config)
+
+
+def _scan_all(tars: list[str], config: IndexConfig, cache, workers: int):
+    """Scan results in ``tars`` order: URLs downloaded (and hashed) one at a time in this
+    process, local tars scanned by ``workers`` processes (tarfile parsing is CPU-bound)."""
+    local = [t for t in tars if not is_url(t)]
+    pool = None
+    if workers > 1 and len(local) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(local)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {t: pool.submit(_scan_one, t, config) for t in local} if pool else {}
+        for src in tars:
+            if is_url(src):
+                path, size, sha = cache.fetch_hashed(src)
+                r = scan_tar(path, src, config)
+                r["size"], r["sha256"] = size, sha
+                yield r
+            else:
+                yield futures[src].result() if pool else _scan_one(src, config)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _relative(tar: Path, out: Path) -> str:
+    """The tar's path as the manifest stores it: relative to ``out`` when inside it (the
+    two move together), else absolute."""
+    tar, out = tar.resolve(), out.resolve()
+    return str(tar.relative_to(out)) if tar.is_relative_to(out) else str(tar)
+
+
+def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str]) -> dict:
+    empty = [r["tar"] for r in results if r["samples"] == 0]  # DALI refuses an index of 0 samples
+    results = [r for r in results if r["samples"] > 0]
+    cols = {k: [] for k in results[0]["cols"]} if results else {}
+    for r in results:
+        for k, v in r["cols"].items():
+            cols[k] += v
+    skipped = [s for r in results for s in r["skipped"]]
+    if not results or not cols["keys"]:
+        raise ValueError(f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
+                         + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")"))
+    labels = cols["labels"]
+    if config.class_names:
+        bad = next((k for k, y in zip(cols["keys"], labels) if y >= len(config.class_names)), None)
+        if bad is not None:
+            y = labels[cols["keys"].index(bad)]
+            raise ValueError(f"label {y} of {bad!r} is >= the number of class names ({len(config.class_names)})")
+        class_names = list(config.class_names)
+    else:
+        class_names = [str(k) for k in range(max(labels) + 1)]
+    shards = [{"tar": r["tar"], "index": r["index_name"], "count": len(r["cols"]["keys"]),
+               "samples_in_tar": r["samples"], "size": r["size"], "sha256": r["sha256"]} for r in results]
+    content = hashlib.sha256("".join(f"{s['tar']}:{s['size']}:{s['sha256']}" for s in shards).encode()).hexdigest()
+    manifest = {
+        "format": FORMAT,
+        "num_samples": len(cols["keys"]),
+        "shards": shards,
+        "class_names": class_names,
+        "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
+        "label_ext": config.label_ext,
+        **cols,
+        "skipped": skipped,
+        "empty_tars": empty,
+        "content_hash": content,
+        "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
+        # readers default to the cache the index filled (commands without --cache-dir use it)
+        "cache_dir": str(Path(config.cache_dir).resolve()) if config.cache_dir and any(is_url(t) for t in tars) else None,
+        **config.extra,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
+    written = []
+    try:
+        for old in out.glob("*.idx"):
+            old.unlink()
+        for r in results:
+            with atomic_open(out / r["index_name"], "w") as f:
+                f.write(r["index"])
+            written.append(out / r["index_name"])
+        atomic_write_json(out / MANIFEST, manifest, indent=None)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return manifest

@@ -1,0 +1,214 @@
+"""Turning images on disk into :class:`~fastcas.dataset.shards.RawSample` streams.
+
+Sources: an ImageFolder tree (one sub-folder per class), a list file (``path<TAB>label``
+per line) and Fashion-MNIST idx files. JPEG files are stored byte-for-byte after a decode
+check; anything else PIL reads is re-encoded as JPEG at :data:`JPEG_QUALITY` (16-bit and
+other high-bit-depth greyscale scaled to 8 bits, see :func:`to_8bit`).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.dataset.shards import RawSample, check_label
+
+JPEG_QUALITY = 95  # for re-encoded non-JPEG inputs: visually lossless, ~3x smaller than PNG
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle_boot")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: int
+    key: str
+
+
+def sanitize_key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
+
+
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(image):
+    """A high-bit-depth greyscale PIL image -> mode "L", values scaled (never clipped).
+
+    PIL's own ``convert`` clips 16-bit values at 255 (a 16-bit PNG became an all-white JPEG).
+    Scaling: "I;16*" (16-bit PNG / TIFF) -> round(v * 255 / 65535); "I" (32-bit int) the same
+    when every value lies in [0, 65535], else min-max to [0, 255]; "F" (float) -> round(v * 255)
+    when every value lies in [0, 1], else min-max; non-finite floats count as 0. Other modes
+    are returned unchanged."""
+    from PIL import Image
+
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image
+    a = np.asarray(image)
+    if image.mode == "F":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if a.size and a.min() >= 0 and a.max() <= 1:
+            return Image.fromarray(np.rint(a * 255).astype(np.uint8), "L")
+    else:
+        a = a.astype(np.int64)
+        if not a.size or (a.min() >= 0 and a.max() <= 65535):
+            return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")  # round half up
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    scaled = np.zeros(a.shape) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+
+
+def encode_jpeg(image, quality: int = JPEG_QUALITY) -> bytes:
+    """PIL image (or HxW / HxWx3 uint8 array) -> JPEG bytes. Deterministic for equal input.
+    High-bit-depth greyscale (16-bit PNG, 32-bit int or float TIFF) is scaled to 8 bits by
+    :func:`to_8bit`, not clipped."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image = to_8bit(image)
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def load_image_bytes(path: Path) -> bytes:
+    """Bytes to store for the image file ``path``: the file itself if it is a JPEG that
+    decodes, else a JPEG re-encoding. ``ValueError`` naming the file if PIL cannot decode it."""
+    from PIL import Image
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # DCT-scaled decode: checks the whole stream, 1/8 the cost
+                im.load()
+                return raw
+            im.load()
+            return encode_jpeg(im)
+    except Exception as exc:  # PIL raises many types for bad data
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+
+
+def image_folder_items(root: Path) -> tuple[list[Item], list[str]]:
+    """Items of an ImageFolder tree, classes in sorted folder order, files in sorted order."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
+    items = []
+    for label, name in enumerate(classes):
+        for p in sorted((root / name).rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                rel = p.relative_to(root).with_suffix("")
+                items.append(Item(p, label, sanitize_key(str(rel))))
+    return items, classes
+
+
+def list_file_items(path: Path) -> list[Item]:
+    """Items of a ``path<TAB>label`` list; relative paths are relative to the list file."""
+    path = Path(path)
+    items = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 'path<TAB>label', got {line!r}")
+        img, label = parts[0].strip(), check_label(parts[1].strip(), f"{path}:{lineno}")
+        p = Path(img) if Path(img).is_absolute() else path.parent / img
+        items.append(Item(p, label, sanitize_key(str(Path(img).with_suffix("")).lstrip("/"))))
+    return items
+
+
+def samples_from_items(items: list[Item], *, skip_bad: bool = False, skipped: list | None = None,
+                       workers: int = 4) -> Iterator[RawSample]:
+    """Load and check images in parallel threads (PIL decodes without the GIL), in order."""
+    def load(item):
+        try:
+            return load_image_bytes(item.path), None
+        except ValueError as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for item, (data, err) in zip(items, pool.map(load, items)):
+            if err is not None:
+                if not skip_bad:
+                    raise ValueError(err)
+                if skipped is not None:
+                    skipped.append(str(item.path))
+                continue
+            yield RawSample(item.key, data, item.label, {"source": str(item.path)}, str(item.path))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0:2] != b"\0\0" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an idx file of uint8")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated idx file ({arr.size} of {int(np.prod(dims))} values)")
+    return arr.reshape(dims)
+
+
+def find_fashion_mnist(path: str | Path | None = None) -> Path:
+    """Directory with Fashion-MNIST idx files: ``path``, else the Debian package location,
+    else torchvision's downloader (needs the network) into ``~/.cache/fastcas``."""
+    candidates = [Path(path)] if path else [FASHION_MNIST_DIR]
+    for c in candidates:
+        for sub in (c, c / "FashionMNIST" / "raw"):
+            if (sub / "train-images-idx3-ubyte.gz").exists() or (sub / "train-images-idx3-ubyte").exists():
+                return sub
+    if path:
+        raise FileNotFoundError(f"{path}: no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz])")
+    cache = Path.home() / ".cache" / "fastcas"
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(cache), train=True, download=True)
+        FashionMNIST(str(cache), train=False, download=True)
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist) "
+            f"and the download failed ({exc})") from None
+    return cache / "FashionMNIST" / "raw"
+
+
+def load_fashion_mnist(path: str | Path | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N,28,28], labels int64 [N]) for split 'train' (60k) or 'test' (10k)."""
+    d = find_fashion_mnist(path)
+    stem = {"train": "train", "test": "t10k"}[split]
+
+    def pick(name):
+        p = d / f"{stem}-{name}-ubyte.gz"
+        return p if p.exists() else d / f"{stem}-{name}-ubyte"
+
+    images, labels = _read_idx(pick("images-idx3")), _read_idx(pick("labels-idx1")).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{d}: {len(images)} images but {len(labels)} labels for split {split}")
+    return images, labels
+
+
+def fashion_mnist_samples(images: np.ndarray, labels: np.ndarray, prefix: str,
+                          indices: np.ndarray | None = None) -> Iterator[RawSample]:
+    idx = np.arange(len(labels)) if indices is None else indices
+    for i in idx:
+        yield RawSample(f"{prefix}{int(i):05d}", encode_jpeg(images[i]), int(labels[i]),
+                        {"index": int(i)}, f"{prefix}{int(i)}")

@@ -1,0 +1,274 @@
+"""Random access to sharded datasets through memory-mapped tars.
+
+``ShardReader(path)[i]`` returns the ``i``-th sample (global order = shard order) as a
+:class:`Sample` whose ``data`` is a zero-copy ``memoryview`` into the tar's mmap, so a DALI
+external source can hand JPEG bytes to the decoder without copying them in Python.
+Setup reads the manifest and the per-shard indexes (O(N) once, 16 bytes per sample of
+offsets); every access is O(1). Pickling carries only the path and the parsed arrays, and
+workers re-open the mmaps lazily.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from fastcas.core.errors import CorruptSampleError, ShardError
+from fastcas.dataset.remote import Prefetcher, ShardCache, is_url
+from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.wdsindex import parse_index
+
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class Sample(NamedTuple):
+    key: str
+    data: memoryview  # encoded image bytes, a view of the mmapped tar
+    label: int
+
+
+def resolve_manifest(path: str | Path) -> Path:
+    path = Path(path)
+    manifest = path / MANIFEST if path.is_dir() else path
+    if not manifest.exists():
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` or `fastcas index` first)")
+        raise FileNotFoundError(f"{path}: no such dataset or manifest")
+    return manifest
+
+
+class ShardReader:
+    """Indexed, read-only view of a dataset written by :func:`fastcas.dataset.shards.write_shards`.
+
+    ``on_error="raise"`` (default) checks every shard at open and raises :class:`ShardError`
+    naming the shard for a missing or truncated tar, a malformed index or unsafe member names.
+    ``on_error="defer"`` records such problems and raises :class:`CorruptSampleError` only when
+    a sample of a broken shard is read, so a loader can skip and count it.
+
+    Datasets made by ``fastcas index`` (foreign WebDataset tars) carry per-sample member
+    offsets, sizes and extensions in the manifest, so no index file is parsed at open. Their
+    shards may be URLs: those are fetched whole into ``cache_dir`` (:class:`fastcas.dataset.remote.
+    ShardCache`) when a sample of theirs is first read, in the process that reads it;
+    ``cache_dir=None`` means the directory given to ``fastcas index --cache-dir``, else
+    :func:`fastcas.dataset.remote.default_cache_dir`.
+    """
+
+    def __init__(self, path: str | Path, *, on_error: str = "raise", cache_dir: str | Path | None = None,
+                 cache_max_bytes: int | None = None):
+        if on_error not in ("raise", "defer"):
+            raise ValueError(f"on_error must be 'raise' or 'defer', got {on_error!r}")
+        self.manifest_path = resolve_manifest(path)
+        self.root = self.manifest_path.parent
+        self.on_error = on_error
+        try:
+            self.manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ShardError(f"{self.manifest_path}: manifest is not valid JSON ({exc})") from None
+        m = self.manifest
+        for field in ("shards", "keys", "labels", "class_names"):
+            if field not in m:
+                raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
+        self.keys: list[str] = list(m["keys"])
+        self.labels = np.asarray(m["labels"], dtype=np.int64)
+        self.class_names: list[str] = list(m["class_names"])
+        self.num_classes = len(self.class_names)
+        self.class_counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
+        counts = [int(s["count"]) for s in m["shards"]]
+        if sum(counts) != len(self.keys) or len(self.labels) != len(self.keys):
+            raise ShardError(f"{self.manifest_path}: shard counts ({sum(counts)}), keys "
+                             f"({len(self.keys)}) and labels ({len(self.labels)}) disagree")
+        self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
+        if cache_dir is None:
+            cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
+        self.cache = ShardCache(cache_dir, cache_max_bytes) if any(self.shard_urls) else None
+        self.shard_paths = [self.cache.path_for(u) if u else self.root / s["tar"]
+                            for u, s in zip(self.shard_urls, m["shards"])]
+        self.index_paths = [self.root / s["index"] for s in m["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        n = len(self.keys)
+        self.indexed = "image_offset" in m  # written by `fastcas index`
+        self.sizes = np.asarray(m["sizes"], np.int64).reshape(n, 2) if m.get("sizes") else None  # displayed (w, h)
+        if self.indexed:
+            self._offset = np.asarray(m["image_offset"], np.int64)
+            self._size = np.asarray(m["image_size"], np.int64)
+            self._meta_offset = np.asarray(m["meta_offset"], np.int64)
+            self._meta_size = np.asarray(m["meta_size"], np.int64)
+            self.image_exts = sorted(set(m["image_ext"]))
+            code = {e: j for j, e in enumerate(self.image_exts)}  # small ints, not N strings per process
+            self._ext = np.array([code[e] for e in m["image_ext"]], np.uint8)
+            if not all(len(a) == n for a in (self._offset, self._size, self._meta_offset, self._meta_size, self._ext)):
+                raise ShardError(f"{self.manifest_path}: per-sample columns do not have {n} entries")
+        else:
+            self._offset = np.zeros(n, np.int64)
+            self._size = np.zeros(n, np.int64)
+            self._meta_offset = np.full(n, -1, np.int64)
+            self._meta_size = np.zeros(n, np.int64)
+            self.image_exts = ["jpg"]
+        self.label_ext = m.get("label_ext", "cls")  # the member holding the label (for DALI's reader)
+        self.broken: dict[int, str] = {}
+        self._prefetcher = None
+        for s in range(len(counts)):
+            try:
+                self._load_shard(s)
+            except (ShardError, FileNotFoundError) as exc:
+                if on_error == "raise":
+                    raise ShardError(str(exc)) from None
+                self.broken[s] = str(exc)
+        self._maps: dict[int, mmap.mmap] = {}
+        self._fds: dict[int, int] = {}  # open descriptors of the mapped shards, for the size check
+
+    def _load_shard(self, s: int) -> None:
+        tar, idx = self.shard_paths[s], self.index_paths[s]
+        if self.indexed:
+            self._check_indexed_shard(s)
+            return
+        if not tar.exists():
+            raise ShardError(f"{tar}: shard is missing")
+        try:
+            entries = parse_index(idx)
+        except ValueError as exc:
+            raise ShardError(str(exc)) from None
+        lo, hi = self.starts[s], self.starts[s + 1]
+        if len(entries) != hi - lo:
+            raise ShardError(f"{idx}: index lists {len(entries)} samples, manifest says {hi - lo} for {tar.name}")
+        size = tar.stat().st_size
+        for j, members in enumerate(entries):
+            key = self.keys[lo + j]
+            for mem in members:
+                if "/" in mem.name or ".." in mem.name:
+                    raise ShardError(f"{tar}: unsafe member name {mem.name!r}")
+                if mem.offset + mem.size > size:
+                    raise ShardError(f"{tar}: truncated (member {mem.name} ends at byte "
+                                     f"{mem.offset + mem.size}, file has {size})")
+                if mem.name.split(".", 1)[0] != key:
+                    raise ShardError(f"{idx}: index does not match the manifest at sample {j} "
+                                     f"(member {mem.name!r}, expected key {key!r})")
+                if mem.ext in _IMAGE_EXTS:
+                    self._offset[lo + j], self._size[lo + j] = mem.offset, mem.size
+                elif mem.ext == "json":
+                    self._meta_offset[lo + j], self._meta_size[lo + j] = mem.offset, mem.size
+            if self._size[lo + j] == 0:
+                raise ShardError(f"{tar}: sample {key!r} has no image member")
+
+    def _check_indexed_shard(self, s: int) -> None:
+        if self.shard_urls[s]:
+            return  # checked (size, hash) when it is downloaded
+        tar, info = self.shard_paths[s], self.manifest["shards"][s]
+        if not tar.exists():
+            raise ShardError(f"{tar}: shard is missing")
+        size = tar.stat().st_size
+        if info.get("size") is not None and size != info["size"]:
+            raise ShardError(f"{tar}: shard changed since `fastcas index` ({size:,} bytes, the manifest "
+                             f"recorded {info['size']:,}); re-run `fastcas index`")
+
+    def local_shard(self, s: int) -> Path:
+        """The local file of shard ``s``, downloading a remote shard into the cache first."""
+        url = self.shard_urls[s]
+        if url is None:
+            return self.shard_paths[s]
+        if self._prefetcher is not None and s in self._prefetcher.errors:
+            raise self._prefetcher.errors.pop(s)
+        info = self.manifest["shards"][s]
+        return self.cache.get(url, info.get("size"), info.get("sha256"))
+
+    def prefetch(self, order) -> Prefetcher | None:
+        """Start downloading remote shards in ``order`` on a background thread (streaming
+        reads: shard ``order[k+1]`` arrives while ``order[k]`` is read). None when local."""
+        if self.cache is None:
+            return None
+        self._prefetcher = Prefetcher(self.local_shard, order)
+        return self._prefetcher
+
+    # -- access ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def shard_of(self, i: int) -> int:
+        return int(np.searchsorted(self.starts, i, side="right") - 1)
+
+    def _map(self, s: int) -> mmap.mmap:
+        m = self._maps.get(s)
+        if m is None:
+            fd = os.open(self.local_shard(s), os.O_RDONLY)
+            try:
+                m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._maps[s], self._fds[s] = m, fd
+        return m
+
+    def _check_size(self, s: int, m: mmap.mmap, i: int, end: int) -> None:
+        """Reading a mapped page past the end of a file truncated in place kills the process
+        with SIGBUS; an fstat first (about a microsecond) turns that into an error naming the
+        shard. A truncation racing with the read that follows can still fault (see README)."""
+        size = os.fstat(self._fds[s]).st_size
+        if size < end or len(m) < end:
+            raise ShardError(f"{self.shard_paths[s]}: shard changed while it was being read: sample "
+                             f"{self.keys[i]!r} ends at byte {end}, the file now has {min(size, len(m))} bytes "
+                             "(truncated or rewritten in place; replace shards with a new file and a rename)")
+
+    def _view(self, i: int, offset: int, size: int) -> memoryview:
+        s = self.shard_of(i)
+        if s in self.broken:
+            raise CorruptSampleError(f"sample {self.keys[i]!r}: {self.broken[s]}", self.keys[i])
+        m = self._map(s)  # a failed or changed download raises (naming the URL), never skips
+        self._check_size(s, m, i, offset + size)
+        # The member's own tar header sits right before its data: checking its name catches
+        # an index that was regenerated for a different tar.
+        if offset < 512 or offset + size > len(m):
+            raise CorruptSampleError(f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i])
+        name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
+        if self.indexed:
+            # foreign tars: long names live in pax/GNU headers, so compare what fits the field
+            expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
+            ok = expected is None or len(expected.encode()) > 100 or name == expected
+        else:
+            ok = name.split(".", 1)[0] == self.keys[i]
+        if not ok:
+            raise CorruptSampleError(f"{self.shard_paths[s]}: index does not match its tar at "
+                                     f"key {self.keys[i]!r} (header says {name!r})", self.keys[i])
+        return memoryview(m)[offset : offset + size]
+
+    def __getitem__(self, i: int) -> Sample:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample index {i} out of range for {len(self)} samples")
+        return Sample(self.keys[i], self._view(i, int(self._offset[i]), int(self._size[i])), int(self.labels[i]))
+
+    def metadata(self, i: int) -> dict | None:
+        if self._meta_offset[i] < 0:
+            return None
+        return json.loads(bytes(self._view(i, int(self._meta_offset[i]), int(self._meta_size[i]))))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"ShardReader({str(self.root)!r}, samples={len(self)}, classes={self.num_classes}, shards={len(self.shard_paths)})"
+
+    # -- pickling: drop the mmaps, workers re-open them ------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        state["_fds"] = {}
+        state["_prefetcher"] = None
+        return state
+
+    def close(self) -> None:
+        self._prefetcher = None
+        for m in self._maps.values():
+            try:
+                m.close()
+            except BufferError:  # a caller still holds a view; the map closes with it
+                pass
+        for fd in self._fds.values():
+            os.close(fd)
+        self._maps, self._fds = {}, {}

@@ -1,0 +1,225 @@
+"""Remote shards (``http(s)://``, ``s3://``, ``gs://`` through fsspec) and their local cache.
+
+A :class:`ShardCache` holds whole shards under one directory. The first use of a URL
+downloads it to a temporary file beside its final name, checks the size and the SHA-256 the
+manifest recorded, and renames it into place, so the cache never holds a partial or
+unverified shard; a download that fails names the URL and leaves nothing behind. Files are
+locked while they download (``fcntl.flock`` on ``NAME.lock``), so processes sharing a cache
+(DALI workers, ranks on one node, nodes on a shared file system) download each shard once.
+Beyond ``max_bytes`` the least recently used shards are evicted (use = file mtime, touched on
+every open). Each process downloads only the shards it reads.
+
+fsspec comes with the ``http(s)`` backend (aiohttp); ``s3://`` needs ``s3fs`` and ``gs://``
+needs ``gcsfs`` (``pip install fastcas[s3]`` / ``fastcas[gcs]``). Only HTTP is tested here.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+from fastcas.core.errors import FastcasError
+
+SCHEMES = ("http", "https", "s3", "gs", "gcs")
+_CHUNK = 1 << 20
+
+
+class RemoteError(FastcasError, OSError):
+    """A remote shard cannot be fetched; the message names the URL."""
+
+
+class ShardChangedError(FastcasError, ValueError):
+    """A shard's size or SHA-256 differs from what its manifest recorded."""
+
+
+def is_url(s: str) -> bool:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", str(s))
+    return bool(m) and m.group(1).lower() in SCHEMES
+
+
+def default_cache_dir() -> Path:
+    """``~/.cache/fastcas/shards`` (a fixed default; pass ``cache_dir`` to choose another)."""
+    return Path.home() / ".cache" / "fastcas" / "shards"
+
+
+def _filesystem(url: str):
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        # a fresh instance: fsspec caches instances (and their event loop) per process, which a
+        # forked DALI worker must not inherit
+        return fsspec.filesystem(protocol, skip_instance_cache=True)
+    except (ImportError, ValueError) as exc:
+        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+        hint = f" (pip install 'fastcas[{extra}]')" if extra else ""
+        raise RemoteError(f"{url}: no fsspec backend for {protocol}://{hint}: {exc}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):  # fsspec's translation of HTTP 404 / NoSuchKey
+        return "not found on the server"
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+class ShardCache:
+    """Whole-shard cache under ``root`` (``None``: :func:`default_cache_dir`); ``max_bytes``
+    (``None``: unlimited) is the size beyond which least-recently-used shards are evicted."""
+
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.downloads = 0  # shards this object downloaded (for tests and logs)
+
+    def path_for(self, url: str) -> Path:
+        """The cache file of ``url``: a digest of the whole URL (no collisions between hosts)
+        plus the readable base name."""
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[-80:] or "shard"
+        return self.root / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{base}"
+
+    def _check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise RemoteError(f"cache directory {self.root} is not writable ({exc.strerror or exc}); "
+                              "pass another cache_dir / --cache-dir") from None
+
+    def get(self, url: str, size: int | None = None, sha256: str | None = None) -> Path:
+        """Local path of ``url``'s bytes, downloading on first use. ``size`` / ``sha256``:
+        what the manifest recorded (checked on download; a cached copy of another size is
+        fetched again). Raises :class:`RemoteError` or :class:`ShardChangedError`."""
+        path = self.path_for(url)
+        if self._usable(path, size):
+            return path
+        self._check_writable()
+        with self._lock(path):
+            if not self._usable(path, size):  # another process may have fetched it meanwhile
+                self._download(url, path, size, sha256)
+        self.evict(keep=path)
+        return path
+
+    def _usable(self, path: Path, size: int | None) -> bool:
+        try:
+            st = path.stat()
+        except OSError:  # missing, or the cache root is not a directory (reported on download)
+            return False
+        if size is not None and st.st_size != size:
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(path)  # last use, for LRU eviction
+        return True
+
+    @contextlib.contextmanager
+    def _lock(self, path: Path):
+        import fcntl
+
+        with open(path.with_name(path.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _download(self, url: str, path: Path, size: int | None, sha256: str | None) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=self.root)
+        h, got = hashlib.sha256(), 0
+        try:
+            try:
+                fs = _filesystem(url)
+                # http: block_size=0 streams one GET (no range requests, any server works)
+                opts = {"block_size": 0} if url.lower().startswith("http") else {"block_size": _CHUNK}
+                with os.fdopen(fd, "wb") as out, fs.open(url, "rb", **opts) as src:
+                    while True:
+                        chunk = src.read(_CHUNK)
+                        if not chunk:
+                            break
+                        h.update(chunk)
+                        out.write(chunk)
+                        got += len(chunk)
+            except (RemoteError, ShardChangedError):
+                raise
+            except Exception as exc:  # fsspec/aiohttp/botocore raise many types
+                raise RemoteError(f"{url}: download failed after {got:,} bytes ({_describe(exc)})") from None
+            if size is not None and got != size:
+                raise ShardChangedError(f"{url}: shard changed on the server: {got:,} bytes, the manifest "
+                                        f"recorded {size:,} (re-run `fastcas index`)")
+            if sha256 and h.hexdigest() != sha256:
+                raise ShardChangedError(f"{url}: shard changed on the server: SHA-256 {h.hexdigest()[:16]}..., "
+                                        f"the manifest recorded {sha256[:16]}... (re-run `fastcas index`)")
+            os.replace(tmp, path)
+            self.downloads += 1
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def fetch_hashed(self, url: str) -> tuple[Path, int, str]:
+        """Download ``url`` (no expected size/hash) and return (path, size, sha256): for
+        ``fastcas index``, which records them."""
+        path = self.get(url)
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                h.update(chunk)
+        return path, path.stat().st_size, h.hexdigest()
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Delete least-recently-used shards until the cache is within ``max_bytes``."""
+        if self.max_bytes is None:
+            return []
+        files = []
+        for p in self.root.iterdir():
+            if p.name.startswith(".") or p.name.endswith(".lock") or not p.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        total = sum(f[1] for f in files)
+        removed = []
+        for _, nbytes, p in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if keep is not None and p == keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()  # an open mmap of it stays valid until closed
+                total -= nbytes
+                removed.append(p)
+        return removed
+
+
+class Prefetcher:
+    """Downloads shards in a given order on a background thread (streaming mode: each rank's
+    shards arrive while earlier ones are read). ``fetch(s)`` is the reader's fetch function."""
+
+    def __init__(self, fetch, order):
+        self.errors: dict[int, BaseException] = {}
+        self._thread = threading.Thread(target=self._run, args=(fetch, list(order)), daemon=True)
+        self._thread.start()
+
+    def _run(self, fetch, order):
+        for s in order:
+            try:
+                fetch(int(s))
+            except BaseException as exc:  # the reader raises it again when shard s is read
+                self.errors[int(s)] = exc
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
+def iter_streaming(reader, sampler, epoch: int):
+    """Streaming mode over (possibly remote) shards: the samples of ``sampler``
+    (:class:`fastcas.sampling.streaming.StreamingSampler`) for this rank in ``epoch``, with this rank's
+    shards downloaded in the order it reads them, ahead of the reads, and no other shard."""
+    reader.prefetch(sampler.shards_of_rank(epoch))
+    for i in sampler.iter_epoch(epoch):
+        yield reader[i]

@@ -1,0 +1,242 @@
+"""Writing WebDataset shards: ``{prefix}-NNNNNN.tar`` + a DALI ``v1.2`` index per shard +
+``manifest.json``.
+
+Each sample is stored as ``{key}.jpg`` (JPEG bytes), ``{key}.cls`` (ASCII class id, zero-padded
+to one width per dataset because DALI cannot batch ``"3"`` with ``"111"``) and ``{key}.json``
+when the sample has metadata. Tar headers are fixed (mtime 0, uid/gid 0, mode 0644, ustar), so
+the same input gives the same bytes, and ``content_hash`` in the manifest is reproducible.
+
+Crash safety: every shard and index is written to a temporary name and renamed; the manifest
+is written last, so a manifest never lists an incomplete shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.dataset import imagehdr
+from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset.wdsindex import Member, format_index
+
+MANIFEST = "manifest.json"
+FORMAT = "fastcas-shards/1"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample to write. ``data``: encoded JPEG bytes; ``label``: class id >= 0."""
+
+    key: str
+    data: bytes
+    label: int
+    meta: dict | None = None
+    source: str = ""  # where it came from, for error messages
+
+
+@dataclass(frozen=True)
+class ShardWriterConfig:
+    shard_size: int = 1000
+    prefix: str = "shard"
+    overwrite: bool = False
+    class_names: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict)  # copied into the manifest (source, skipped, ...)
+
+    def __post_init__(self):
+        if int(self.shard_size) < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not _KEY_RE.match(self.prefix):
+            raise ValueError(f"prefix must match {_KEY_RE.pattern}, got {self.prefix!r}")
+
+
+def check_key(key: str, source: str = "") -> str:
+    """Keys become tar member stems: no '.', '/', whitespace (webdataset splits at the first '.')."""
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        where = f" ({source})" if source else ""
+        raise ValueError(f"invalid key {key!r}{where}: keys must match {_KEY_RE.pattern}")
+    return key
+
+
+def check_label(label, source: str = "") -> int:
+    where = f" in {source}" if source else ""
+    if isinstance(label, (bool, np.bool_)):
+        raise ValueError(f"label {label!r}{where} is not a non-negative int")
+    if isinstance(label, str):
+        if not label.strip().isdigit():
+            raise ValueError(f"label {label!r}{where} is not a non-negative int")
+        return int(label)
+    if isinstance(label, (int, np.integer)) and label >= 0:
+        return int(label)
+    raise ValueError(f"label {label!r}{where} is not a non-negative int")
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+    padded = -(-len(data) // _BLOCK) * _BLOCK
+    ext = name.split(".", 1)[1]
+    return Member(ext, tar.offset - padded, len(data), name)
+
+
+class _ShardSink:
+    """Writes one tar (+ index) at a time; each becomes visible only when complete."""
+
+    def __init__(self, out: Path, config: ShardWriterConfig, label_width: int):
+        self.out, self.config, self.width = out, config, label_width
+        self.shards: list[dict] = []
+        self._tar = None
+
+    def _open(self):
+        n = len(self.shards)
+        self.name = f"{self.config.prefix}-{n:06d}"
+        self._ctx = atomic_open(self.out / f"{self.name}.tar", "wb")
+        self._file = self._ctx.__enter__()
+        self._hash = _HashingWriter(self._file)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index: list[list[Member]] = []
+
+    def add(self, s: RawSample):
+        if self._tar is None:
+            self._open()
+        members = [
+            _member(self._tar, f"{s.key}.cls", str(s.label).zfill(self.width).encode()),
+            _member(self._tar, f"{s.key}.jpg", bytes(s.data)),
+        ]
+        if s.meta:
+            blob = json.dumps(s.meta, sort_keys=True, separators=(",", ":")).encode()
+            members.append(_member(self._tar, f"{s.key}.json", blob))
+        self._index.append(members)
+        if len(self._index) >= self.config.shard_size:
+            self.close()
+
+    def close(self):
+        if self._tar is None:
+            return
+        self._tar.close()  # writes the end-of-archive blocks through the hashing writer
+        self._ctx.__exit__(None, None, None)
+        index_name = f"{self.name}.idx"
+        with atomic_open(self.out / index_name, "w") as f:
+            f.write(format_index(self._index))
+        self.shards.append(
+            {"tar": f"{self.name}.tar", "index": index_name, "count": len(self._index),
+             "sha256": self._hash.hexdigest()}
+        )
+        self._tar = None
+
+    def abort(self):
+        if self._tar is not None:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self._tar = None
+
+
+class _HashingWriter:
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def write(self, b):
+        self.h.update(b)
+        return self.f.write(b)
+
+    def tell(self):
+        return self.f.tell()
+
+    def hexdigest(self):
+        return self.h.hexdigest()
+
+
+def _prepare_out(out: Path, overwrite: bool, prefix: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its shards")
+        # The manifest goes first: a crash from here on leaves no manifest, never a stale one.
+        (out / MANIFEST).unlink(missing_ok=True)
+        for p in out.glob(f"{prefix}-*.tar"):
+            p.unlink()
+        for p in out.glob(f"{prefix}-*.idx"):
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
+                 config: ShardWriterConfig | None = None, *, progress: bool = False,
+                 total: int | None = None) -> dict:
+    """Write ``samples`` as shards under ``out`` and return the manifest (also saved there).
+
+    ``samples``: :class:`RawSample` or ``(key, jpeg_bytes, label[, meta])`` tuples, in the
+    order they should be stored. Raises ``ValueError`` naming the key for a duplicate key, a
+    bad label or empty data; ``ValueError`` for empty input; ``FileExistsError`` if ``out`` is
+    not empty and ``config.overwrite`` is false.
+    """
+    config = config or ShardWriterConfig()
+    out = Path(out)
+    _prepare_out(out, config.overwrite, config.prefix)
+    width = len(str(max(len(config.class_names) - 1, 0))) if config.class_names else 4
+    sink = _ShardSink(out, config, width)
+    keys: list[str] = []
+    labels: list[int] = []
+    sizes: list[tuple[int, int]] = []  # displayed (w, h) from the header; (0, 0) if unreadable
+    seen: dict[str, str] = {}
+    it: Iterator = iter(samples)
+    if progress:
+        from tqdm import tqdm
+
+        it = iter(tqdm(it, total=total, unit="img", desc=f"shard {out.name}"))
+    try:
+        for s in it:
+            if not isinstance(s, RawSample):
+                s = RawSample(*s)
+            check_key(s.key, s.source)
+            label = check_label(s.label, s.source or s.key)
+            if s.key in seen:
+                raise ValueError(f"duplicate key {s.key!r}: {seen[s.key] or 'earlier sample'} and {s.source or 'a later sample'}")
+            if not len(s.data):
+                raise ValueError(f"sample {s.key!r} ({s.source}) has no image bytes")
+            if config.class_names and label >= len(config.class_names):
+                raise ValueError(f"label {label} of {s.key!r} is >= the number of class names ({len(config.class_names)})")
+            seen[s.key] = s.source
+            if label != s.label:
+                s = RawSample(s.key, s.data, label, s.meta, s.source)
+            sink.add(s)
+            keys.append(s.key)
+            labels.append(label)
+            header = imagehdr.read(s.data)
+            sizes.append(header.display_size if header else (0, 0))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    if not keys:
+        raise ValueError(f"no samples to write to {out} (empty input)")
+    num_classes = len(config.class_names) if config.class_names else max(labels) + 1
+    class_names = list(config.class_names) if config.class_names else [str(k) for k in range(num_classes)]
+    content = hashlib.sha256("".join(s["sha256"] for s in sink.shards).encode()).hexdigest()
+    manifest = {
+        "format": FORMAT,
+        "num_samples": len(keys),
+        "shards": sink.shards,
+        "class_names": class_names,
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+        "keys": keys,
+        "labels": labels,
+        "sizes": [list(wh) for wh in sizes],
+        "content_hash": content,
+        **config.extra,
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,153 @@
+"""Loader options: :class:`LoaderConfig` (frozen, validated on construction) and
+:func:`resolve_device`. Re-exported by :mod:`fastcas.loading.loader`; kept apart so the iterator module
+stays about one concern."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fastcas.sampling import weights as W
+from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
+
+MIX_KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
+LAST_BATCH = ("drop", "partial", "pad")
+# valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
+# (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
+# power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
+# SaliencyMix ``saliency`` "finegrained" (default: the reference's saliency, batched), "opencv"
+# (the same through OpenCV) or "spectral" (spectral residual)
+MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
+               "saliencymix": ("mode", "saliency")}
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    """A clear ValueError unless ``value`` is an integer >= ``minimum`` (bools and 2.5 refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_mix_options(mix: str | None, options) -> None:
+    if not isinstance(options, dict):
+        raise ValueError(f"mix_options must be a dict, got {type(options).__name__}")
+    if options and mix is None:
+        raise ValueError(f"mix_options {sorted(options)} given without mix=")
+    if mix is None:
+        return
+    unknown = sorted(set(options) - set(MIX_OPTIONS[mix]))
+    if unknown:
+        raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
+    if options.get("mode", "elem") not in ("elem", "batch"):
+        raise ValueError(f"mix_options mode must be 'elem' or 'batch', got {options['mode']!r}")
+    if options.get("saliency", "finegrained") not in ("spectral", "finegrained", "opencv", "spectral-residual",
+                                                      "fine-grained"):
+        raise ValueError("mix_options saliency must be 'finegrained', 'opencv' or 'spectral', "
+                         f"got {options['saliency']!r}")
+    for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
+        if key in options:
+            v = options[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (key == "decay" and v <= 0):
+                raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Loader options, validated here (a ValueError naming the value), not at the first batch.
+    ``mix_options`` keys per mix (:data:`MIX_OPTIONS`): ``mode`` ("elem" | "batch") for all;
+    fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
+    ("finegrained" (default) | "opencv" | "spectral"). ``prefetch``: batches finished (mixed,
+    targets built) ahead on a background thread (:mod:`fastcas.loading.prefetch`); 0 finishes them
+    on the consuming thread. ``mix_in_pipeline``: CutMix (and CMO's paste), binary FMix and, on
+    CPU pipelines with the fine-grained saliency, SaliencyMix run as DALI operators inside the
+    pipeline (uint8 pastes or selects before one normalisation, :mod:`fastcas.loading.pipeline`); False
+    applies them with torch after the pipeline. Both give the same pixels (tested); the pipeline
+    is cheaper (uint8 copies instead of float gathers and blends)."""
+
+    batch_size: int
+    weights: str = "uniform"
+    foreground_weights: str | None = None
+    mix: str | None = None
+    mix_prob: float = 1.0
+    alpha: float = 1.0
+    label_smoothing: float = 0.0
+    train: bool = True
+    image_size: int = 224
+    device: str = "auto"
+    seed: int = 0
+    epoch_length: int | None = None
+    last_batch: str = "drop"
+    b: float = 1.2
+    r: float = 1.0
+    dtype: str = "float32"
+    channels_last: bool = False
+    num_threads: int = 2
+    py_workers: int = 1
+    strict: bool = False
+    mix_options: dict = field(default_factory=dict)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None
+    cache_max_bytes: int | None = None
+    prefetch: int = 2
+    mix_in_pipeline: bool = True
+
+    def __post_init__(self):
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("prefetch", self.prefetch, 0)
+        _check_int("image_size", self.image_size, 8)
+        _check_int("num_threads", self.num_threads, 1)
+        _check_int("py_workers", self.py_workers, 0)
+        if not isinstance(self.mix_in_pipeline, bool):
+            raise ValueError(f"mix_in_pipeline must be True or False, got {self.mix_in_pipeline!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
+        for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
+            if value not in W.NAMES:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(W.NAMES)}")
+        if self.mix not in (None, "none", *MIX_KINDS):
+            raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KINDS)}")
+        if self.last_batch not in LAST_BATCH:
+            raise ValueError(f"unknown last_batch {self.last_batch!r}; expected one of {', '.join(LAST_BATCH)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if not 0 <= self.mix_prob <= 1:
+            raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+        if self.epoch_length is not None:
+            _check_int("epoch_length", self.epoch_length, 1)
+        if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
+            raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(
+                self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
+        if self.foreground_weights and not self.mix_kind:
+            raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
+        _check_mix_options(self.mix_kind, self.mix_options)
+
+    @property
+    def mix_kind(self) -> str | None:
+        return None if self.mix in (None, "none") else self.mix
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other values unchanged."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                             "use device='cpu' or 'auto'")
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"

@@ -1,0 +1,541 @@
+"""``fastcas.Loader``: weighted, mixed, resumable batches from indexed shards via DALI.
+
+    loader = fastcas.Loader("data/train", 256, weights="cas", scores="scores.parquet",
+                            mix="cutmix", alpha=0.2)
+    for epoch in range(E):
+        loader.set_epoch(epoch)
+        for images, targets in loader:   # [B,3,S,S] float on the device; [B,K] soft targets
+            ...
+
+Stages: weights -> stateless sampler(s) -> :class:`~fastcas.loading.source.SampleSource` ->
+DALI pipeline (:mod:`fastcas.loading.pipeline`) -> mixing (:mod:`fastcas.mix`) on the same device.
+Two-stream recipes (CMO) set ``foreground_weights``: each slot holds a background drawn by
+``weights`` (uniform for CMO) and a foreground drawn by ``foreground_weights`` ("cmo").
+
+Training reads one global stream per epoch (:mod:`fastcas.sampling.geometry`): rank ``r`` of ``W`` takes
+positions ``t * W * b + r * b + i`` at step ``t``, and the sample, crop, flip and mixing
+parameters of a position do not depend on ``(W, b)``. So :meth:`Loader.state_dict` (the global
+position consumed and a digest of what must match) resumes exactly at another world size and
+per-rank batch with the same global batch ``W * b``; :meth:`Loader.plan` shows a step's
+positions, samples and parameters without running DALI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.loading import workers
+from fastcas.sampling import weights as W
+from fastcas.sampling.geometry import StreamGeometry, check_same, digest
+from fastcas.dataset.reader import ShardReader
+from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
+
+from fastcas.loading.config import (LAST_BATCH, MIX_KINDS, MIX_OPTIONS, LoaderConfig,  # noqa: F401
+                                   resolve_device)
+
+
+def _saliency_method(mix_options: dict) -> str:
+    """SaliencyMix's saliency method, aliases resolved (:data:`fastcas.mix.saliency.ALIASES`)."""
+    from fastcas.mix.saliency import ALIASES
+
+    name = mix_options.get("saliency", "finegrained")
+    return ALIASES.get(name, name)
+
+
+class Loader:
+    """Iterator of ``(images, targets)`` batches; see the module docstring.
+
+    ``images``: float32/float16 [B, 3, S, S] (channels-last strides with ``channels_last``)
+    on the loader's device; ``targets``: int64 [B] class ids, or float32 [B, num_classes]
+    soft targets when mixing or label smoothing is on. ``len(loader)`` = steps per epoch.
+    """
+
+    def __init__(self, dataset, batch_size: int, *, scores=None, rank: int | None = None,
+                 world_size: int | None = None, **options):
+        self.config = LoaderConfig(batch_size=batch_size, **options)
+        cfg = self.config
+        self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
+        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
+            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
+        self.num_classes = self.reader.num_classes
+        labels = np.asarray(self.reader.labels)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
+            raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
+        self.rank, self.world_size = _dist_defaults(rank, world_size)
+        self.device = resolve_device(cfg.device)
+        self.scores = self._load_scores(scores)
+        self.streams = self._make_streams()
+        self.geometry = None
+        if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.sampling.geometry)
+            self.geometry = StreamGeometry(cfg.epoch_length or len(self.reader), self.world_size, cfg.batch_size,
+                                           cfg.last_batch)
+            self.steps = self.geometry.steps
+            if self.steps < 1:
+                raise ValueError(f"the global batch {self.geometry.global_batch} (batch_size {cfg.batch_size} x "
+                                 f"{self.world_size} ranks) is larger than the {self.geometry.num_samples} samples "
+                                 "per epoch with last_batch='drop'")
+            self._last_size = self.geometry.step_size(self.steps - 1)
+        else:
+            per_rank = len(self.streams[0])
+            steps = per_rank / cfg.batch_size
+            self.steps = math.floor(steps) if cfg.last_batch == "drop" else math.ceil(steps)
+            if self.steps < 1:
+                raise ValueError(f"batch_size {cfg.batch_size} is larger than this rank's {per_rank} samples per "
+                                 "epoch with last_batch='drop'")
+            self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+        self._digests: dict = {}
+        self.epoch, self.step = 0, 0
+        self.skipped: dict[str, int] = {}
+        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
+        self._pipe = None
+        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
+
+    # -- construction ----------------------------------------------------------------------
+    def _load_scores(self, scores):
+        needs = "cas" in (self.config.weights, self.config.foreground_weights) or "cas-cmo" in (
+            self.config.weights, self.config.foreground_weights)
+        if scores is None:
+            if needs:
+                raise ValueError("weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)")
+            return None
+        if isinstance(scores, (str, os.PathLike)):
+            from fastcas.dataset.scorefile import read_scores
+
+            return read_scores(scores, keys=self.reader.keys).cas
+        return np.asarray(scores, np.float64)
+
+    def _sampler(self, name: str, stream: int = 0):
+        cfg = self.config
+        w = W.make(name, self.reader.labels, scores=self.scores, b=cfg.b, r=cfg.r)
+        num = cfg.epoch_length or len(self.reader)
+        common = dict(seed=cfg.seed, stream=stream, rank=self.rank, world_size=self.world_size,
+                      batch_size=cfg.batch_size)
+        if name == "uniform":
+            return WeightedSampler(len(self.reader), num, replacement=False, **common)
+        return WeightedSampler(w, num, **common)
+
+    def _make_streams(self) -> tuple:
+        cfg = self.config
+        if not cfg.train:
+            return (SequentialIndex(len(self.reader), self.rank, self.world_size),)
+        streams = [self._sampler(cfg.weights, 0)]
+        if cfg.foreground_weights:
+            streams.append(self._sampler(cfg.foreground_weights, 1))
+        return tuple(streams)
+
+    def sampler_indices(self, epoch: int) -> list[np.ndarray]:
+        """Per stream, the global indices this rank reads in ``epoch`` (before padding)."""
+        if self.geometry is not None:
+            pos = self.geometry.rank_positions(self.rank)
+            return [s.global_index_at(epoch, pos) for s in self.streams]
+        return [s.index_at(epoch, np.arange(len(s))) for s in self.streams]
+
+    def positions(self, step: int, epoch: int | None = None) -> np.ndarray:
+        """int64 global positions this rank consumes at ``step`` (training; evaluation: this
+        rank's local positions)."""
+        if self.geometry is not None:
+            return self.geometry.positions(int(step), self.rank)
+        n = self._last_size if step == self.steps - 1 else self.config.batch_size
+        return int(step) * self.config.batch_size + np.arange(n, dtype=np.int64)
+
+    def plan(self, step: int | None = None, epoch: int | None = None) -> dict:
+        """What this rank's batch at ``step`` of ``epoch`` (default: the next one) is made of,
+        computed on the host without DALI: ``positions`` int64 [n]; per stream (lists)
+        ``indices`` int64 [n], ``keys``, ``labels`` int64 [n], ``windows`` float32 [n, 4]
+        ``(x, y, w, h)`` normalised, ``flips`` int32 [n]; and when mixing, ``partner`` (local
+        indices of the in-batch partners, or None for two-stream recipes), ``partner_keys`` and
+        ``params`` (:class:`fastcas.mix.MixParams`; SaliencyMix needs pixels for its boxes, so
+        there ``params`` is None and ``drawn``/``mixed`` are given)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        step = self.step if step is None else int(step)
+        if not 0 <= step < self.steps:
+            raise ValueError(f"step must be in [0, {self.steps}), got {step}")
+        pos = self.positions(step, epoch)
+        n = len(pos)
+        source = SampleSource(dataclasses.replace(self._source_config(epoch, 0), paste=None))  # params come below
+        out = source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64))
+        ns = len(self.streams)
+        indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
+                   for s in self.streams]
+        res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
+               "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
+               "labels": [out[4 * s + 1].reshape(-1) for s in range(ns)],
+               "windows": [out[4 * s + 2] for s in range(ns)], "flips": [out[4 * s + 3].reshape(-1) for s in range(ns)]}
+        kind = self.config.mix_kind
+        if kind:
+            from fastcas import mix as M
+
+            partner = None if ns == 2 else M.pair_partner(pos)
+            res["partner"] = partner
+            res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
+            if kind == "saliencymix":
+                c, S = self.config, self.config.image_size
+                drawn, mixed, _ = M.params.saliency_draws(c.seed, epoch, pos, S, S, c.alpha, c.mix_prob,
+                                                          c.mix_options.get("mode", "elem"))
+                res.update(params=None, drawn=drawn, mixed=mixed)
+            else:
+                res["params"] = self._mix_params(epoch, pos, self.config.image_size)
+        return res
+
+    # -- epochs and state ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if int(epoch) != self.epoch:
+            self.epoch, self.step = int(epoch), 0
+
+    # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
+    _STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
+                    "global_batch", "last_batch", "train")
+    _AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options")
+
+    def _config_digest(self) -> dict:
+        cfg = self.config
+        if "dataset" not in self._digests:
+            self._digests["dataset"] = digest(self.reader.manifest_path.read_bytes().decode("utf-8", "replace"))
+            self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
+                                               for s in self.streams], cfg.b, cfg.r)
+        return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
+                "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
+                "epoch_length": cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
+                "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
+                "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
+                "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
+
+    def state_dict(self) -> dict:
+        """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
+        in the epoch, a multiple of the global batch), this rank's ``step``, the geometry it was
+        saved at, and ``config`` (what must match to resume: dataset, seed, weights and their
+        digest, epoch length, global batch, mixing and image size). Everything else is a
+        function of the config."""
+        position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
+        return {"epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
+                "global_batch": self.world_size * self.config.batch_size, "config": self._config_digest(),
+                "skipped": dict(self.skipped),
+                "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``, saved by this loader or by one at another world size and
+        per-rank batch with the same global batch (training). Raises ValueError naming what
+        differs for a state of another dataset, seed, weights, epoch length or global batch
+        (and, mid-epoch, of other mixing settings or image size). A state at the end of its
+        epoch starts the next epoch. Evaluation loaders and states without ``position``
+        (older fastcas) continue at ``step`` with the same world size only."""
+        cfg = self.config
+        if state.get("seed", cfg.seed) != cfg.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
+        if self.geometry is None or "position" not in state:
+            if state.get("world_size", self.world_size) != self.world_size and int(state["step"]) > 0:
+                raise ValueError(f"state was saved at world size {state['world_size']} mid-epoch without a global "
+                                 f"position; this loader has world size {self.world_size}")
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        else:
+            saved, now = state.get("config", {}), self._config_digest()
+            if "global_batch" not in saved and "global_batch" in state:
+                saved = {**saved, "global_batch": state["global_batch"]}
+            where = "Loader.load_state_dict"
+            if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
+                raise ValueError(f"{where}: the state was saved with another global batch: global_batch "
+                                 f"(saved {saved['global_batch']}, now {now['global_batch']} = batch_size "
+                                 f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
+                                 f"size {self.world_size} use a per-rank batch of "
+                                 f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
+            check_same(saved, now, self._STREAM_KEYS, where)
+            step = self.geometry.step_at(int(state["position"]), where)
+            if 0 < step < self.steps:
+                check_same(saved, now, self._AUGMENT_KEYS, where + " (resuming mid-epoch)")
+            self.epoch, self.step = int(state["epoch"]), step
+        self.skipped = dict(state.get("skipped", {}))
+        quarantine = set()
+        if state.get("quarantine"):
+            where = {k: i for i, k in enumerate(self.reader.keys)}
+            quarantine = {where[k] for k in state["quarantine"] if k in where}
+        if quarantine != self._quarantine:
+            self._quarantine = quarantine
+            self.close()  # the pipeline's source carries the quarantine: rebuild
+
+    # -- iteration ---------------------------------------------------------------------------
+    def _source_config(self, epoch: int, step: int) -> SourceConfig:
+        cfg = self.config
+        return SourceConfig(
+            dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
+            seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
+            train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
+            quarantine=frozenset(getattr(self, "_quarantine", ())), max_pixels=cfg.max_pixels,
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste_spec())
+
+    def _paste_spec(self) -> PasteSpec | None:
+        """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's
+        threads or GPU) instead of by torch after it; the source draws their parameters from
+        the same position keys, and the targets are built here from the ``lam`` that arrives
+        with the batch (:meth:`_finish`). SaliencyMix with the fine-grained saliency too, on
+        CPU pipelines (the saliency and box as DALI Numba operators, :mod:`fastcas.mix.graph_ops`)."""
+        cfg = self.config
+        opts = cfg.mix_options
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
+            return None
+        if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
+            return None  # soft masks blend: torch after the pipeline
+        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or _saliency_method(opts) != "finegrained"):
+            # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
+            # pipeline's images are on the device, where torch computes the same boxes
+            return None
+        return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
+                         mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0))
+
+    def _build(self, step: int | None = None):
+        """A pipeline whose next batch is ``step`` (default: the next one consumed) of this epoch."""
+        from fastcas.loading.pipeline import PipelineConfig, build_pipeline
+
+        cfg = self.config
+        step = self.step if step is None else int(step)
+        self.close()
+        source = SampleSource(self._source_config(self.epoch, step))
+        device_id = None
+        if self.device == "cuda":
+            import torch
+
+            device_id = torch.cuda.current_device()
+        pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
+                              device=self.device, device_id=device_id, num_threads=cfg.num_threads,
+                              py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
+        with workers.die_with_parent():  # workers forked here exit when this process dies
+            self._pipe = build_pipeline(source, pcfg)
+        self._watch = workers.WorkerWatch(self._pipe)
+        self._pipe_at = (self.epoch, step)
+        self._built = (source, pcfg, self.epoch, step)  # for fastcas.loading.faults after a decode error
+
+    def _run(self):
+        """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
+        and closes the pipeline, so the next ``iter(loader)`` rebuilds it at this step."""
+        from fastcas.loading import pipeline
+
+        while True:
+            try:
+                with getattr(self, "_watch", None) or workers.NO_WATCH:
+                    return pipeline.run(self._pipe, self.device)
+            except workers.WorkerDiedError:
+                self.close()
+                raise
+            except StopIteration:
+                raise
+            except Exception as exc:  # an undecodable sample? quarantined and rebuilt, or raised
+                if not self._quarantine_undecodable(exc):
+                    raise
+
+    def _quarantine_undecodable(self, exc) -> bool:
+        """After a failed batch: find the samples DALI cannot decode (fastcas.loading.faults). strict:
+        raise naming key and shard; else quarantine them, rebuild at this step, return True.
+        False when no sample is to blame (the error is not a decode error)."""
+        import warnings
+
+        from fastcas.core.errors import CorruptSampleError, FastcasError
+        from fastcas.loading.faults import undecodable
+        from fastcas.loading.pipeline import DecodeProbe
+
+        built = getattr(self, "_built", None)
+        if built is None or isinstance(exc, FastcasError):  # fastcas's own errors already say what failed
+            return False
+        source, pcfg, epoch0, step0 = built
+        epoch_idx = self.epoch - epoch0
+        at = self._pipe_at[1] if self._pipe_at else self.step  # the batch that failed (the producer's)
+        first = at - (step0 if epoch_idx == 0 else 0)
+        probe = DecodeProbe(pcfg.device, pcfg.device_id)
+        bad = []
+        try:
+            for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
+                bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+                if bad:
+                    break
+        except Exception:  # the batch cannot even be recomputed: report the original error
+            return False
+        if not bad:
+            return False
+        r = self.reader
+        where = {i: f"sample {r.keys[i]!r} in {r.shard_paths[r.shard_of(i)]}" for i, _ in bad}
+        if self.config.strict:
+            i, why = bad[0]
+            raise CorruptSampleError(f"{where[i]}: DALI cannot decode it ({why}); pass strict=False to skip and "
+                                     "count such samples", r.keys[i]) from exc
+        for i, why in bad:
+            warnings.warn(f"fastcas: {where[i]}: DALI cannot decode it ({why}); quarantined: every draw of it is "
+                          "substituted by the next readable sample and counted in loader.skipped", RuntimeWarning,
+                          stacklevel=4)
+            self._quarantine.add(i)
+        self.close()
+        self._build(at)  # same (epoch, step): only the quarantined samples change
+        return True
+
+    def __iter__(self):
+        """Batches of this epoch from the next step on. With ``prefetch > 0`` the pipeline is
+        run and each batch finished (mixed, targets) on a background thread, ``prefetch``
+        batches ahead of the consumer (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own
+        stream); the training thread only takes finished batches."""
+        from fastcas.loading.prefetch import Prefetcher
+
+        self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
+        if self.step >= self.steps:  # a finished epoch: the next one starts
+            self.epoch, self.step = self.epoch + 1, 0
+        if self._pipe is None or self._pipe_at != (self.epoch, self.step):
+            self._build()
+        start, stage = self.step, None
+        if self.config.prefetch:
+            stage = self._stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch,
+                                             device=self.device)
+        try:
+            for batch in stage if stage is not None else self._produce(start):
+                self.step += 1
+                yield batch
+        finally:
+            if stage is not None:
+                stage.close()
+
+    def _produce(self, step: int):
+        """Finished batches from ``step`` to the end of the epoch (the producer side). Keeps
+        ``_pipe_at`` = where the pipeline is, so a consumer that stops early (or a prefetcher
+        that ran ahead) makes the next ``iter()`` rebuild at the step it really wants."""
+        from fastcas.loading import pipeline
+
+        epoch = self.epoch
+        while step < self.steps:
+            try:
+                out = self._run()
+            except StopIteration:  # pragma: no cover - the step count ends the epoch first
+                return
+            self._pipe_at = (epoch, step + 1)
+            yield self._finish(out, step)
+            step += 1
+        # drain the pipeline's epoch so the next one starts clean
+        try:
+            while True:
+                self._run()
+        except StopIteration:
+            pipeline.reset(self._pipe)
+        self._pipe_at = (epoch + 1, 0)
+
+    def _finish(self, out, step: int | None = None):
+        """Pipeline outputs of ``step`` -> ``(images, targets)`` on the images' device, with no
+        host synchronisation: host outputs (labels, the skipped column) and the host-drawn
+        mixing parameters cross to the device once each, pinned and non-blocking
+        (:func:`fastcas.loading.pipeline.to_device`); pixel-dependent parameters (SaliencyMix boxes) are
+        computed there (:mod:`fastcas.mix.device`); labels were range-checked at construction."""
+        import torch
+
+        from fastcas.loading import pipeline
+
+        cfg = self.config
+        step = self.step if step is None else step
+        n = self._last_size if step == self.steps - 1 else cfg.batch_size
+        skipped = out[-1][:n].reshape(-1).numpy()  # a host output: no device round trip
+        bad = [self.reader.keys[i] for i in skipped[skipped >= 0]]
+        if bad:
+            warn_skipped(bad, self.skipped)
+        images = out[0][:n]
+        dev = images.device
+
+        def to_dev(t):
+            return pipeline.to_device(t, dev)
+
+        # labels are a host output even of a GPU pipeline: they follow the images' device
+        labels = to_dev(out[1][:n].reshape(-1))
+        if cfg.channels_last:
+            images = images.permute(0, 3, 1, 2)
+        kind = cfg.mix_kind
+        if kind is None:
+            if cfg.label_smoothing:
+                return images, self._smooth(labels)
+            return images, labels
+        from fastcas import mix as M
+
+        # every parameter is keyed by the samples' global positions (fastcas.sampling.geometry)
+        positions = self.positions(step)[:n]
+        if self._paste_spec() is not None:  # mixed by DALI: targets from the lam it applied
+            lam = to_dev(out[-2][:n].reshape(-1))
+            if len(self.streams) == 2:
+                y_fg = to_dev(out[2][:n].reshape(-1))
+            else:
+                y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
+            return images, M.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
+        if len(self.streams) == 2:
+            fg, y_fg = out[2][:n], to_dev(out[3][:n].reshape(-1))
+            if cfg.channels_last:
+                fg = fg.permute(0, 3, 1, 2)
+        else:
+            perm = to_dev(torch.from_numpy(M.pair_partner(positions)))
+            fg, y_fg = images[perm], labels[perm]
+        params = self._device_params(self.epoch, positions, images.shape[-1], fg, to_dev)
+        mixed = M.apply(params, images, fg)
+        targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
+        return mixed, targets
+
+    def _device_params(self, epoch: int, positions, size: int, fg, to_dev):
+        """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
+        from fastcas.mix import device as D
+
+        cfg = self.config
+        if cfg.mix_kind == "saliencymix":
+            from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
+            from fastcas.mix.graph_ops import pixels_u8
+
+            # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
+            # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
+            return D.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
+                                     alpha=cfg.alpha, prob=cfg.mix_prob, to_device=to_dev, **cfg.mix_options)
+        return D.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
+
+    def _mix_params(self, epoch: int, positions, size: int, **extra):
+        """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,
+        position) only. ``device``: FMix masks are built where the images are, from noise
+        drawn on the host."""
+        from fastcas import mix as M
+
+        cfg = self.config
+        return M.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
+                                prob=cfg.mix_prob, **extra, **cfg.mix_options)
+
+    def _smooth(self, labels):
+        import torch
+
+        s = self.config.label_smoothing
+        t = torch.full((len(labels), self.num_classes), s / self.num_classes, device=labels.device)
+        return t.scatter_(1, labels[:, None], 1 - s + s / self.num_classes)
+
+    def _stop_stage(self) -> None:
+        """Stop the prefetch thread of an earlier iteration, unless called from that thread
+        (the producer closes and rebuilds the pipeline itself after a decode error)."""
+        stage = getattr(self, "_stage", None)
+        if stage is not None and stage._thread is not threading.current_thread():
+            self._stage = None
+            stage.close()
+
+    def close(self) -> None:
+        """Stop the prefetch thread, the DALI pipeline and its worker processes."""
+        self._stop_stage()
+        watch, self._watch = getattr(self, "_watch", None), None
+        if watch is not None:
+            watch.close()
+        self._pipe = None  # dropping the last reference stops DALI and its workers
+        self._pipe_at = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Loader({str(self.dataset)!r}, batch_size={c.batch_size}, weights={c.weights!r}, "
+                f"foreground_weights={c.foreground_weights!r}, mix={c.mix!r}, train={c.train}, "
+                f"device={self.device!r}, rank={self.rank}/{self.world_size}, steps={self.steps})")

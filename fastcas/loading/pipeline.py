@@ -1,0 +1,345 @@
+"""The DALI pipeline: the only module in fastcas that imports DALI.
+
+    external_source(SampleSource, parallel, per sample)
+      -> decoders.image_slice (ROI decode of the crop window; "mixed" on GPU, "cpu" without)
+      -> resize to S x S, flipped by a right-to-left ROI
+      -> crop_mirror_normalize (ImageNet mean/std, CHW/HWC, fp32/fp16)
+    mixing in the graph: ... -> resize (+ flip) -> multi_paste (CutMix) or a masked select
+      (FMix) with the partner's pixels -> normalize; SaliencyMix (CPU pipelines): Numba
+      operators find each sample's saliency peak and its box (fastcas.mix.graph_ops, the one
+      import of the mixing stage, for those functions only) -> multi_paste -> normalize
+
+Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
+S x S. Every random choice (window, flip) comes from the stateless source, not DALI's RNG.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
+from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
+from fastcas.loading.source import SampleSource
+
+EVAL_CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int
+    image_size: int = 224
+    train: bool = True
+    device: str = "cpu"           # "cpu" or "cuda"
+    device_id: int | None = None  # GPU ordinal when device == "cuda"
+    num_threads: int = 2
+    py_workers: int = 1           # 0: the source runs in the main thread
+    dtype: str = "float32"        # or "float16"
+    channels_last: bool = False
+    prefetch: int = 2
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
+
+def dali_versions() -> dict:
+    """{"version", "cuda_build", "nvimgcodec" (when this DALI reports it)}; raises ImportError
+    when DALI is not installed."""
+    import nvidia.dali as dali
+    import nvidia.dali.backend as backend
+
+    info = {"version": dali.__version__, "cuda_build": getattr(backend, "__cuda_version__", None)}
+    try:
+        info["nvimgcodec"] = backend.GetNvimgcodecVersion()
+    except Exception:  # noqa: BLE001 - older DALI has no such call
+        pass
+    return info
+
+
+def source_prefetch(cfg: PipelineConfig) -> int:
+    """Batches the parallel external source computes ahead. In batch mode each batch is one task
+    for one worker, so fewer than ``py_workers`` batches in flight leaves workers idle (DALI's
+    default is 1)."""
+    return max(cfg.py_workers, cfg.prefetch, 1)
+
+
+def worker_start_method(gpu: bool) -> str:
+    """How DALI starts the source's worker processes: ``spawn`` for a GPU pipeline and whenever
+    the CUDA driver is already initialised in this process (by torch, CuPy, Numba or DALI),
+    where DALI refuses to fork; ``fork`` otherwise (fast, nothing to pickle)."""
+    from nvidia.dali import backend
+
+    return "spawn" if gpu or backend.IsDriverInitialized() else "fork"
+
+
+def build_pipeline(source: SampleSource, cfg: PipelineConfig):
+    """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped.
+
+    With ``source.config.paste`` (mixing in the graph) the outputs are (mixed images, the labels
+    of each stream, lam float64 [B, 1], skipped): each stream's resized (and flipped) uint8 HWC
+    images are mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
+    CutMix: ``fn.multi_paste`` copies the partner's box; FMix (binary masks): a bitwise select
+    ``bg ^ ((bg ^ fg) & mask)`` with the partner from ``fn.permute_batch`` — then one
+    normalisation without mirror. SaliencyMix (CPU pipelines only: its Numba operators take
+    host images): a Numba operator finds each sample's saliency peak on its uint8 pixels
+    (:func:`fastcas.mix.graph_ops.saliency_centre`), ``fn.permute_batch`` gives each sample its
+    foreground's peak, a second one makes the box's ``multi_paste`` arguments and ``lam``
+    (:func:`~fastcas.mix.graph_ops.saliency_paste`), and ``fn.multi_paste`` copies the box.
+    On the CPU the FMix select is one Numba operator (:func:`fastcas.mix.graph_ops.fmix_select`,
+    the same expression). All are copies of whole pixels and normalisation is per pixel, so the
+    pixels equal ``fastcas.mix.apply`` on the normalised, flipped images, on the CPU and the GPU
+    alike (tested against the torch path on the CPU)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = cfg.device == "cuda"
+    decoder_device = "mixed" if gpu else "cpu"
+    S = cfg.image_size
+    streams = len(source.config.streams)
+    parallel = cfg.py_workers > 0
+    paste = bool(source.paste_outputs())
+    mix_types = {"lam": types.FLOAT64, "masks": types.UINT8}  # the other mixing outputs are int32
+
+    def normalise(img, mirror=0):
+        return fn.crop_mirror_normalize(
+            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],
+            std=[255 * s_ for s_ in IMAGENET_STD], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+            output_layout="HWC" if cfg.channels_last else "CHW")
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                  device_id=cfg.device_id if gpu else None, seed=1, prefetch_queue_depth=cfg.prefetch,
+                  py_num_workers=max(cfg.py_workers, 1), py_start_method=worker_start_method(gpu),
+                  exec_dynamic=True)
+    def pipe():
+        # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
+        raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
+                                 parallel=parallel, prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
+                                 dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams
+                                 + [mix_types.get(k, types.INT32) for k in source.paste_outputs()] + [types.INT64])
+        images, labels = [], []
+        for s in range(streams):
+            jpeg, label, window, flip = raw[4 * s : 4 * s + 4]
+            # ROI decode of the crop window (the whole image in evaluation)
+            img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device=decoder_device,
+                                          output_type=types.RGB, axis_names="WH")
+            if source.config.train:
+                # the flip is folded into the resize (its ROI runs right to left): no extra pass,
+                # and pasted pixels carry their own sample's flip
+                lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
+                hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
+                img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True)
+                mirror = 0
+            else:
+                img = fn.resize(img, resize_shorter=round(S / EVAL_CROP_FRACTION))
+                mirror = flip[0]  # all 0 in evaluation; consumed, so DALI does not warn of an unused output
+            images.append((img, mirror))
+            labels.append(label)
+        if paste:
+            args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
+            lam, bg = args.pop("lam"), images[0][0]
+            kind = source.config.paste.kind
+            if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
+                if gpu:
+                    raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
+                                     "take host images); a GPU loader computes the boxes with torch after it")
+                centre_op, paste_op = _graph_op("saliency_centre"), _graph_op("saliency_paste")
+                centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
+                centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
+                # the unmixed sample's paste arguments in, the box's out: then pasted like CutMix's
+                args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], lam,
+                                                                args.pop("half"), centre)
+            if kind in ("cutmix", "saliencymix"):
+                # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
+                anchors = args.pop("anchors")
+                mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
+                                       out_anchors=anchors, output_size=[S, S])
+            else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
+                fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
+                if gpu or not _FMIX_SELECT_OP:  # DALI's arithmetic operators (the GPU's select)
+                    masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
+                    mixed = bg ^ ((bg ^ fg) & masks)
+                else:  # the same select as one vectorised Numba pass (DALI's CPU arithmetic broadcasts slowly)
+                    mixed = _graph_op("fmix_select")(bg, fg, args["masks"])
+            return (normalise(mixed), *labels, lam, raw[-1])
+        outs = []
+        for (img, mirror), label in zip(images, labels):
+            outs += [normalise(img, mirror), label]
+        outs.append(raw[-1])
+        return tuple(outs)
+
+    if parallel and worker_start_method(gpu) == "fork":
+        # a forked worker inherits every unreachable object not yet collected here; an earlier,
+        # dropped DALI pipeline among them (pipelines hold reference cycles) would be shut down
+        # by the worker's garbage collector, which crashes the worker (SIGSEGV): collect first
+        gc.collect()
+    p = pipe()
+    p.build()
+    return p
+
+
+_GRAPH_OPS: dict = {}
+_GRAPH_OPS_LOCK = threading.Lock()  # two threads building pipelines compile each operator once
+_FMIX_SELECT_OP = True  # CPU FMix select as a Numba operator (False: DALI arithmetic, as on the GPU; for tests)
+
+
+def _graph_op(name: str):
+    """A DALI Numba operator (CPU) running ``fastcas.mix.graph_ops.<name>`` per sample on DALI's
+    threads: ``saliency_centre`` (the saliency peak of each uint8 HWC image), ``saliency_paste``
+    (the ``multi_paste`` arguments and lam of its box) or ``fmix_select``. Built once per
+    process: DALI compiles a Numba function when its operator is constructed (seconds), and an
+    operator instance can be placed in any number of pipelines."""
+    with _GRAPH_OPS_LOCK:
+        if name not in _GRAPH_OPS:
+            _GRAPH_OPS[name] = _make_graph_op(name)
+        return _GRAPH_OPS[name]
+
+
+def _make_graph_op(name: str):
+    """Builds (compiles) the DALI Numba operator of :func:`_graph_op`."""
+    from nvidia.dali import types
+    from nvidia.dali.plugin.numba import NumbaFunction
+
+    from fastcas.mix import graph_ops as G
+
+    i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
+    spec = {  # out_types, in_types, outs_ndim, ins_ndim
+        "saliency_centre": ([i32], [u8, i32], [1], [3, 1]),
+        "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
+        "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
+    }[name]
+    return NumbaFunction(run_fn=getattr(G, name), setup_fn=getattr(G, name + "_setup"), out_types=spec[0],
+                         in_types=spec[1], outs_ndim=spec[2], ins_ndim=spec[3], device="cpu")
+
+
+def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,
+                          decode_only: bool = False, device_id: int | None = None):
+    """DALI's own sequential ``readers.webdataset`` over a dataset's shards and indexes, with
+    DALI's random-resized-crop (ROI decode), resize, flip and normalise, or decode alone:
+    the ceilings ``fastcas bench`` compares against (no sampler, no mixing). ``device_id``: the
+    GPU ordinal on ``cuda`` (default: torch's current device, i.e. this rank's GPU)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    gpu = device == "cuda"
+    S = image_size
+    if gpu and device_id is None:
+        import torch
+
+        device_id = torch.cuda.current_device()
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id if gpu else None, seed=0)
+    def pipe():
+        jpeg, cls = fn.readers.webdataset(paths=[str(reader.local_shard(s)) for s in range(len(reader.shard_paths))],
+                                          index_paths=[str(p) for p in reader.index_paths],
+                                          ext=[";".join(reader.image_exts), reader.label_ext],
+                                          missing_component_behavior="skip",
+                                          random_shuffle=True, initial_fill=1024, name="reader")
+        dev = "mixed" if gpu else "cpu"
+        if decode_only:
+            return fn.decoders.image(jpeg, device=dev, output_type=types.RGB), cls
+        img = fn.decoders.image_random_crop(jpeg, device=dev, output_type=types.RGB,
+                                            random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
+        img = fn.resize(img, size=[S, S])
+        img = fn.crop_mirror_normalize(img, mirror=fn.random.coin_flip(), dtype=types.FLOAT,
+                                       mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD],
+                                       output_layout="CHW")
+        return img, cls
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def to_torch(tensor_list, *, copy: bool = False):
+    """One DALI output (uniform shape) -> a torch tensor where DALI produced it, through DALI's
+    own PyTorch plugin. The CPU suite and the GPU run this same function.
+
+    Dispatch is on the TYPE of the output, never on the loader's device: a ``TensorListGPU``
+    (images of a GPU pipeline) becomes a CUDA tensor on the pipeline's GPU; a
+    ``TensorListCPU`` (every output of a CPU pipeline, and the labels and skipped-sample
+    column of a GPU pipeline) becomes a host tensor. A CPU TensorList is never fed into CUDA
+    memory (a host memcpy to a device pointer); use :func:`to_device` to move it.
+
+    ``copy=False``: zero-copy through DLPack, as ``DALIGenericIterator`` does with the dynamic
+    executor (whose outputs own their buffers); for a GPU output torch makes its current stream
+    wait on DALI's. ``copy=True``: a fresh torch tensor filled by ``feed_ndarray`` (on torch's
+    current stream for GPU outputs), as the iterator does with the older executors.
+    """
+    import torch
+    from nvidia.dali.backend import TensorListCPU, TensorListGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+    if isinstance(tensor_list, TensorListGPU):
+        device = torch.device("cuda", tensor_list.device_id())
+    elif isinstance(tensor_list, TensorListCPU):
+        device = torch.device("cpu")
+    else:
+        raise TypeError(f"expected a DALI TensorListCPU or TensorListGPU, got {type(tensor_list).__name__}")
+    t = tensor_list.as_tensor()
+    if not copy:
+        return torch.from_dlpack(t)
+    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    return feed_ndarray(t, out, cuda_stream=stream)
+
+
+def run(pipe, device: str | None = None) -> list:
+    """One batch as torch tensors, each where DALI produced it (:func:`to_torch`); raises
+    StopIteration at the end of the epoch. ``device`` is not consulted (outputs dispatch on
+    their type; kept for callers). Objects that are not DALI pipelines (the baseline's
+    DataLoader) give tensors already."""
+    if not hasattr(pipe, "schedule_run"):
+        return pipe.run()
+    copy = not getattr(pipe, "exec_dynamic", False)  # DALIGenericIterator's rule
+    return [to_torch(o, copy=copy) for o in pipe.run()]
+
+
+def reset(pipe) -> None:
+    pipe.reset()
+
+
+class DecodeProbe:
+    """Decodes one sample at a time with the loader's decoder (``decoders.image_slice`` on
+    ``device``, the same crop window), to find which sample of a failed batch DALI cannot
+    decode. ``probe(jpeg, window)`` -> None if it decodes, else DALI's error message. A
+    failure invalidates a DALI pipeline, so the probe rebuilds its own after each one."""
+
+    def __init__(self, device: str = "cpu", device_id: int | None = None):
+        self.device, self.device_id = device, device_id
+        self._pipe = None
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        gpu = self.device == "cuda"
+
+        @pipeline_def(batch_size=1, num_threads=1, device_id=self.device_id if gpu else None, seed=1,
+                      prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
+        def pipe():
+            jpeg = fn.external_source(name="jpeg", dtype=types.UINT8)
+            window = fn.external_source(name="window", dtype=types.FLOAT)
+            return fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device="mixed" if gpu else "cpu",
+                                           output_type=types.RGB, axis_names="WH")
+
+        p = pipe()
+        p.build()
+        return p
+
+    def __call__(self, jpeg: np.ndarray, window) -> str | None:
+        if self._pipe is None:
+            self._pipe = self._build()
+        try:
+            self._pipe.feed_input("jpeg", [np.asarray(jpeg, np.uint8)])
+            self._pipe.feed_input("window", [np.asarray(window, np.float32).reshape(4)])
+            self._pipe.run()
+        except RuntimeError as exc:
+            self._pipe = None
+            return str(exc)
+        return None

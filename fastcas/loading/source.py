@@ -1,0 +1,280 @@
+"""The stateless per-sample source behind the DALI ``external_source`` (and the baseline).
+
+``SampleSource(info)`` maps ``(epoch, idx_in_epoch)`` -> global position (``geometry``, see
+:mod:`fastcas.sampling.geometry`) -> sampler index -> zero-copy JPEG bytes from the mmapped shards ->
+``(jpeg, label, window, flip)`` for each stream, plus the index of a skipped broken sample per
+stream (-1 if none). It holds no mutable state, so it can run in any DALI worker process, and
+a resumed loader needs only ``(epoch, offset)``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastcas.dataset import imagehdr
+from fastcas.loading.augment import augment_key, crop_windows, flips
+from fastcas.core.errors import CorruptSampleError
+
+
+class SequentialIndex:
+    """Evaluation order: rank ``r`` takes samples ``r, r + W, r + 2W, ...`` of ``[0, n)``."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.n - self.rank) // self.world_size))
+
+    def index_at(self, epoch: int, positions) -> np.ndarray:
+        return self.rank + np.asarray(positions, np.int64) * self.world_size
+
+
+@dataclass(frozen=True)
+class PasteSpec:
+    """Mixing inside the DALI graph (:mod:`fastcas.loading.pipeline`): the source draws each sample's
+    parameters from its global position with :func:`fastcas.mix.make_params_at` and emits what
+    the graph's operators take, plus ``lam``, so the targets are built from exactly the
+    parameters applied. ``kind``: "cutmix" (``multi_paste`` arguments,
+    :func:`fastcas.mix.paste_args`), "fmix" with binary masks (partner indices and uint8
+    masks, 255 = foreground) or "saliencymix" (the pixel-free draws; the graph finds each box
+    from the foreground's saliency, :mod:`fastcas.mix.graph_ops`). ``size``: the output side S."""
+
+    kind: str
+    size: int
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: str = "elem"
+    decay: float = 3.0
+
+    def __post_init__(self):
+        if self.kind not in ("cutmix", "fmix", "saliencymix"):
+            raise ValueError(f"mixing inside the pipeline takes cutmix, fmix or saliencymix, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """``streams``: samplers (one, or background + foreground for two-stream recipes);
+    ``positions``: samples per epoch (steps x batch size, padded by wrapping);
+    ``epoch0``/``offset``: the pipeline's first epoch number and the position it starts at
+    (a mid-epoch resume); ``train``: draw crop windows and flips; ``strict``: raise on a
+    broken sample instead of substituting the next readable one. ``geometry``: a
+    :class:`fastcas.sampling.geometry.StreamGeometry` mapping this rank's positions to global positions
+    of the epoch's one stream (training); None: the streams take rank-local positions
+    (evaluation's :class:`SequentialIndex`)."""
+
+    dataset: str
+    streams: tuple
+    positions: int
+    seed: int = 0
+    rank: int = 0
+    epoch0: int = 0
+    offset: int = 0
+    train: bool = True
+    strict: bool = False
+    batch_size: int = 1
+    quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
+    geometry: object = None
+    max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
+    cache_dir: str | None = None  # local cache for remote shards (None: fastcas.dataset.remote's default)
+    cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
+    paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
+
+
+class SampleSource:
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self._reader = None
+
+    def __getstate__(self):
+        from fastcas.loading.workers import spawn_parent_hint
+
+        return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
+
+    def __setstate__(self, state):
+        from fastcas.loading.workers import arm_if_child_of
+
+        state = dict(state)
+        hint = state.pop("_parent", None)
+        self.__dict__.update(state)
+        arm_if_child_of(hint)  # a spawned worker exits when its parent dies
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from fastcas.dataset.reader import ShardReader
+
+            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
+                                       cache_max_bytes=self.config.cache_max_bytes)
+        return self._reader
+
+    def num_outputs(self) -> int:
+        return 4 * len(self.config.streams) + len(self.paste_outputs()) + 1
+
+    def paste_outputs(self) -> tuple:
+        """Names of the in-graph mixing outputs (before the skipped column), see
+        :meth:`_paste`; the partner's index only for one stream (a two-stream recipe takes its
+        foreground from the second stream)."""
+        p = self.config.paste
+        if p is None:
+            return ()
+        one = len(self.config.streams) == 1
+        if p.kind == "cutmix":
+            return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
+        if p.kind == "saliencymix":
+            return (("in_ids",) if one else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
+        return (("partner",) if one else ()) + ("masks", "lam")
+
+    def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
+        """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
+        Incomplete images and images over ``max_pixels`` are skipped (or raise with strict)."""
+        reader, n = self.reader, len(self.reader)
+        skipped = -1
+        for probe in range(n):
+            i = (index + probe) % n
+            try:
+                if i in self.config.quarantine:
+                    raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
+                sample = reader[i]
+                # the displayed size: the decoder applies EXIF orientation, so windows are drawn on it
+                try:
+                    header = imagehdr.parse(sample.data)
+                    imagehdr.check_pixels(header, self.config.max_pixels)
+                except imagehdr.ImageHeaderError as exc:
+                    raise CorruptSampleError(f"sample {sample.key!r} in {reader.root}: {exc}", sample.key) from None
+                size = header.display_size
+            except CorruptSampleError:
+                if self.config.strict:
+                    raise
+                if skipped < 0:
+                    skipped = i
+                continue
+            trace = getattr(self, "_trace", None)
+            if trace is not None:  # fastcas.loading.faults records which sample each slot got
+                trace.append(i)
+            return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
+        raise CorruptSampleError(f"{reader.root}: no readable sample at all")
+
+    def batch(self, epoch: int, positions: np.ndarray) -> tuple:
+        """Outputs for this rank's local ``positions`` of one batch, vectorised: per stream
+        (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
+        [B, 1]); with ``paste``, the in-graph mixing outputs (:meth:`_paste`); then skipped
+        int64 [B, streams]."""
+        c = self.config
+        outs, skipped = [], []
+        # rank-local positions -> global positions of the epoch's one stream (training)
+        g = None if c.geometry is None else c.geometry.local_to_global(positions, c.rank)
+        for s, sampler in enumerate(c.streams):
+            if g is None:
+                indices = sampler.index_at(epoch, positions % len(sampler))
+            else:
+                indices = sampler.global_index_at(epoch, g)
+            fetched = [self.fetch(int(i)) for i in indices]
+            key = augment_key(c.seed, epoch, s)
+            n = len(positions)
+            if c.train:
+                counter = positions if g is None else g
+                windows = crop_windows(key, counter, np.array([f[2] for f in fetched]))
+                flip = flips(key, counter).astype(np.int32).reshape(n, 1)
+            else:
+                windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
+                flip = np.zeros((n, 1), np.int32)
+            outs += [[f[0] for f in fetched], np.array([[f[1]] for f in fetched], np.int64), windows, flip]
+            skipped.append([f[3] for f in fetched])
+        if c.paste is not None:
+            outs += self._paste(epoch, positions, positions if g is None else g)
+        outs.append(np.array(skipped, np.int64).T.copy())
+        return tuple(outs)
+
+    def _paste(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+        """In-graph mixing outputs of one batch (one step: ``local`` rank-local, ``g`` global
+        positions), by name (:meth:`paste_outputs`): ``in_ids`` int32 [B, 2], ``anchors`` and
+        ``shapes`` int32 [B, 2, 2] (CutMix, :func:`fastcas.mix.paste_args`); ``partner`` int32
+        [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. SaliencyMix:
+        ``in_ids``, and ``anchors`` / ``shapes`` / ``lam`` of an unmixed sample (the graph fills
+        in the box), ``centre_ids`` int32 [B, 1] (whose saliency peak centres each box: the
+        partner, the foreground stream's own sample, or in batch mode the first sample's),
+        ``need`` int32 [B, 1] (1 where some mixed sample's box is centred on this sample's peak:
+        the graph computes only those maps) and ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2,
+        mixed)``. Only the step's real samples
+        pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
+        and is dropped)."""
+        from fastcas import mix as M  # the parameter generators only (pure functions of keys)
+
+        c, p = self.config, self.config.paste
+        if p.kind == "saliencymix":
+            return self._saliency(epoch, local, g)
+        opts = {"decay": p.decay} if p.kind == "fmix" else {}
+        params = M.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
+                                  mode=p.mode, **opts)
+        partner = self._partner(local, g)
+        out = {"lam": params.lam.reshape(-1, 1)}
+        if p.kind == "cutmix":
+            out["in_ids"], out["anchors"], out["shapes"] = M.paste_args(params.boxes, p.size, p.size, partner)
+        else:
+            # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
+            out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
+            if partner is not None:
+                out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        return [out[k] for k in self.paste_outputs()]
+
+    def _partner(self, local: np.ndarray, g: np.ndarray):
+        """In-batch partners (local indices int64 [B]) of one stream's step, or None for two
+        streams: the step's real samples pair by :func:`fastcas.mix.pair_partner`, padding with
+        itself."""
+        from fastcas import mix as M
+
+        c = self.config
+        if len(c.streams) != 1:
+            return None
+        n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
+        return np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
+
+    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+        """SaliencyMix's outputs (see :meth:`_paste`): the draws of
+        :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste`` arguments."""
+        from fastcas import mix as M
+        from fastcas.mix.params import saliency_draws
+
+        c, p = self.config, self.config.paste
+        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob, p.mode)
+        partner = self._partner(local, g)
+        ids = np.arange(len(g)) if partner is None else partner
+        if p.mode == "batch":  # one box for the batch: the first foreground's peak
+            ids = np.full(len(g), ids[0] if len(g) else 0)
+        need = np.zeros((len(g), 1), np.int32)  # only the peaks some mixed sample's box is centred on
+        need[ids[mixed], 0] = 1
+        in_ids, anchors, shapes = M.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
+        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need, "anchors": anchors,
+               "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
+               "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
+        return [out[k] for k in self.paste_outputs()]
+
+    def __call__(self, info):
+        """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""
+        c = self.config
+        if hasattr(info, "idx_in_epoch"):  # one sample
+            pos = info.idx_in_epoch + (c.offset if info.epoch_idx == 0 else 0)
+            if pos >= c.positions:
+                raise StopIteration
+            out = self.batch(c.epoch0 + info.epoch_idx, np.array([pos], np.int64))
+            return tuple(o[0] for o in out)
+        start = info.iteration * self.batch_size + (c.offset if info.epoch_idx == 0 else 0)
+        if start >= c.positions:
+            raise StopIteration
+        positions = np.arange(start, min(start + self.batch_size, c.positions), dtype=np.int64)
+        out = self.batch(c.epoch0 + info.epoch_idx, positions)
+        return out  # uniform outputs as whole-batch arrays (one object to pass, not one per sample)
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+
+def warn_skipped(keys: list[str], counts: dict) -> None:
+    for k in keys:
+        if k not in counts:
+            warnings.warn(f"fastcas: skipped unreadable sample {k!r} (substituted the next readable one; "
+                          "pass strict=True to raise)", RuntimeWarning, stacklevel=3)
+        counts[k] = counts.get(k, 0) + 1

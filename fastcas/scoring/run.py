@@ -1,0 +1,210 @@
+"""Scoring a dataset: decode (fastcas's DALI loader, or torchvision.io.decode_jpeg), encode
+attributes in chunks (resumable), split over ranks, merge, rank within classes and write the
+CAS score file.
+
+How work is split over ranks (:func:`rank_batches`):
+
+* torchvision decoder (the default): the dataset is cut into global batches of
+  ``batch_size`` consecutive samples and rank ``r`` of ``W`` takes batches r, r + W, ... .
+  Every batch holds the same images as in a single-process run, so encoder outputs are
+  bit-identical and a merged split equals the single run even for CLIP (whose nearest-key
+  choice could flip on last-bit differences between batch compositions).
+* DALI decoder (fastcas's loader): rank r takes samples r, r + W, ... (the loader's
+  evaluation order); equal to the single run for the per-image pixel encoder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD, jpeg_size
+
+
+def iter_batches(dataset, *, batch_size: int, image_size: int, rank: int, world_size: int,
+                 device: str = "auto", start_step: int = 0, py_workers: int = 1):
+    """Yield (global indices int64 [B], images float [B, 3, S, S] in [0, 1] on the device,
+    original sizes int [B, 2]) for this rank's share, in order, from ``start_step`` on."""
+    import torch
+
+    from fastcas.loading.loader import Loader
+
+    loader = Loader(dataset, batch_size, train=False, image_size=image_size, rank=rank, world_size=world_size,
+                    last_batch="partial", device=device, py_workers=py_workers)
+    positions = loader.sampler_indices(0)[0]
+    loader.load_state_dict({"epoch": 0, "step": start_step, "seed": loader.config.seed})
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    k = start_step * batch_size
+    try:
+        for images, _ in loader:
+            idx = positions[k : k + len(images)]
+            k += len(images)
+            x = images.float() * std.to(images.device) + mean.to(images.device)
+            sizes = np.array([jpeg_size(loader.reader[int(i)].data) for i in idx])
+            yield idx, x.clamp(0, 1), sizes
+            if loader.step >= len(loader):
+                break
+    finally:
+        loader.close()
+
+
+DECODERS = ("auto", "dali", "torchvision")
+
+
+def _resolve_decoder(decoder: str) -> str:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    return "torchvision" if decoder == "auto" else decoder
+
+
+def rank_batches(n: int, batch_size: int, rank: int, world_size: int, decoder: str) -> list:
+    """This rank's batches: a list of int64 index arrays, in processing order."""
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad split: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+    if _resolve_decoder(decoder) == "dali":
+        from fastcas.loading.source import SequentialIndex
+
+        seq = SequentialIndex(n, rank, world_size)
+        pos = seq.index_at(0, np.arange(len(seq)))
+        return [pos[i : i + batch_size] for i in range(0, len(pos), batch_size)]
+    starts = range(rank * batch_size, n, world_size * batch_size)
+    return [np.arange(s, min(s + batch_size, n), dtype=np.int64) for s in starts]
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
+    return device
+
+
+def decode_batch(datas, image_size: int, device: str = "cpu"):
+    """JPEG bytes -> (uint8 [B, 3, S, S] on ``device``, original sizes int [B, 2] (w, h)).
+
+    torchvision.io.decode_jpeg (nvJPEG on a CUDA device, libjpeg on the CPU), RGB, then an
+    antialiased bilinear resize of the whole image to S x S (no crop: attributes describe
+    the whole picture)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+    sizes = np.array([(int(im.shape[2]), int(im.shape[1])) for im in imgs], np.int64).reshape(-1, 2)
+    out = torch.empty((len(imgs), 3, image_size, image_size), dtype=torch.uint8, device=device)
+    for j, im in enumerate(imgs):
+        if im.shape[1:] == (image_size, image_size):
+            out[j] = im
+        else:
+            r = F.interpolate(im[None].float(), size=(image_size, image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+            out[j] = r[0].round_().clamp_(0, 255).to(torch.uint8)
+    return out, sizes
+
+
+def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device: str = "auto",
+                             start_step: int = 0, prefetch: bool = True):
+    """Yield (indices int64 [B], uint8 images [B, 3, S, S] on the device, original sizes
+    int [B, 2]) for ``batches[start_step:]``. With ``prefetch`` the next batch is decoded in a
+    background thread while the caller encodes the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastcas.dataset.reader import ShardReader
+
+    reader = ShardReader(dataset)
+    dev = _torch_device(device)
+
+    def load(step):
+        idx = batches[step]
+        images, sizes = decode_batch([reader[int(i)].data for i in idx], image_size, dev)
+        return idx, images, sizes
+
+    steps = len(batches)
+    if not prefetch:
+        for step in range(start_step, steps):
+            yield load(step)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(load, start_step) if start_step < steps else None
+        for step in range(start_step, steps):
+            batch = fut.result()
+            fut = pool.submit(load, step + 1) if step + 1 < steps else None
+            yield batch
+
+
+def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int = 64, rank: int = 0,
+                   world_size: int = 1, work_dir=None, chunk_batches: int = 16, device: str = "auto",
+                   progress: bool = True, py_workers: int = 1,
+                   decoder: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``features(images, sizes) -> [B, F]`` to this rank's share; returns (indices
+    int64 [n], features [n, F]). ``decoder``: "dali" (fastcas's loader, images float in
+    [0, 1]), "torchvision" (uint8 images; "auto" = torchvision). ``features`` is called with
+    (images, original sizes int [B, 2]) and returns an array [B, F].
+    With ``work_dir`` every ``chunk_batches`` batches are saved, and a restarted run continues
+    after the last complete chunk."""
+    from fastcas.core.io import atomic_open
+    from fastcas.dataset.reader import ShardReader
+
+    plan = rank_batches(len(ShardReader(dataset)), batch_size, rank, world_size, decoder)
+    mine = sum(len(b) for b in plan)
+    steps = len(plan)
+    chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    if work_dir:
+        work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        for k, p in enumerate(chunk_files(work_dir, rank, world_size, batch_size, decoder)):
+            with np.load(p) as z:
+                chunk = (z["indices"], z["features"])
+            want = np.concatenate(plan[k * chunk_batches : (k + 1) * chunk_batches] or [np.zeros(0, np.int64)])
+            if not np.array_equal(chunk[0], want):
+                raise ValueError(f"{p}: resume chunk does not fit this run (other dataset or chunk size?); "
+                                 f"delete {work_dir} to start over")
+            chunks.append(chunk)
+    start = len(chunks) * chunk_batches
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        done = sum(len(b) for b in plan[:start])
+        bar = tqdm(total=mine, initial=done, unit="img", desc=f"score r{rank}")
+    pending_i, pending_f = [], []
+    step = start
+    if start >= steps:
+        batches = ()
+    elif _resolve_decoder(decoder) == "dali":
+        batches = iter_batches(dataset, batch_size=batch_size, image_size=image_size, rank=rank,
+                               world_size=world_size, device=device, start_step=start, py_workers=py_workers)
+    else:
+        batches = iter_batches_torchvision(dataset, plan, image_size=image_size, device=device, start_step=start)
+    for idx, images, sizes in batches:
+        pending_i.append(idx)
+        pending_f.append(np.asarray(features(images, sizes)))
+        step += 1
+        if bar:
+            bar.update(len(idx))
+        if len(pending_i) == chunk_batches or step == steps:
+            chunk = (np.concatenate(pending_i), np.concatenate(pending_f))
+            if work_dir:
+                name = work_dir / f"{_chunk_prefix(rank, world_size, batch_size, decoder)}-{len(chunks):06d}.npz"
+                with atomic_open(name, "wb") as f:
+                    np.savez(f, indices=chunk[0], features=chunk[1])
+            chunks.append(chunk)
+            pending_i, pending_f = [], []
+    if bar:
+        bar.close()
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros((0, 0))
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def _chunk_prefix(rank: int, world_size: int, batch_size: int, decoder: str) -> str:
+    return f"chunk-{_resolve_decoder(decoder)}-r{rank:03d}-w{world_size:03d}-b{batch_size}"
+
+
+def chunk_files(work_dir, rank: int, world_size: int, batch_size: int, decoder: str = "auto") -> list:
+    """The resume chunks :func:`encode_dataset` left in ``work_dir`` for this configuration."""
+    return sorted(Path(work_dir).glob(f"{_chunk_prefix(rank, world_size, batch_size, decoder)}-*.npz"))

@@ -1,0 +1,1 @@
+"""The self-test: run (orchestration), checks (CPU checks), env (environment, sample data), gpu (device-only checks)."""

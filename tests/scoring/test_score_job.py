@@ -1,0 +1,31 @@
+"""The scoring job under torchrun binds each rank to its local GPU."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+pytest.importorskip("nvidia.dali")
+
+
+pytestmark = pytest.mark.dali
+
+
+def _save_as_if_on_cuda(obj, path, monkeypatch):
+    """torch.save with every storage tagged 'cuda:0': the checkpoint a GPU run writes."""
+    import torch.serialization as S
+
+    with monkeypatch.context() as m:
+        m.setattr(S, "location_tag", lambda storage: "cuda:0")
+        torch.save(obj, path)
+
+
+def test_score_binds_the_local_rank_gpu(monkeypatch):
+    from fastcas.scoring import job as score
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    # stand in for a GPU machine: 'cuda' resolves without asking torch (no GPU here)
+    monkeypatch.setattr("fastcas.loading.loader.resolve_device", lambda d: "cpu" if d == "auto" else d)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert score._bind_local_gpu("cpu") is None and calls == []
+    assert score._bind_local_gpu("cuda") == 3 and calls == [3]
