@@ -108,12 +108,17 @@ class Loader:
         if isinstance(scores, (str, os.PathLike)):
             from fastcas.dataset.scorefile import read_scores
 
-            return read_scores(scores, keys=self.reader.keys).cas
+            return read_scores(scores, keys=self.reader.keys, labels=self.reader.labels).cas
         return np.asarray(scores, np.float64)
 
     def _sampler(self, name: str, stream: int = 0):
         cfg = self.config
         w = W.make(name, self.reader.labels, scores=self.scores, b=cfg.b, r=cfg.r)
+        msg = W.concentration_warning(w, self.reader.keys, f"weights {name!r}") if name != "uniform" else None
+        if msg:
+            import warnings
+
+            warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
         num = cfg.epoch_length or len(self.reader)
         common = dict(seed=cfg.seed, stream=stream, rank=self.rank, world_size=self.world_size,
                       batch_size=cfg.batch_size)

@@ -241,13 +241,14 @@ def _amp_dtype(cfg: TrainConfig, device: str):
 
 
 def _load_checkpoint(path) -> dict:
-    """A checkpoint's contents on the host, whatever device wrote it. The model and optimizer
-    states are copied to their parameters' device by ``load_state_dict``; the torch RNG state
-    must stay a CPU ByteTensor (``map_location=<cuda>`` moved it to the GPU and
+    """A checkpoint's contents on the host, whatever device wrote it, loaded safely
+    (:func:`fastcas.train.rundir.load_checkpoint`: ``weights_only=True``). The model and
+    optimizer states are copied to their parameters' device by ``load_state_dict``; the torch
+    RNG state must stay a CPU ByteTensor (``map_location=<cuda>`` moved it to the GPU and
     ``torch.set_rng_state`` raised "RNG state must be a torch.ByteTensor")."""
-    import torch
+    from fastcas.train.rundir import load_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path)
 
 
 def _restore_rng(saved) -> None:
@@ -281,7 +282,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     if cfg.val_scores and val is not None:
         from fastcas.dataset.scorefile import read_scores
 
-        val_cas = read_scores(cfg.val_scores, keys=val.reader.keys).cas
+        val_cas = read_scores(cfg.val_scores, keys=val.reader.keys, labels=val.reader.labels).cas
     model = build_model(cfg.model, reader.num_classes).to(dist.device)
     if cfg.channels_last and dist.device == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -299,7 +300,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     epoch, global_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
+        state = run_dir.state if run_dir.state is not None else _load_checkpoint(ckpt_path)
+        run_dir.state = None  # not kept for the whole run
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -27,10 +27,13 @@ def cfg_for(tmp_path, **kw):
 
 
 def _saved(tmp_path, **kw):
-    """A finished run's directory: run.json from claim_run_dir, a (dummy) checkpoint."""
+    """A finished run's directory: run.json from claim_run_dir, a checkpoint of the right shape."""
     cfg = cfg_for(tmp_path, **kw)
     claim_run_dir(cfg, resume=False, overwrite=False).release()
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
+    import torch  # resume loads the checkpoint (safely) before comparing configurations
+
+    torch.save({k: {} for k in ("model", "optimizer", "scaler", "loader")} | {"epoch": 0, "global_step": 0,
+               "torch_rng": torch.get_rng_state()}, tmp_path / "run" / "checkpoint.pt")
     return cfg
 
 
