@@ -252,8 +252,10 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+        _check_own_index(out)
     tars = expand_sources(sources)
     cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
     if progress:
@@ -319,6 +321,18 @@ def _scan_all(tars: list[str], config: IndexConfig, cache, workers: int):
             pool.shutdown(cancel_futures=True)
 
 
+def _check_own_index(out: Path) -> None:
+    """``--overwrite`` replaces an index this command wrote (a ``fastcas-index`` manifest), never
+    a directory of someone else's files (their own ``manifest.json`` and ``.idx`` files)."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise FileExistsError(f"--overwrite: {out} holds no index written by `fastcas index` ({MANIFEST} missing or "
+                              "of another format); refusing to delete its files. Choose an empty or new --out")
+
+
 def _relative(tar: Path, out: Path) -> str:
     """The tar's path as the manifest stores it: relative to ``out`` when inside it (the
     two move together), else absolute."""
@@ -366,11 +380,15 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         **config.extra,
     }
     out.mkdir(parents=True, exist_ok=True)
+    ours = set()
+    if (out / MANIFEST).exists():  # the earlier fastcas index (checked by _check_own_index): its own .idx only
+        ours = {s.get("index") for s in json.loads((out / MANIFEST).read_text()).get("shards", [])}
     (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
     written = []
     try:
         for old in out.glob("*.idx"):
-            old.unlink()
+            if old.name in ours:
+                old.unlink()
         for r in results:
             with atomic_open(out / r["index_name"], "w") as f:
                 f.write(r["index"])

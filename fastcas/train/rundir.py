@@ -10,8 +10,10 @@ written to ``OUT``:
    is no lock; on network file systems ``flock`` is as reliable as the server's locking.)
 2. **Non-empty OUT.** Without ``resume`` or ``overwrite``, an ``OUT`` holding anything but
    ``.lock`` (and a bare ``run.json`` left by a run that failed before its first checkpoint)
-   is refused. ``overwrite`` deletes the earlier run's files: every regular file at the top
-   level of ``OUT`` (checkpoint, model, metrics, reports; sub-directories are left alone).
+   is refused. ``overwrite`` deletes the earlier run's files, and only those: ``OUT`` must hold a
+   fastcas ``run.json`` and only names a run writes (checkpoint, model, metrics, reports, see
+   ``_RUN_FILES``; sub-directories are left alone); anything else (a mistyped ``--out .``)
+   refuses the overwrite and deletes nothing.
 3. **Resume.** ``resume`` needs ``OUT/checkpoint.pt`` (else an error naming it) and a
    configuration compatible with the saved one (``OUT/run.json``, written by every run; for
    checkpoints older than ``run.json`` the checkpoint's own ``config``). Every
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -192,6 +195,34 @@ def _leftovers(out: Path) -> list[str]:
     return names
 
 
+#: names a training run writes at the top of OUT (all that ``overwrite`` deletes)
+_RUN_FILES = re.compile(r"^(run\.json|checkpoint\.pt|model\.pt|final\.json|metrics\.jsonl|"
+                        r"(eval|monitor)-epoch\d{3,}\.(json|png)|\..+\.tmp)$")
+
+
+def _run_file(name: str) -> bool:
+    return bool(_RUN_FILES.match(name))
+
+
+def _check_owned(out: Path, left: list[str]) -> None:
+    """``overwrite`` deletes an earlier run, never a user's files: ``OUT`` must hold a fastcas
+    ``run.json`` (every run writes it first) and nothing but files a run writes."""
+    record = None
+    try:
+        record = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(record, dict) or "config" not in record:
+        raise ValueError(f"--overwrite: {out} is not a fastcas run directory (no {RUN_FILE} of a run); refusing "
+                         f"to delete its files ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''}). "
+                         "Choose an empty or new --out")
+    foreign = [n for n in left if not _run_file(n) and not (out / n).is_dir()]
+    if foreign:
+        raise ValueError(f"--overwrite: {out} holds files no fastcas run wrote ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); refusing to replace the run there. Move them "
+                         "away or choose another --out")
+
+
 def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_size: int = 1) -> RunDir:
     """Lock ``cfg.out`` and check it may be used (see the module docstring); ``ValueError``
     naming the directory otherwise. Ranks other than 0 only check a resume's configuration."""
@@ -225,9 +256,11 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
                 shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
                 raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue that run "
                                  "or --overwrite to replace it, or choose another --out")
+            if left:  # overwrite: only a fastcas run directory, and only the files a run writes
+                _check_owned(out, left)
             for name in left:
                 p = out / name
-                if p.is_file() or p.is_symlink():
+                if _run_file(name) and (p.is_file() or p.is_symlink()):
                     p.unlink()
         from fastcas.core.io import atomic_write_json
 

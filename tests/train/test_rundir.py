@@ -101,7 +101,7 @@ def test_resume_with_a_moved_dataset_compares_its_content(tmp_path):
 
 def test_non_empty_out_is_refused_and_overwrite_clears_the_old_run(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
+    claim_run_dir(cfg_for(tmp_path), resume=False, overwrite=False).release()  # an earlier run's run.json
     for name in ("metrics.jsonl", "checkpoint.pt", "model.pt", "final.json", "eval-epoch000.png"):
         (out / name).write_text("old")
     (out / "keep").mkdir()
