@@ -149,6 +149,22 @@ class CheckpointError(FastcasError, ValueError):
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "global_step", "loader", "torch_rng")
 
 
+def plain_state(obj):
+    """``obj`` with NumPy scalars and arrays replaced by Python numbers and lists (recursively
+    through dicts, lists and tuples; tensors kept): what :func:`load_checkpoint` accepts."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {plain_state(k): plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_state(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
 def load_checkpoint(path) -> dict:
     """A checkpoint's contents on the host, loaded with ``torch.load(weights_only=True)``:
     only tensors and plain Python types (dict, list, tuple, str, int, float, bool, None) are

@@ -100,3 +100,19 @@ def test_what_training_saves_loads_with_weights_only(tmp_path):
     back = load_checkpoint(tmp_path / "c.pt")
     assert torch.equal(back["torch_rng"], state["torch_rng"]) and back["config"] == {"step_epochs": (1, 2)}
     assert back["loader"] == state["loader"]
+
+
+def test_numpy_values_in_a_state_are_saved_as_plain_types():
+    import numpy as np
+
+    from fastcas.train.rundir import plain_state
+
+    state = {**_valid_state(), "optimizer": {"param_groups": [{"lr": np.float64(0.05), "params": [0]}], "state": {}},
+             "loader": {"step": np.int64(3), "rows": np.arange(2), "t": (np.int32(1),)}}
+    import io
+
+    buf = io.BytesIO()
+    torch.save(plain_state(state), buf)
+    back = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert back["optimizer"]["param_groups"][0]["lr"] == 0.05 and type(back["loader"]["step"]) is int
+    assert back["loader"]["rows"] == [0, 1] and back["loader"]["t"] == (1,)
