@@ -40,7 +40,7 @@ from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
 from fastcas.dataset.remote import ShardCache, is_url
-from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
 
 FORMAT = "fastcas-index/1"
@@ -58,11 +58,14 @@ class IndexConfig:
     cache_dir: str | None = None
     overwrite: bool = False
     hash_local: bool = False
+    max_classes: int = MAX_CLASSES  # integer labels must be < this (fastcas.dataset.shards.MAX_CLASSES)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.image_keys or any(not k or "/" in k or k.startswith(".") for k in self.image_keys):
             raise ValueError(f"image_keys must be non-empty extensions like 'jpg', got {self.image_keys!r}")
+        if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
+            raise ValueError(f"max_classes must be a positive integer, got {self.max_classes!r}")
         if not self.label_key or (self.label_key.startswith("json:") and len(self.label_key) == 5):
             raise ValueError(f"label_key must be an extension ('cls') or 'json:FIELD', got {self.label_key!r}")
 
@@ -82,7 +85,7 @@ def expand_sources(sources) -> list[str]:
     for src in sources:
         src = str(src)
         if is_url(src):
-            out += list(braceexpand(src))
+            out += _expand(braceexpand, src)
             continue
         p = Path(src)
         if p.is_dir():
@@ -91,7 +94,7 @@ def expand_sources(sources) -> list[str]:
                 raise ValueError(f"{src}: directory holds no .tar files")
             out += tars
             continue
-        names = list(braceexpand(src)) if "{" in src else [src]
+        names = _expand(braceexpand, src) if "{" in src else [src]
         if any(c in src for c in "*?["):
             names = sorted(n for pat in names for n in glob.glob(pat))
         found = [n for n in names if Path(n).is_file()]
@@ -106,6 +109,37 @@ def expand_sources(sources) -> list[str]:
         dup = next(x for x in out if out.count(x) > 1)
         raise ValueError(f"{dup}: named twice in the sources")
     return out
+
+
+#: most names one brace pattern may expand to (``{0..999999999}`` would exhaust memory)
+MAX_EXPANDED = 1_000_000
+
+
+def _brace_count(src: str) -> int:
+    """How many names ``src`` expands to, counted from its (non-nested) brace groups without
+    expanding them (braceexpand builds a whole range at once)."""
+    n = 1
+    for group in re.findall(r"\{([^{}]*)\}", src):
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", group)
+        if m:
+            step = abs(int(m.group(3) or 1)) or 1
+            n *= abs(int(m.group(2)) - int(m.group(1))) // step + 1
+        elif "," in group:
+            n *= group.count(",") + 1
+    return n
+
+
+def _expand(braceexpand, src: str) -> list[str]:
+    import itertools
+
+    if _brace_count(src) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    names = list(itertools.islice(braceexpand(src), MAX_EXPANDED + 1))
+    if len(names) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    return names
 
 
 # -- one tar -----------------------------------------------------------------------------------
@@ -184,12 +218,16 @@ def _label(sample: _Sample, config: IndexConfig, data: memoryview, where: str):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{bad} {config.label_key} = {value!r} is not a non-negative integer"
                              + ("" if config.class_names else " (pass --class-names to map names)"))
+        if not config.class_names:
+            check_class_bound(value, config.max_classes, f"sample {sample.key!r} in {where}")
         return value
     text = raw.decode("utf-8", "replace").strip()
     if not text.isdigit() or not text.isascii():
         if config.class_names and text in config.class_names:
             return config.class_names.index(text)
         raise ValueError(f"{bad} {text[:40]!r} in .{ext} is not a non-negative integer")
+    if not config.class_names:
+        check_class_bound(int(text), config.max_classes, f"sample {sample.key!r} in {where}")
     return int(text)
 
 
