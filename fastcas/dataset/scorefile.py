@@ -89,8 +89,8 @@ def read_scores(path, keys: list[str] | None = None, labels=None) -> ScoreTable:
     """Read a score file; with ``keys`` (a dataset's key order) check it matches, naming the
     first mismatching key, and return rows in that order; with ``labels`` (the dataset's, in
     ``keys`` order) check the file's labels equal them, naming the first key that differs. A
-    missing (null), NaN, infinite or fractional ``label`` or ``cas``, a CAS below 1 (a CAS is a
-    sum of ranks, each >= 1) or a key in two rows is a ``ValueError`` naming the file and key."""
+    missing (null), NaN, infinite or fractional ``label`` or ``cas``, a key in two rows, or (with
+    ``keys``: a file used for a dataset) a CAS below 1 (a CAS is a sum of ranks, each >= 1) is a ``ValueError`` naming the file and key."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -119,7 +119,7 @@ def read_scores(path, keys: list[str] | None = None, labels=None) -> ScoreTable:
                 raise ValueError(f"{path}: key {k!r} appears in two rows ({seen[k]} and {i}); a score file holds "
                                  "one row per sample")
             seen[k] = i
-    if len(cas) and cas.min() < 1:
+    if keys is not None and len(cas) and cas.min() < 1:  # (per-rank parts hold CAS 0 until the merge ranks them)
         i = int(np.argmin(cas))
         raise ValueError(f"{path}: CAS {int(cas[i])} at key {file_keys[i]!r} is below 1 (a CAS is a sum of ranks, "
                          "each >= 1; a weight of 0 would silently exclude the sample)")

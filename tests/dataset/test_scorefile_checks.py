@@ -30,7 +30,8 @@ def test_a_duplicated_row_names_the_key_not_a_bare_stopiteration(tmp_path):
 def test_a_cas_of_zero_is_refused_not_silently_excluded(tmp_path):
     _write(tmp_path / "s.parquet", ["a", "b"], [0, 0], [20, 0])
     with pytest.raises(ValueError, match=r"CAS 0 at key 'b' is below 1"):
-        read_scores(tmp_path / "s.parquet")
+        read_scores(tmp_path / "s.parquet", keys=["a", "b"])
+    assert read_scores(tmp_path / "s.parquet").cas.tolist() == [20, 0]  # a per-rank part, before the merge ranks it
 
 
 def test_one_huge_cas_warns_with_the_effective_sample_size_and_the_key():
