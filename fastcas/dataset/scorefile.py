@@ -104,12 +104,23 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
             raise ValueError(f"{path}: score file has no column {c!r}")
     raw = (t.schema.metadata or {}).get(b"fastcas")
     meta = json.loads(raw) if raw else {}
-    file_keys = t.column("key").to_pylist()
+    joined = keys is not None and not isinstance(keys, list)  # a manifest's KeyColumn
+    if joined:
+        from fastcas.dataset.manifest import KeyColumn, arrow_keys
+
+        try:
+            file_keys = KeyColumn(*arrow_keys(t.column("key")))  # no Python string per key
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    else:
+        file_keys = t.column("key").to_pylist()
     attr_cols = sorted(c for c in names if c.startswith("attr_"))
     attrs = np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
     for c in ("label", "cas"):
         _check_finite(path, c, t.column(c), file_keys)
     labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
+    if joined:
+        return _join(path, keys, file_keys, labels, cas, attrs, meta)
     if keys is not None:
         if len(keys) != len(file_keys) or keys != file_keys:
             pos = {k: i for i, k in enumerate(file_keys)}
@@ -121,6 +132,22 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
             order = np.array([pos[k] for k in keys])
             file_keys, labels, cas, attrs = list(keys), labels[order], cas[order], attrs[order]
     return ScoreTable(file_keys, labels, cas, attrs, meta)
+
+
+def _join(path, keys, file_keys, labels, cas, attrs, meta) -> ScoreTable:
+    """Rows of a score file in a manifest's key order, joined in bulk by
+    :meth:`fastcas.dataset.manifest.KeyColumn.lookup` (vectorised hashes, no dict of N strings);
+    the same checks and messages as the list path of :func:`read_scores`."""
+    at = keys.lookup(file_keys.offsets, file_keys.blob)  # file row -> manifest index, -1 absent
+    row = np.full(len(keys), -1, np.int64)
+    row[at[at >= 0]] = np.flatnonzero(at >= 0)
+    if len(keys) != len(file_keys) or (row < 0).any() or (at < 0).any():
+        first = keys[int(np.argmax(row < 0))] if (row < 0).any() else file_keys[int(np.argmax(at < 0))]
+        raise ValueError(f"{path}: scores do not match the dataset: key {first!r} "
+                         f"({len(file_keys)} scored samples, dataset has {len(keys)})")
+    if not np.array_equal(row, np.arange(len(row))):
+        labels, cas, attrs = labels[row], cas[row], attrs[row]
+    return ScoreTable(keys, labels, cas, attrs, meta)
 
 
 def merge_parts(parts: list, out) -> ScoreTable:

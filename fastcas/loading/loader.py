@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.loading import workers
-from fastcas.sampling import weights
 from fastcas.sampling.geometry import StreamGeometry, check_same, digest
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
@@ -74,6 +73,7 @@ class Loader:
             raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
+        self._scores_id = None  # the score file's content hash, when scores came from one
         self.scores = self._load_scores(scores)
         self.streams = self._make_streams()
         self.geometry = None
@@ -112,20 +112,28 @@ class Loader:
                 raise ValueError("weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)")
             return None
         if isinstance(scores, (str, os.PathLike)):
-            from fastcas.dataset.scorefile import read_scores
+            from fastcas.dataset.derived import score_column
 
-            return read_scores(scores, keys=self.reader.keys).cas
+            # joined by key once per node, then a memory-mapped column shared by every process
+            cas, self._scores_id = score_column(self.reader, scores)
+            return cas
         return np.asarray(scores, np.float64)
 
     def _sampler(self, name: str, stream: int = 0):
         cfg = self.config
-        w = weights.make(name, self.reader.labels, scores=self.scores, b=cfg.b, r=cfg.r)
         num = cfg.epoch_length or len(self.reader)
         common = dict(seed=cfg.seed, stream=stream, rank=self.rank, world_size=self.world_size,
                       batch_size=cfg.batch_size)
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
-        return WeightedSampler(w, num, **common)
+        from fastcas.sampling.shared import shared_cdf
+
+        # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
+        cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
+                             b=cfg.b, r=cfg.r)
+        if cdf is None:
+            return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
+        return WeightedSampler.from_cdf(cdf, num, weights_digest=wd, **common)
 
     def _make_streams(self) -> tuple:
         cfg = self.config
@@ -208,7 +216,7 @@ class Loader:
     def _config_digest(self) -> dict:
         cfg = self.config
         if "dataset" not in self._digests:
-            self._digests["dataset"] = digest(self.reader.manifest_path.read_bytes().decode("utf-8", "replace"))
+            self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
             self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
                                                for s in self.streams], cfg.b, cfg.r)
         return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
@@ -217,6 +225,13 @@ class Loader:
                 "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
                 "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
                 "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
+
+    def _legacy_weights_digest(self) -> str:
+        """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
+        computed only to accept an older checkpoint."""
+        parts = [("sequential" if not hasattr(s, "_cdf") else
+                  digest("uniform", s.n) if s._cdf is None else digest(np.asarray(s._cdf))) for s in self.streams]
+        return digest(parts, self.config.b, self.config.r)
 
     def state_dict(self) -> dict:
         """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
@@ -257,6 +272,9 @@ class Loader:
                                  f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
                                  f"size {self.world_size} use a per-rank batch of "
                                  f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
+            if saved.get("weights_digest") not in (None, now["weights_digest"]) and \
+                    saved["weights_digest"] == self._legacy_weights_digest():
+                now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
             check_same(saved, now, self._STREAM_KEYS, where)
             step = self.geometry.step_at(int(state["position"]), where)
             if 0 < step < self.steps:
@@ -265,8 +283,8 @@ class Loader:
         self.skipped = dict(state.get("skipped", {}))
         quarantine = set()
         if state.get("quarantine"):
-            where = {k: i for i, k in enumerate(self.reader.keys)}
-            quarantine = {where[k] for k in state["quarantine"] if k in where}
+            at = self.reader.indices_of(state["quarantine"])
+            quarantine = {int(i) for i in at if i >= 0}
         if quarantine != self._quarantine:
             self._quarantine = quarantine
             self.close()  # the pipeline's source carries the quarantine: rebuild
