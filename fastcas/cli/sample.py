@@ -41,7 +41,7 @@ def run(args) -> int:
     if args.scores:
         from fastcas.dataset.scorefile import read_scores
 
-        table = read_scores(args.scores, keys=reader.keys)
+        table = read_scores(args.scores, keys=reader.keys, labels=reader.labels)
         scores = table.cas
     w = weights.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
     num = args.num_samples

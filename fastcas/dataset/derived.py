@@ -77,6 +77,6 @@ def score_column(reader, path: str | Path) -> tuple[np.ndarray, str]:
     def build():
         from fastcas.dataset.scorefile import read_scores
 
-        return read_scores(path, keys=reader.keys).cas.astype(np.float64)
+        return read_scores(path, keys=reader.keys, labels=reader.labels).cas.astype(np.float64)
 
     return cached_array(reader, f"cas-{reader.digest}-{sha[:16]}", build), sha

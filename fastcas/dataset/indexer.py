@@ -40,7 +40,7 @@ from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
 from fastcas.dataset.remote import ShardCache, is_url
-from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
 
 FORMAT = "fastcas-index/1"  # manifest.json with per-sample lists
@@ -59,6 +59,7 @@ class IndexConfig:
     cache_dir: str | None = None
     overwrite: bool = False
     hash_local: bool = False
+    max_classes: int = MAX_CLASSES  # integer labels must be < this (fastcas.dataset.shards.MAX_CLASSES)
     extra: dict = field(default_factory=dict)
     manifest: str = "columns"  # or "json": per-sample lists in manifest.json (the format before columns)
 
@@ -67,6 +68,8 @@ class IndexConfig:
             raise ValueError(f"manifest must be 'columns' or 'json', got {self.manifest!r}")
         if not self.image_keys or any(not k or "/" in k or k.startswith(".") for k in self.image_keys):
             raise ValueError(f"image_keys must be non-empty extensions like 'jpg', got {self.image_keys!r}")
+        if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
+            raise ValueError(f"max_classes must be a positive integer, got {self.max_classes!r}")
         if not self.label_key or (self.label_key.startswith("json:") and len(self.label_key) == 5):
             raise ValueError(f"label_key must be an extension ('cls') or 'json:FIELD', got {self.label_key!r}")
 
@@ -86,7 +89,7 @@ def expand_sources(sources) -> list[str]:
     for src in sources:
         src = str(src)
         if is_url(src):
-            out += list(braceexpand(src))
+            out += _expand(braceexpand, src)
             continue
         p = Path(src)
         if p.is_dir():
@@ -95,7 +98,7 @@ def expand_sources(sources) -> list[str]:
                 raise ValueError(f"{src}: directory holds no .tar files")
             out += tars
             continue
-        names = list(braceexpand(src)) if "{" in src else [src]
+        names = _expand(braceexpand, src) if "{" in src else [src]
         if any(c in src for c in "*?["):
             names = sorted(n for pat in names for n in glob.glob(pat))
         found = [n for n in names if Path(n).is_file()]
@@ -110,6 +113,37 @@ def expand_sources(sources) -> list[str]:
         dup = next(x for x in out if out.count(x) > 1)
         raise ValueError(f"{dup}: named twice in the sources")
     return out
+
+
+#: most names one brace pattern may expand to (``{0..999999999}`` would exhaust memory)
+MAX_EXPANDED = 1_000_000
+
+
+def _brace_count(src: str) -> int:
+    """How many names ``src`` expands to, counted from its (non-nested) brace groups without
+    expanding them (braceexpand builds a whole range at once)."""
+    n = 1
+    for group in re.findall(r"\{([^{}]*)\}", src):
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", group)
+        if m:
+            step = abs(int(m.group(3) or 1)) or 1
+            n *= abs(int(m.group(2)) - int(m.group(1))) // step + 1
+        elif "," in group:
+            n *= group.count(",") + 1
+    return n
+
+
+def _expand(braceexpand, src: str) -> list[str]:
+    import itertools
+
+    if _brace_count(src) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    names = list(itertools.islice(braceexpand(src), MAX_EXPANDED + 1))
+    if len(names) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    return names
 
 
 # -- one tar -----------------------------------------------------------------------------------
@@ -188,12 +222,16 @@ def _label(sample: _Sample, config: IndexConfig, data: memoryview, where: str):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{bad} {config.label_key} = {value!r} is not a non-negative integer"
                              + ("" if config.class_names else " (pass --class-names to map names)"))
+        if not config.class_names:
+            check_class_bound(value, config.max_classes, f"sample {sample.key!r} in {where}")
         return value
     text = raw.decode("utf-8", "replace").strip()
     if not text.isdigit() or not text.isascii():
         if config.class_names and text in config.class_names:
             return config.class_names.index(text)
         raise ValueError(f"{bad} {text[:40]!r} in .{ext} is not a non-negative integer")
+    if not config.class_names:
+        check_class_bound(int(text), config.max_classes, f"sample {sample.key!r} in {where}")
     return int(text)
 
 
@@ -256,8 +294,10 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+        _check_own_index(out)
     tars = expand_sources(sources)
     cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
     if progress:
@@ -426,6 +466,18 @@ def _scan_all(tars: list[str], config: IndexConfig, cache, workers: int):
             pool.shutdown(cancel_futures=True)
 
 
+def _check_own_index(out: Path) -> None:
+    """``--overwrite`` replaces an index this command wrote (a ``fastcas-index`` manifest), never
+    a directory of someone else's files (their own ``manifest.json`` and ``.idx`` files)."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise FileExistsError(f"--overwrite: {out} holds no index written by `fastcas index` ({MANIFEST} missing or "
+                              "of another format); refusing to delete its files. Choose an empty or new --out")
+
+
 def _relative(tar: Path, out: Path) -> str:
     """The tar's path as the manifest stores it: relative to ``out`` when inside it (the
     two move together), else absolute."""
@@ -473,11 +525,15 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         **config.extra,
     }
     out.mkdir(parents=True, exist_ok=True)
+    ours = set()
+    if (out / MANIFEST).exists():  # the earlier fastcas index (checked by _check_own_index): its own .idx only
+        ours = {s.get("index") for s in json.loads((out / MANIFEST).read_text()).get("shards", [])}
     (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
     written = []
     try:
         for old in out.glob("*.idx"):
-            old.unlink()
+            if old.name in ours:
+                old.unlink()
         for r in results:
             with atomic_open(out / r["index_name"], "w") as f:
                 f.write(r["index"])

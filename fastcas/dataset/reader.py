@@ -29,6 +29,24 @@ from fastcas.dataset.wdsindex import parse_index
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
+def _check_labels(raw, keys: list, num_classes: int, manifest: Path) -> np.ndarray:
+    """int64 [N] labels of a manifest; ShardError naming the manifest and the first bad key for a
+    label that is not an integer (``1.7``, ``"2"``, ``true``, null: never cast) or is outside
+    ``[0, num_classes)``."""
+    arr = np.asarray(raw) if len(raw) else np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        j = next((i for i, y in enumerate(raw) if isinstance(y, bool) or not isinstance(y, int)), 0)
+        shown = raw[j] if j < len(raw) else raw
+        raise ShardError(f"{manifest}: label {json.dumps(shown)[:40]} of sample {keys[j] if j < len(keys) else j!r} "
+                         "is not an integer class id")
+    bad = (arr < 0) | (arr >= num_classes)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ShardError(f"{manifest}: label {int(arr[j])} of sample {keys[j] if j < len(keys) else j!r} is outside "
+                         f"[0, {num_classes}) (the manifest's {num_classes} class names)")
+    return arr.astype(np.int64)
+
+
 class Sample(NamedTuple):
     key: str
     data: memoryview  # encoded image bytes, a view of the mmapped tar
@@ -82,9 +100,9 @@ class ShardReader:
             if field not in m:
                 raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
         self.keys: list[str] = list(m["keys"])
-        self.labels = np.asarray(m["labels"], dtype=np.int64)
         self.class_names: list[str] = list(m["class_names"])
         self.num_classes = len(self.class_names)
+        self.labels = _check_labels(m["labels"], self.keys, self.num_classes, self.manifest_path)
         self.class_counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
         counts = [int(s["count"]) for s in m["shards"]]
         if sum(counts) != len(self.keys) or len(self.labels) != len(self.keys):
@@ -94,12 +112,12 @@ class ShardReader:
         if cache_dir is None:
             cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
         self.cache = ShardCache(cache_dir, cache_max_bytes) if any(self.shard_urls) else None
-        self.shard_paths = [self.cache.path_for(u) if u else self.root / s["tar"]
+        self.indexed = "image_offset" in m  # written by `fastcas index`
+        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", self.indexed)
                             for u, s in zip(self.shard_urls, m["shards"])]
-        self.index_paths = [self.root / s["index"] for s in m["shards"]]
+        self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = len(self.keys)
-        self.indexed = "image_offset" in m  # written by `fastcas index`
         self.sizes = np.asarray(m["sizes"], np.int64).reshape(n, 2) if m.get("sizes") else None  # displayed (w, h)
         if self.indexed:
             self._offset = np.asarray(m["image_offset"], np.int64)
@@ -156,9 +174,9 @@ class ShardReader:
         self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
         cache_dir = self._cache_dir if self._cache_dir is not None else m.get("cache_dir")
         self.cache = ShardCache(cache_dir, self._cache_max_bytes) if any(self.shard_urls) else None
-        self.shard_paths = [self.cache.path_for(u) if u else self.root / s["tar"]
+        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", True)
                             for u, s in zip(self.shard_urls, m["shards"])]
-        self.index_paths = [self.root / s["index"] for s in m["shards"]]
+        self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.indexed = True  # member offsets come from the manifest: no index file is parsed
         self.sizes = cols.wh
@@ -200,6 +218,20 @@ class ShardReader:
         where = {k: i for i, k in enumerate(self.keys)}
         return np.array([where.get(k, -1) for k in keys], np.int64)
 
+    def _local_path(self, name, field: str, absolute_ok: bool) -> Path:
+        """A manifest's ``tar`` / ``index`` path, refused (ShardError naming the manifest) when it
+        leaves the dataset directory: fastcas writes shards and indexes inside it, except that
+        ``fastcas index`` records tars outside its OUT as absolute paths (``absolute_ok``; such a
+        tar must still be a regular file of the recorded size, checked at open)."""
+        p = Path(str(name))
+        if p.is_absolute():
+            if absolute_ok:
+                return p
+        elif ".." not in p.parts and str(name).strip():
+            return self.root / p
+        raise ShardError(f"{self.manifest_path}: shard {field} {str(name)!r} points outside the dataset directory "
+                         f"{self.root} (absolute or '..'); refused")
+
     def _load_shard(self, s: int) -> None:
         tar, idx = self.shard_paths[s], self.index_paths[s]
         if self.indexed:
@@ -239,10 +271,19 @@ class ShardReader:
         tar, info = self.shard_paths[s], self.manifest["shards"][s]
         if not tar.exists():
             raise ShardError(f"{tar}: shard is missing")
+        if not tar.is_file():
+            raise ShardError(f"{tar}: shard is not a regular file")
         size = tar.stat().st_size
         if info.get("size") is not None and size != info["size"]:
             raise ShardError(f"{tar}: shard changed since `fastcas index` ({size:,} bytes, the manifest "
                              f"recorded {info['size']:,}); re-run `fastcas index`")
+        lo, hi = int(self.starts[s]), int(self.starts[s + 1])
+        ends = np.maximum(self._offset[lo:hi] + self._size[lo:hi], self._meta_offset[lo:hi] + self._meta_size[lo:hi])
+        if hi > lo and (ends.max() > size or self._offset[lo:hi].min() < 512):
+            j = lo + int(np.argmax((ends > size) | (self._offset[lo:hi] < 512)))
+            raise ShardError(f"{self.manifest_path}: sample {self.keys[j]!r} lies outside its tar {tar} (offset "
+                             f"{int(self._offset[j])}, ends at byte {int(ends[j - lo])}, the tar has {size:,} bytes): "
+                             "the manifest does not describe this tar; re-run `fastcas index`")
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``, downloading a remote shard into the cache first."""
@@ -308,7 +349,10 @@ class ShardReader:
         if self.indexed:
             # foreign tars: long names live in pax/GNU headers, so compare what fits the field
             expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
-            ok = expected is None or len(expected.encode()) > 100 or name == expected
+            # non-ASCII names live in a pax header too; the ustar field holds what the writer could
+            # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
+            ok = (expected is None or len(expected.encode()) > 100 or name == expected
+                  or (not expected.isascii() and name == expected.encode("ascii", "replace").decode()))
         else:
             ok = name.split(".", 1)[0] == self.keys[i]
         if not ok:

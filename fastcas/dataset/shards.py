@@ -46,12 +46,25 @@ class RawSample:
     source: str = ""  # where it came from, for error messages
 
 
+#: default bound on the number of classes a dataset's labels may imply (labels 0..MAX_CLASSES-1):
+#: one stray label (``50000000``) would otherwise make that many classes and a manifest of
+#: hundreds of MB, or a MemoryError; ImageNet-21k has 21,841. ``max_classes`` raises it.
+MAX_CLASSES = 100_000
+
+
+def check_class_bound(label: int, max_classes: int, where: str) -> None:
+    if label >= max_classes:
+        raise ValueError(f"label {label:,} of {where} would make {label + 1:,} classes, more than max_classes "
+                         f"{max_classes:,} (pass --max-classes to allow more, or fix the label)")
+
+
 @dataclass(frozen=True)
 class ShardWriterConfig:
     shard_size: int = 1000
     prefix: str = "shard"
     overwrite: bool = False
     class_names: tuple[str, ...] | None = None
+    max_classes: int = MAX_CLASSES  # labels must be < this (without class_names), see MAX_CLASSES
     extra: dict = field(default_factory=dict)  # copied into the manifest (source, skipped, ...)
     # "columns": memory-mapped columns beside a small manifest.json (fastcas.dataset.manifest);
     # "json": per-sample lists inside manifest.json (the format before columns; small datasets)
@@ -64,6 +77,8 @@ class ShardWriterConfig:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if not _KEY_RE.match(self.prefix):
             raise ValueError(f"prefix must match {_KEY_RE.pattern}, got {self.prefix!r}")
+        if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
+            raise ValueError(f"max_classes must be a positive integer, got {self.max_classes!r}")
 
 
 def check_key(key: str, source: str = "") -> str:
@@ -213,6 +228,8 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
             label = check_label(s.label, s.source or s.key)
             if not len(s.data):
                 raise ValueError(f"sample {s.key!r} ({s.source}) has no image bytes")
+            if not config.class_names:
+                check_class_bound(label, config.max_classes, f"sample {s.key!r}" + (f" ({s.source})" if s.source else ""))
             if config.class_names and label >= len(config.class_names):
                 raise ValueError(f"label {label} of {s.key!r} is >= the number of class names ({len(config.class_names)})")
             if label != s.label:

@@ -33,11 +33,15 @@ from fastcas.loading import workers
 from fastcas.sampling.geometry import StreamGeometry, check_same, digest
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.sampling.weights import concentration_warning
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
 
 from fastcas.loading.config import LoaderConfig, resolve_device
+
+
+_ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
 
 
 def _saliency_method(mix_options: dict) -> str:
@@ -133,6 +137,12 @@ class Loader:
                              b=cfg.b, r=cfg.r)
         if cdf is None:
             return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
+        # the weights' concentration, from the shared CDF (one vectorised pass, no private copy kept)
+        msg = concentration_warning(np.diff(cdf, prepend=0.0), self.reader.keys, f"weights {name!r}")
+        if msg:
+            import warnings
+
+            warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
         return WeightedSampler.from_cdf(cdf, num, weights_digest=wd, **common)
 
     def _make_streams(self) -> tuple:
@@ -202,10 +212,22 @@ class Loader:
     def __len__(self) -> int:
         return self.steps
 
+    def _check_not_iterating(self, what: str) -> None:
+        """A live iteration keeps reading the stream it started with: changing the epoch or
+        state under it would make ``state_dict`` describe another stream (resume diverges)."""
+        owner = getattr(self, "_iter_owner", None)
+        if owner is not None and owner.is_alive():
+            raise RuntimeError(f"Loader.{what} during an iteration (epoch {self.epoch}, step {self.step} of "
+                               f"{self.steps}): finish the epoch or close the iterator first (e.g. leave the for "
+                               "loop), then call it before the next iter(loader)")
+
     def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` at its first step at the next ``iter(loader)``. RuntimeError during
+        an iteration (call it between epochs)."""
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if int(epoch) != self.epoch:
+            self._check_not_iterating(f"set_epoch({int(epoch)})")
             self.epoch, self.step = int(epoch), 0
 
     # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
@@ -254,6 +276,7 @@ class Loader:
         epoch starts the next epoch. Evaluation loaders and states without ``position``
         (older fastcas) continue at ``step`` with the same world size only."""
         cfg = self.config
+        self._check_not_iterating("load_state_dict")
         if state.get("seed", cfg.seed) != cfg.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
         if self.geometry is None or "position" not in state:
@@ -394,6 +417,21 @@ class Loader:
         stream); the training thread only takes finished batches."""
         from fastcas.loading.prefetch import Prefetcher
 
+        me = threading.current_thread()
+        with _ITER_LOCK:  # one consumer at a time: two threads would share one pipeline and position
+            owner = getattr(self, "_iter_owner", None)
+            if owner is not None and owner is not me and owner.is_alive():
+                raise RuntimeError(f"this Loader is already being iterated by thread {owner.name!r}; a Loader "
+                                   "serves one consumer: build one Loader per thread (or per rank)")
+            self._iter_owner = me
+        try:
+            yield from self._iterate(Prefetcher)
+        finally:
+            with _ITER_LOCK:
+                if getattr(self, "_iter_owner", None) is me:
+                    self._iter_owner = None
+
+    def _iterate(self, Prefetcher):
         self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
         if self.step >= self.steps:  # a finished epoch: the next one starts
             self.epoch, self.step = self.epoch + 1, 0

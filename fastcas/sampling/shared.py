@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastcas.dataset.derived import cached_array
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights
 from fastcas.sampling.geometry import digest
 
 
@@ -35,7 +35,7 @@ def shared_cdf(reader, name: str, *, scores=None, scores_id: str | None = None, 
     d = weights_digest(reader, name, scores_id=scores_id, b=b, r=r, threshold=threshold)
 
     def build():
-        w = W.make(name, reader.labels, scores=scores, b=b, r=r, threshold=threshold)
+        w = weights.make(name, reader.labels, scores=scores, b=b, r=r, threshold=threshold)
         return np.zeros(0) if np.all(w == w[0]) else np.cumsum(w)
 
     cdf = cached_array(reader, f"cdf-{d}", build)

@@ -84,7 +84,7 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
     loader = Loader(dataset, tc.batch_size, train=False, last_batch="partial", image_size=tc.image_size,
                     device=device, py_workers=tc.py_workers, num_threads=tc.num_threads, seed=tc.seed)
     model = build_model(tc.model, loader.num_classes).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device))
+    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
     model.eval()
     pred = np.zeros(len(loader.reader), np.int64)
     positions, k = loader.sampler_indices(0)[0], 0
@@ -112,7 +112,7 @@ def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: in
     tints = load_tints(train, reader.keys)
     if tints is None:
         return None
-    t = read_scores(scores, keys=reader.keys)
+    t = read_scores(scores, keys=reader.keys, labels=reader.labels)
     rare = np.isin(tints, RARE)
     out = {"auc": within_class_auc(t.cas, t.labels, rare), "rare_samples": int(rare.sum()), "draws": {}}
     n = epoch_length or len(reader)
@@ -184,7 +184,7 @@ def run_demo(cfg: DemoConfig) -> dict:
               f"uniform {d['uniform']['drawn']:.4f}, CAS weights {d['cas']['drawn']:.4f} "
               f"(target {d['cas']['target']:.4f})", flush=True)
     vreader, treader = ShardReader(cfg.val), ShardReader(cfg.train)
-    vcas = read_scores(val_scores, keys=vreader.keys).cas
+    vcas = read_scores(val_scores, keys=vreader.keys, labels=vreader.labels).cas
     vt = load_tints(cfg.val, vreader.keys)
     rare = np.isin(vt, RARE) if vt is not None else None
     runs: dict = {name: [] for name in recipes(cfg)}
