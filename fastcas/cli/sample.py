@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
 
@@ -43,7 +43,7 @@ def run(args) -> int:
 
         table = read_scores(args.scores, keys=reader.keys, labels=reader.labels)
         scores = table.cas
-    w = W.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
+    w = weights.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
     num = args.num_samples
     if num is None and args.weights in ("oversample", "undersample"):
         num = int(round(w.sum()))  # the resampled epoch size

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.core.io import atomic_write_bytes, atomic_write_json
 from fastcas.train.metrics import accuracy_report
 from fastcas.train.models import MODELS
@@ -80,8 +80,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"unknown schedule {self.schedule!r}; expected cosine or step")
-        if self.loss_weights not in W.LOSS_WEIGHTS:
-            raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(W.LOSS_WEIGHTS)}")
+        if self.loss_weights not in sample_weights.LOSS_WEIGHTS:
+            raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(sample_weights.LOSS_WEIGHTS)}")
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -125,7 +125,7 @@ class _Dist:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        from fastcas.loading.loader import resolve_device
+        from fastcas.loading.config import resolve_device
 
         device = resolve_device(device)
         self.device = device
@@ -311,7 +311,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no scaler
     if dist.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune once
-    class_w = torch.as_tensor(W.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
+    class_w = torch.as_tensor(sample_weights.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
     ones = torch.ones_like(class_w)
     epoch, global_step = 0, 0
     ckpt_path = out / "checkpoint.pt"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastcas.dataset.scorefile import read_scores, write_scores
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 
 
 def _write(path, keys, labels, cas):
@@ -37,8 +37,8 @@ def test_a_cas_of_zero_is_refused_not_silently_excluded(tmp_path):
 def test_one_huge_cas_warns_with_the_effective_sample_size_and_the_key():
     cas = np.full(400, 40.0)
     cas[7] = 1e15
-    w = W.make("cas", np.zeros(400, np.int64), scores=cas, b=1.2, r=1.0)
-    msg = W.concentration_warning(w, [f"k{i}" for i in range(400)], "weights 'cas'")
+    w = sample_weights.make("cas", np.zeros(400, np.int64), scores=cas, b=1.2, r=1.0)
+    msg = sample_weights.concentration_warning(w, [f"k{i}" for i in range(400)], "weights 'cas'")
     assert msg is not None and "effective sample size 1.0 of 400" in msg and "'k7' alone takes 100.0%" in msg
 
 
@@ -46,9 +46,9 @@ def test_ordinary_long_tailed_weights_do_not_warn():
     counts = np.maximum(1, (1000 * 0.97 ** np.arange(100)).astype(int))  # imbalance ~ 20
     labels = np.repeat(np.arange(100), counts)
     for name in ("cmo", "uniform"):
-        assert W.concentration_warning(W.make(name, labels, scores=None, b=1.2, r=1.0)) is None
+        assert sample_weights.concentration_warning(sample_weights.make(name, labels, scores=None, b=1.2, r=1.0)) is None
     rng = np.random.default_rng(0)
-    assert W.concentration_warning(rng.integers(20, 200, 1000).astype(float) ** 1.2) is None
+    assert sample_weights.concentration_warning(rng.integers(20, 200, 1000).astype(float) ** 1.2) is None
 
 
 def test_the_loader_refuses_a_score_file_with_wrong_labels_and_warns_on_concentration(tmp_path):

@@ -76,7 +76,8 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
     """int64 [N] top-1 predictions of the saved model on ``dataset``, in dataset order."""
     import torch
 
-    from fastcas.loading.loader import Loader, resolve_device
+    from fastcas.loading.loader import Loader
+    from fastcas.loading.config import resolve_device
     from fastcas.train.models import build_model
 
     device = resolve_device(tc.device)
@@ -100,7 +101,7 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
 def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: int = 0) -> dict | None:
     """On tinted data: within-class AUC of CAS for the rare tints, and their share of one
     epoch of draws under uniform vs CAS weights (fastcas.train.monitor). None without tints."""
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights as sample_weights
     from fastcas.tools.demo.tint import RARE, load_tints, within_class_auc
     from fastcas.train.monitor import drawn_report
     from fastcas.dataset.reader import ShardReader
@@ -116,7 +117,7 @@ def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: in
     out = {"auc": within_class_auc(t.cas, t.labels, rare), "rare_samples": int(rare.sum()), "draws": {}}
     n = epoch_length or len(reader)
     for name in ("uniform", "cas"):
-        w = W.make(name, reader.labels, scores=t.cas)
+        w = sample_weights.make(name, reader.labels, scores=t.cas)
         drawn = WeightedSampler(w, n, seed=seed).indices(0)
         out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"]["rare attribute"]
     return out
