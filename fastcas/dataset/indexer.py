@@ -414,9 +414,13 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
             "columns": info, **config.extra,
         }
         out.mkdir(parents=True, exist_ok=True)
+        ours = set()
+        if (out / MANIFEST).exists():  # the earlier fastcas index (checked by _check_own_index): its own .idx only
+            ours = {s.get("index") for s in json.loads((out / MANIFEST).read_text()).get("shards", [])}
         (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
         for old in out.glob("*.idx"):
-            old.unlink()
+            if old.name in ours:
+                old.unlink()
         for sh in shards:
             os.replace(stage / sh["index"], out / sh["index"])
         install(stage / COLUMNS_DIR, out)
@@ -473,7 +477,7 @@ def _check_own_index(out: Path) -> None:
         old = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         old = None
-    if not isinstance(old, dict) or old.get("format") != FORMAT:
+    if not isinstance(old, dict) or old.get("format") not in (FORMAT, FORMAT_COLUMNS):
         raise FileExistsError(f"--overwrite: {out} holds no index written by `fastcas index` ({MANIFEST} missing or "
                               "of another format); refusing to delete its files. Choose an empty or new --out")
 

@@ -174,7 +174,9 @@ class ShardReader:
         self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
         cache_dir = self._cache_dir if self._cache_dir is not None else m.get("cache_dir")
         self.cache = ShardCache(cache_dir, self._cache_max_bytes) if any(self.shard_urls) else None
-        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", True)
+        # only `fastcas index` records tars outside its OUT (absolute paths); shard datasets never do
+        indexed = str(m.get("format", "")).startswith("fastcas-index")
+        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", indexed)
                             for u, s in zip(self.shard_urls, m["shards"])]
         self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastcas.core.errors import ShardError
-from fastcas.dataset.indexer import index_dataset
+from fastcas.dataset.indexer import IndexConfig, index_dataset
 from fastcas.dataset.reader import ShardReader
 from tests.helpers import jpeg_bytes, make_dataset
 
@@ -24,7 +24,7 @@ def _edit(ds, fn):
                                           ("2", r"label \"2\" of sample 's\d+' is not an integer class id"),
                                           (None, r"label null of sample 's\d+' is not an integer")])
 def test_a_bad_manifest_label_names_the_manifest_and_the_key(tmp_path, label, match):
-    make_dataset(tmp_path / "d", counts=(2, 2, 2))
+    make_dataset(tmp_path / "d", counts=(2, 2, 2), manifest="json")  # per-sample lists edited below
 
     def bad(m):
         m["labels"][3] = label
@@ -58,7 +58,7 @@ def _wds(root, keys, label=1):
 
 def test_an_index_offset_past_the_end_of_its_tar_says_the_manifest_is_wrong(tmp_path):
     _wds(tmp_path / "w", ["k0", "k1"])
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix")
+    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
 
     def bad(m):
         m["image_offset"][1] = m["shards"][0]["size"] + 4096
@@ -71,7 +71,7 @@ def test_non_ascii_keys_in_pax_headers_are_read_not_counted_corrupt(tmp_path):
     """webdataset/tarfile store ``café_0.jpg`` in a pax header, ``caf?_0.jpg`` in the ustar field."""
     keys = ["café_0", "猫", "naïve-κ", "plain"]
     _wds(tmp_path / "w", keys)
-    m = index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix")
+    m = index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
     assert m["keys"] == keys and m["skipped"] == []
     r = ShardReader(tmp_path / "ix")
     for i, k in enumerate(keys):
@@ -83,7 +83,7 @@ def test_a_non_ascii_key_whose_header_names_another_member_is_still_refused(tmp_
     from fastcas.core.errors import CorruptSampleError
 
     _wds(tmp_path / "w", ["café_0", "cafe_1"])
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix")
+    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
 
     def swap(m):  # sample 0's offset now points at sample 1's member
         m["image_offset"][0], m["image_size"][0] = m["image_offset"][1], m["image_size"][1]
