@@ -202,7 +202,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fastcas.mix import fmix as F
+    from fastcas.mix import fmix
     from fastcas.mix import make_params_at
 
     torch.set_num_threads(1)
@@ -219,22 +219,22 @@ def main(argv=None) -> int:
     except ImportError:  # pragma: no cover
         blas = "default threads"
     num = np.floor(np.random.default_rng(0).random(b) * h * w + 0.5).astype(np.int64)
-    old_noise, new_noise = legacy_noise(0, 0, pos, h, w), F.noise_at(0, 0, pos, h, w, d)
+    old_noise, new_noise = legacy_noise(0, 0, pos, h, w), fmix.noise_at(0, 0, pos, h, w, d)
     old_img = legacy_low_freq(old_noise, h, w, d).reshape(b, -1)
-    new_img = F.low_freq_numpy(new_noise, h, w, d).reshape(b, -1)
+    new_img = fmix.low_freq_numpy(new_noise, h, w, d).reshape(b, -1)
     soft = np.zeros(b, np.int64)
-    box = F._box_spectra(new_noise, h, w, d) is not None
+    box = fmix._box_spectra(new_noise, h, w, d) is not None
     bases = prev_bases(h, w, d) if box else None
     after_total = lambda: make_params_at("fmix", 0, 0, pos, h, w, alpha=1.0, prob=1.0, decay=d)  # noqa: E731
     if box:  # the previous box path makes the same masks (but for pixels tying the threshold)
         prev_masks = prev_params(0, 0, pos, h, w, d, bases)
         assert (prev_masks != after_total().masks).mean() < 1e-4
     parts = [
-        ("noise", lambda: legacy_noise(0, 0, pos, h, w), None, lambda: F.noise_at(0, 0, pos, h, w, d)),
+        ("noise", lambda: legacy_noise(0, 0, pos, h, w), None, lambda: fmix.noise_at(0, 0, pos, h, w, d)),
         ("fft", lambda: legacy_low_freq(old_noise, h, w, d),
-         box and (lambda: prev_low_freq(new_noise, h, w, d, bases)), lambda: F.low_freq_numpy(new_noise, h, w, d)),
+         box and (lambda: prev_low_freq(new_noise, h, w, d, bases)), lambda: fmix.low_freq_numpy(new_noise, h, w, d)),
         ("binarise (rows out of cache)", lambda: legacy_binarise(old_img, num),
-         box and (lambda: prev_binarise(new_img, num)), lambda: F._binarise_numpy(new_img, num, soft)),
+         box and (lambda: prev_binarise(new_img, num)), lambda: fmix._binarise_numpy(new_img, num, soft)),
         ("total make_params_at", lambda: legacy_params(0, 0, pos, h, w, d),
          box and (lambda: prev_params(0, 0, pos, h, w, d, bases)), after_total),
     ]
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
         rows.append(row)
     rows.append({"part": "total, default BLAS threads", "after_ms": default_blas})
     print_table(rows, ["part", "before_ms", "prev_ms", "after_ms", "speedup", "vs_prev"],
-                title=f"FMix parameters, CPU ms per batch of {b} at {h}x{w}, decay {d}, box {F.spectrum_box(h, w, d)}")
+                title=f"FMix parameters, CPU ms per batch of {b} at {h}x{w}, decay {d}, box {fmix.spectrum_box(h, w, d)}")
     brows = blend_rows(b, args.size, r)
     print_table(brows, ["part", "ms"], title=f"binary-mask blend, CPU ms per batch of {b}x3x{h}x{w} float32")
     total = rows[-2]["after_ms"] + min(x["ms"] for x in brows if x["part"].startswith("blend"))

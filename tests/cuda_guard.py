@@ -3,7 +3,7 @@
 Unmarked tests pass ``device="cpu"`` explicitly. On a GPU machine, one that relies on
 ``device="auto"`` would silently become a GPU test (and several such tests fail there), so this
 autouse fixture FAILS any unmarked test that asks torch whether a GPU exists (how every
-``device="auto"`` in fastcas resolves: ``fastcas.loading.loader.resolve_device``, the scorer, the
+``device="auto"`` in fastcas resolves: ``fastcas.loading.config.resolve_device``, the scorer, the
 attribute runner) or initialises CUDA, on this CPU-only machine as well as on a GPU one. Child
 processes started by a test (the CLI, torchrun) get ``CUDA_VISIBLE_DEVICES=""``: they see no GPU.
 The failure is raised as ``pytest.fail`` (a BaseException, so ``except Exception`` cannot

@@ -22,8 +22,10 @@ def jpeg_bytes(seed: int, size=(40, 32), quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), seed=0, meta=False):
-    """Write a tiny sharded dataset with ``counts[k]`` samples of class k; returns the manifest."""
+def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), seed=0, meta=False,
+                 manifest: str = "columns"):
+    """Write a tiny sharded dataset with ``counts[k]`` samples of class k; returns the manifest.
+    ``manifest``: "columns" (memory-mapped columns) or "json" (per-sample lists in manifest.json)."""
     from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 
     samples, i = [], 0
@@ -33,7 +35,8 @@ def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), se
                                      {"i": i} if meta else None))
             i += 1
     order = np.random.default_rng(seed).permutation(len(samples))
-    cfg = ShardWriterConfig(shard_size=shard_size, class_names=tuple(f"c{k}" for k in range(len(counts))))
+    cfg = ShardWriterConfig(shard_size=shard_size, class_names=tuple(f"c{k}" for k in range(len(counts))),
+                            manifest=manifest)
     return write_shards([samples[j] for j in order], out, cfg)
 
 

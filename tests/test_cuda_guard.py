@@ -11,7 +11,7 @@ def test_guard_fails_unmarked_tests_that_ask_for_a_gpu(pytester, monkeypatch):
     pytester.makepyfile(test_devices='''
         import os
         import pytest
-        from fastcas.loading.loader import resolve_device
+        from fastcas.loading.config import resolve_device
 
         def test_auto():
             resolve_device("auto")

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hash", action="store_true", help="also record SHA-256 of local tars (reads them whole)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="processes scanning local tars (default: up to 4 cores)")
+    p.add_argument("--max-classes", type=int, default=None, help="refuse integer labels >= this (default "
+                   "100,000): one stray label would otherwise make that many classes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
 
 
@@ -45,6 +47,7 @@ def run(args) -> int:
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: class names are not unique")
     config = IndexConfig(
+        **({"max_classes": args.max_classes} if args.max_classes is not None else {}),
         image_keys=tuple(k.strip().lower().lstrip(".") for k in args.image_keys.split(",") if k.strip()),
         label_key=args.label_key, class_names=names, strict=args.strict,
         max_pixels=args.max_pixels or imagehdr.DEFAULT_MAX_PIXELS, cache_dir=args.cache_dir,

@@ -6,6 +6,7 @@ HELP = "PNG grid of mixed samples and their masks"
 
 def add_arguments(p) -> None:
     from fastcas.mix import KINDS
+    from fastcas.mix.saliency import ALIASES, METHODS
 
     p.add_argument("dataset", help="dataset directory or manifest")
     p.add_argument("--mix", choices=KINDS, required=True)
@@ -13,7 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument("--n", type=int, default=8, help="samples to show (default 8)")
     p.add_argument("--size", type=int, default=128, help="display size in pixels")
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--saliency", choices=["fine-grained", "opencv", "spectral-residual"], default="fine-grained",
+    p.add_argument("--saliency", choices=sorted({*METHODS, *ALIASES}), default="fine-grained",
                    help="SaliencyMix saliency: the reference's fine-grained static saliency (batched, default), "
                         "the same through OpenCV, or spectral residual")
     p.add_argument("--seed", type=int, default=0)
@@ -40,7 +41,7 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from fastcas import mix as M
+    from fastcas import mix
     from fastcas.core.io import atomic_open
     from fastcas.core.rng import generator
     from fastcas.dataset.reader import ShardReader
@@ -52,9 +53,9 @@ def run(args) -> int:
     idx = rng.choice(len(reader), size=2 * args.n, replace=len(reader) < 2 * args.n)
     bg, fg = load_batch(reader, idx[: args.n], args.size), load_batch(reader, idx[args.n :], args.size)
     opts = {"saliency": args.saliency, "foreground": fg} if args.mix == "saliencymix" else {}
-    params = M.make_params(args.mix, args.n, args.size, args.size, alpha=args.alpha, generator=rng, **opts)
-    mixed = M.apply(params, bg, fg)
-    region = M.apply(params, np.zeros_like(bg[:, :1]), np.ones_like(bg[:, :1]))[:, 0]
+    params = mix.make_params(args.mix, args.n, args.size, args.size, alpha=args.alpha, generator=rng, **opts)
+    mixed = mix.apply(params, bg, fg)
+    region = mix.apply(params, np.zeros_like(bg[:, :1]), np.ones_like(bg[:, :1]))[:, 0]
     rows = [("background", bg), ("foreground", fg), ("foreground mask", region), ("mixed", mixed)]
     fig, axes = plt.subplots(len(rows), args.n, figsize=(1.6 * args.n, 1.7 * len(rows)), squeeze=False)
     for r, (name, imgs) in enumerate(rows):

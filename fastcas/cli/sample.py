@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
 
@@ -41,9 +41,9 @@ def run(args) -> int:
     if args.scores:
         from fastcas.dataset.scorefile import read_scores
 
-        table = read_scores(args.scores, keys=reader.keys)
+        table = read_scores(args.scores, keys=reader.keys, labels=reader.labels)
         scores = table.cas
-    w = W.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
+    w = weights.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
     num = args.num_samples
     if num is None and args.weights in ("oversample", "undersample"):
         num = int(round(w.sum()))  # the resampled epoch size

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shuffle", type=int, metavar="SEED", default=None,
                    help="store samples in a seeded random order (better for streaming reads)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in the manifest")
+    p.add_argument("--max-classes", type=int, default=None, help="refuse integer labels >= this (default "
+                   "100,000): one stray label would otherwise make that many classes")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in OUT")
     p.add_argument("--workers", type=int, default=4, help="image-checking threads")
 
@@ -57,7 +59,8 @@ def run(args) -> int:
         samples = samples_from_items(items, skip_bad=args.skip_bad, skipped=skipped, workers=args.workers)
         total, source = len(items), str(src)
     extra = {"source": {"path": source, "shuffle": args.shuffle}, "skipped": skipped}
-    config = ShardWriterConfig(shard_size=args.shard_size, prefix=args.prefix, overwrite=args.overwrite,
+    bound = {"max_classes": args.max_classes} if args.max_classes is not None else {}
+    config = ShardWriterConfig(**bound, shard_size=args.shard_size, prefix=args.prefix, overwrite=args.overwrite,
                                class_names=tuple(names) if names else None, extra=extra)
     manifest = write_shards(samples, args.out, config, progress=True, total=total)
     print(f"wrote {manifest['num_samples']} samples in {len(manifest['shards'])} shards, "

@@ -52,7 +52,7 @@ def load_predictions(path, n: int):
             raise ValueError(f"{path}: evaluation JSON has no 'predictions' list")
         pred = np.asarray(data["predictions"])
     else:
-        pred = np.load(path)
+        pred = np.load(path, allow_pickle=False)  # a .npy of objects would unpickle
     if pred.shape != (n,):
         raise ValueError(f"{path}: {pred.shape[0] if pred.ndim else 0} predictions, the dataset has {n} samples")
     return pred.astype(np.int64)
@@ -131,7 +131,7 @@ def run(args) -> int:
         atomic_write_json(out / "stats.json", stats)
         print(f"wrote {out}/stats.json and plots")
         return 0
-    t = read_scores(args.scores, keys=reader.keys)
+    t = read_scores(args.scores, keys=reader.keys, labels=reader.labels)
     warning = random_weights_warning(t.metadata)
     if warning:
         stats["warning"] = warning

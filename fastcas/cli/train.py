@@ -39,12 +39,12 @@ FIELD_HELP = {
 
 
 def _choices() -> dict:
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights
     from fastcas.mix.params import KINDS
     from fastcas.train.models import MODELS
 
-    return {"model": list(MODELS), "weights": list(W.NAMES), "foreground_weights": list(W.NAMES),
-            "mix": ["none", *KINDS], "loss_weights": list(W.LOSS_WEIGHTS), "schedule": ["cosine", "step"],
+    return {"model": list(MODELS), "weights": list(weights.NAMES), "foreground_weights": list(weights.NAMES),
+            "mix": ["none", *KINDS], "loss_weights": list(weights.LOSS_WEIGHTS), "schedule": ["cosine", "step"],
             "device": ["auto", "cpu", "cuda"]}
 
 

@@ -40,10 +40,11 @@ from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
 from fastcas.dataset.remote import ShardCache, is_url
-from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
 
-FORMAT = "fastcas-index/1"
+FORMAT = "fastcas-index/1"  # manifest.json with per-sample lists
+FORMAT_COLUMNS = "fastcas-index/2"  # manifest.json + manifest.cols/ (fastcas.dataset.manifest)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
@@ -58,11 +59,17 @@ class IndexConfig:
     cache_dir: str | None = None
     overwrite: bool = False
     hash_local: bool = False
+    max_classes: int = MAX_CLASSES  # integer labels must be < this (fastcas.dataset.shards.MAX_CLASSES)
     extra: dict = field(default_factory=dict)
+    manifest: str = "columns"  # or "json": per-sample lists in manifest.json (the format before columns)
 
     def __post_init__(self):
+        if self.manifest not in ("columns", "json"):
+            raise ValueError(f"manifest must be 'columns' or 'json', got {self.manifest!r}")
         if not self.image_keys or any(not k or "/" in k or k.startswith(".") for k in self.image_keys):
             raise ValueError(f"image_keys must be non-empty extensions like 'jpg', got {self.image_keys!r}")
+        if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
+            raise ValueError(f"max_classes must be a positive integer, got {self.max_classes!r}")
         if not self.label_key or (self.label_key.startswith("json:") and len(self.label_key) == 5):
             raise ValueError(f"label_key must be an extension ('cls') or 'json:FIELD', got {self.label_key!r}")
 
@@ -82,7 +89,7 @@ def expand_sources(sources) -> list[str]:
     for src in sources:
         src = str(src)
         if is_url(src):
-            out += list(braceexpand(src))
+            out += _expand(braceexpand, src)
             continue
         p = Path(src)
         if p.is_dir():
@@ -91,7 +98,7 @@ def expand_sources(sources) -> list[str]:
                 raise ValueError(f"{src}: directory holds no .tar files")
             out += tars
             continue
-        names = list(braceexpand(src)) if "{" in src else [src]
+        names = _expand(braceexpand, src) if "{" in src else [src]
         if any(c in src for c in "*?["):
             names = sorted(n for pat in names for n in glob.glob(pat))
         found = [n for n in names if Path(n).is_file()]
@@ -106,6 +113,37 @@ def expand_sources(sources) -> list[str]:
         dup = next(x for x in out if out.count(x) > 1)
         raise ValueError(f"{dup}: named twice in the sources")
     return out
+
+
+#: most names one brace pattern may expand to (``{0..999999999}`` would exhaust memory)
+MAX_EXPANDED = 1_000_000
+
+
+def _brace_count(src: str) -> int:
+    """How many names ``src`` expands to, counted from its (non-nested) brace groups without
+    expanding them (braceexpand builds a whole range at once)."""
+    n = 1
+    for group in re.findall(r"\{([^{}]*)\}", src):
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?", group)
+        if m:
+            step = abs(int(m.group(3) or 1)) or 1
+            n *= abs(int(m.group(2)) - int(m.group(1))) // step + 1
+        elif "," in group:
+            n *= group.count(",") + 1
+    return n
+
+
+def _expand(braceexpand, src: str) -> list[str]:
+    import itertools
+
+    if _brace_count(src) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    names = list(itertools.islice(braceexpand(src), MAX_EXPANDED + 1))
+    if len(names) > MAX_EXPANDED:
+        raise ValueError(f"{src}: the brace pattern expands to more than {MAX_EXPANDED:,} names; "
+                         "split it or index a directory")
+    return names
 
 
 # -- one tar -----------------------------------------------------------------------------------
@@ -184,12 +222,16 @@ def _label(sample: _Sample, config: IndexConfig, data: memoryview, where: str):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{bad} {config.label_key} = {value!r} is not a non-negative integer"
                              + ("" if config.class_names else " (pass --class-names to map names)"))
+        if not config.class_names:
+            check_class_bound(value, config.max_classes, f"sample {sample.key!r} in {where}")
         return value
     text = raw.decode("utf-8", "replace").strip()
     if not text.isdigit() or not text.isascii():
         if config.class_names and text in config.class_names:
             return config.class_names.index(text)
         raise ValueError(f"{bad} {text[:40]!r} in .{ext} is not a non-negative integer")
+    if not config.class_names:
+        check_class_bound(int(text), config.max_classes, f"sample {sample.key!r} in {where}")
     return int(text)
 
 
@@ -252,8 +294,10 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+    if out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
+        _check_own_index(out)
     tars = expand_sources(sources)
     cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
     if progress:
@@ -262,12 +306,19 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
         it = tqdm(total=len(tars), unit="tar", desc=f"index {out.name}")
     scans = _scan_all(tars, config, cache, workers)
     try:
-        results = _collect(tars, scans, out, {}, it if progress else None)
+        if config.manifest == "json":
+            results = _collect(tars, scans, out, {}, it if progress else None)
+        else:
+            return _stream(tars, scans, out, config, it if progress else None)
     finally:
         scans.close()  # stops the worker processes at once on an error
         if progress:
             it.close()
     return _write(results, out, config, tars)
+
+
+def _index_name(n: int, src: str) -> str:
+    return f"{n:06d}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(src.rsplit('/', 1)[-1]).stem)}.idx"
 
 
 def _collect(tars, scans, out: Path, owner: dict, bar) -> list[dict]:
@@ -283,11 +334,96 @@ def _collect(tars, scans, out: Path, owner: dict, bar) -> list[dict]:
             if key in owner:
                 raise ValueError(f"duplicate key {key!r}: in {owner[key]} and in {src}")
             owner[key] = src
-        r["index_name"] = f"{n:06d}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(src.rsplit('/', 1)[-1]).stem)}.idx"
+        r["index_name"] = _index_name(n, src)
         results.append(r)
         if bar is not None:
             bar.set_postfix(samples=len(owner))
     return results
+
+
+def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
+    """The columnar manifest, written in bounded memory: each tar's scan goes to the columns
+    and its index to a staging directory beside ``out`` as it arrives (one tar's Python lists
+    at a time); duplicate keys are found at the end, vectorised over the key column.
+    Nothing lands in ``out`` unless every tar indexed cleanly."""
+    import shutil
+    import tempfile
+
+    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns, install, open_view
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        cols = ColumnWriter(stage / COLUMNS_DIR)
+        shards, skipped, empty, srcs = [], [], [], []
+        for n, (src, r) in enumerate(zip(tars, scans)):
+            tar = src if is_url(src) else _relative(Path(src), out)
+            if bar is not None:
+                bar.update(1)
+            skipped += r["skipped"]
+            if r["samples"] == 0:  # DALI refuses an index of 0 samples
+                empty.append(tar)
+                continue
+            c = r["cols"]
+            if config.class_names and c["labels"] and max(c["labels"]) >= len(config.class_names):
+                j = next(j for j, y in enumerate(c["labels"]) if y >= len(config.class_names))
+                raise ValueError(f"label {c['labels'][j]} of {c['keys'][j]!r} is >= the number of class names "
+                                 f"({len(config.class_names)})")
+            cols.add_many(c["keys"], c["labels"], c["image_offset"], c["image_size"], c["sizes"] or np.zeros((0, 2)),
+                          c["meta_offset"], c["meta_size"], c["image_ext"])
+            name = _index_name(n, src)
+            (stage / name).write_text(r["index"])
+            shards.append({"tar": tar, "index": name, "count": len(c["keys"]), "samples_in_tar": r["samples"],
+                           "size": r["size"], "sha256": r["sha256"]})
+            srcs.append(src)
+            if bar is not None:
+                bar.set_postfix(samples=len(cols))
+        if not len(cols):
+            raise ValueError(f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
+                             + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")"))
+        counts = cols.class_counts
+        info = cols.finish()
+        keys = Columns(stage / COLUMNS_DIR, info["num_samples"]).keys
+        starts = np.cumsum([0] + [s["count"] for s in shards])
+        tar_of = lambda i: srcs[int(np.searchsorted(starts, i, side="right") - 1)]  # noqa: E731
+        dup = keys.first_duplicate()
+        if dup is not None:
+            raise ValueError(f"duplicate key {keys[dup[0]]!r}: in {tar_of(dup[0])} and in {tar_of(dup[1])}")
+        if skipped:  # skipped samples' keys count as taken too, as in the JSON writer
+            seen: dict[str, str] = {}
+            for sk in skipped:
+                if sk["key"] in seen:
+                    raise ValueError(f"duplicate key {sk['key']!r}: in {seen[sk['key']]} and in {sk['tar']}")
+                seen[sk["key"]] = sk["tar"]
+            hit = keys.positions(list(seen))
+            if (hit >= 0).any():
+                k = list(seen)[int(np.flatnonzero(hit >= 0)[0])]
+                a, b = sorted([tar_of(int(hit[hit >= 0][0])), seen[k]], key=tars.index)
+                raise ValueError(f"duplicate key {k!r}: in {a} and in {b}")
+        del keys
+        class_names = list(config.class_names) if config.class_names else [str(k) for k in range(len(counts))]
+        counts = np.concatenate([counts, np.zeros(len(class_names) - len(counts), np.int64)])
+        content = hashlib.sha256("".join(f"{s['tar']}:{s['size']}:{s['sha256']}" for s in shards).encode()).hexdigest()
+        header = {
+            "format": FORMAT_COLUMNS, "num_samples": info["num_samples"], "shards": shards,
+            "class_names": class_names, "class_counts": counts.tolist(), "label_ext": config.label_ext,
+            "image_exts": sorted(cols.exts, key=cols.exts.get), "skipped": skipped, "empty_tars": empty,
+            "content_hash": content,
+            "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
+            "cache_dir": str(Path(config.cache_dir).resolve()) if config.cache_dir and any(is_url(t) for t in tars) else None,
+            "columns": info, **config.extra,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
+        for old in out.glob("*.idx"):
+            old.unlink()
+        for sh in shards:
+            os.replace(stage / sh["index"], out / sh["index"])
+        install(stage / COLUMNS_DIR, out)
+        atomic_write_json(out / MANIFEST, header, indent=None)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return open_view(out, header)
 
 
 def _scan_one(src: str, config: IndexConfig) -> dict:
@@ -305,18 +441,41 @@ def _scan_all(tars: list[str], config: IndexConfig, cache, workers: int):
 
         pool = ProcessPoolExecutor(min(workers, len(local)), mp_context=multiprocessing.get_context("fork"))
     try:
-        futures = {t: pool.submit(_scan_one, t, config) for t in local} if pool else {}
+        # at most a few scans in flight per worker: results wait in memory only that long
+        pending = iter(local)
+        futures: dict = {}
+
+        def top_up():
+            while pool is not None and len(futures) < 4 * workers:
+                t = next(pending, None)
+                if t is None:
+                    return
+                futures[t] = pool.submit(_scan_one, t, config)
+
         for src in tars:
+            top_up()
             if is_url(src):
                 path, size, sha = cache.fetch_hashed(src)
                 r = scan_tar(path, src, config)
                 r["size"], r["sha256"] = size, sha
                 yield r
             else:
-                yield futures[src].result() if pool else _scan_one(src, config)
+                yield futures.pop(src).result() if pool else _scan_one(src, config)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+
+
+def _check_own_index(out: Path) -> None:
+    """``--overwrite`` replaces an index this command wrote (a ``fastcas-index`` manifest), never
+    a directory of someone else's files (their own ``manifest.json`` and ``.idx`` files)."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or old.get("format") != FORMAT:
+        raise FileExistsError(f"--overwrite: {out} holds no index written by `fastcas index` ({MANIFEST} missing or "
+                              "of another format); refusing to delete its files. Choose an empty or new --out")
 
 
 def _relative(tar: Path, out: Path) -> str:
@@ -366,11 +525,15 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         **config.extra,
     }
     out.mkdir(parents=True, exist_ok=True)
+    ours = set()
+    if (out / MANIFEST).exists():  # the earlier fastcas index (checked by _check_own_index): its own .idx only
+        ours = {s.get("index") for s in json.loads((out / MANIFEST).read_text()).get("shards", [])}
     (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
     written = []
     try:
         for old in out.glob("*.idx"):
-            old.unlink()
+            if old.name in ours:
+                old.unlink()
         for r in results:
             with atomic_open(out / r["index_name"], "w") as f:
                 f.write(r["index"])

@@ -143,8 +143,26 @@ def samples_from_items(items: list[Item], *, skip_bad: bool = False, skipped: li
         except ValueError as exc:
             return None, str(exc)
 
+    # A bounded window of loads in flight (``pool.map`` would submit all N at once and keep
+    # every loaded image until it is consumed: memory growing with N).
+    from collections import deque
+
+    window = 8 * max(1, workers)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for item, (data, err) in zip(items, pool.map(load, items)):
+        inflight: deque = deque()
+        it = iter(items)
+
+        def results():
+            for item in it:
+                inflight.append((item, pool.submit(load, item)))
+                if len(inflight) >= window:
+                    head, fut = inflight.popleft()
+                    yield head, fut.result()
+            while inflight:
+                head, fut = inflight.popleft()
+                yield head, fut.result()
+
+        for item, (data, err) in results():
             if err is not None:
                 if not skip_bad:
                     raise ValueError(err)

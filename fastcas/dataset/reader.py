@@ -3,9 +3,13 @@
 ``ShardReader(path)[i]`` returns the ``i``-th sample (global order = shard order) as a
 :class:`Sample` whose ``data`` is a zero-copy ``memoryview`` into the tar's mmap, so a DALI
 external source can hand JPEG bytes to the decoder without copying them in Python.
-Setup reads the manifest and the per-shard indexes (O(N) once, 16 bytes per sample of
-offsets); every access is O(1). Pickling carries only the path and the parsed arrays, and
-workers re-open the mmaps lazily.
+A columnar manifest (:mod:`fastcas.dataset.manifest`, what ``fastcas shard`` and ``fastcas
+index`` write) is opened by mapping its columns: O(1) in N, nothing of size N as Python
+objects, the pages shared by every process on the node; ``keys`` is then a
+:class:`~fastcas.dataset.manifest.KeyColumn` and pickling carries only the path. A JSON
+manifest (per-sample lists, older datasets) is parsed with its per-shard indexes (O(N) per
+process, 16 bytes per sample of offsets); pickling then carries the parsed arrays. Every
+access is O(1); workers re-open the mmaps lazily.
 """
 from __future__ import annotations
 
@@ -23,6 +27,24 @@ from fastcas.dataset.shards import MANIFEST
 from fastcas.dataset.wdsindex import parse_index
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def _check_labels(raw, keys: list, num_classes: int, manifest: Path) -> np.ndarray:
+    """int64 [N] labels of a manifest; ShardError naming the manifest and the first bad key for a
+    label that is not an integer (``1.7``, ``"2"``, ``true``, null: never cast) or is outside
+    ``[0, num_classes)``."""
+    arr = np.asarray(raw) if len(raw) else np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        j = next((i for i, y in enumerate(raw) if isinstance(y, bool) or not isinstance(y, int)), 0)
+        shown = raw[j] if j < len(raw) else raw
+        raise ShardError(f"{manifest}: label {json.dumps(shown)[:40]} of sample {keys[j] if j < len(keys) else j!r} "
+                         "is not an integer class id")
+    bad = (arr < 0) | (arr >= num_classes)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ShardError(f"{manifest}: label {int(arr[j])} of sample {keys[j] if j < len(keys) else j!r} is outside "
+                         f"[0, {num_classes}) (the manifest's {num_classes} class names)")
+    return arr.astype(np.int64)
 
 
 class Sample(NamedTuple):
@@ -64,18 +86,23 @@ class ShardReader:
         self.manifest_path = resolve_manifest(path)
         self.root = self.manifest_path.parent
         self.on_error = on_error
+        self._cache_dir, self._cache_max_bytes = cache_dir, cache_max_bytes
         try:
             self.manifest = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise ShardError(f"{self.manifest_path}: manifest is not valid JSON ({exc})") from None
         m = self.manifest
+        self.columnar = "columns" in m
+        if self.columnar:
+            self._open_columns(m)
+            return
         for field in ("shards", "keys", "labels", "class_names"):
             if field not in m:
                 raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
         self.keys: list[str] = list(m["keys"])
-        self.labels = np.asarray(m["labels"], dtype=np.int64)
         self.class_names: list[str] = list(m["class_names"])
         self.num_classes = len(self.class_names)
+        self.labels = _check_labels(m["labels"], self.keys, self.num_classes, self.manifest_path)
         self.class_counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
         counts = [int(s["count"]) for s in m["shards"]]
         if sum(counts) != len(self.keys) or len(self.labels) != len(self.keys):
@@ -85,12 +112,12 @@ class ShardReader:
         if cache_dir is None:
             cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
         self.cache = ShardCache(cache_dir, cache_max_bytes) if any(self.shard_urls) else None
-        self.shard_paths = [self.cache.path_for(u) if u else self.root / s["tar"]
+        self.indexed = "image_offset" in m  # written by `fastcas index`
+        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", self.indexed)
                             for u, s in zip(self.shard_urls, m["shards"])]
-        self.index_paths = [self.root / s["index"] for s in m["shards"]]
+        self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = len(self.keys)
-        self.indexed = "image_offset" in m  # written by `fastcas index`
         self.sizes = np.asarray(m["sizes"], np.int64).reshape(n, 2) if m.get("sizes") else None  # displayed (w, h)
         if self.indexed:
             self._offset = np.asarray(m["image_offset"], np.int64)
@@ -120,6 +147,90 @@ class ShardReader:
                 self.broken[s] = str(exc)
         self._maps: dict[int, mmap.mmap] = {}
         self._fds: dict[int, int] = {}  # open descriptors of the mapped shards, for the size check
+
+    def _open_columns(self, m: dict) -> None:
+        """A columnar manifest (:mod:`fastcas.dataset.manifest`): map the columns, O(shards) checks."""
+        from fastcas.dataset.manifest import Columns, ManifestView
+
+        for field in ("shards", "class_names", "class_counts"):
+            if field not in m:
+                raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
+        n = int(m["columns"].get("num_samples", -1))
+        try:
+            cols = Columns(self.root / m["columns"]["dir"], n)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ShardError(f"{self.manifest_path}: {exc}") from None
+        self._columns = cols
+        self.manifest = ManifestView(m, cols)
+        self.keys = cols.keys
+        self.labels = cols.label
+        self.class_names = list(m["class_names"])
+        self.num_classes = len(self.class_names)
+        self.class_counts = np.asarray(m["class_counts"], np.int64)
+        counts = [int(s["count"]) for s in m["shards"]]
+        if sum(counts) != n or len(self.class_counts) != self.num_classes or int(self.class_counts.sum()) != n:
+            raise ShardError(f"{self.manifest_path}: shard counts ({sum(counts)}), columns ({n}) and class "
+                             f"counts ({int(self.class_counts.sum())} in {len(self.class_counts)} classes) disagree")
+        self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
+        cache_dir = self._cache_dir if self._cache_dir is not None else m.get("cache_dir")
+        self.cache = ShardCache(cache_dir, self._cache_max_bytes) if any(self.shard_urls) else None
+        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", True)
+                            for u, s in zip(self.shard_urls, m["shards"])]
+        self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.indexed = True  # member offsets come from the manifest: no index file is parsed
+        self.sizes = cols.wh
+        self._offset, self._size = cols.offset, cols.size
+        self._meta_offset, self._meta_size = cols.meta_offset, cols.meta_size
+        self.image_exts = list(m.get("image_exts", ["jpg"]))
+        self._ext = cols.ext
+        self.label_ext = m.get("label_ext", "cls")
+        self.broken = {}
+        self._prefetcher = None
+        for s in range(len(counts)):
+            try:
+                self._check_indexed_shard(s)
+            except (ShardError, FileNotFoundError) as exc:
+                if self.on_error == "raise":
+                    raise ShardError(str(exc)) from None
+                self.broken[s] = str(exc)
+        self._maps, self._fds = {}, {}
+
+    @property
+    def digest(self) -> str:
+        """A short digest of the dataset's identity (what a checkpoint must match): O(1) for a
+        columnar manifest (its content and column hashes); a JSON manifest's text otherwise."""
+        if self.columnar:
+            from fastcas.dataset.manifest import header_digest
+
+            return header_digest(self.manifest.header)
+        import hashlib
+
+        # the same value as fastcas.sampling.geometry.digest(text), so checkpoints of JSON
+        # datasets saved before columnar manifests existed still resume
+        text = self.manifest_path.read_bytes().decode("utf-8", "replace")
+        return hashlib.sha256(json.dumps(text, sort_keys=True).encode() + b"\x00").hexdigest()[:16]
+
+    def indices_of(self, keys) -> np.ndarray:
+        """int64 [M]: the sample index of each of ``keys`` (Python strings), -1 when absent."""
+        if self.columnar:
+            return self.keys.positions(list(keys))
+        where = {k: i for i, k in enumerate(self.keys)}
+        return np.array([where.get(k, -1) for k in keys], np.int64)
+
+    def _local_path(self, name, field: str, absolute_ok: bool) -> Path:
+        """A manifest's ``tar`` / ``index`` path, refused (ShardError naming the manifest) when it
+        leaves the dataset directory: fastcas writes shards and indexes inside it, except that
+        ``fastcas index`` records tars outside its OUT as absolute paths (``absolute_ok``; such a
+        tar must still be a regular file of the recorded size, checked at open)."""
+        p = Path(str(name))
+        if p.is_absolute():
+            if absolute_ok:
+                return p
+        elif ".." not in p.parts and str(name).strip():
+            return self.root / p
+        raise ShardError(f"{self.manifest_path}: shard {field} {str(name)!r} points outside the dataset directory "
+                         f"{self.root} (absolute or '..'); refused")
 
     def _load_shard(self, s: int) -> None:
         tar, idx = self.shard_paths[s], self.index_paths[s]
@@ -160,10 +271,19 @@ class ShardReader:
         tar, info = self.shard_paths[s], self.manifest["shards"][s]
         if not tar.exists():
             raise ShardError(f"{tar}: shard is missing")
+        if not tar.is_file():
+            raise ShardError(f"{tar}: shard is not a regular file")
         size = tar.stat().st_size
         if info.get("size") is not None and size != info["size"]:
             raise ShardError(f"{tar}: shard changed since `fastcas index` ({size:,} bytes, the manifest "
                              f"recorded {info['size']:,}); re-run `fastcas index`")
+        lo, hi = int(self.starts[s]), int(self.starts[s + 1])
+        ends = np.maximum(self._offset[lo:hi] + self._size[lo:hi], self._meta_offset[lo:hi] + self._meta_size[lo:hi])
+        if hi > lo and (ends.max() > size or self._offset[lo:hi].min() < 512):
+            j = lo + int(np.argmax((ends > size) | (self._offset[lo:hi] < 512)))
+            raise ShardError(f"{self.manifest_path}: sample {self.keys[j]!r} lies outside its tar {tar} (offset "
+                             f"{int(self._offset[j])}, ends at byte {int(ends[j - lo])}, the tar has {size:,} bytes): "
+                             "the manifest does not describe this tar; re-run `fastcas index`")
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``, downloading a remote shard into the cache first."""
@@ -196,6 +316,9 @@ class ShardReader:
             fd = os.open(self.local_shard(s), os.O_RDONLY)
             try:
                 m = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                # random access: a fault reads the member's pages, not a readahead window of
+                # the tar (which made each process hold ~0.5 MB of pages per shard it touched)
+                m.madvise(mmap.MADV_RANDOM)
             except BaseException:
                 os.close(fd)
                 raise
@@ -226,7 +349,10 @@ class ShardReader:
         if self.indexed:
             # foreign tars: long names live in pax/GNU headers, so compare what fits the field
             expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
-            ok = expected is None or len(expected.encode()) > 100 or name == expected
+            # non-ASCII names live in a pax header too; the ustar field holds what the writer could
+            # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
+            ok = (expected is None or len(expected.encode()) > 100 or name == expected
+                  or (not expected.isascii() and name == expected.encode("ascii", "replace").decode()))
         else:
             ok = name.split(".", 1)[0] == self.keys[i]
         if not ok:
@@ -256,11 +382,21 @@ class ShardReader:
 
     # -- pickling: drop the mmaps, workers re-open them ------------------------------------
     def __getstate__(self):
+        if getattr(self, "columnar", False):
+            # the columns re-map in the receiving process (O(1)); never pickle N-sized data
+            return {"_reopen": (str(self.manifest_path), self.on_error, self._cache_dir, self._cache_max_bytes)}
         state = self.__dict__.copy()
         state["_maps"] = {}
         state["_fds"] = {}
         state["_prefetcher"] = None
         return state
+
+    def __setstate__(self, state):
+        if "_reopen" in state:
+            path, on_error, cache_dir, cache_max = state["_reopen"]
+            self.__init__(path, on_error=on_error, cache_dir=cache_dir, cache_max_bytes=cache_max)
+            return
+        self.__dict__.update(state)
 
     def close(self) -> None:
         self._prefetcher = None

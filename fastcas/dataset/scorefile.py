@@ -85,10 +85,12 @@ def _check_finite(path, name: str, column, keys: list) -> None:
                          f"first at key {keys[i]!r} ({name} = {what})")
 
 
-def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
+def read_scores(path, keys: list[str] | None = None, labels=None) -> ScoreTable:
     """Read a score file; with ``keys`` (a dataset's key order) check it matches, naming the
-    first mismatching key, and return rows in that order. A missing (null), NaN, infinite or
-    fractional ``label`` or ``cas`` is a ``ValueError`` naming the file and the first bad key."""
+    first mismatching key, and return rows in that order; with ``labels`` (the dataset's, in
+    ``keys`` order) check the file's labels equal them, naming the first key that differs. A
+    missing (null), NaN, infinite or fractional ``label`` or ``cas``, a key in two rows, or (with
+    ``keys``: a file used for a dataset) a CAS below 1 (a CAS is a sum of ranks, each >= 1) is a ``ValueError`` naming the file and key."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -104,12 +106,34 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
             raise ValueError(f"{path}: score file has no column {c!r}")
     raw = (t.schema.metadata or {}).get(b"fastcas")
     meta = json.loads(raw) if raw else {}
-    file_keys = t.column("key").to_pylist()
+    joined = keys is not None and not isinstance(keys, list)  # a manifest's KeyColumn
+    if joined:
+        from fastcas.dataset.manifest import KeyColumn, arrow_keys
+
+        try:
+            file_keys = KeyColumn(*arrow_keys(t.column("key")))  # no Python string per key
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    else:
+        file_keys = t.column("key").to_pylist()
     attr_cols = sorted(c for c in names if c.startswith("attr_"))
     attrs = np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
     for c in ("label", "cas"):
         _check_finite(path, c, t.column(c), file_keys)
-    labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
+    file_labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)
+    if keys is not None and len(cas) and cas.min() < 1:  # (per-rank parts hold CAS 0 until the merge ranks them)
+        i = int(np.argmin(cas))
+        raise ValueError(f"{path}: CAS {int(cas[i])} at key {file_keys[i]!r} is below 1 (a CAS is a sum of ranks, "
+                         "each >= 1; a weight of 0 would silently exclude the sample)")
+    if joined:
+        return _check_labels(path, _join(path, keys, file_keys, file_labels, cas, attrs, meta), labels)
+    if len(set(file_keys)) != len(file_keys):
+        seen: dict = {}
+        for i, k in enumerate(file_keys):
+            if k in seen:
+                raise ValueError(f"{path}: key {k!r} appears in two rows ({seen[k]} and {i}); a score file holds "
+                                 "one row per sample")
+            seen[k] = i
     if keys is not None:
         if len(keys) != len(file_keys) or keys != file_keys:
             pos = {k: i for i, k in enumerate(file_keys)}
@@ -119,8 +143,45 @@ def read_scores(path, keys: list[str] | None = None) -> ScoreTable:
                 raise ValueError(f"{path}: scores do not match the dataset: key {first!r} "
                                  f"({len(file_keys)} scored samples, dataset has {len(keys)})")
             order = np.array([pos[k] for k in keys])
-            file_keys, labels, cas, attrs = list(keys), labels[order], cas[order], attrs[order]
-    return ScoreTable(file_keys, labels, cas, attrs, meta)
+            file_keys, file_labels, cas, attrs = list(keys), file_labels[order], cas[order], attrs[order]
+    return _check_labels(path, ScoreTable(file_keys, file_labels, cas, attrs, meta), labels)
+
+
+def _check_labels(path, table: ScoreTable, labels) -> ScoreTable:
+    """``table`` when ``labels`` (the dataset's, in key order) is None or equals its labels;
+    else a ValueError naming the first key whose label differs."""
+    if labels is None:
+        return table
+    want, file_labels = np.asarray(labels, np.int64), table.labels
+    diff = np.flatnonzero(want != file_labels) if len(want) == len(file_labels) else [0]
+    if len(diff):
+        i = int(diff[0])
+        raise ValueError(f"{path}: scores do not match the dataset's labels: key {table.keys[i]!r} has label "
+                         f"{int(file_labels[i])} in the score file, {int(want[i])} in the dataset "
+                         f"({len(diff)} of {len(want)} rows differ); score this dataset again")
+    return table
+
+
+def _join(path, keys, file_keys, labels, cas, attrs, meta) -> ScoreTable:
+    """Rows of a score file in a manifest's key order, joined in bulk by
+    :meth:`fastcas.dataset.manifest.KeyColumn.lookup` (vectorised hashes, no dict of N strings);
+    the same checks and messages as the list path of :func:`read_scores`."""
+    at = keys.lookup(file_keys.offsets, file_keys.blob)  # file row -> manifest index, -1 absent
+    hit = at[at >= 0]
+    if len(np.unique(hit)) != len(hit):
+        values, counts = np.unique(hit, return_counts=True)
+        rows = np.flatnonzero(at == values[counts > 1][0])[:2]
+        raise ValueError(f"{path}: key {file_keys[int(rows[0])]!r} appears in two rows ({rows[0]} and {rows[1]}); "
+                         "a score file holds one row per sample")
+    row = np.full(len(keys), -1, np.int64)
+    row[at[at >= 0]] = np.flatnonzero(at >= 0)
+    if len(keys) != len(file_keys) or (row < 0).any() or (at < 0).any():
+        first = keys[int(np.argmax(row < 0))] if (row < 0).any() else file_keys[int(np.argmax(at < 0))]
+        raise ValueError(f"{path}: scores do not match the dataset: key {first!r} "
+                         f"({len(file_keys)} scored samples, dataset has {len(keys)})")
+    if not np.array_equal(row, np.arange(len(row))):
+        labels, cas, attrs = labels[row], cas[row], attrs[row]
+    return ScoreTable(keys, labels, cas, attrs, meta)
 
 
 def merge_parts(parts: list, out) -> ScoreTable:

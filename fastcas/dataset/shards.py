@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +25,12 @@ import numpy as np
 
 from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, ManifestView, install, open_view
 from fastcas.dataset.wdsindex import Member, format_index
 
 MANIFEST = "manifest.json"
-FORMAT = "fastcas-shards/1"
+FORMAT = "fastcas-shards/1"  # manifest.json with per-sample lists
+FORMAT_COLUMNS = "fastcas-shards/2"  # manifest.json + manifest.cols/ (fastcas.dataset.manifest)
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _BLOCK = 512
 
@@ -43,19 +46,39 @@ class RawSample:
     source: str = ""  # where it came from, for error messages
 
 
+#: default bound on the number of classes a dataset's labels may imply (labels 0..MAX_CLASSES-1):
+#: one stray label (``50000000``) would otherwise make that many classes and a manifest of
+#: hundreds of MB, or a MemoryError; ImageNet-21k has 21,841. ``max_classes`` raises it.
+MAX_CLASSES = 100_000
+
+
+def check_class_bound(label: int, max_classes: int, where: str) -> None:
+    if label >= max_classes:
+        raise ValueError(f"label {label:,} of {where} would make {label + 1:,} classes, more than max_classes "
+                         f"{max_classes:,} (pass --max-classes to allow more, or fix the label)")
+
+
 @dataclass(frozen=True)
 class ShardWriterConfig:
     shard_size: int = 1000
     prefix: str = "shard"
     overwrite: bool = False
     class_names: tuple[str, ...] | None = None
+    max_classes: int = MAX_CLASSES  # labels must be < this (without class_names), see MAX_CLASSES
     extra: dict = field(default_factory=dict)  # copied into the manifest (source, skipped, ...)
+    # "columns": memory-mapped columns beside a small manifest.json (fastcas.dataset.manifest);
+    # "json": per-sample lists inside manifest.json (the format before columns; small datasets)
+    manifest: str = "columns"
 
     def __post_init__(self):
+        if self.manifest not in ("columns", "json"):
+            raise ValueError(f"manifest must be 'columns' or 'json', got {self.manifest!r}")
         if int(self.shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if not _KEY_RE.match(self.prefix):
             raise ValueError(f"prefix must match {_KEY_RE.pattern}, got {self.prefix!r}")
+        if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
+            raise ValueError(f"max_classes must be a positive integer, got {self.max_classes!r}")
 
 
 def check_key(key: str, source: str = "") -> str:
@@ -120,8 +143,10 @@ class _ShardSink:
             blob = json.dumps(s.meta, sort_keys=True, separators=(",", ":")).encode()
             members.append(_member(self._tar, f"{s.key}.json", blob))
         self._index.append(members)
+        shard = len(self.shards)
         if len(self._index) >= self.config.shard_size:
             self.close()
+        return shard, members
 
     def close(self):
         if self._tar is None:
@@ -133,7 +158,7 @@ class _ShardSink:
             f.write(format_index(self._index))
         self.shards.append(
             {"tar": f"{self.name}.tar", "index": index_name, "count": len(self._index),
-             "sha256": self._hash.hexdigest()}
+             "sha256": self._hash.hexdigest(), "size": (self.out / f"{self.name}.tar").stat().st_size}
         )
         self._tar = None
 
@@ -170,6 +195,7 @@ def _prepare_out(out: Path, overwrite: bool, prefix: str) -> None:
             p.unlink()
         for p in out.glob(f"{prefix}-*.idx"):
             p.unlink()
+        shutil.rmtree(out / COLUMNS_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -188,10 +214,7 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
     _prepare_out(out, config.overwrite, config.prefix)
     width = len(str(max(len(config.class_names) - 1, 0))) if config.class_names else 4
     sink = _ShardSink(out, config, width)
-    keys: list[str] = []
-    labels: list[int] = []
-    sizes: list[tuple[int, int]] = []  # displayed (w, h) from the header; (0, 0) if unreadable
-    seen: dict[str, str] = {}
+    cols = ColumnWriter(out / f".{COLUMNS_DIR}.partial")
     it: Iterator = iter(samples)
     if progress:
         from tqdm import tqdm
@@ -203,40 +226,56 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
                 s = RawSample(*s)
             check_key(s.key, s.source)
             label = check_label(s.label, s.source or s.key)
-            if s.key in seen:
-                raise ValueError(f"duplicate key {s.key!r}: {seen[s.key] or 'earlier sample'} and {s.source or 'a later sample'}")
             if not len(s.data):
                 raise ValueError(f"sample {s.key!r} ({s.source}) has no image bytes")
+            if not config.class_names:
+                check_class_bound(label, config.max_classes, f"sample {s.key!r}" + (f" ({s.source})" if s.source else ""))
             if config.class_names and label >= len(config.class_names):
                 raise ValueError(f"label {label} of {s.key!r} is >= the number of class names ({len(config.class_names)})")
-            seen[s.key] = s.source
             if label != s.label:
                 s = RawSample(s.key, s.data, label, s.meta, s.source)
-            sink.add(s)
-            keys.append(s.key)
-            labels.append(label)
+            _, members = sink.add(s)
             header = imagehdr.read(s.data)
-            sizes.append(header.display_size if header else (0, 0))
+            meta = members[2] if len(members) > 2 else None
+            cols.add(s.key, label, members[1].offset, members[1].size, header.display_size if header else (0, 0),
+                     meta.offset if meta else -1, meta.size if meta else 0, "jpg")
         sink.close()
+        if not len(cols):
+            raise ValueError(f"no samples to write to {out} (empty input)")
+        counts = cols.class_counts
+        info = cols.finish()
+        # duplicates are found once, vectorised over the finished key column (a set of N
+        # Python strings would grow without bound)
+        view = Columns(cols.dir, info["num_samples"])
+        dup = view.keys.first_duplicate()
+        if dup is not None:
+            raise ValueError(f"duplicate key {view.keys[dup[0]]!r}: samples {dup[0]} and {dup[1]} of the input")
     except BaseException:
         sink.abort()
+        cols.abort()
         raise
-    if not keys:
-        raise ValueError(f"no samples to write to {out} (empty input)")
-    num_classes = len(config.class_names) if config.class_names else max(labels) + 1
+    num_classes = len(config.class_names) if config.class_names else len(counts)
     class_names = list(config.class_names) if config.class_names else [str(k) for k in range(num_classes)]
     content = hashlib.sha256("".join(s["sha256"] for s in sink.shards).encode()).hexdigest()
-    manifest = {
-        "format": FORMAT,
-        "num_samples": len(keys),
+    header = {
+        "format": FORMAT if config.manifest == "json" else FORMAT_COLUMNS,
+        "num_samples": info["num_samples"],
         "shards": sink.shards,
         "class_names": class_names,
-        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
-        "keys": keys,
-        "labels": labels,
-        "sizes": [list(wh) for wh in sizes],
+        "class_counts": np.concatenate([counts, np.zeros(num_classes - len(counts), np.int64)]).tolist(),
+        "image_exts": ["jpg"],
         "content_hash": content,
         **config.extra,
     }
-    atomic_write_json(out / MANIFEST, manifest)
-    return manifest
+    if config.manifest == "json":
+        view = ManifestView({**header, "columns": info}, view)
+        manifest = {**header, "keys": view["keys"], "labels": view["labels"], "sizes": view["sizes"]}
+        del manifest["image_exts"]
+        atomic_write_json(out / MANIFEST, manifest)
+        shutil.rmtree(cols.dir)
+        return manifest
+    del view
+    install(cols.dir, out)
+    header["columns"] = info
+    atomic_write_json(out / MANIFEST, header)
+    return open_view(out, header)

@@ -7,6 +7,7 @@ processes. Only the execution engine differs.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from fastcas.loading.pipeline import EVAL_CROP_FRACTION
 from fastcas.loading.source import SampleSource
 
 
-class _Positions:
+class Positions:
     """A map-style dataset over the positions of one epoch."""
 
     def __init__(self, source: SampleSource, image_size: int, train: bool, dtype: str):
@@ -50,53 +51,69 @@ class _Positions:
     def __getitem__(self, pos):
         import torch
 
-        out = self.source(SimpleNamespace(idx_in_epoch=int(pos), epoch_idx=0))
-        items = []
-        for s in range(len(self.source.config.streams)):
-            jpeg, label, window, flip = out[4 * s : 4 * s + 4]
-            items += [self._image(jpeg, window, int(flip[0])), torch.from_numpy(label)]
-        items.append(torch.from_numpy(out[-1]))
-        return tuple(items)
+        layout = self.source.layout  # no paste: the baseline mixes after the DataLoader
+        out = layout.named(self.source(SimpleNamespace(idx_in_epoch=int(pos), epoch_idx=0)))
+        items = {"skipped": torch.from_numpy(out["skipped"])}
+        for s in range(layout.streams):
+            jpeg, label, window, flip = (out[f"{f}{s}"] for f in ("jpegs", "labels", "windows", "flips"))
+            items.update({f"images{s}": self._image(jpeg, window, int(flip[0])), f"labels{s}": torch.from_numpy(label)})
+        return layout.pack(items, "pipeline")
+
+
+class TorchvisionBackend:
+    """``DataLoader`` over the positions of one epoch (``py_workers`` worker processes),
+    decoded with PIL and transformed with torchvision v2 (:mod:`fastcas.loading.baseline`)."""
+
+    name = "torchvision"
+    mixes_in_graph = False
+
+    def __init__(self):
+        self.pipe = None  # the DataLoader
+        self.built = None
+        self._it = None
+
+    def build(self, source, cfg, device: str) -> None:
+        import torch
+
+
+        self.close()
+        # the DataLoader's sampler starts at the step; the dataset addresses positions from 0
+        start = source.config.offset
+        source = SampleSource(dataclasses.replace(source.config, offset=0))
+        ds = Positions(source, cfg.image_size, cfg.train, cfg.dtype)
+        if cfg.py_workers:
+            gc.collect()  # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
+        self.pipe = torch.utils.data.DataLoader(
+            ds, batch_size=cfg.batch_size, sampler=range(start, len(ds)), num_workers=cfg.py_workers,
+            persistent_workers=False, prefetch_factor=4 if cfg.py_workers else None,
+            pin_memory=device == "cuda")  # page-locked batches: the copy to the GPU is truly asynchronous
+        self._it, self.device, self.built = iter(self.pipe), device, (source, None)
+
+    def run(self) -> list:
+        layout = self.built[0].layout
+        out = layout.named(next(self._it), "pipeline")
+        if self.device == "cuda":  # from pinned memory; the skipped-sample column stays on the host
+            out = {k: (v if k == "skipped" else v.cuda(non_blocking=True)) for k, v in out.items()}
+        return list(layout.pack(out, "pipeline"))
+
+    def reset(self) -> None:
+        self._it = iter(self.pipe)
+
+    def decode_probe(self):
+        return None  # PIL raises at the failing sample itself: nothing to quarantine
+
+    def prefetch_depth(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.pipe, self._it = None, None
+
 
 
 class TorchvisionLoader(Loader):
-    """Drop-in twin of :class:`fastcas.Loader` on ``torch.utils.data.DataLoader``.
-    ``py_workers`` is the number of DataLoader worker processes."""
+    """Drop-in twin of :class:`fastcas.Loader` on ``torch.utils.data.DataLoader`` (the
+    :class:`~fastcas.loading.backends.TorchvisionBackend`). ``py_workers`` is the number of
+    DataLoader worker processes. Mixing, targets, state and resume are the Loader's own."""
 
-    def _paste_spec(self):
-        return None  # no DALI graph: CutMix is applied after the DataLoader, like every other mix
-
-    def _build(self):
-        import torch
-
-        cfg = self.config
-        self.close()
-        source = SampleSource(self._source_config(self.epoch, 0))  # same stream geometry as the Loader
-        ds = _Positions(source, cfg.image_size, cfg.train, cfg.dtype)
-        start = self.step * cfg.batch_size
-        sampler = range(start, len(ds))
-        if cfg.py_workers:
-            gc.collect()  # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
-        dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
-                                         num_workers=cfg.py_workers, persistent_workers=False,
-                                         prefetch_factor=4 if cfg.py_workers else None,
-                                         # page-locked batches: the copy to the GPU is truly asynchronous
-                                         pin_memory=self.device == "cuda")
-        self._pipe = _DataLoaderPipe(dl, self.device)
-        self._pipe_at = (self.epoch, self.step)
-
-
-class _DataLoaderPipe:
-    """Gives a DataLoader the ``run``/``reset`` shape of a DALI pipeline."""
-
-    def __init__(self, dl, device):
-        self.dl, self.device, self.it = dl, device, iter(dl)
-
-    def run(self):
-        out = next(self.it)
-        if self.device == "cuda":  # from pinned memory; the skipped-sample column stays on the host
-            out = [t.cuda(non_blocking=True) for t in out[:-1]] + [out[-1]]
-        return out
-
-    def reset(self):
-        self.it = iter(self.dl)
+    def __init__(self, dataset, batch_size: int, **options):
+        super().__init__(dataset, batch_size, backend=TorchvisionBackend(), **options)

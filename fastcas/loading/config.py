@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastcas.sampling import weights as W
 from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
-
-MIX_KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
-LAST_BATCH = ("drop", "partial", "pad")
+from fastcas.mix.params import KINDS as MIX_KINDS
+from fastcas.mix.params import MODES
+from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
+from fastcas.mix.saliency import METHODS as SALIENCY_METHODS
+from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
+from fastcas.sampling.geometry import LAST_BATCH
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
@@ -40,11 +42,10 @@ def _check_mix_options(mix: str | None, options) -> None:
     unknown = sorted(set(options) - set(MIX_OPTIONS[mix]))
     if unknown:
         raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
-    if options.get("mode", "elem") not in ("elem", "batch"):
-        raise ValueError(f"mix_options mode must be 'elem' or 'batch', got {options['mode']!r}")
-    if options.get("saliency", "finegrained") not in ("spectral", "finegrained", "opencv", "spectral-residual",
-                                                      "fine-grained"):
-        raise ValueError("mix_options saliency must be 'finegrained', 'opencv' or 'spectral', "
+    if options.get("mode", "elem") not in MODES:
+        raise ValueError(f"mix_options mode must be {' or '.join(map(repr, MODES))}, got {options['mode']!r}")
+    if options.get("saliency", "finegrained") not in (*SALIENCY_METHODS, *SALIENCY_ALIASES):
+        raise ValueError(f"mix_options saliency must be {', '.join(map(repr, SALIENCY_METHODS))}, "
                          f"got {options['saliency']!r}")
     for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
         if key in options:
@@ -109,8 +110,8 @@ class LoaderConfig:
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
-            if value not in W.NAMES:
-                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(W.NAMES)}")
+            if value not in WEIGHT_NAMES:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(WEIGHT_NAMES)}")
         if self.mix not in (None, "none", *MIX_KINDS):
             raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KINDS)}")
         if self.last_batch not in LAST_BATCH:

@@ -25,13 +25,13 @@ def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe) -> 
     fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
     fresh._trace = []
     try:
-        out = fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx))
+        out = fresh.layout.named(fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx)))
     except StopIteration:
         return []
     trace = fresh._trace
     bad, k = [], 0
     for s in range(len(source.config.streams)):
-        jpegs, windows = out[4 * s], out[4 * s + 2]
+        jpegs, windows = out[f"jpegs{s}"], out[f"windows{s}"]
         for j, jpeg in enumerate(jpegs):
             reason = probe(jpeg, windows[j])
             if reason is not None:

@@ -30,14 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.loading import workers
-from fastcas.sampling import weights as W
 from fastcas.sampling.geometry import StreamGeometry, check_same, digest
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.sampling.weights import concentration_warning
+from fastcas.loading.backends import DaliBackend
+from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
 
-from fastcas.loading.config import (LAST_BATCH, MIX_KINDS, MIX_OPTIONS, LoaderConfig,  # noqa: F401
-                                   resolve_device)
+from fastcas.loading.config import LoaderConfig, resolve_device
+
+
+_ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
 
 
 def _saliency_method(mix_options: dict) -> str:
@@ -57,8 +61,11 @@ class Loader:
     """
 
     def __init__(self, dataset, batch_size: int, *, scores=None, rank: int | None = None,
-                 world_size: int | None = None, **options):
+                 world_size: int | None = None, backend=None, **options):
         self.config = LoaderConfig(batch_size=batch_size, **options)
+        # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
+        self.backend = DaliBackend() if backend is None else backend
+        self._stage = None  # the prefetch thread of the current iteration
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
@@ -70,6 +77,7 @@ class Loader:
             raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
+        self._scores_id = None  # the score file's content hash, when scores came from one
         self.scores = self._load_scores(scores)
         self.streams = self._make_streams()
         self.geometry = None
@@ -94,8 +102,10 @@ class Loader:
         self.epoch, self.step = 0, 0
         self.skipped: dict[str, int] = {}
         self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
-        self._pipe = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
+        self._built: tuple[int, int] | None = None  # (epoch, step) the backend was last built at
+        self._paste = self._paste_spec()
+        self._layout = BatchLayout(len(self.streams), None if self._paste is None else self._paste.kind)
 
     # -- construction ----------------------------------------------------------------------
     def _load_scores(self, scores):
@@ -106,20 +116,34 @@ class Loader:
                 raise ValueError("weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)")
             return None
         if isinstance(scores, (str, os.PathLike)):
-            from fastcas.dataset.scorefile import read_scores
+            from fastcas.dataset.derived import score_column
 
-            return read_scores(scores, keys=self.reader.keys).cas
+            # joined by key once per node, then a memory-mapped column shared by every process
+            cas, self._scores_id = score_column(self.reader, scores)
+            return cas
         return np.asarray(scores, np.float64)
 
     def _sampler(self, name: str, stream: int = 0):
         cfg = self.config
-        w = W.make(name, self.reader.labels, scores=self.scores, b=cfg.b, r=cfg.r)
         num = cfg.epoch_length or len(self.reader)
         common = dict(seed=cfg.seed, stream=stream, rank=self.rank, world_size=self.world_size,
                       batch_size=cfg.batch_size)
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
-        return WeightedSampler(w, num, **common)
+        from fastcas.sampling.shared import shared_cdf
+
+        # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
+        cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
+                             b=cfg.b, r=cfg.r)
+        if cdf is None:
+            return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
+        # the weights' concentration, from the shared CDF (one vectorised pass, no private copy kept)
+        msg = concentration_warning(np.diff(cdf, prepend=0.0), self.reader.keys, f"weights {name!r}")
+        if msg:
+            import warnings
+
+            warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
+        return WeightedSampler.from_cdf(cdf, num, weights_digest=wd, **common)
 
     def _make_streams(self) -> tuple:
         cfg = self.config
@@ -160,24 +184,24 @@ class Loader:
         pos = self.positions(step, epoch)
         n = len(pos)
         source = SampleSource(dataclasses.replace(self._source_config(epoch, 0), paste=None))  # params come below
-        out = source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64))
+        out = source.layout.named(source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64)))
         ns = len(self.streams)
         indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
                    for s in self.streams]
         res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
                "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
-               "labels": [out[4 * s + 1].reshape(-1) for s in range(ns)],
-               "windows": [out[4 * s + 2] for s in range(ns)], "flips": [out[4 * s + 3].reshape(-1) for s in range(ns)]}
+               "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
+               "windows": [out[f"windows{s}"] for s in range(ns)], "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)]}
         kind = self.config.mix_kind
         if kind:
-            from fastcas import mix as M
+            from fastcas import mix
 
-            partner = None if ns == 2 else M.pair_partner(pos)
+            partner = None if ns == 2 else mix.pair_partner(pos)
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
             if kind == "saliencymix":
                 c, S = self.config, self.config.image_size
-                drawn, mixed, _ = M.params.saliency_draws(c.seed, epoch, pos, S, S, c.alpha, c.mix_prob,
+                drawn, mixed, _ = mix.params.saliency_draws(c.seed, epoch, pos, S, S, c.alpha, c.mix_prob,
                                                           c.mix_options.get("mode", "elem"))
                 res.update(params=None, drawn=drawn, mixed=mixed)
             else:
@@ -188,10 +212,22 @@ class Loader:
     def __len__(self) -> int:
         return self.steps
 
+    def _check_not_iterating(self, what: str) -> None:
+        """A live iteration keeps reading the stream it started with: changing the epoch or
+        state under it would make ``state_dict`` describe another stream (resume diverges)."""
+        owner = getattr(self, "_iter_owner", None)
+        if owner is not None and owner.is_alive():
+            raise RuntimeError(f"Loader.{what} during an iteration (epoch {self.epoch}, step {self.step} of "
+                               f"{self.steps}): finish the epoch or close the iterator first (e.g. leave the for "
+                               "loop), then call it before the next iter(loader)")
+
     def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` at its first step at the next ``iter(loader)``. RuntimeError during
+        an iteration (call it between epochs)."""
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         if int(epoch) != self.epoch:
+            self._check_not_iterating(f"set_epoch({int(epoch)})")
             self.epoch, self.step = int(epoch), 0
 
     # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
@@ -202,7 +238,7 @@ class Loader:
     def _config_digest(self) -> dict:
         cfg = self.config
         if "dataset" not in self._digests:
-            self._digests["dataset"] = digest(self.reader.manifest_path.read_bytes().decode("utf-8", "replace"))
+            self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
             self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
                                                for s in self.streams], cfg.b, cfg.r)
         return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
@@ -211,6 +247,13 @@ class Loader:
                 "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
                 "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
                 "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
+
+    def _legacy_weights_digest(self) -> str:
+        """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
+        computed only to accept an older checkpoint."""
+        parts = [("sequential" if not hasattr(s, "_cdf") else
+                  digest("uniform", s.n) if s._cdf is None else digest(np.asarray(s._cdf))) for s in self.streams]
+        return digest(parts, self.config.b, self.config.r)
 
     def state_dict(self) -> dict:
         """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
@@ -233,6 +276,7 @@ class Loader:
         epoch starts the next epoch. Evaluation loaders and states without ``position``
         (older fastcas) continue at ``step`` with the same world size only."""
         cfg = self.config
+        self._check_not_iterating("load_state_dict")
         if state.get("seed", cfg.seed) != cfg.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
         if self.geometry is None or "position" not in state:
@@ -251,6 +295,9 @@ class Loader:
                                  f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
                                  f"size {self.world_size} use a per-rank batch of "
                                  f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
+            if saved.get("weights_digest") not in (None, now["weights_digest"]) and \
+                    saved["weights_digest"] == self._legacy_weights_digest():
+                now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
             check_same(saved, now, self._STREAM_KEYS, where)
             step = self.geometry.step_at(int(state["position"]), where)
             if 0 < step < self.steps:
@@ -259,8 +306,8 @@ class Loader:
         self.skipped = dict(state.get("skipped", {}))
         quarantine = set()
         if state.get("quarantine"):
-            where = {k: i for i, k in enumerate(self.reader.keys)}
-            quarantine = {where[k] for k in state["quarantine"] if k in where}
+            at = self.reader.indices_of(state["quarantine"])
+            quarantine = {int(i) for i in at if i >= 0}
         if quarantine != self._quarantine:
             self._quarantine = quarantine
             self.close()  # the pipeline's source carries the quarantine: rebuild
@@ -272,8 +319,8 @@ class Loader:
             dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
-            quarantine=frozenset(getattr(self, "_quarantine", ())), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste_spec())
+            quarantine=frozenset(self._quarantine), max_pixels=cfg.max_pixels,
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste)
 
     def _paste_spec(self) -> PasteSpec | None:
         """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's
@@ -283,6 +330,8 @@ class Loader:
         CPU pipelines (the saliency and box as DALI Numba operators, :mod:`fastcas.mix.graph_ops`)."""
         cfg = self.config
         opts = cfg.mix_options
+        if not self.backend.mixes_in_graph:
+            return None  # e.g. the torchvision baseline: mixed by torch after it, like every other mix
         if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
             return None
         if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
@@ -295,36 +344,19 @@ class Loader:
                          mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0))
 
     def _build(self, step: int | None = None):
-        """A pipeline whose next batch is ``step`` (default: the next one consumed) of this epoch."""
-        from fastcas.loading.pipeline import PipelineConfig, build_pipeline
-
-        cfg = self.config
+        """Build the backend so that its next batch is ``step`` (default: the next one
+        consumed) of this epoch."""
         step = self.step if step is None else int(step)
         self.close()
-        source = SampleSource(self._source_config(self.epoch, step))
-        device_id = None
-        if self.device == "cuda":
-            import torch
-
-            device_id = torch.cuda.current_device()
-        pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
-                              device=self.device, device_id=device_id, num_threads=cfg.num_threads,
-                              py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
-        with workers.die_with_parent():  # workers forked here exit when this process dies
-            self._pipe = build_pipeline(source, pcfg)
-        self._watch = workers.WorkerWatch(self._pipe)
-        self._pipe_at = (self.epoch, step)
-        self._built = (source, pcfg, self.epoch, step)  # for fastcas.loading.faults after a decode error
+        self.backend.build(SampleSource(self._source_config(self.epoch, step)), self.config, self.device)
+        self._pipe_at = self._built = (self.epoch, step)
 
     def _run(self):
-        """One batch from the pipeline; a dead worker raises WorkerDiedError (never hangs)
+        """One batch from the backend; a dead worker raises WorkerDiedError (never hangs)
         and closes the pipeline, so the next ``iter(loader)`` rebuilds it at this step."""
-        from fastcas.loading import pipeline
-
         while True:
             try:
-                with getattr(self, "_watch", None) or workers.NO_WATCH:
-                    return pipeline.run(self._pipe, self.device)
+                return self.backend.run()
             except workers.WorkerDiedError:
                 self.close()
                 raise
@@ -342,19 +374,20 @@ class Loader:
 
         from fastcas.core.errors import CorruptSampleError, FastcasError
         from fastcas.loading.faults import undecodable
-        from fastcas.loading.pipeline import DecodeProbe
 
-        built = getattr(self, "_built", None)
-        if built is None or isinstance(exc, FastcasError):  # fastcas's own errors already say what failed
+        if self._built is None or self.backend.built is None or isinstance(exc, FastcasError):
+            return False  # fastcas's own errors already say what failed
+        probe = self.backend.decode_probe()
+        if probe is None:  # this backend reports the failing sample itself
             return False
-        source, pcfg, epoch0, step0 = built
+        source = self.backend.built[0]
+        epoch0, step0 = self._built
         epoch_idx = self.epoch - epoch0
         at = self._pipe_at[1] if self._pipe_at else self.step  # the batch that failed (the producer's)
         first = at - (step0 if epoch_idx == 0 else 0)
-        probe = DecodeProbe(pcfg.device, pcfg.device_id)
         bad = []
         try:
-            for k in range(1 + pcfg.prefetch):  # the failed batch, else one DALI had prefetched
+            for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
                 bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
                 if bad:
                     break
@@ -384,10 +417,25 @@ class Loader:
         stream); the training thread only takes finished batches."""
         from fastcas.loading.prefetch import Prefetcher
 
+        me = threading.current_thread()
+        with _ITER_LOCK:  # one consumer at a time: two threads would share one pipeline and position
+            owner = getattr(self, "_iter_owner", None)
+            if owner is not None and owner is not me and owner.is_alive():
+                raise RuntimeError(f"this Loader is already being iterated by thread {owner.name!r}; a Loader "
+                                   "serves one consumer: build one Loader per thread (or per rank)")
+            self._iter_owner = me
+        try:
+            yield from self._iterate(Prefetcher)
+        finally:
+            with _ITER_LOCK:
+                if getattr(self, "_iter_owner", None) is me:
+                    self._iter_owner = None
+
+    def _iterate(self, Prefetcher):
         self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
         if self.step >= self.steps:  # a finished epoch: the next one starts
             self.epoch, self.step = self.epoch + 1, 0
-        if self._pipe is None or self._pipe_at != (self.epoch, self.step):
+        if self.backend.pipe is None or self._pipe_at != (self.epoch, self.step):
             self._build()
         start, stage = self.step, None
         if self.config.prefetch:
@@ -405,8 +453,6 @@ class Loader:
         """Finished batches from ``step`` to the end of the epoch (the producer side). Keeps
         ``_pipe_at`` = where the pipeline is, so a consumer that stops early (or a prefetcher
         that ran ahead) makes the next ``iter()`` rebuild at the step it really wants."""
-        from fastcas.loading import pipeline
-
         epoch = self.epoch
         while step < self.steps:
             try:
@@ -421,7 +467,7 @@ class Loader:
             while True:
                 self._run()
         except StopIteration:
-            pipeline.reset(self._pipe)
+            self.backend.reset()
         self._pipe_at = (epoch + 1, 0)
 
     def _finish(self, out, step: int | None = None):
@@ -437,18 +483,19 @@ class Loader:
         cfg = self.config
         step = self.step if step is None else step
         n = self._last_size if step == self.steps - 1 else cfg.batch_size
-        skipped = out[-1][:n].reshape(-1).numpy()  # a host output: no device round trip
+        out = self._layout.named(out, "pipeline")
+        skipped = out["skipped"][:n].reshape(-1).numpy()  # a host output: no device round trip
         bad = [self.reader.keys[i] for i in skipped[skipped >= 0]]
         if bad:
             warn_skipped(bad, self.skipped)
-        images = out[0][:n]
+        images = out["images0"][:n]
         dev = images.device
 
         def to_dev(t):
             return pipeline.to_device(t, dev)
 
         # labels are a host output even of a GPU pipeline: they follow the images' device
-        labels = to_dev(out[1][:n].reshape(-1))
+        labels = to_dev(out["labels0"][:n].reshape(-1))
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
@@ -456,32 +503,32 @@ class Loader:
             if cfg.label_smoothing:
                 return images, self._smooth(labels)
             return images, labels
-        from fastcas import mix as M
+        from fastcas import mix
 
         # every parameter is keyed by the samples' global positions (fastcas.sampling.geometry)
         positions = self.positions(step)[:n]
-        if self._paste_spec() is not None:  # mixed by DALI: targets from the lam it applied
-            lam = to_dev(out[-2][:n].reshape(-1))
+        if self._layout.mix is not None:  # mixed by DALI: targets from the lam it applied
+            lam = to_dev(out["lam"][:n].reshape(-1))
             if len(self.streams) == 2:
-                y_fg = to_dev(out[2][:n].reshape(-1))
+                y_fg = to_dev(out["labels1"][:n].reshape(-1))
             else:
-                y_fg = labels[to_dev(torch.from_numpy(M.pair_partner(positions)))]
-            return images, M.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
+                y_fg = labels[to_dev(torch.from_numpy(mix.pair_partner(positions)))]
+            return images, mix.targets_from_lam(lam, labels, y_fg, self.num_classes, cfg.label_smoothing)
         if len(self.streams) == 2:
-            fg, y_fg = out[2][:n], to_dev(out[3][:n].reshape(-1))
+            fg, y_fg = out["images1"][:n], to_dev(out["labels1"][:n].reshape(-1))
             if cfg.channels_last:
                 fg = fg.permute(0, 3, 1, 2)
         else:
-            perm = to_dev(torch.from_numpy(M.pair_partner(positions)))
+            perm = to_dev(torch.from_numpy(mix.pair_partner(positions)))
             fg, y_fg = images[perm], labels[perm]
         params = self._device_params(self.epoch, positions, images.shape[-1], fg, to_dev)
-        mixed = M.apply(params, images, fg)
-        targets = M.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
+        mixed = mix.apply(params, images, fg)
+        targets = mix.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets
 
     def _device_params(self, epoch: int, positions, size: int, fg, to_dev):
         """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
-        from fastcas.mix import device as D
+        from fastcas.mix import device as mix_device
 
         cfg = self.config
         if cfg.mix_kind == "saliencymix":
@@ -490,18 +537,18 @@ class Loader:
 
             # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
             # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
-            return D.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
+            return mix_device.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
                                      alpha=cfg.alpha, prob=cfg.mix_prob, to_device=to_dev, **cfg.mix_options)
-        return D.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
+        return mix_device.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
 
     def _mix_params(self, epoch: int, positions, size: int, **extra):
         """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,
         position) only. ``device``: FMix masks are built where the images are, from noise
         drawn on the host."""
-        from fastcas import mix as M
+        from fastcas import mix
 
         cfg = self.config
-        return M.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
+        return mix.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
                                 prob=cfg.mix_prob, **extra, **cfg.mix_options)
 
     def _smooth(self, labels):
@@ -514,18 +561,17 @@ class Loader:
     def _stop_stage(self) -> None:
         """Stop the prefetch thread of an earlier iteration, unless called from that thread
         (the producer closes and rebuilds the pipeline itself after a decode error)."""
-        stage = getattr(self, "_stage", None)
+        stage = self._stage
         if stage is not None and stage._thread is not threading.current_thread():
             self._stage = None
             stage.close()
 
     def close(self) -> None:
         """Stop the prefetch thread, the DALI pipeline and its worker processes."""
+        if "backend" not in self.__dict__:  # construction failed before the backend existed
+            return
         self._stop_stage()
-        watch, self._watch = getattr(self, "_watch", None), None
-        if watch is not None:
-            watch.close()
-        self._pipe = None  # dropping the last reference stops DALI and its workers
+        self.backend.close()
         self._pipe_at = None
 
     def __del__(self):

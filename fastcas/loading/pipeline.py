@@ -105,8 +105,10 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     S = cfg.image_size
     streams = len(source.config.streams)
     parallel = cfg.py_workers > 0
-    paste = bool(source.paste_outputs())
-    mix_types = {"lam": types.FLOAT64, "masks": types.UINT8}  # the other mixing outputs are int32
+    layout = source.layout
+    paste = layout.mix is not None
+    dali_types = {"uint8": types.UINT8, "int32": types.INT32, "int64": types.INT64, "float32": types.FLOAT,
+                  "float64": types.FLOAT64}
 
     def normalise(img, mirror=0):
         return fn.crop_mirror_normalize(
@@ -120,13 +122,13 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                   exec_dynamic=True)
     def pipe():
         # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
-        raw = fn.external_source(source=source, num_outputs=source.num_outputs(), batch=True, batch_info=True,
-                                 parallel=parallel, prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
-                                 dtype=[types.UINT8, types.INT64, types.FLOAT, types.INT32] * streams
-                                 + [mix_types.get(k, types.INT32) for k in source.paste_outputs()] + [types.INT64])
+        raw = layout.named(fn.external_source(
+            source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
+            prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
+            dtype=[dali_types[d] for d in layout.source_dtypes()]), "source")
         images, labels = [], []
         for s in range(streams):
-            jpeg, label, window, flip = raw[4 * s : 4 * s + 4]
+            jpeg, label, window, flip = (raw[f"{f}{s}"] for f in ("jpegs", "labels", "windows", "flips"))
             # ROI decode of the crop window (the whole image in evaluation)
             img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device=decoder_device,
                                           output_type=types.RGB, axis_names="WH")
@@ -143,7 +145,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             images.append((img, mirror))
             labels.append(label)
         if paste:
-            args = dict(zip(source.paste_outputs(), raw[4 * streams : -1]))
+            args = {k: raw[k] for k in layout.paste}
             lam, bg = args.pop("lam"), images[0][0]
             kind = source.config.paste.kind
             if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
@@ -168,12 +170,13 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                     mixed = bg ^ ((bg ^ fg) & masks)
                 else:  # the same select as one vectorised Numba pass (DALI's CPU arithmetic broadcasts slowly)
                     mixed = _graph_op("fmix_select")(bg, fg, args["masks"])
-            return (normalise(mixed), *labels, lam, raw[-1])
-        outs = []
-        for (img, mirror), label in zip(images, labels):
-            outs += [normalise(img, mirror), label]
-        outs.append(raw[-1])
-        return tuple(outs)
+            named = {"images0": normalise(mixed), "lam": lam, "skipped": raw["skipped"]}
+            named.update({f"labels{s}": label for s, label in enumerate(labels)})
+            return layout.pack(named, "pipeline")
+        named = {"skipped": raw["skipped"]}
+        for s, ((img, mirror), label) in enumerate(zip(images, labels)):
+            named.update({f"images{s}": normalise(img, mirror), f"labels{s}": label})
+        return layout.pack(named, "pipeline")
 
     if parallel and worker_start_method(gpu) == "fork":
         # a forked worker inherits every unreachable object not yet collected here; an earlier,
@@ -207,7 +210,7 @@ def _make_graph_op(name: str):
     from nvidia.dali import types
     from nvidia.dali.plugin.numba import NumbaFunction
 
-    from fastcas.mix import graph_ops as G
+    from fastcas.mix import graph_ops
 
     i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
     spec = {  # out_types, in_types, outs_ndim, ins_ndim
@@ -215,7 +218,7 @@ def _make_graph_op(name: str):
         "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
         "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
     }[name]
-    return NumbaFunction(run_fn=getattr(G, name), setup_fn=getattr(G, name + "_setup"), out_types=spec[0],
+    return NumbaFunction(run_fn=getattr(graph_ops, name), setup_fn=getattr(graph_ops, name + "_setup"), out_types=spec[0],
                          in_types=spec[1], outs_ndim=spec[2], ins_ndim=spec[3], device="cpu")
 
 

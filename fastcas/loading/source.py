@@ -16,6 +16,7 @@ import numpy as np
 from fastcas.dataset import imagehdr
 from fastcas.loading.augment import augment_key, crop_windows, flips
 from fastcas.core.errors import CorruptSampleError
+from fastcas.loading.layout import BatchLayout
 
 
 class SequentialIndex:
@@ -109,22 +110,11 @@ class SampleSource:
                                        cache_max_bytes=self.config.cache_max_bytes)
         return self._reader
 
-    def num_outputs(self) -> int:
-        return 4 * len(self.config.streams) + len(self.paste_outputs()) + 1
-
-    def paste_outputs(self) -> tuple:
-        """Names of the in-graph mixing outputs (before the skipped column), see
-        :meth:`_paste`; the partner's index only for one stream (a two-stream recipe takes its
-        foreground from the second stream)."""
+    @property
+    def layout(self) -> BatchLayout:
+        """The names of :meth:`batch`'s outputs (:class:`fastcas.loading.layout.BatchLayout`)."""
         p = self.config.paste
-        if p is None:
-            return ()
-        one = len(self.config.streams) == 1
-        if p.kind == "cutmix":
-            return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
-        if p.kind == "saliencymix":
-            return (("in_ids",) if one else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
-        return (("partner",) if one else ()) + ("masks", "lam")
+        return BatchLayout(len(self.config.streams), None if p is None else p.kind)
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
         """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
@@ -157,12 +147,12 @@ class SampleSource:
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
     def batch(self, epoch: int, positions: np.ndarray) -> tuple:
-        """Outputs for this rank's local ``positions`` of one batch, vectorised: per stream
-        (jpegs: list of uint8 arrays, labels int64 [B, 1], windows float32 [B, 4], flips int32
-        [B, 1]); with ``paste``, the in-graph mixing outputs (:meth:`_paste`); then skipped
-        int64 [B, streams]."""
+        """Outputs for this rank's local ``positions`` of one batch, vectorised, in the order
+        of :attr:`layout` (``source_names``): per stream jpegs (list of uint8 arrays), labels
+        int64 [B, 1], windows float32 [B, 4], flips int32 [B, 1]; with ``paste``, the in-graph
+        mixing outputs (:meth:`_paste`); then skipped int64 [B, streams]."""
         c = self.config
-        outs, skipped = [], []
+        outs, skipped = {}, []
         # rank-local positions -> global positions of the epoch's one stream (training)
         g = None if c.geometry is None else c.geometry.local_to_global(positions, c.rank)
         for s, sampler in enumerate(c.streams):
@@ -180,16 +170,17 @@ class SampleSource:
             else:
                 windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
                 flip = np.zeros((n, 1), np.int32)
-            outs += [[f[0] for f in fetched], np.array([[f[1]] for f in fetched], np.int64), windows, flip]
+            outs.update({f"jpegs{s}": [f[0] for f in fetched], f"labels{s}": np.array([[f[1]] for f in fetched], np.int64),
+                         f"windows{s}": windows, f"flips{s}": flip})
             skipped.append([f[3] for f in fetched])
         if c.paste is not None:
-            outs += self._paste(epoch, positions, positions if g is None else g)
-        outs.append(np.array(skipped, np.int64).T.copy())
-        return tuple(outs)
+            outs.update(self._paste(epoch, positions, positions if g is None else g))
+        outs["skipped"] = np.array(skipped, np.int64).T.copy()
+        return self.layout.pack(outs, "source")
 
-    def _paste(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+    def _paste(self, epoch: int, local: np.ndarray, g: np.ndarray) -> dict:
         """In-graph mixing outputs of one batch (one step: ``local`` rank-local, ``g`` global
-        positions), by name (:meth:`paste_outputs`): ``in_ids`` int32 [B, 2], ``anchors`` and
+        positions), by name (``layout.paste``): ``in_ids`` int32 [B, 2], ``anchors`` and
         ``shapes`` int32 [B, 2, 2] (CutMix, :func:`fastcas.mix.paste_args`); ``partner`` int32
         [B, 1] and ``masks`` uint8 [B, S, S, 1] (FMix); ``lam`` float64 [B, 1]. SaliencyMix:
         ``in_ids``, and ``anchors`` / ``shapes`` / ``lam`` of an unmixed sample (the graph fills
@@ -200,41 +191,41 @@ class SampleSource:
         mixed)``. Only the step's real samples
         pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
         and is dropped)."""
-        from fastcas import mix as M  # the parameter generators only (pure functions of keys)
+        from fastcas import mix  # the parameter generators only (pure functions of keys)
 
         c, p = self.config, self.config.paste
         if p.kind == "saliencymix":
             return self._saliency(epoch, local, g)
         opts = {"decay": p.decay} if p.kind == "fmix" else {}
-        params = M.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
+        params = mix.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
                                   mode=p.mode, **opts)
         partner = self._partner(local, g)
         out = {"lam": params.lam.reshape(-1, 1)}
         if p.kind == "cutmix":
-            out["in_ids"], out["anchors"], out["shapes"] = M.paste_args(params.boxes, p.size, p.size, partner)
+            out["in_ids"], out["anchors"], out["shapes"] = mix.paste_args(params.boxes, p.size, p.size, partner)
         else:
             # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
             out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
             if partner is not None:
                 out["partner"] = partner.astype(np.int32).reshape(-1, 1)
-        return [out[k] for k in self.paste_outputs()]
+        return {k: out[k] for k in self.layout.paste}  # two streams: no in-batch partner ids
 
     def _partner(self, local: np.ndarray, g: np.ndarray):
         """In-batch partners (local indices int64 [B]) of one stream's step, or None for two
         streams: the step's real samples pair by :func:`fastcas.mix.pair_partner`, padding with
         itself."""
-        from fastcas import mix as M
+        from fastcas import mix
 
         c = self.config
         if len(c.streams) != 1:
             return None
         n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
-        return np.concatenate([M.pair_partner(g[:n]), np.arange(n, len(g))])
+        return np.concatenate([mix.pair_partner(g[:n]), np.arange(n, len(g))])
 
-    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> list:
+    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> dict:
         """SaliencyMix's outputs (see :meth:`_paste`): the draws of
         :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste`` arguments."""
-        from fastcas import mix as M
+        from fastcas import mix
         from fastcas.mix.params import saliency_draws
 
         c, p = self.config, self.config.paste
@@ -245,11 +236,11 @@ class SampleSource:
             ids = np.full(len(g), ids[0] if len(g) else 0)
         need = np.zeros((len(g), 1), np.int32)  # only the peaks some mixed sample's box is centred on
         need[ids[mixed], 0] = 1
-        in_ids, anchors, shapes = M.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
+        in_ids, anchors, shapes = mix.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
         out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need, "anchors": anchors,
                "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
                "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
-        return [out[k] for k in self.paste_outputs()]
+        return {k: out[k] for k in self.layout.paste}
 
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""

@@ -144,15 +144,6 @@ def box_lam(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return 1.0 - area / float(height * width)
 
 
-def random_boxes(generator: np.random.Generator, lam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """CutMix boxes (clovaai ``rand_bbox``), one per sample, uniform integer centre."""
-    n = len(lam)
-    cut_h, cut_w = cut_sizes(lam, height, width)
-    cy = generator.integers(0, height, size=n)
-    cx = generator.integers(0, width, size=n)
-    return boxes_at(cy, cx, cut_h, cut_w, height, width)
-
-
 def _draw_common(generator, batch_size, alpha, prob, mode):
     """(drawn lam [B], mixed [B]); in batch mode one value broadcast to the batch."""
     n = 1 if mode == "batch" else batch_size

@@ -104,7 +104,8 @@ class WeightedSampler:
     """
 
     def __init__(self, weights, num_samples: int | None = None, *, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None, replacement: bool = True, stream: int = 0, batch_size: int = 1):
+                 world_size: int | None = None, replacement: bool = True, stream: int = 0, batch_size: int = 1,
+                 weights_digest: str | None = None):
         rank, world_size = _dist_defaults(rank, world_size)
         if world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -136,9 +137,40 @@ class WeightedSampler:
         self.epoch = 0
         self._start_step = 0   # a resumed epoch starts at this step
         self._yielded = 0      # this rank's draws handed out by __iter__ in this epoch
+        if weights_digest is not None:
+            self._weights_digest = str(weights_digest)  # O(1) identity given by the caller
         if self._cdf is not None:
-            self._total = float(self._cdf[-1])
-            self._last = int(np.flatnonzero(np.diff(np.concatenate([[0.0], self._cdf])) > 0)[-1])
+            self._set_cdf(self._cdf)
+
+    def _set_cdf(self, cdf) -> None:
+        self._cdf = cdf
+        self._total = float(cdf[-1])
+        # the last sample of positive weight: where the CDF first reaches its total (O(log N))
+        self._last = int(np.searchsorted(cdf, cdf[-1], side="left"))
+
+    @classmethod
+    def from_cdf(cls, cdf, num_samples: int | None = None, *, weights_digest: str, **kwargs) -> "WeightedSampler":
+        """A weighted sampler over a precomputed float64 CDF [N] (``np.cumsum`` of checked
+        weights, e.g. memory-mapped and shared by every process, see
+        :mod:`fastcas.dataset.derived`); ``weights_digest`` names the weights in checkpoints.
+        Draws equal those of ``WeightedSampler(weights, ...)`` with the same weights.
+        A memory-mapped CDF pickles as its path (spawned DALI workers map the same pages)."""
+        s = cls(len(cdf), num_samples, weights_digest=weights_digest, **kwargs)
+        s._set_cdf(cdf)
+        return s
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        cdf = state.get("_cdf")
+        if isinstance(cdf, np.memmap) and cdf.filename and cdf.shape == np.load(cdf.filename, mmap_mode="r").shape:
+            state["_cdf"] = ("mmap", cdf.filename)
+        return state
+
+    def __setstate__(self, state):
+        cdf = state.get("_cdf")
+        if isinstance(cdf, tuple) and cdf and cdf[0] == "mmap":
+            state["_cdf"] = np.load(cdf[1], mmap_mode="r", allow_pickle=False)
+        self.__dict__.update(state)
 
     # -- the stream ------------------------------------------------------------------------
     @property

@@ -259,3 +259,26 @@ def loss_weights(counts, kind: str = "inverse", *, beta: float | None = None, fa
     else:
         raise ValueError(f"unknown loss weights {kind!r}; expected one of {', '.join(LOSS_WEIGHTS)}")
     return w * C / w.sum()
+
+
+#: effective sample size (as a fraction of N) below which :func:`concentration_warning` speaks
+ESS_WARN_FRACTION = 0.01
+
+
+def concentration_warning(w, keys=None, name: str = "weights") -> str | None:
+    """A warning when sampling weights ``w`` (float [N], >= 0) concentrate the draws on a few
+    samples: the effective sample size ``(sum w)**2 / sum w**2`` (Kish) below
+    :data:`ESS_WARN_FRACTION` of N (class-balanced weights of ImageNet-LT keep about a quarter
+    of N), or one sample taking over half of the draws (N >= 4: small sets too). Names the heaviest sample (``keys[i]``) and its share. None otherwise."""
+    w = np.asarray(w, np.float64)
+    n, total = len(w), float(w.sum()) if len(w) else 0.0
+    if n < 2 or total <= 0:
+        return None
+    p = w / total
+    ess = 1.0 / float(np.dot(p, p))
+    if ess >= ESS_WARN_FRACTION * n and not (n >= 4 and p.max() > 0.5):
+        return None
+    i = int(np.argmax(p))
+    who = repr(keys[i]) if keys is not None else f"index {i}"
+    return (f"{name}: the draws concentrate on few samples: effective sample size {ess:.1f} of {n} "
+            f"({ess / n:.2%}); sample {who} alone takes {p[i]:.1%} of the draws (check the score file)")

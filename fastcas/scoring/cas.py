@@ -133,11 +133,11 @@ def sampling_statistics(cas_values, b: float = 1.2, *, draws: int = 0, seed: int
         raise ValueError("no CAS values to summarise")
     if (c <= 0).any():
         raise ValueError(f"CAS values must be positive for CAS ** b weights, min is {c.min()}")
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights
 
-    ws = {"uniform": np.ones(len(c)), "cas_weighted": W.cas(c, b)}
+    ws = {"uniform": np.ones(len(c)), "cas_weighted": weights.cas(c, b)}
     if labels is not None:
-        ws["cmo"] = W.cmo(labels, r)
+        ws["cmo"] = weights.cmo(labels, r)
     out = {"b": b, **({"r": r} if labels is not None else {})}
     n_draws = len(c) if draws == -1 else int(draws)
     for name, w in ws.items():

@@ -218,7 +218,7 @@ def _bind_local_gpu(device: str) -> int | None:
     """Under torchrun, each rank scores on its own GPU: ``torch.cuda.set_device(LOCAL_RANK)``
     before anything touches CUDA (the encoder, nvJPEG and the DALI loader all use the current
     device). Returns the ordinal, or None on the CPU."""
-    from fastcas.loading.loader import resolve_device
+    from fastcas.loading.config import resolve_device
 
     if resolve_device(device) != "cuda":
         return None

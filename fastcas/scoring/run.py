@@ -157,7 +157,7 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
         work_dir = Path(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
         for k, p in enumerate(chunk_files(work_dir, rank, world_size, batch_size, decoder)):
-            with np.load(p) as z:
+            with np.load(p, allow_pickle=False) as z:
                 chunk = (z["indices"], z["features"])
             want = np.concatenate(plan[k * chunk_batches : (k + 1) * chunk_batches] or [np.zeros(0, np.int64)])
             if not np.array_equal(chunk[0], want):

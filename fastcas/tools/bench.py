@@ -106,7 +106,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     the per-round ratios), train_thread_ms_per_batch}], "device"}``."""
     import torch
 
-    from fastcas.loading.loader import resolve_device
+    from fastcas.loading.config import resolve_device
 
     device = resolve_device(cfg.device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

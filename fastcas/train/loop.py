@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.core.io import atomic_write_bytes, atomic_write_json
 from fastcas.train.metrics import accuracy_report
 from fastcas.train.models import MODELS
@@ -80,8 +80,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"unknown schedule {self.schedule!r}; expected cosine or step")
-        if self.loss_weights not in W.LOSS_WEIGHTS:
-            raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(W.LOSS_WEIGHTS)}")
+        if self.loss_weights not in sample_weights.LOSS_WEIGHTS:
+            raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(sample_weights.LOSS_WEIGHTS)}")
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -125,7 +125,7 @@ class _Dist:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        from fastcas.loading.loader import resolve_device
+        from fastcas.loading.config import resolve_device
 
         device = resolve_device(device)
         self.device = device
@@ -230,6 +230,22 @@ def _save_report(out: Path, epoch: int, report: dict, class_names) -> None:
     atomic_write_bytes(out / f"eval-epoch{epoch:03d}.png", buf.getvalue())
 
 
+def write_metrics_line(path: Path, line: dict) -> None:
+    """Append one evaluation ``line`` (with ``epoch``) to ``metrics.jsonl``, atomically, after
+    dropping earlier lines of that epoch or later ones: a run killed after writing an epoch's line
+    but before its checkpoint evaluates that epoch again on ``--resume``, and the file keeps
+    one line per epoch (a torn last line of an older, non-atomic writer is dropped too)."""
+    kept = []
+    if path.exists():
+        for text in path.read_text().splitlines():
+            try:
+                if json.loads(text).get("epoch", -1) < line["epoch"]:
+                    kept.append(text)
+            except (ValueError, AttributeError):
+                continue
+    atomic_write_bytes(path, "".join(t + "\n" for t in kept + [json.dumps(line)]).encode())
+
+
 def _amp_dtype(cfg: TrainConfig, device: str):
     """Autocast dtype, or None for full precision: bfloat16 where the GPU supports it (no loss
     scaler, hence no host synchronisation per step), float16 with a GradScaler otherwise."""
@@ -241,13 +257,14 @@ def _amp_dtype(cfg: TrainConfig, device: str):
 
 
 def _load_checkpoint(path) -> dict:
-    """A checkpoint's contents on the host, whatever device wrote it. The model and optimizer
-    states are copied to their parameters' device by ``load_state_dict``; the torch RNG state
-    must stay a CPU ByteTensor (``map_location=<cuda>`` moved it to the GPU and
+    """A checkpoint's contents on the host, whatever device wrote it, loaded safely
+    (:func:`fastcas.train.rundir.load_checkpoint`: ``weights_only=True``). The model and
+    optimizer states are copied to their parameters' device by ``load_state_dict``; the torch
+    RNG state must stay a CPU ByteTensor (``map_location=<cuda>`` moved it to the GPU and
     ``torch.set_rng_state`` raised "RNG state must be a torch.ByteTensor")."""
-    import torch
+    from fastcas.train.rundir import load_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_checkpoint(path)
 
 
 def _restore_rng(saved) -> None:
@@ -281,7 +298,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     if cfg.val_scores and val is not None:
         from fastcas.dataset.scorefile import read_scores
 
-        val_cas = read_scores(cfg.val_scores, keys=val.reader.keys).cas
+        val_cas = read_scores(cfg.val_scores, keys=val.reader.keys, labels=val.reader.labels).cas
     model = build_model(cfg.model, reader.num_classes).to(dist.device)
     if cfg.channels_last and dist.device == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -294,12 +311,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no scaler
     if dist.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune once
-    class_w = torch.as_tensor(W.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
+    class_w = torch.as_tensor(sample_weights.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
     ones = torch.ones_like(class_w)
     epoch, global_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path)
+        state = run_dir.state if run_dir.state is not None else _load_checkpoint(ckpt_path)
+        run_dir.state = None  # not kept for the whole run
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -313,9 +331,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         if dist.rank != 0:
             return
         buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": loader.epoch, "global_step": global_step, "loader": loader.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, buf)
+        from fastcas.train.rundir import plain_state
+
+        # tensors and plain Python types only: the checkpoint loads with weights_only=True
+        torch.save(plain_state({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "scaler": scaler.state_dict(), "epoch": loader.epoch, "global_step": global_step,
+                                "loader": loader.state_dict(), "torch_rng": torch.get_rng_state(),
+                                "config": asdict(cfg)}), buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
 
     report: dict = {}
@@ -333,7 +355,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         for images, targets in loader:
             progress = epoch + (loader.step - 1) / steps_per_epoch  # this batch's start (step counts it)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(cfg, progress)
+                g["lr"] = float(_lr_at(cfg, progress))  # a Python float: checkpoints hold no NumPy objects
             if targets.dtype == torch.int64:
                 targets = F.one_hot(targets, reader.num_classes).float()
             with torch.autocast(dist.device, enabled=use_amp, dtype=amp_dtype or torch.bfloat16):
@@ -368,8 +390,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             report.update(epoch=epoch, loss=loss.item(), seconds=time.time() - t0)
             if dist.rank == 0:
                 _save_report(out, epoch, report, reader.class_names)
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({k: v for k, v in report.items() if k != "per_class"}) + "\n")
+                write_metrics_line(out / "metrics.jsonl", {k: v for k, v in report.items() if k != "per_class"})
                 print(f"epoch {epoch}: " + " ".join(f"{g} {_r4(report.get(g))}" for g in ("top1", "many", "medium", "few"))
                       + f" loss {loss.item():.3f}", flush=True)
         elif val is None and dist.rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):

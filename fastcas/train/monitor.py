@@ -143,7 +143,7 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     """Write ``OUT/monitor-epochNNN.json`` / ``.png`` for ``loader``'s draws of ``epoch``
     (this rank's share; one entry per stream: background, and foreground for two-stream
     recipes). ``scores``: the score file, for the per-attribute tables."""
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights as sample_weights
     from fastcas.core.io import atomic_write_bytes, atomic_write_json
 
     cfg, reader = loader.config, loader.reader
@@ -152,7 +152,7 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     out = Path(out)
     reports = {}
     for stream, (name, drawn) in zip(("background", "foreground"), zip(names, loader.sampler_indices(epoch))):
-        w = W.make(name, reader.labels, scores=loader.scores, b=cfg.b, r=cfg.r)
+        w = sample_weights.make(name, reader.labels, scores=loader.scores, b=cfg.b, r=cfg.r)
         reports[stream] = {"weights": name, **drawn_report(reader.labels, drawn, w, class_names=reader.class_names,
                                                            **att)}
     atomic_write_json(out / f"monitor-epoch{epoch:03d}.json", {"epoch": epoch, "streams": reports})

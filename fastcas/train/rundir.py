@@ -10,8 +10,10 @@ written to ``OUT``:
    is no lock; on network file systems ``flock`` is as reliable as the server's locking.)
 2. **Non-empty OUT.** Without ``resume`` or ``overwrite``, an ``OUT`` holding anything but
    ``.lock`` (and a bare ``run.json`` left by a run that failed before its first checkpoint)
-   is refused. ``overwrite`` deletes the earlier run's files: every regular file at the top
-   level of ``OUT`` (checkpoint, model, metrics, reports; sub-directories are left alone).
+   is refused. ``overwrite`` deletes the earlier run's files, and only those: ``OUT`` must hold a
+   fastcas ``run.json`` and only names a run writes (checkpoint, model, metrics, reports, see
+   ``_RUN_FILES``; sub-directories are left alone); anything else (a mistyped ``--out .``)
+   refuses the overwrite and deletes nothing.
 3. **Resume.** ``resume`` needs ``OUT/checkpoint.pt`` (else an error naming it) and a
    configuration compatible with the saved one (``OUT/run.json``, written by every run; for
    checkpoints older than ``run.json`` the checkpoint's own ``config``). Every
@@ -35,8 +37,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
+
+from fastcas.core.errors import FastcasError
 
 LOCK_NAME = ".lock"
 RUN_FILE = "run.json"
@@ -104,8 +109,9 @@ def config_changes(saved: dict, cfg, world_size: int) -> tuple[list[str], list[s
 class RunDir:
     """The claimed ``OUT``; holds the lock (rank 0) until :meth:`release` or process exit."""
 
-    def __init__(self, out: Path, fd: int | None):
+    def __init__(self, out: Path, fd: int | None, state: dict | None = None):
         self.out, self._fd = out, fd
+        self.state = state  # the checkpoint a resume continues from (loaded and checked once)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -134,13 +140,67 @@ def _lock(out: Path) -> int | None:
     return fd
 
 
-def _saved_record(out: Path) -> dict:
+class CheckpointError(FastcasError, ValueError):
+    """A checkpoint cannot be loaded safely (not a checkpoint, truncated, or holding Python
+    objects other than tensors and plain types); the message names the file."""
+
+
+#: what every checkpoint written by :func:`fastcas.train.loop.train` holds
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "epoch", "global_step", "loader", "torch_rng")
+
+
+def plain_state(obj):
+    """``obj`` with NumPy scalars and arrays replaced by Python numbers and lists (recursively
+    through dicts, lists and tuples; tensors kept): what :func:`load_checkpoint` accepts."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {plain_state(k): plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_state(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint's contents on the host, loaded with ``torch.load(weights_only=True)``:
+    only tensors and plain Python types (dict, list, tuple, str, int, float, bool, None) are
+    rebuilt, so a crafted pickle cannot run code (no safe-globals allow-list is needed:
+    fastcas saves no other type). :class:`CheckpointError` naming ``path`` for a file that is
+    not a checkpoint, is truncated, or holds other objects. ``map_location="cpu"``: the torch
+    RNG state must stay a CPU ByteTensor (``load_state_dict`` moves the rest)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's safe unpickler met an opcode or global it refuses
+        text = str(exc)
+        why = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0][:200] if "WeightsUnpickler" in text \
+            else text.split("\n")[0][:200]
+        raise CheckpointError(f"{path}: refused to load: not a checkpoint of tensors and plain types only ({why}); "
+                              "a pickle of other objects could run code, so nothing in it was run (fastcas "
+                              "checkpoints never hold such objects: this file is damaged or not fastcas's)") from None
+    except Exception as exc:  # truncated zip, random bytes: torch raises RuntimeError, EOFError, IndexError, ...
+        raise CheckpointError(f"{path}: not a readable fastcas checkpoint (truncated or not written by torch.save: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a fastcas training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def _saved_record(out: Path, state: dict | None = None) -> dict:
     run = out / RUN_FILE
     if run.exists():
         return json.loads(run.read_text())
-    import torch  # a checkpoint written before run.json existed: its own config
-
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    # a checkpoint written before run.json existed: its own config
+    state = state if state is not None else load_checkpoint(out / CHECKPOINT)
     return {"config": state.get("config", {})}
 
 
@@ -151,6 +211,34 @@ def _leftovers(out: Path) -> list[str]:
     return names
 
 
+#: names a training run writes at the top of OUT (all that ``overwrite`` deletes)
+_RUN_FILES = re.compile(r"^(run\.json|checkpoint\.pt|model\.pt|final\.json|metrics\.jsonl|"
+                        r"(eval|monitor)-epoch\d{3,}\.(json|png)|\..+\.tmp)$")
+
+
+def _run_file(name: str) -> bool:
+    return bool(_RUN_FILES.match(name))
+
+
+def _check_owned(out: Path, left: list[str]) -> None:
+    """``overwrite`` deletes an earlier run, never a user's files: ``OUT`` must hold a fastcas
+    ``run.json`` (every run writes it first) and nothing but files a run writes."""
+    record = None
+    try:
+        record = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(record, dict) or "config" not in record:
+        raise ValueError(f"--overwrite: {out} is not a fastcas run directory (no {RUN_FILE} of a run); refusing "
+                         f"to delete its files ({', '.join(left[:5])}{', ...' if len(left) > 5 else ''}). "
+                         "Choose an empty or new --out")
+    foreign = [n for n in left if not _run_file(n) and not (out / n).is_dir()]
+    if foreign:
+        raise ValueError(f"--overwrite: {out} holds files no fastcas run wrote ({', '.join(foreign[:5])}"
+                         f"{', ...' if len(foreign) > 5 else ''}); refusing to replace the run there. Move them "
+                         "away or choose another --out")
+
+
 def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_size: int = 1) -> RunDir:
     """Lock ``cfg.out`` and check it may be used (see the module docstring); ``ValueError``
     naming the directory otherwise. Ranks other than 0 only check a resume's configuration."""
@@ -158,9 +246,10 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if rank != 0:
+        state = None
         if resume:
-            _check_resume(out, cfg, world_size)
-        return RunDir(out, None)
+            state, _ = _check_resume(out, cfg, world_size)
+        return RunDir(out, None, state)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +258,9 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
         record = {"config": asdict(cfg), "world_size": world_size, "global_batch": cfg.batch_size * world_size,
                   "dataset_hash": _dataset_hash(cfg.train), "resumed": []}
         if resume:
-            allowed = _check_resume(out, cfg, world_size)
+            # the checkpoint is loaded (safely) before run.json records a resume: a bad one
+            # leaves run.json as it was
+            run.state, allowed = _check_resume(out, cfg, world_size)
             if (out / RUN_FILE).exists():
                 record["resumed"] = json.loads((out / RUN_FILE).read_text()).get("resumed", [])
             record["resumed"].append({"changed": allowed})
@@ -181,9 +272,11 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
                 shown = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
                 raise ValueError(f"--out {out} is not empty ({shown}): pass --resume to continue that run "
                                  "or --overwrite to replace it, or choose another --out")
+            if left:  # overwrite: only a fastcas run directory, and only the files a run writes
+                _check_owned(out, left)
             for name in left:
                 p = out / name
-                if p.is_file() or p.is_symlink():
+                if _run_file(name) and (p.is_file() or p.is_symlink()):
                     p.unlink()
         from fastcas.core.io import atomic_write_json
 
@@ -194,14 +287,17 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
     return run
 
 
-def _check_resume(out: Path, cfg, world_size: int) -> list[str]:
+def _check_resume(out: Path, cfg, world_size: int) -> tuple[dict, list[str]]:
+    """(the loaded checkpoint, the allowed changes); errors for a missing, unsafe or
+    incompatible checkpoint."""
     if not (out / CHECKPOINT).exists():
         raise FileNotFoundError(f"--resume: no checkpoint {out / CHECKPOINT} to resume from "
                                 "(drop --resume to start a new run)")
-    refused, allowed = config_changes(_saved_record(out), cfg, world_size)
+    state = load_checkpoint(out / CHECKPOINT)
+    refused, allowed = config_changes(_saved_record(out, state), cfg, world_size)
     if refused:
         raise ValueError(f"--resume: the configuration differs from the run saved in {out} in ways that change "
                          f"the data stream or the model: {'; '.join(refused)}. Resume with the saved values, "
                          f"or start a new run (another --out, or --overwrite). Changes a resume may make: "
                          f"{', '.join(sorted(RESUMABLE_CHANGES))}")
-    return allowed
+    return state, allowed

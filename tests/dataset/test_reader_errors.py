@@ -18,7 +18,7 @@ COUNTS = (3, 2, 2)  # 7 samples, shards of 3: 3 + 3 + 1
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("rd") / "ds"
-    make_dataset(root, counts=COUNTS, shard_size=3, size=(16, 12))
+    make_dataset(root, counts=COUNTS, shard_size=3, size=(16, 12), manifest="json")  # JSON manifest + index checks
     return root
 
 

@@ -164,7 +164,7 @@ def test_crash_while_writing_leaves_no_manifest(tmp_path):
 
 
 def test_reader_errors_name_the_shard(tmp_path):
-    m = make_dataset(tmp_path / "ds", shard_size=5)
+    m = make_dataset(tmp_path / "ds", shard_size=5, manifest="json")
     root = tmp_path / "ds"
     tar1 = root / m["shards"][1]["tar"]
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
@@ -190,7 +190,7 @@ def test_reader_errors_name_the_shard(tmp_path):
 
 
 def test_reader_rejects_unsafe_member_names(tmp_path):
-    m = make_dataset(tmp_path / "ds", shard_size=20)
+    m = make_dataset(tmp_path / "ds", shard_size=20, manifest="json")
     idx = tmp_path / "ds" / m["shards"][0]["index"]
     idx.write_text(idx.read_text().replace(f" {m['keys'][0]}.jpg", f" ../{m['keys'][0]}.jpg", 1))
     with pytest.raises(ShardError, match="unsafe member name '../"):
@@ -198,7 +198,7 @@ def test_reader_rejects_unsafe_member_names(tmp_path):
 
 
 def test_header_check_catches_swapped_offsets(tmp_path):
-    m = make_dataset(tmp_path / "ds", shard_size=20)
+    m = make_dataset(tmp_path / "ds", shard_size=20, manifest="json")
     idx = tmp_path / "ds" / m["shards"][0]["index"]
     entries = parse_index(idx)
     lines = idx.read_text().splitlines()

@@ -4,7 +4,7 @@ import pytest
 
 from fastcas import Loader
 from fastcas.dataset.reader import ShardReader
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.sampler import WeightedSampler
 from tests.helpers import make_dataset
 
@@ -157,16 +157,16 @@ def test_bad_states_name_what_differs(ds, scores, tmp_path):
     b.load_state_dict(a.state_dict())
     assert b.step == len(b) and b.plan(0, b.epoch + 1)["positions"].tolist() == list(range(8))
     # samplers: the same checks
-    s = WeightedSampler(W.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=4)
+    s = WeightedSampler(sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=4)
     st = s.state_dict(consumed=8)
     with pytest.raises(ValueError, match=r"global_batch \(saved 8, now 6\)"):
-        WeightedSampler(W.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=3).load_state_dict(st)
+        WeightedSampler(sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=3).load_state_dict(st)
     with pytest.raises(ValueError, match=r"weights_digest"):
         WeightedSampler(np.ones(45), 100, seed=1, world_size=2, rank=0, batch_size=4).load_state_dict(st)
     with pytest.raises(ValueError, match=r"multiple of batch_size=4"):
         s.state_dict(consumed=6)
     end = s.state_dict(consumed=len(s))
-    t = WeightedSampler(W.cmo(ShardReader(ds).labels), 100, seed=1, world_size=1, rank=0, batch_size=8)
+    t = WeightedSampler(sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=1, rank=0, batch_size=8)
     t.load_state_dict(end)
     assert t.epoch == 1 and len(t) == t.per_rank
 
@@ -204,7 +204,7 @@ def test_streaming_resume_exact_at_the_same_world_size_and_shard_granular_at_ano
     from fastcas.sampling.streaming import StreamingSampler
 
     labels = np.repeat(np.arange(5), [400, 200, 100, 40, 10])
-    w = W.cmo(labels)
+    w = sample_weights.cmo(labels)
     counts = [50] * 15
 
     def group(ws):

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 from fastcas import Loader  # noqa: E402
-from fastcas.sampling import weights as W  # noqa: E402
+from fastcas.sampling import weights as sample_weights  # noqa: E402
 from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
@@ -52,7 +52,7 @@ def test_weighted_stream_delivers_the_samplers_labels(ds):
     labels = torch.cat([b[1] for b in collect(loader)]).numpy()
     expected = r.labels[loader.sampler_indices(0)[0]][: len(labels)]
     assert np.array_equal(labels, expected)
-    q = W.cmo_class_probabilities(r.class_counts)
+    q = sample_weights.cmo_class_probabilities(r.class_counts)
     assert stats.chisquare(np.bincount(labels, minlength=4), q * len(labels)).pvalue > 1e-3
 
 
@@ -89,7 +89,7 @@ def test_cmo_two_streams(ds):
                     epoch_length=400, py_workers=0, seed=1, device="cpu")
     bg_idx, fg_idx = loader.sampler_indices(0)
     fg = r.labels[fg_idx]
-    q = W.cmo_class_probabilities(r.class_counts)
+    q = sample_weights.cmo_class_probabilities(r.class_counts)
     assert stats.chisquare(np.bincount(fg, minlength=4), q * len(fg)).pvalue > 1e-3  # class-balanced
     bg = r.labels[bg_idx]
     assert stats.chisquare(np.bincount(bg, minlength=4), r.class_counts / len(r) * len(bg)).pvalue > 1e-3

@@ -59,7 +59,7 @@ def test_pipeline_asks_dali_for_the_chosen_start_method_and_prefetch(tmp_path, m
     loader = Loader(tmp_path / "ds", 4, image_size=8, py_workers=3, device="cpu", epoch_length=8)
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 8, 8)
-    assert loader._pipe.py_start_method == "spawn" and seen["prefetch"] >= 3
+    assert loader.backend.pipe.py_start_method == "spawn" and seen["prefetch"] >= 3
     loader.close()
 
 

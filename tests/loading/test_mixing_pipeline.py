@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastcas import Loader
-from fastcas import mix as M
+from fastcas import mix as mixing
 from fastcas.mix.device import on_device, saliency_params
 from tests.helpers import make_dataset
 
@@ -107,7 +107,7 @@ def test_device_saliency_boxes_equal_make_params_at(saliency, mode):
     fg = torch.from_numpy(rng.random((6, 3, 40, 56), dtype=np.float32))
     fg[:, :, 10:14, 30:34] += 2.0  # something salient
     pos = np.arange(100, 106)
-    ref = M.make_params_at("saliencymix", 7, 2, pos, 40, 56, alpha=0.5, prob=0.7, foreground=fg,
+    ref = mixing.make_params_at("saliencymix", 7, 2, pos, 40, 56, alpha=0.5, prob=0.7, foreground=fg,
                            saliency=saliency, mode=mode)
     got = saliency_params(7, 2, pos, fg, alpha=0.5, prob=0.7, to_device=lambda t: t, saliency=saliency,
                           mode=mode).host()
@@ -125,7 +125,7 @@ def test_mixed_targets_match_the_pasted_fraction(ds):
     plain = _epoch(_loader(ds, mix=None, prefetch=0))
     for step, (x, t) in enumerate(_epoch(loader)):
         bg, y = plain[step]
-        partner = M.pair_partner(loader.positions(step))
+        partner = mixing.pair_partner(loader.positions(step))
         kept = (x == bg).all(dim=1).float().mean(dim=(1, 2))
         onehot = torch.nn.functional.one_hot(y, loader.num_classes).float()
         expected = kept[:, None] * onehot + (1 - kept[:, None]) * onehot[partner]
@@ -145,7 +145,7 @@ def test_label_outside_the_manifest_classes_is_refused_at_construction(ds, monke
 
 def test_prefetch_option_is_validated():
     with pytest.raises(ValueError, match="prefetch must be >= 0, got -1"):
-        from fastcas.loading.loader import LoaderConfig
+        from fastcas.loading.config import LoaderConfig
 
         LoaderConfig(batch_size=4, prefetch=-1, device="cpu")
 

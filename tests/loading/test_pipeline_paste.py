@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastcas import Loader
-from fastcas import mix as M
+from fastcas import mix as mixing
 from fastcas.mix.reference import apply_numpy
 from tests.helpers import make_dataset
 
@@ -56,16 +56,16 @@ def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds):
 
 def test_paste_args_copy_the_box_at_its_place():
     boxes = np.array([[2, 3, 7, 9], [0, 0, 0, 0], [5, 0, 10, 10]])
-    in_ids, anchors, shapes = M.paste_args(boxes, 10, 12, partner=np.array([1, 0, 2]))
+    in_ids, anchors, shapes = mixing.paste_args(boxes, 10, 12, partner=np.array([1, 0, 2]))
     assert in_ids.tolist() == [[0, 1], [1, 0], [2, 2]] and in_ids.dtype == np.int32
     assert anchors[:, 0].tolist() == [[0, 0]] * 3 and shapes[:, 0].tolist() == [[10, 12]] * 3  # itself, whole
     assert anchors[:, 1].tolist() == [[2, 3], [10, 12], [5, 0]]                             # box corner (y, x)
     assert shapes[:, 1].tolist() == [[5, 6], [0, 0], [5, 10]]                                # empty box: nothing
     # every empty paste, also a box clipped to a line, is parked at (H, W): DALI's GPU kernel
     # never closes a zero-width paste opened inside the canvas (it would cover the rest)
-    _, anchors, shapes = M.paste_args(np.array([[3, 2, 3, 6], [4, 4, 4, 4], [0, 1, 9, 1]]), 10, 12)
+    _, anchors, shapes = mixing.paste_args(np.array([[3, 2, 3, 6], [4, 4, 4, 4], [0, 1, 9, 1]]), 10, 12)
     assert anchors[:, 1].tolist() == [[10, 12]] * 3 and shapes[:, 1].tolist() == [[0, 0]] * 3
-    assert M.paste_args(boxes, 10, 12)[0] is None                                           # two streams: no ids
+    assert mixing.paste_args(boxes, 10, 12)[0] is None                                           # two streams: no ids
 
 
 CASES = {"one-stream": {}, "cmo-two-streams": {"foreground_weights": "cmo"}, "channels-last": {"channels_last": True},
@@ -101,7 +101,7 @@ def _reference_params(loader, kind, step, fg):
     from fastcas.mix.graph_ops import pixels_u8
 
     cfg = loader.config
-    return M.make_params_at(kind, cfg.seed, loader.epoch, loader.positions(step), cfg.image_size, cfg.image_size,
+    return mixing.make_params_at(kind, cfg.seed, loader.epoch, loader.positions(step), cfg.image_size, cfg.image_size,
                             alpha=cfg.alpha, prob=cfg.mix_prob, foreground=pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD))
 
 
@@ -113,14 +113,14 @@ def test_mixed_pixels_equal_the_reference_on_the_unmixed_stream(ds, kind):
     plain = _loader(ds, mix=None, py_workers=1)
     for step, ((xm, tm), (xp, _)) in enumerate(zip(graph, plain)):
         pos = graph.positions(step)
-        p = _reference_params(graph, kind, step, xp[M.pair_partner(pos)])
-        ref = apply_numpy(p, xp.numpy(), xp.numpy()[M.pair_partner(pos)])
+        p = _reference_params(graph, kind, step, xp[mixing.pair_partner(pos)])
+        ref = apply_numpy(p, xp.numpy(), xp.numpy()[mixing.pair_partner(pos)])
         np.testing.assert_array_equal(xm.numpy(), ref)
         # targets: lam of the pasted fraction, measured on the pixels themselves
         changed = (xm.numpy() != xp.numpy()).any(1).mean((1, 2))
         assert np.all(changed <= 1 - p.lam + 1e-9)
-        np.testing.assert_allclose(tm.numpy(), M.soft_targets(p, *graph.plan(step)["labels"][:1],
-                                                              graph.plan(step)["labels"][0][M.pair_partner(pos)],
+        np.testing.assert_allclose(tm.numpy(), mixing.soft_targets(p, *graph.plan(step)["labels"][:1],
+                                                              graph.plan(step)["labels"][0][mixing.pair_partner(pos)],
                                                               graph.num_classes), atol=1e-6)
 
 

@@ -11,16 +11,16 @@ from numba import njit
 from PIL import Image
 
 from fastcas import Loader
-from fastcas import mix as M
+from fastcas import mix as mixing
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.tools.demo.data import shipped_photos
-from fastcas.mix import graph_ops as G
+from fastcas.mix import graph_ops
 from fastcas.mix.finegrained import finegrained_argmax
 from fastcas.mix.params import boxes_at, box_lam
 from fastcas.mix.reference import apply_numpy
 
-centre_fn = njit(G.saliency_centre)  # what DALI's numba_function compiles, called directly
-paste_fn = njit(G.saliency_paste)
+centre_fn = njit(graph_ops.saliency_centre)  # what DALI's numba_function compiles, called directly
+paste_fn = njit(graph_ops.saliency_paste)
 ONE = np.ones(1, np.int32)
 
 
@@ -68,14 +68,14 @@ def test_saliency_paste_is_the_clipped_box_and_its_lam():
     for _ in range(300):
         cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
         lam_drawn = float(rng.random())
-        cut_h, cut_w = M.params.cut_sizes(np.array([lam_drawn]), h, w)
+        cut_h, cut_w = mixing.params.cut_sizes(np.array([lam_drawn]), h, w)
         mixed = bool(rng.random() < 0.8)
-        _, a0, s0 = M.paste_args(np.zeros((1, 4), np.int64), h, w, np.array([0]))
+        _, a0, s0 = mixing.paste_args(np.zeros((1, 4), np.int64), h, w, np.array([0]))
         anchors, shapes, lam = np.zeros((2, 2), np.int32), np.zeros((2, 2), np.int32), np.zeros(1)
         half = np.array([cut_h[0] // 2, cut_w[0] // 2, int(mixed)], np.int32)
         paste_fn(anchors, shapes, lam, a0[0], s0[0], np.ones(1), half, np.array([cy, cx], np.int32))
         box = boxes_at(np.array([cy]), np.array([cx]), cut_h, cut_w, h, w) * mixed
-        _, ra, rs = M.paste_args(box, h, w, np.array([0]))
+        _, ra, rs = mixing.paste_args(box, h, w, np.array([0]))
         np.testing.assert_array_equal(anchors, ra[0])
         np.testing.assert_array_equal(shapes, rs[0])
         assert lam[0] == box_lam(box, h, w)[0]  # exactly: the same float64 expression
@@ -99,13 +99,13 @@ def test_pixels_u8_inverts_dalis_normalisation_exactly():
         p.build()
         out = torch.from_numpy(np.array(p.run()[0].as_tensor()))
         assert out.dtype == torch_dtype
-        back = G.pixels_u8(out, IMAGENET_MEAN, IMAGENET_STD)
+        back = graph_ops.pixels_u8(out, IMAGENET_MEAN, IMAGENET_STD)
         assert back.dtype == torch.uint8
         np.testing.assert_array_equal(back[0].permute(1, 2, 0).numpy(), img)
         # channels-last memory stays channels-last, and the input is not modified
         cl = out.contiguous(memory_format=torch.channels_last)
         keep = cl.clone()
-        back = G.pixels_u8(cl, IMAGENET_MEAN, IMAGENET_STD)
+        back = graph_ops.pixels_u8(cl, IMAGENET_MEAN, IMAGENET_STD)
         assert back.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, keep)
         np.testing.assert_array_equal(back[0].permute(1, 2, 0).numpy(), img)
 
@@ -146,11 +146,11 @@ def test_default_saliencymix_pastes_the_box_around_opencvs_peak_on_real_photos(p
     plain = Loader(photo_ds, 16, **kw)
     inside, boxes = [], 0
     for step, ((xm, tm), (xp, yp)) in enumerate(zip(graph, plain)):
-        partner = M.pair_partner(graph.positions(step))
-        fg = G.pixels_u8(xp[partner], IMAGENET_MEAN, IMAGENET_STD)
-        p = M.make_params_at("saliencymix", 2, 0, graph.positions(step), 96, 96, foreground=fg)
+        partner = mixing.pair_partner(graph.positions(step))
+        fg = graph_ops.pixels_u8(xp[partner], IMAGENET_MEAN, IMAGENET_STD)
+        p = mixing.make_params_at("saliencymix", 2, 0, graph.positions(step), 96, 96, foreground=fg)
         np.testing.assert_array_equal(xm.numpy(), apply_numpy(p, xp.numpy(), xp.numpy()[partner]))
-        np.testing.assert_allclose(tm.numpy(), M.soft_targets(p, yp.numpy(), yp.numpy()[partner], 3), atol=1e-6)
+        np.testing.assert_allclose(tm.numpy(), mixing.soft_targets(p, yp.numpy(), yp.numpy()[partner], 3), atol=1e-6)
         for j, (y0, x0, y1, x1) in enumerate(p.boxes):
             if y1 <= y0 or x1 <= x0:
                 continue
@@ -169,5 +169,5 @@ def test_fmix_select_takes_the_foreground_where_the_mask_is_set(channels):
     fg = rng.integers(0, 256, (23, 17, channels), dtype=np.uint8)
     mask = np.where(rng.random((23, 17, 1)) < 0.4, 255, 0).astype(np.uint8)
     out = np.zeros_like(bg)
-    njit(G.fmix_select)(out, bg, fg, mask)
+    njit(graph_ops.fmix_select)(out, bg, fg, mask)
     np.testing.assert_array_equal(out, np.where(mask == 255, fg, bg))

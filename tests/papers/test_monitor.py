@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.train.monitor import drawn_report, format_report
 from fastcas.sampling.sampler import WeightedSampler
 
@@ -14,7 +14,7 @@ ATTRS = np.stack([np.arange(len(LABELS)) % 3, (np.arange(len(LABELS)) * 7) % 5 =
 
 
 def test_report_targets_drawn_and_ess():
-    w = W.cmo(LABELS, 1.0)
+    w = sample_weights.cmo(LABELS, 1.0)
     d = WeightedSampler(w, num_samples=40_000, seed=3).indices(0)
     rare = ATTRS[:, 1] == 1
     rep = drawn_report(LABELS, d, w, class_names=["a", "b", "c", "d"], attrs=ATTRS, primaries=["p", "q"],
@@ -39,7 +39,7 @@ def test_report_targets_drawn_and_ess():
 
 
 def test_report_detects_a_sampler_that_ignores_the_weights():
-    w = W.cmo(LABELS, 1.0)
+    w = sample_weights.cmo(LABELS, 1.0)
     d = WeightedSampler(len(LABELS), num_samples=20_000, seed=1, replacement=True).indices(0)  # uniform draws
     rep = drawn_report(LABELS, d, w)
     assert rep["class_chi2_p"] < 1e-6 and rep["max_class_deviation"] > 0.2

@@ -4,7 +4,7 @@ import pytest
 
 from fastcas import Loader
 from fastcas.dataset.reader import ShardReader
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.sampling.sampler import WeightedSampler
 from tests.helpers import make_dataset
@@ -79,7 +79,7 @@ def _torchrun(nproc, args, root):
 
 def test_weighted_sampler_as_a_dataloader_sampler_resumes_at_another_world_size():
     labels = np.repeat(np.arange(5), [400, 200, 100, 40, 10])
-    w = W.cmo(labels)
+    w = sample_weights.cmo(labels)
     for replacement, weights in ((True, w), (False, len(labels))):
         def group(ws):
             return [WeightedSampler(weights, 500, seed=4, rank=r, world_size=ws, batch_size=G // ws,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fastcas.sampling import weights as W
+from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.sampler import FeistelPermutation, WeightedSampler
 from fastcas.sampling.streaming import StreamingSampler
 
@@ -21,7 +21,7 @@ def chi2_p(draws, p):
 
 @pytest.mark.parametrize("name", ["uniform", "cas", "cmo", "cmo-effective", "oversample", "undersample", "cas-cmo"])
 def test_draws_match_weights_chi_square(name):
-    w = W.make(name, LABELS, scores=SCORES)
+    w = sample_weights.make(name, LABELS, scores=SCORES)
     s = WeightedSampler(w, num_samples=200_000, seed=7)
     d = s.indices(0)
     p = w / w.sum()
@@ -34,12 +34,12 @@ def test_draws_match_weights_chi_square(name):
 def test_cmo_class_frequencies_follow_inverse_counts():
     counts = np.bincount(LABELS)
     for r in (1.0, 0.5):
-        d = WeightedSampler(W.cmo(LABELS, r, per="class"), num_samples=100_000, seed=1).indices(0)
+        d = WeightedSampler(sample_weights.cmo(LABELS, r, per="class"), num_samples=100_000, seed=1).indices(0)
         freq = np.bincount(LABELS[d], minlength=5) / len(d)
         q = counts ** -r / (counts ** -r).sum()
         np.testing.assert_allclose(freq, q, atol=0.01)
     # the reference code's convention: per-sample weight q_k -> class-balanced for r = 1
-    d = WeightedSampler(W.cmo(LABELS, 1.0, per="sample"), num_samples=100_000, seed=1).indices(0)
+    d = WeightedSampler(sample_weights.cmo(LABELS, 1.0, per="sample"), num_samples=100_000, seed=1).indices(0)
     np.testing.assert_allclose(np.bincount(LABELS[d]) / len(d), 0.2, atol=0.01)
 
 
@@ -48,12 +48,12 @@ def test_effective_number_formula():
     N = counts.sum()
     beta = (N - 1) / N
     E = (1 - beta ** counts) / (1 - beta)
-    np.testing.assert_allclose(W.class_probabilities(counts, effective=True), (1 / E) / (1 / E).sum())
+    np.testing.assert_allclose(sample_weights.class_probabilities(counts, effective=True), (1 / E) / (1 / E).sum())
 
 
 def test_cas_weights_and_within_class_combination():
-    np.testing.assert_allclose(W.cas([1, 2, 4], b=1.2), np.array([1, 2, 4]) ** 1.2)
-    w = W.cas_within_cmo(LABELS, SCORES, r=1.0, b=1.2, per="class")
+    np.testing.assert_allclose(sample_weights.cas([1, 2, 4], b=1.2), np.array([1, 2, 4]) ** 1.2)
+    w = sample_weights.cas_within_cmo(LABELS, SCORES, r=1.0, b=1.2, per="class")
     counts = np.bincount(LABELS)
     q = (1 / counts) / (1 / counts).sum()
     np.testing.assert_allclose(np.bincount(LABELS, weights=w), q)  # CMO across classes
@@ -63,42 +63,42 @@ def test_cas_weights_and_within_class_combination():
 
 def test_over_and_undersampling_expected_sizes():
     counts = np.bincount(LABELS)
-    over = W.oversample(LABELS, threshold=200)
+    over = sample_weights.oversample(LABELS, threshold=200)
     np.testing.assert_allclose(np.bincount(LABELS, weights=over), np.maximum(counts, 200))
-    under = W.undersample(LABELS, threshold=100)
+    under = sample_weights.undersample(LABELS, threshold=100)
     np.testing.assert_allclose(np.bincount(LABELS, weights=under), np.minimum(counts, 100))
     # defaults: oversample to the largest class, undersample to the 25th percentile
-    np.testing.assert_allclose(np.bincount(LABELS, weights=W.oversample(LABELS)), 400)
-    np.testing.assert_allclose(np.bincount(LABELS, weights=W.undersample(LABELS)), np.minimum(counts, 40))
-    plan = W.oversample_plan(LABELS, 200, np.random.default_rng(0))
+    np.testing.assert_allclose(np.bincount(LABELS, weights=sample_weights.oversample(LABELS)), 400)
+    np.testing.assert_allclose(np.bincount(LABELS, weights=sample_weights.undersample(LABELS)), np.minimum(counts, 40))
+    plan = sample_weights.oversample_plan(LABELS, 200, np.random.default_rng(0))
     assert np.isin(np.arange(len(LABELS)), plan).all()  # every original at least once
     assert np.bincount(LABELS[plan]).tolist() == np.maximum(counts, 200).tolist()
 
 
 def test_multilabel_resampling():
     y = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]])  # counts 4, 1, 1
-    w = W.oversample(y, threshold=4)
+    w = sample_weights.oversample(y, threshold=4)
     assert w.tolist() == [1, 1, 1, 4, 4]  # sample 3 repeated as its rarest class needs
-    w = W.undersample(y, threshold=1)
+    w = sample_weights.undersample(y, threshold=1)
     assert w.tolist() == [0.25, 0.25, 0.25, 0.25, 1]
-    assert W.low_frequency_classes([100, 50, 10, 5]).tolist() == [False, False, False, True]
+    assert sample_weights.low_frequency_classes([100, 50, 10, 5]).tolist() == [False, False, False, True]
 
 
 def test_loss_weights():
     counts = np.array([100, 10, 1])
-    inv = W.loss_weights(counts, "inverse")
+    inv = sample_weights.loss_weights(counts, "inverse")
     assert inv.sum() == pytest.approx(3) and inv[2] / inv[1] == pytest.approx(10)
-    up = W.loss_weights(counts, "upweight-low", factor=3.0)
+    up = sample_weights.loss_weights(counts, "upweight-low", factor=3.0)
     assert up[2] / up[0] == pytest.approx(3) and up[0] == up[1]
-    eff = W.loss_weights(counts, "effective", beta=0.9)
+    eff = sample_weights.loss_weights(counts, "effective", beta=0.9)
     e = (1 - 0.9) / (1 - 0.9 ** counts.astype(float))  # Cui et al. 2019: (1 - beta) / (1 - beta^n)
     np.testing.assert_allclose(eff, 3 * e / e.sum())
     N = counts.sum()
     default_beta = (N - 1) / N
     e = (1 - default_beta) / (1 - default_beta ** counts.astype(float))
-    np.testing.assert_allclose(W.loss_weights(counts, "effective"), 3 * e / e.sum())
+    np.testing.assert_allclose(sample_weights.loss_weights(counts, "effective"), 3 * e / e.sum())
     with pytest.raises(ValueError, match="unknown loss weights 'x'; expected one of none, inverse"):
-        W.loss_weights(counts, "x")
+        sample_weights.loss_weights(counts, "x")
 
 
 @pytest.mark.parametrize("w, message", [
@@ -120,15 +120,15 @@ def test_bad_sampler_arguments():
     with pytest.raises(ValueError, match="replacement=False supports uniform weights only"):
         WeightedSampler([1.0, 2.0], replacement=False)
     with pytest.raises(ValueError, match="weights has 3 entries but the dataset has 5 samples"):
-        W.check_weights([1, 2, 3], 5)
+        sample_weights.check_weights([1, 2, 3], 5)
     with pytest.raises(ValueError, match="need CAS scores"):
-        W.make("cas", LABELS)
+        sample_weights.make("cas", LABELS)
     with pytest.raises(ValueError, match="unknown weights 'zipf'; expected one of uniform, cas"):
-        W.make("zipf", LABELS)
+        sample_weights.make("zipf", LABELS)
 
 
 def test_stateless_determinism_and_resume():
-    w = W.cmo(LABELS)
+    w = sample_weights.cmo(LABELS)
     s = WeightedSampler(w, seed=3)
     a = s.indices(0)
     assert np.array_equal(a, WeightedSampler(w, seed=3).indices(0))  # fresh object, same stream
@@ -143,7 +143,7 @@ def test_stateless_determinism_and_resume():
 
 
 def test_ranks_are_disjoint_streams_with_the_target_union():
-    w = W.cmo(LABELS)
+    w = sample_weights.cmo(LABELS)
     ranks = [WeightedSampler(w, num_samples=80_001, seed=5, rank=r, world_size=4) for r in range(4)]
     assert all(len(s) == 20_001 for s in ranks)
     streams = [s.indices(0) for s in ranks]
@@ -184,7 +184,7 @@ def test_large_index_space_int64():
 def test_works_as_a_dataloader_sampler():
     torch = pytest.importorskip("torch")
     ds = torch.utils.data.TensorDataset(torch.arange(len(LABELS)))
-    s = WeightedSampler(W.cmo(LABELS), seed=0)
+    s = WeightedSampler(sample_weights.cmo(LABELS), seed=0)
     dl = torch.utils.data.DataLoader(ds, batch_size=100, sampler=s)
     got = torch.cat([b[0] for b in dl]).numpy()
     assert np.array_equal(got, s.indices(0)) and len(dl) == 8
@@ -192,7 +192,7 @@ def test_works_as_a_dataloader_sampler():
 
 def test_streaming_expected_counts_and_equal_rank_lengths():
     shard_counts = [250, 250, 250, 0, 0]
-    w = W.cmo(LABELS)
+    w = sample_weights.cmo(LABELS)
     sp = StreamingSampler(shard_counts, w, seed=1, shuffle_buffer=64)
     p = w / w.sum()
     mean = np.mean([sp.counts(e) for e in range(200)], axis=0)

@@ -142,12 +142,12 @@ def test_rank_batches_cover_every_sample_once(decoder):
 
 def test_resume_with_torchvision_decoder(dataset, tmp_path):
     pytest.importorskip("torchvision")
-    from fastcas.scoring import run as R
+    from fastcas.scoring import run as scoring_run
     from fastcas.scoring.pixel import PixelEncoder
 
     enc = PixelEncoder()
     kw = dict(batch_size=2, chunk_batches=2, progress=False, decoder="torchvision", device="cpu")
-    full_i, full_f = R.encode_dataset(dataset, enc.encode, **kw)
+    full_i, full_f = scoring_run.encode_dataset(dataset, enc.encode, **kw)
     calls = {"n": 0}
 
     def flaky(images, sizes):
@@ -158,13 +158,13 @@ def test_resume_with_torchvision_decoder(dataset, tmp_path):
 
     work = tmp_path / "work"
     with pytest.raises(KeyboardInterrupt):
-        R.encode_dataset(dataset, flaky, work_dir=work, **kw)
-    assert len(R.chunk_files(work, 0, 1, 2, "torchvision")) == 2
-    i, f = R.encode_dataset(dataset, flaky, work_dir=work, **kw)
+        scoring_run.encode_dataset(dataset, flaky, work_dir=work, **kw)
+    assert len(scoring_run.chunk_files(work, 0, 1, 2, "torchvision")) == 2
+    i, f = scoring_run.encode_dataset(dataset, flaky, work_dir=work, **kw)
     assert calls["n"] == 6 + 4  # 8 batches: 4 from chunks, the other 4 encoded again
     assert np.array_equal(i, full_i) and np.array_equal(f, full_f)
     with pytest.raises(ValueError, match="resume chunk does not fit"):
-        R.encode_dataset(dataset, enc.encode, work_dir=work, **{**kw, "chunk_batches": 3})
+        scoring_run.encode_dataset(dataset, enc.encode, work_dir=work, **{**kw, "chunk_batches": 3})
 
 
 # -- CLIP -----------------------------------------------------------------------------------

@@ -163,13 +163,13 @@ def test_score_cli_single_and_split_over_ranks_agree(tmp_path):
 
 @pytest.mark.dali
 def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
-    from fastcas.scoring import run as R
+    from fastcas.scoring import run as scoring_run
     from fastcas.scoring.pixel import PixelEncoder
     from tests.helpers import make_dataset
 
     make_dataset(tmp_path / "ds", counts=(6, 6), size=(40, 30))
     enc = PixelEncoder()
-    full_i, full_f = R.encode_dataset(tmp_path / "ds", enc.encode, batch_size=2, chunk_batches=2, progress=False,
+    full_i, full_f = scoring_run.encode_dataset(tmp_path / "ds", enc.encode, batch_size=2, chunk_batches=2, progress=False,
                                       py_workers=0, decoder="dali", device="cpu")
     calls = {"n": 0}
 
@@ -181,11 +181,11 @@ def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
 
     work = tmp_path / "work"
     with pytest.raises(KeyboardInterrupt):
-        R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
+        scoring_run.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
                          py_workers=0, decoder="dali", device="cpu")
     assert len(list(work.glob("*.npz"))) == 1  # one complete chunk survived
     calls["n"] = 10
-    i, f = R.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
+    i, f = scoring_run.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
                             py_workers=0, decoder="dali", device="cpu")
     assert calls["n"] == 10 + 4  # only the 4 missing batches were encoded again
     assert np.array_equal(i, full_i) and np.array_equal(f, full_f)

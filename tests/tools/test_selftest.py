@@ -241,7 +241,7 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
     path after the pipeline (torch): either alone fails mix-reference."""
     from fastcas.tools.selftest import run as selftest
     from fastcas.loading.loader import Loader
-    from fastcas import mix as M
+    from fastcas import mix
     from fastcas.mix import _backend
 
     apply_torch = _backend.apply_torch
@@ -254,7 +254,7 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
                                   boxes=boxes, drawn=params.drawn)
         return apply_torch(params, bg, fg)
 
-    paste_args = M.paste_args
+    paste_args = mix.paste_args
 
     def off_by_one_paste(boxes, height, width, partner=None):  # the same bug in DALI's paste (CutMix, CMO)
         boxes = np.array(boxes)
@@ -267,7 +267,7 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
     if where == "torch":
         monkeypatch.setattr(_backend, "apply_torch", off_by_one)
     else:
-        monkeypatch.setattr(M, "paste_args", off_by_one_paste)
+        monkeypatch.setattr(mix, "paste_args", off_by_one_paste)
     monkeypatch.setattr(Loader, "load_state_dict", forgetful)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     monkeypatch.setattr(selftest, "check_throughput", lambda *a: selftest.Check("throughput", "cpu", "PASS"))
@@ -336,18 +336,18 @@ def test_gpu_half_comparisons_run_end_to_end_with_the_cpu_standing_in(tmp_path, 
 def test_recording_mix_pairs_each_apply_with_its_targets_and_restores_the_api():
     import torch
 
-    from fastcas import mix as M
+    from fastcas import mix
     from fastcas.tools.selftest.checks import recording_mix
 
-    apply0 = M.apply
+    apply0 = mix.apply
     bg, fg = torch.from_numpy(_images(1)), torch.from_numpy(_images(2))
     y = torch.tensor([0, 1, 2, 1])
     with recording_mix() as calls:
         for seed in (1, 2):
-            p = M.make_params("cutmix", B, S, S, generator=generator(seed))
-            out = M.apply(p, bg, fg)
-            M.soft_targets(p, y, y.flip(0), 3)
-    assert M.apply is apply0 and len(calls) == 2
+            p = mix.make_params("cutmix", B, S, S, generator=generator(seed))
+            out = mix.apply(p, bg, fg)
+            mix.soft_targets(p, y, y.flip(0), 3)
+    assert mix.apply is apply0 and len(calls) == 2
     assert calls[1]["params"] is p and np.array_equal(calls[1]["out"], out.numpy())
     assert np.array_equal(calls[1]["y_fg"], [1, 2, 1, 0]) and calls[1]["targets"].shape == (B, 3)
     assert check_mix_reference({"cutmix": Run("cutmix", "cpu", [], [None, None], [], calls)}, "cpu").status == "PASS"

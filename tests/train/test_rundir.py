@@ -27,10 +27,13 @@ def cfg_for(tmp_path, **kw):
 
 
 def _saved(tmp_path, **kw):
-    """A finished run's directory: run.json from claim_run_dir, a (dummy) checkpoint."""
+    """A finished run's directory: run.json from claim_run_dir, a checkpoint of the right shape."""
     cfg = cfg_for(tmp_path, **kw)
     claim_run_dir(cfg, resume=False, overwrite=False).release()
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
+    import torch  # resume loads the checkpoint (safely) before comparing configurations
+
+    torch.save({k: {} for k in ("model", "optimizer", "scaler", "loader")} | {"epoch": 0, "global_step": 0,
+               "torch_rng": torch.get_rng_state()}, tmp_path / "run" / "checkpoint.pt")
     return cfg
 
 
@@ -98,7 +101,7 @@ def test_resume_with_a_moved_dataset_compares_its_content(tmp_path):
 
 def test_non_empty_out_is_refused_and_overwrite_clears_the_old_run(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
+    claim_run_dir(cfg_for(tmp_path), resume=False, overwrite=False).release()  # an earlier run's run.json
     for name in ("metrics.jsonl", "checkpoint.pt", "model.pt", "final.json", "eval-epoch000.png"):
         (out / name).write_text("old")
     (out / "keep").mkdir()

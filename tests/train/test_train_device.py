@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 
-from fastcas.train import loop as T  # noqa: E402
+from fastcas.train import loop as train_loop  # noqa: E402
 from tests.helpers import make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali
@@ -34,10 +34,10 @@ def test_gpu_written_checkpoint_restores_the_rng_on_the_host(tmp_path, monkeypat
     expected = torch.rand(3)
     path = tmp_path / "checkpoint.pt"
     _save_as_if_on_cuda({"torch_rng": saved, "model": {"w": torch.ones(2)}, "epoch": 1}, path, monkeypatch)
-    state = T._load_checkpoint(path)
+    state = train_loop._load_checkpoint(path)
     assert state["torch_rng"].device.type == "cpu" and state["model"]["w"].device.type == "cpu"
     torch.manual_seed(0)
-    T._restore_rng(state["torch_rng"])
+    train_loop._restore_rng(state["torch_rng"])
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -48,18 +48,18 @@ def test_restore_rng_rejects_nothing_torch_can_hold_on_the_host():
     expected = torch.rand(2)
     with pytest.raises(TypeError, match="RNG state must be a torch.ByteTensor"):
         torch.set_rng_state(state.to(torch.int64))
-    T._restore_rng(state.to(torch.int64))  # converted back to a host ByteTensor
+    train_loop._restore_rng(state.to(torch.int64))  # converted back to a host ByteTensor
     assert torch.equal(torch.rand(2), expected)
 
 
 def test_amp_dtype_prefers_bfloat16_and_is_off_on_cpu(monkeypatch):
-    cfg = T.TrainConfig(train="x", amp=True, device="cpu")
-    assert T._amp_dtype(cfg, "cpu") is None
+    cfg = train_loop.TrainConfig(train="x", amp=True, device="cpu")
+    assert train_loop._amp_dtype(cfg, "cpu") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert T._amp_dtype(cfg, "cuda") == torch.bfloat16
+    assert train_loop._amp_dtype(cfg, "cuda") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert T._amp_dtype(cfg, "cuda") == torch.float16
-    assert T._amp_dtype(T.TrainConfig(train="x", amp=False, device="cpu"), "cuda") is None
+    assert train_loop._amp_dtype(cfg, "cuda") == torch.float16
+    assert train_loop._amp_dtype(train_loop.TrainConfig(train="x", amp=False, device="cpu"), "cuda") is None
 
 
 @pytest.mark.slow
@@ -74,15 +74,15 @@ def test_trainer_closes_the_pipelines_it_is_not_using(tmp_path, monkeypatch):
 
     def build(self):
         loaders.add(self)
-        others = [x for x in loaders if x is not self and x._pipe is not None]
+        others = [x for x in loaders if x is not self and x.backend.pipe is not None]
         live_at_build.append(len(others))
         return real_build(self)
 
     monkeypatch.setattr(Loader, "_build", build)
-    cfg = T.TrainConfig(train=str(tmp_path / "train"), val=str(tmp_path / "val"), out=str(tmp_path / "run"),
+    cfg = train_loop.TrainConfig(train=str(tmp_path / "train"), val=str(tmp_path / "val"), out=str(tmp_path / "run"),
                         model="resnet32", epochs=3, batch_size=4, image_size=8, epoch_length=8, py_workers=0,
                         mix="cutmix", mix_start=1, many=3, few=1, amp=False, device="cpu")
-    T.train(cfg)
+    train_loop.train(cfg)
     # plain (epoch 0), val, mixed (epoch 1: plain and val already closed), val, val
     assert len(live_at_build) >= 4
     assert max(live_at_build) <= 1, live_at_build

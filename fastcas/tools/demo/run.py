@@ -76,14 +76,15 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
     """int64 [N] top-1 predictions of the saved model on ``dataset``, in dataset order."""
     import torch
 
-    from fastcas.loading.loader import Loader, resolve_device
+    from fastcas.loading.loader import Loader
+    from fastcas.loading.config import resolve_device
     from fastcas.train.models import build_model
 
     device = resolve_device(tc.device)
     loader = Loader(dataset, tc.batch_size, train=False, last_batch="partial", image_size=tc.image_size,
                     device=device, py_workers=tc.py_workers, num_threads=tc.num_threads, seed=tc.seed)
     model = build_model(tc.model, loader.num_classes).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device))
+    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
     model.eval()
     pred = np.zeros(len(loader.reader), np.int64)
     positions, k = loader.sampler_indices(0)[0], 0
@@ -100,7 +101,7 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
 def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: int = 0) -> dict | None:
     """On tinted data: within-class AUC of CAS for the rare tints, and their share of one
     epoch of draws under uniform vs CAS weights (fastcas.train.monitor). None without tints."""
-    from fastcas.sampling import weights as W
+    from fastcas.sampling import weights as sample_weights
     from fastcas.tools.demo.tint import RARE, load_tints, within_class_auc
     from fastcas.train.monitor import drawn_report
     from fastcas.dataset.reader import ShardReader
@@ -111,12 +112,12 @@ def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: in
     tints = load_tints(train, reader.keys)
     if tints is None:
         return None
-    t = read_scores(scores, keys=reader.keys)
+    t = read_scores(scores, keys=reader.keys, labels=reader.labels)
     rare = np.isin(tints, RARE)
     out = {"auc": within_class_auc(t.cas, t.labels, rare), "rare_samples": int(rare.sum()), "draws": {}}
     n = epoch_length or len(reader)
     for name in ("uniform", "cas"):
-        w = W.make(name, reader.labels, scores=t.cas)
+        w = sample_weights.make(name, reader.labels, scores=t.cas)
         drawn = WeightedSampler(w, n, seed=seed).indices(0)
         out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"]["rare attribute"]
     return out
@@ -183,7 +184,7 @@ def run_demo(cfg: DemoConfig) -> dict:
               f"uniform {d['uniform']['drawn']:.4f}, CAS weights {d['cas']['drawn']:.4f} "
               f"(target {d['cas']['target']:.4f})", flush=True)
     vreader, treader = ShardReader(cfg.val), ShardReader(cfg.train)
-    vcas = read_scores(val_scores, keys=vreader.keys).cas
+    vcas = read_scores(val_scores, keys=vreader.keys, labels=vreader.labels).cas
     vt = load_tints(cfg.val, vreader.keys)
     rare = np.isin(vt, RARE) if vt is not None else None
     runs: dict = {name: [] for name in recipes(cfg)}

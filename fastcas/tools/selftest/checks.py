@@ -116,10 +116,10 @@ def recording_mix():
     """Record every ``fastcas.mix.apply`` / ``fastcas.mix.soft_targets`` call made inside the
     block: ``[{params, bg, fg, out, y_bg, y_fg, num_classes, label_smoothing, targets}]``, arrays
     copied to the host (so never inside the host-sync check)."""
-    from fastcas import mix as M
+    from fastcas import mix as mixing
 
     calls: list[dict] = []
-    apply0, targets0 = M.apply, M.soft_targets
+    apply0, targets0 = mixing.apply, mixing.soft_targets
 
     def host(params):  # device-resident parameters (fastcas.mix.device) as a host MixParams
         return params.host() if hasattr(params, "host") else params
@@ -141,11 +141,11 @@ def recording_mix():
                    label_smoothing=float(label_smoothing), targets=_host(t))
         return t
 
-    M.apply, M.soft_targets = apply, soft_targets
+    mixing.apply, mixing.soft_targets = apply, soft_targets
     try:
         yield calls
     finally:
-        M.apply, M.soft_targets = apply0, targets0
+        mixing.apply, mixing.soft_targets = apply0, targets0
 
 
 # ------------------------------------------------------------------------------ runs

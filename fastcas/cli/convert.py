@@ -1,0 +1,20 @@
+"""``fastcas convert DIR``: a JSON manifest (per-sample lists) -> a memory-mapped columnar one."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert a dataset's JSON manifest to memory-mapped columns (or back)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset directory (with manifest.json)")
+    p.add_argument("--to", choices=["columns", "json"], default="columns",
+                   help="target format (default columns; json only for small datasets)")
+
+
+def run(args) -> int:
+    from fastcas.dataset.convert import convert_manifest
+
+    m = convert_manifest(args.dataset, args.to)
+    print(f"{args.dataset}: manifest is now {m['format']} ({m['num_samples']} samples)")
+    return 0

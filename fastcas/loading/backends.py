@@ -1,0 +1,81 @@
+"""Execution backends of the :class:`~fastcas.loading.loader.Loader`: what turns a
+:class:`~fastcas.loading.source.SampleSource` into batches in the pipeline layout
+(:class:`~fastcas.loading.layout.BatchLayout`, ``pipeline_names``).
+
+A backend builds (for a source whose next batch is a given step), runs one batch (raising
+StopIteration at the end of the pipeline's epoch), resets after an epoch, and closes. The
+Loader owns the rest: samplers and stream geometry, the source, finishing (mixing, targets),
+state and quarantine. Two backends:
+
+* :class:`DaliBackend` — the DALI graph (:mod:`fastcas.loading.pipeline`, the only module that
+  imports DALI), its worker processes and the watcher that turns a dead worker into an error;
+  it can mix in the graph.
+* :class:`fastcas.loading.baseline.TorchvisionBackend` — the same source through
+  ``torch.utils.data.DataLoader``, PIL and torchvision v2 (the honest baseline); it never mixes
+  in a graph (mixing happens after it, like every torch-side mix). It lives beside the
+  baseline's dataset, which imports the Loader.
+"""
+from __future__ import annotations
+
+from fastcas.loading import workers
+
+
+class DaliBackend:
+    """The DALI pipeline of a Loader. ``pipe``: the built pipeline or None; ``built``:
+    ``(source, PipelineConfig)`` of the last build, for the quarantine's decode probes."""
+
+    name = "dali"
+    mixes_in_graph = True
+
+    def __init__(self):
+        self.pipe = None
+        self.watch = None
+        self.built = None
+        self.device = None
+
+    def build(self, source, cfg, device: str) -> None:
+        """Build the graph for ``source`` (its offset is the first step) with LoaderConfig
+        ``cfg`` on ``device`` ("cpu" or "cuda")."""
+        from fastcas.loading.pipeline import PipelineConfig, build_pipeline
+
+        self.close()
+        device_id = None
+        if device == "cuda":
+            import torch
+
+            device_id = torch.cuda.current_device()
+        pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
+                              device=device, device_id=device_id, num_threads=cfg.num_threads,
+                              py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
+        with workers.die_with_parent():  # workers forked here exit when this process dies
+            self.pipe = build_pipeline(source, pcfg)
+        self.watch = workers.WorkerWatch(self.pipe)
+        self.built, self.device = (source, pcfg), device
+
+    def run(self) -> list:
+        """One batch (pipeline layout); a dead worker raises WorkerDiedError, never hangs."""
+        from fastcas.loading import pipeline
+
+        with self.watch or workers.NO_WATCH:
+            return pipeline.run(self.pipe, self.device)
+
+    def reset(self) -> None:
+        from fastcas.loading import pipeline
+
+        pipeline.reset(self.pipe)
+
+    def decode_probe(self):
+        """A host decoder with the pipeline's settings (:class:`fastcas.loading.pipeline.DecodeProbe`)."""
+        from fastcas.loading.pipeline import DecodeProbe
+
+        pcfg = self.built[1]
+        return DecodeProbe(pcfg.device, pcfg.device_id)
+
+    def prefetch_depth(self) -> int:
+        return self.built[1].prefetch
+
+    def close(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:
+            watch.close()
+        self.pipe = None  # dropping the last reference stops DALI and its workers

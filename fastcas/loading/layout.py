@@ -1,0 +1,107 @@
+"""The names of a batch's outputs, in order: one owner for the positional protocol between
+the external source (:mod:`fastcas.loading.source`), the DALI graph
+(:mod:`fastcas.loading.pipeline`), the Loader's finishing step, the quarantine
+(:mod:`fastcas.loading.faults`) and the torchvision baseline, the way DALI's
+``DALIGenericIterator(pipelines, output_map)`` names an iterator's outputs.
+
+Source outputs (what ``SampleSource.batch`` returns, one tuple per batch):
+
+* per stream ``s`` (0: the sampled / background stream, 1: CMO's foreground stream):
+  ``jpegs{s}`` (list of uint8 [n] encoded images), ``labels{s}`` int64 [B, 1], ``windows{s}``
+  float32 [B, 4] crop windows ``(x, y, w, h)`` normalised, ``flips{s}`` int32 [B, 1];
+* with mixing inside the graph (``mix``), the paste arguments of that kind (:attr:`paste`);
+* ``skipped`` int64 [B, streams]: the index of an unreadable sample a slot replaced, or -1.
+
+Pipeline outputs (what the graph, or the baseline's DataLoader, yields):
+
+* without in-graph mixing: per stream ``images{s}`` (float [B, 3, S, S] or [B, S, S, 3]) and
+  ``labels{s}`` int64 [B, 1], then ``skipped``;
+* with it: ``images0`` (the mixed images), ``labels{s}`` per stream, ``lam`` float64 [B, 1]
+  (the kept background fraction DALI applied), then ``skipped``.
+
+Adding an output is a change here (and where it is produced and consumed), not in five
+places' index arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STREAM_FIELDS = ("jpegs", "labels", "windows", "flips")
+PASTE_KINDS = ("cutmix", "saliencymix", "fmix")  # the kinds the graph can mix itself
+# host dtypes of the source outputs (numpy names); every other paste argument is int32
+SOURCE_DTYPES = {"jpegs": "uint8", "labels": "int64", "windows": "float32", "flips": "int32",
+                 "lam": "float64", "masks": "uint8", "skipped": "int64"}
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Output names for ``streams`` (1 or 2) sample streams and the in-graph mixing ``mix``
+    (one of :data:`PASTE_KINDS`, or None when the graph does not mix)."""
+
+    streams: int
+    mix: str | None = None
+
+    def __post_init__(self):
+        if self.streams not in (1, 2):
+            raise ValueError(f"streams must be 1 or 2, got {self.streams!r}")
+        if self.mix is not None and self.mix not in PASTE_KINDS:
+            raise ValueError(f"in-graph mix must be one of {PASTE_KINDS} or None, got {self.mix!r}")
+
+    @property
+    def paste(self) -> tuple:
+        """The in-graph mixing arguments, in order. One stream mixes with an in-batch partner
+        (``in_ids`` / ``partner``); two take the foreground from stream 1."""
+        one = self.streams == 1
+        if self.mix is None:
+            return ()
+        if self.mix == "cutmix":
+            return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
+        if self.mix == "saliencymix":
+            return (("in_ids",) if one else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
+        return (("partner",) if one else ()) + ("masks", "lam")
+
+    @property
+    def source_names(self) -> tuple:
+        per_stream = tuple(f"{f}{s}" for s in range(self.streams) for f in STREAM_FIELDS)
+        return per_stream + self.paste + ("skipped",)
+
+    @property
+    def pipeline_names(self) -> tuple:
+        labels = tuple(f"labels{s}" for s in range(self.streams))
+        if self.mix is not None:
+            return ("images0", *labels, "lam", "skipped")
+        return tuple(n for s in range(self.streams) for n in (f"images{s}", f"labels{s}")) + ("skipped",)
+
+    def source_dtypes(self) -> list:
+        """Numpy dtype names of the source outputs, in order (for ``fn.external_source``)."""
+        def field(name):  # "labels1" -> "labels"; paste arguments keep their name
+            return name[:-1] if name[-1].isdigit() and name[:-1] in STREAM_FIELDS else name
+
+        return [SOURCE_DTYPES.get(field(n), "int32") for n in self.source_names]
+
+    def pack(self, values: dict, which: str = "source") -> tuple:
+        """``values`` (name -> output) as the positional tuple of ``which`` ("source" or
+        "pipeline"); a missing or unknown name is a KeyError naming it."""
+        names = self._names(which)
+        extra = set(values) - set(names)
+        if extra:
+            raise KeyError(f"not {which} outputs of {self}: {sorted(extra)}")
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise KeyError(f"{which} outputs missing for {self}: {missing}")
+        return tuple(values[n] for n in names)
+
+    def named(self, outputs, which: str = "source") -> dict:
+        """The positional ``outputs`` of ``which`` as a dict name -> output (DALI data nodes,
+        arrays or tensors alike)."""
+        names = self._names(which)
+        if len(outputs) != len(names):
+            raise ValueError(f"{len(outputs)} {which} outputs, {self} has {len(names)}: {names}")
+        return dict(zip(names, outputs))
+
+    def _names(self, which: str) -> tuple:
+        if which == "source":
+            return self.source_names
+        if which == "pipeline":
+            return self.pipeline_names
+        raise ValueError(f"which must be 'source' or 'pipeline', got {which!r}")
