@@ -250,7 +250,7 @@ for _ in range(3):
     next(it)
 reader[40]
 # let the prefetch thread and DALI's queue fill and go idle first: a truncation racing a read in
-# flight can still fault (SIGBUS; ShardReader._check_size and the README say so), which is not
+# flight can still fault (SIGBUS; ShardReader._check_size and docs/faults-notes.md say so), which is not
 # what this test is about (it failed so about once in three CI runs on 2026-12-05)
 time.sleep(1.0)
 for tar in sorted(root.glob("*.tar")):
