@@ -285,11 +285,15 @@ def test_keep_builds_the_dataset_once_and_refuses_foreign_directories(tmp_path):
     from fastcas.tools.selftest.run import SelftestError, _ensure_dataset, dataset_dir
 
     cfg = SelftestConfig(device="cpu", keep=str(tmp_path / "kept"), samples=64, batch_size=4)
+    from fastcas.dataset.reader import ShardReader
+
     with dataset_dir(cfg) as root:
-        first = _ensure_dataset(root, cfg)
+        _ensure_dataset(root, cfg)
+        first = list(ShardReader(root).keys)
     stamp = (root / "manifest.json").stat().st_mtime_ns
     with dataset_dir(cfg) as again:
-        assert _ensure_dataset(again, cfg)["keys"] == first["keys"]
+        _ensure_dataset(again, cfg)
+        assert list(ShardReader(again).keys) == first and len(first) == cfg.samples
     assert again == root and (root / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")

@@ -33,7 +33,8 @@ def test_gpu_written_checkpoint_restores_the_rng_on_the_host(tmp_path, monkeypat
     saved = torch.get_rng_state()
     expected = torch.rand(3)
     path = tmp_path / "checkpoint.pt"
-    _save_as_if_on_cuda({"torch_rng": saved, "model": {"w": torch.ones(2)}, "epoch": 1}, path, monkeypatch)
+    _save_as_if_on_cuda({"torch_rng": saved, "model": {"w": torch.ones(2)}, "epoch": 1, "optimizer": {},
+                         "scaler": {}, "global_step": 0, "loader": {}}, path, monkeypatch)
     state = train_loop._load_checkpoint(path)
     assert state["torch_rng"].device.type == "cpu" and state["model"]["w"].device.type == "cpu"
     torch.manual_seed(0)
