@@ -1,0 +1,43 @@
+"""``fastcas reproduce``: the papers' comparisons trained on Fashion-MNIST-LT-tint, paired by seed."""
+from __future__ import annotations
+
+HELP = "train the papers' comparisons on the demo data, several seeds, paired differences"
+
+
+def add_arguments(p) -> None:
+    from fastcas.tools.reproduce.run import ARMS, ReproduceConfig
+
+    d = ReproduceConfig(train="", val="")
+    p.add_argument("--root", default="demo-data", help="where the demo datasets live (default ./demo-data)")
+    p.add_argument("--out", default=d.out, help=f"report directory (default {d.out})")
+    p.add_argument("--fashion-mnist", default=None, help="directory with Fashion-MNIST idx files")
+    p.add_argument("--arms", nargs="+", default=list(d.arms), choices=list(ARMS), metavar="ARM",
+                   help="recipes to train (default all: " + ", ".join(ARMS) + ")")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"training seeds 0..N-1 (default {d.seeds})")
+    p.add_argument("--model", default=d.model, help=f"default {d.model}")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epoch-length", type=int, default=d.epoch_length, help="draws per epoch")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation curve every N epochs")
+    p.add_argument("--device", default=d.device, help="cpu (default), cuda or auto")
+    p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--progress", action="store_true", help="progress bars")
+
+
+def run(args) -> int:
+    from fastcas.tools.demo.data import build_demo_data
+    from fastcas.tools.demo.tint import build_tint_data
+    from fastcas.tools.reproduce.run import ReproduceConfig, run_reproduce
+
+    build_demo_data(args.root, corpus_size=0, seed=args.seed, fashion_mnist=args.fashion_mnist,
+                    progress=args.progress)
+    train, val = build_tint_data(args.root, seed=args.seed, fashion_mnist=args.fashion_mnist,
+                                 progress=args.progress)
+    cfg = ReproduceConfig(train=str(train), val=str(val), out=args.out, arms=tuple(args.arms), seeds=args.seeds,
+                          model=args.model, epochs=args.epochs, epoch_length=args.epoch_length,
+                          batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
+                          progress=args.progress)
+    report = run_reproduce(cfg)
+    print((__import__("pathlib").Path(cfg.out) / "report.md").read_text())
+    print(f"report: {cfg.out}/report.md ({report['wall_seconds'] / 60:.1f} min)")
+    return 0
