@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--epoch-length", type=int, default=d.epoch_length, help="draws per epoch")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--image-size", type=int, default=d.image_size, help="training size in px (scores stay at 28)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation curve every N epochs")
     p.add_argument("--device", default=d.device, help="cpu (default), cuda or auto")
     p.add_argument("--seed", type=int, default=0, help="data seed")
@@ -35,7 +36,7 @@ def run(args) -> int:
                                  progress=args.progress)
     cfg = ReproduceConfig(train=str(train), val=str(val), out=args.out, arms=tuple(args.arms), seeds=args.seeds,
                           model=args.model, epochs=args.epochs, epoch_length=args.epoch_length,
-                          batch_size=args.batch_size, eval_every=args.eval_every, device=args.device,
+                          batch_size=args.batch_size, image_size=args.image_size, eval_every=args.eval_every, device=args.device,
                           progress=args.progress)
     report = run_reproduce(cfg)
     print((__import__("pathlib").Path(cfg.out) / "report.md").read_text())

@@ -57,3 +57,15 @@ def test_config_refuses_unknown_arms_and_zero_seeds():
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         ReproduceConfig(train="t", val="v", seeds=0)
     assert ReproduceConfig(train="t", val="v", epochs=200).cmo_window() == (3, 3)
+
+
+def test_schedule_trains_whole_comparisons_before_the_next_block():
+    from fastcas.tools.reproduce.run import schedule
+
+    order = schedule(tuple(ARMS), 3)
+    assert sorted(order) == sorted((a, s) for a in ARMS for s in range(3))  # every arm x seed once
+    # CE's block (CE, CE + CMO, CE + CAS) has all three seeds before any CutMix run starts
+    first_cutmix = next(i for i, (a, _) in enumerate(order) if a.startswith("CutMix"))
+    assert {(a, s) for a, s in order[:first_cutmix]} == {(a, s) for a in ("CE", "CE + CMO", "CE + CAS")
+                                                          for s in range(3)}
+    assert schedule(("FMix",), 2) == [("FMix", 0), ("FMix", 1)]

@@ -69,7 +69,8 @@ class ReproduceConfig:
     epochs: int = 8
     epoch_length: int | None = 4096
     batch_size: int = 128
-    image_size: int = 28
+    image_size: int = 28      # training and evaluation size (Fashion-MNIST is 28 px)
+    score_size: int = 28      # CAS scoring size: the native resolution, whatever the training size
     lr: float = 0.1
     weight_decay: float = 5e-4
     eval_every: int = 2       # validation curve points (epochs); the last epoch is always evaluated
@@ -96,6 +97,21 @@ class ReproduceConfig:
         return k, k
 
 
+# Arms trained together seed by seed, block after block: a run cut short still has whole
+# comparisons with every seed (rather than every comparison with fewer seeds).
+BLOCKS = (("CE", "CE + CMO", "CE + CAS"), ("CutMix", "CutMix + CAS"), ("FMix", "FMix + CAS"),
+          ("SaliencyMix", "SaliencyMix + CAS"))
+
+
+def schedule(arms, seeds: int) -> list[tuple[str, int]]:
+    """(arm, seed) in training order: for each block of :data:`BLOCKS`, seed 0's arms, seed 1's, ..."""
+    order = []
+    for block in BLOCKS:
+        chosen = [a for a in block if a in arms]
+        order += [(a, s) for s in range(seeds) for a in chosen]
+    return order
+
+
 def slug(arm: str, seed: int) -> str:
     return arm.lower().replace(" + ", "-").replace(" ", "-") + f"-seed{seed}"
 
@@ -108,8 +124,8 @@ def _curve(path: Path) -> list[dict]:
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
-    """Train every arm x seed (seed-major: seed 0's arms first, so a partial run is paired),
-    evaluate, and rewrite the report after every run. Returns the report dict."""
+    """Train every arm x seed in :func:`schedule` order, evaluate, and rewrite the report after
+    every run (a run stopped early leaves a valid report). Returns the report dict."""
     from fastcas.dataset.reader import ShardReader
     from fastcas.dataset.scorefile import read_scores
     from fastcas.tools.demo.run import _evaluate, attribute_check, predict, score
@@ -120,9 +136,9 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.image_size, cfg.py_workers,
+    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.score_size, cfg.py_workers,
                          cfg.device, cfg.progress)
-    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.image_size, cfg.py_workers,
+    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.score_size, cfg.py_workers,
                        cfg.device, cfg.progress)
     check = attribute_check(cfg.train, train_scores, cfg.epoch_length)
     vreader, treader = ShardReader(cfg.val), ShardReader(cfg.train)
@@ -134,29 +150,28 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     seconds: dict = {arm: {} for arm in cfg.arms}
     start, end = cfg.cmo_window()
     report: dict = {}
-    for seed in range(cfg.seeds):
-        for arm in cfg.arms:
-            opts = dict(ARMS[arm])
-            if opts.get("foreground_weights") == "cmo":
-                opts.update(mix_start=start, mix_end=end)
-            d = out / slug(arm, seed)
-            tc = TrainConfig(train=cfg.train, val=cfg.val, out=str(d), model=cfg.model, epochs=cfg.epochs,
-                             batch_size=cfg.batch_size, image_size=cfg.image_size, lr=cfg.lr,
-                             weight_decay=cfg.weight_decay, scores=str(train_scores), val_scores=str(val_scores),
-                             epoch_length=cfg.epoch_length, many=cfg.many, few=cfg.few, eval_every=cfg.eval_every,
-                             py_workers=cfg.py_workers, checkpoint_every=10**6, seed=seed, progress=cfg.progress,
-                             device=cfg.device, **opts)
-            print(f"== {arm} (seed {seed})", flush=True)
-            t0 = time.time()
-            train(tc, overwrite=True)  # the reproduction owns its run directories
-            pred = predict(d / "model.pt", tc, cfg.val)
-            np.save(d / "predictions.npy", pred)
-            rep = _evaluate(vreader.labels, pred, treader.class_counts, vcas, rare, cfg)
-            atomic_write_json(d / "eval.json", rep)
-            runs[arm][seed] = {g: rep.get(g) for g in GROUPS}
-            curves[arm][seed] = _curve(d / "metrics.jsonl")
-            seconds[arm][seed] = time.time() - t0
-            report = write_report(out, {"config": asdict(cfg), "attribute_check": check, "runs": runs,
-                                        "curves": curves, "seconds": seconds,
-                                        "wall_seconds": time.time() - t_start})
+    for arm, seed in schedule(cfg.arms, cfg.seeds):
+        opts = dict(ARMS[arm])
+        if opts.get("foreground_weights") == "cmo":
+            opts.update(mix_start=start, mix_end=end)
+        d = out / slug(arm, seed)
+        tc = TrainConfig(train=cfg.train, val=cfg.val, out=str(d), model=cfg.model, epochs=cfg.epochs,
+                         batch_size=cfg.batch_size, image_size=cfg.image_size, lr=cfg.lr,
+                         weight_decay=cfg.weight_decay, scores=str(train_scores), val_scores=str(val_scores),
+                         epoch_length=cfg.epoch_length, many=cfg.many, few=cfg.few, eval_every=cfg.eval_every,
+                         py_workers=cfg.py_workers, checkpoint_every=10**6, seed=seed, progress=cfg.progress,
+                         device=cfg.device, **opts)
+        print(f"== {arm} (seed {seed})", flush=True)
+        t0 = time.time()
+        train(tc, overwrite=True)  # the reproduction owns its run directories
+        pred = predict(d / "model.pt", tc, cfg.val)
+        np.save(d / "predictions.npy", pred)
+        rep = _evaluate(vreader.labels, pred, treader.class_counts, vcas, rare, cfg)
+        atomic_write_json(d / "eval.json", rep)
+        runs[arm][seed] = {g: rep.get(g) for g in GROUPS}
+        curves[arm][seed] = _curve(d / "metrics.jsonl")
+        seconds[arm][seed] = time.time() - t0
+        report = write_report(out, {"config": asdict(cfg), "attribute_check": check, "runs": runs,
+                                    "curves": curves, "seconds": seconds,
+                                    "wall_seconds": time.time() - t_start})
     return report
