@@ -54,3 +54,14 @@ def test_bad_input_is_refused():
         paired_difference([0.1, 0.2], [0.1])
     with pytest.raises(ValueError, match="confidence"):
         paired_difference([0.1, 0.2], [0.1, 0.3], confidence=1.5)
+
+
+def test_demo_names_the_differences_beyond_the_seed_spread():
+    from fastcas.tools.demo.run import noise_lines
+
+    runs = {"CutMix": [{"top1": 0.50, "few": 0.10}, {"top1": 0.52, "few": 0.20}, {"top1": 0.51, "few": 0.15}],
+            "CutMix + CAS": [{"top1": 0.60, "few": 0.05}, {"top1": 0.63, "few": 0.30}, {"top1": 0.61, "few": 0.10}]}
+    (line,) = noise_lines(runs, ("top1", "few"))  # CE / CE + CMO absent: one line
+    beyond, within = line.split("; within it: ")
+    assert "top1 +0.103" in beyond and "few" not in beyond and "few" in within
+    assert noise_lines({k: v[:1] for k, v in runs.items()}) == []  # one seed: nothing to say

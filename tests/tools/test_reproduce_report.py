@@ -64,8 +64,8 @@ def test_schedule_trains_whole_comparisons_before_the_next_block():
 
     order = schedule(tuple(ARMS), 3)
     assert sorted(order) == sorted((a, s) for a in ARMS for s in range(3))  # every arm x seed once
-    # CE's block (CE, CE + CMO, CE + CAS) has all three seeds before any CutMix run starts
-    first_cutmix = next(i for i, (a, _) in enumerate(order) if a.startswith("CutMix"))
-    assert {(a, s) for a, s in order[:first_cutmix]} == {(a, s) for a in ("CE", "CE + CMO", "CE + CAS")
-                                                          for s in range(3)}
+    # the CutMix pair has all three seeds before any other run starts, then CE's block
+    first_ce = next(i for i, (a, _) in enumerate(order) if a.startswith("CE"))
+    assert {(a, s) for a, s in order[:first_ce]} == {(a, s) for a in ("CutMix", "CutMix + CAS") for s in range(3)}
+    assert order[first_ce:first_ce + 3] == [("CE", 0), ("CE + CMO", 0), ("CE + CAS", 0)]
     assert schedule(("FMix",), 2) == [("FMix", 0), ("FMix", 1)]

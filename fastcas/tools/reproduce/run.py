@@ -98,8 +98,9 @@ class ReproduceConfig:
 
 
 # Arms trained together seed by seed, block after block: a run cut short still has whole
-# comparisons with every seed (rather than every comparison with fewer seeds).
-BLOCKS = (("CE", "CE + CMO", "CE + CAS"), ("CutMix", "CutMix + CAS"), ("FMix", "FMix + CAS"),
+# comparisons with every seed (rather than every comparison with fewer seeds). The CAS paper's
+# Table 2 pair (CutMix vs CutMix + CAS) comes first, then the CMO paper's.
+BLOCKS = (("CutMix", "CutMix + CAS"), ("CE", "CE + CMO", "CE + CAS"), ("FMix", "FMix + CAS"),
           ("SaliencyMix", "SaliencyMix + CAS"))
 
 
