@@ -16,6 +16,14 @@ from fastcas.core.io import atomic_write_bytes, atomic_write_json
 from fastcas.tools.reproduce.stats import mean_sd, paired_difference
 
 GROUPS = ("top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high", "rare_attr")
+# (treatment, control, the groups the paper says should rise)
+COMPARISONS = (
+    ("CE + CMO", "CE", ("few", "top1")),            # CMO paper, Table 9's direction
+    ("CE + CAS", "CE", ("cas_high", "rare_attr")),
+    ("CutMix + CAS", "CutMix", ("cas_high", "rare_attr")),  # CAS paper, Table 2
+    ("FMix + CAS", "FMix", ("cas_high", "rare_attr")),
+    ("SaliencyMix + CAS", "SaliencyMix", ("cas_high", "rare_attr")),
+)
 
 
 def summarise(runs: dict) -> dict:
@@ -33,8 +41,6 @@ def summarise(runs: dict) -> dict:
 def comparisons(runs: dict, pairs=None) -> list[dict]:
     """For each (treatment, control, expected groups) whose arms both ran: per group the
     paired difference over the seeds both have (:func:`paired_difference`)."""
-    from fastcas.tools.reproduce.run import COMPARISONS
-
     rows = []
     for treat, ctrl, expected in (COMPARISONS if pairs is None else pairs):
         if treat not in runs or ctrl not in runs:

@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core.io import atomic_write_json
-
-GROUPS = ("top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high", "rare_attr")
+from fastcas.tools.reproduce.report import COMPARISONS, GROUPS, write_report  # noqa: F401 (COMPARISONS re-exported)
 
 _MIX = dict(alpha=0.2, mix_prob=0.5)
 ARMS = {
@@ -46,14 +45,6 @@ ARMS = {
     "SaliencyMix": dict(weights="uniform", mix="saliencymix", **_MIX),
     "SaliencyMix + CAS": dict(weights="cas", b=1.2, mix="saliencymix", **_MIX),
 }
-# (treatment, control, the groups the paper says should rise)
-COMPARISONS = (
-    ("CE + CMO", "CE", ("few", "top1")),            # CMO paper, Table 9's direction
-    ("CE + CAS", "CE", ("cas_high", "rare_attr")),
-    ("CutMix + CAS", "CutMix", ("cas_high", "rare_attr")),  # CAS paper, Table 2
-    ("FMix + CAS", "FMix", ("cas_high", "rare_attr")),
-    ("SaliencyMix + CAS", "SaliencyMix", ("cas_high", "rare_attr")),
-)
 
 
 @dataclass(frozen=True)
@@ -131,7 +122,6 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     from fastcas.dataset.scorefile import read_scores
     from fastcas.tools.demo.run import _evaluate, attribute_check, predict, score
     from fastcas.tools.demo.tint import RARE, load_tints
-    from fastcas.tools.reproduce.report import write_report
     from fastcas.train.loop import TrainConfig, train
 
     out = Path(cfg.out)
