@@ -87,6 +87,8 @@ def markdown(report: dict) -> str:
                   f"(target {d['cas']['target']:.4f}).", ""]
     lines += ["| recipe | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for arm, row in summary.items():
+        if not row["top1"]["n"]:
+            continue  # not run (a stopped run, or not among --arms)
         lines.append(f"| {arm} | {row['top1']['n']} | " + " | ".join(_pm(row[g]) for g in shown) + " |")
     lines += ["", "Paired differences (treatment - control, per seed), mean [95% paired-t interval]; "
               "* = the interval excludes 0 (exceeds the seed spread).", "",
@@ -134,6 +136,8 @@ def plot_curves(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for arm, by_seed in curves.items():
         rows = [r for rs in by_seed.values() for r in rs]
+        if not rows:  # an arm that has not run yet
+            continue
         epochs = sorted({r["epoch"] for r in rows})
         for ax, g in zip(axes, ("top1", "few")):
             ys = [np.mean([r[g] for r in rows if r["epoch"] == e and r[g] is not None] or [np.nan]) for e in epochs]
@@ -155,7 +159,7 @@ def plot_groups(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(12, 3.6))
-    arms = list(summary)
+    arms = [a for a in summary if summary[a]["top1"]["n"]]  # arms that have run
     width = 0.8 / max(len(arms), 1)
     x = np.arange(len(GROUPS))
     for i, arm in enumerate(arms):
