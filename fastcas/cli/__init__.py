@@ -13,6 +13,7 @@ import sys
 # name -> module under fastcas.cli; order is the order shown in --help
 COMMANDS: dict[str, str] = {
     "demo": "demo",
+    "reproduce": "reproduce",
     "shard": "shard",
     "index": "index",
     "convert": "convert",
@@ -30,6 +31,7 @@ COMMANDS: dict[str, str] = {
 # One-line help without importing the command module (kept in step by a test).
 SUMMARY: dict[str, str] = {
     "demo": "build the embedded demo data and run the end-to-end demo",
+    "reproduce": "train the papers' comparisons on the demo data, several seeds, paired differences",
     "shard": "write WebDataset shards + DALI indexes + manifest from images",
     "index": "index existing WebDataset tars (local or URLs) without rewriting them",
     "convert": "convert a dataset's JSON manifest to memory-mapped columns (or back)",
