@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastcas.train.models import MODELS
+
 from fastcas.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +72,7 @@ def test_device_cuda_without_gpu_is_a_cli_error(tmp_path, capsys, cmd, monkeypat
 def test_train_help_lists_choices_and_explains_flags(capsys):
     pytest.importorskip("torch")
     text = _help(capsys, "train")
-    for choice in ("--model {resnet32,resnet18,resnet50,resnext50}", "--weights {uniform,cas,cmo,",
+    for choice in ("--model {" + ",".join(MODELS) + "}", "--weights {uniform,cas,cmo,",
                    "--mix {none,cutmix,fmix,saliencymix,mixup}", "--loss-weights {none,inverse,effective,upweight-low}"):
         assert choice in text, choice
     for flag, words in (("--many MANY", "more than MANY training images"), ("--few FEW", "fewer than FEW"),
