@@ -102,7 +102,7 @@ def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe, monkeypatch
 
 
 def test_recipe_errors():
-    with pytest.raises(ValueError, match="unknown model 'vgg'; expected one of resnet32"):
+    with pytest.raises(ValueError, match="unknown model 'vgg'; expected one of resnet8, .*resnet32"):
         TrainConfig(train="x", model="vgg")
     with pytest.raises(ValueError, match="unknown loss weights 'focal'"):
         TrainConfig(train="x", loss_weights="focal")
