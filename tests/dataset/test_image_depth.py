@@ -1,13 +1,10 @@
 """High-bit-depth images (16-bit PNG, 32-bit int and float TIFF) are scaled to 8 bits, not clipped, by the shard writer and `fastcas shard`."""
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fastcas.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _gradient16(h=48, w=64) -> np.ndarray:
@@ -20,31 +17,6 @@ def _decode(jpeg: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"), np.float64)
-
-
-def _score_file(path, cas, keys=("s0000", "s0001", "s0002")):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"key": list(keys), "label": [0, 1, 0], "cas": cas}), path)
-    return path
-
-
-def _help(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--help"])
-    assert e.value.code == 0
-    return " ".join(capsys.readouterr().out.split())
-
-
-def _config(argv):
-    import argparse
-
-    from fastcas.cli import train as C
-
-    p = argparse.ArgumentParser()
-    C.add_arguments(p)
-    return C.config_from_args(p.parse_args(argv))
 
 
 def test_16bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):

@@ -14,15 +14,6 @@ from tests.helpers import make_dataset  # noqa: E402
 pytestmark = pytest.mark.dali
 
 
-def _save_as_if_on_cuda(obj, path, monkeypatch):
-    """torch.save with every storage tagged 'cuda:0': the checkpoint a GPU run writes."""
-    import torch.serialization as S
-
-    with monkeypatch.context() as m:
-        m.setattr(S, "location_tag", lambda storage: "cuda:0")
-        torch.save(obj, path)
-
-
 def test_source_prefetch_covers_every_worker():
     assert pipeline.source_prefetch(PipelineConfig(batch_size=4, py_workers=6)) >= 6
     assert pipeline.source_prefetch(PipelineConfig(batch_size=4, py_workers=1, prefetch=2)) >= 2

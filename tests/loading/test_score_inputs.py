@@ -1,25 +1,6 @@
 """The Loader refuses training score files with NaN CAS values."""
-import io
-from pathlib import Path
 
-import numpy as np
 import pytest
-
-from fastcas.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _gradient16(h=48, w=64) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w]
-    # 8000..56000: most of the 16-bit range, but not all of it, so min-max stretching is caught too
-    return (8000 + (xx * 1000 + yy * 300) % 48001).astype(np.uint16)
-
-
-def _decode(jpeg: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"), np.float64)
 
 
 def _score_file(path, cas, keys=("s0000", "s0001", "s0002")):
@@ -28,23 +9,6 @@ def _score_file(path, cas, keys=("s0000", "s0001", "s0002")):
 
     pq.write_table(pa.table({"key": list(keys), "label": [0, 1, 0], "cas": cas}), path)
     return path
-
-
-def _help(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--help"])
-    assert e.value.code == 0
-    return " ".join(capsys.readouterr().out.split())
-
-
-def _config(argv):
-    import argparse
-
-    from fastcas.cli import train as C
-
-    p = argparse.ArgumentParser()
-    C.add_arguments(p)
-    return C.config_from_args(p.parse_args(argv))
 
 
 def test_training_scores_with_nan_are_refused_by_the_loader(tmp_path):

@@ -2,79 +2,12 @@
 import numpy as np
 import pytest
 
-from fastcas import Loader
-from fastcas.dataset.reader import ShardReader
 from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.sampling.sampler import WeightedSampler
-from tests.helpers import make_dataset
-
-COUNTS = (24, 12, 6, 3)
 
 
 G = 8  # the global batch of every elastic comparison
-
-
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("elastic") / "ds"
-    make_dataset(root, counts=COUNTS, shard_size=16, size=(48, 36))
-    return root
-
-
-@pytest.fixture(scope="module")
-def scores(ds):
-    n = len(ShardReader(ds))
-    return 20.0 + (np.arange(n) * 7919) % 37  # CAS-like sums of ranks
-
-
-RECIPES = {
-    "cas-cutmix": dict(weights="cas", mix="cutmix", alpha=0.2),
-    "cmo-two-stream": dict(weights="uniform", foreground_weights="cmo", mix="cutmix", mix_prob=0.5),
-    "uniform-shuffle-fmix": dict(weights="uniform", mix="fmix", alpha=1.0),
-}
-
-
-def loaders(ds, scores, recipe, world_size, epoch_length=60, **kw):
-    b = G // world_size
-    opts = dict(RECIPES[recipe], image_size=16, epoch_length=epoch_length, seed=11, device="cpu", py_workers=0, **kw)
-    return [Loader(ds, b, scores=scores, rank=r, world_size=world_size, **opts) for r in range(world_size)]
-
-
-def records(plan):
-    """Per position: (position, sample key, crop window, flip, measured lambda, partner key[, fg key])."""
-    out = {}
-    p = plan["params"]
-    for j, g in enumerate(plan["positions"].tolist()):
-        rec = (plan["keys"][0][j], tuple(plan["windows"][0][j].tolist()), int(plan["flips"][0][j]),
-               float(p.lam[j]), plan["partner_keys"][j])
-        if len(plan["keys"]) == 2:  # CMO: the foreground's own crop and flip too
-            rec += (tuple(plan["windows"][1][j].tolist()), int(plan["flips"][1][j]))
-        if p.masks is not None:
-            rec += (p.masks[j].tobytes(),)
-        out[g] = rec
-    return out
-
-
-def stream(group, start_step=0, epoch=0):
-    """The concatenated stream of a group of rank loaders, by global position."""
-    out = {}
-    for t in range(start_step, len(group[0])):
-        for loader in group:
-            out.update(records(loader.plan(t, epoch)))
-    return out
-
-
-def _torchrun(nproc, args, root):
-    import os
-    import subprocess
-    import sys
-
-    # --standalone: torchrun picks a free rendezvous port itself (no fixed port to collide on)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "fastcas", *args]
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_weighted_sampler_as_a_dataloader_sampler_resumes_at_another_world_size():

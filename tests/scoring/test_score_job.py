@@ -10,15 +10,6 @@ pytest.importorskip("nvidia.dali")
 pytestmark = pytest.mark.dali
 
 
-def _save_as_if_on_cuda(obj, path, monkeypatch):
-    """torch.save with every storage tagged 'cuda:0': the checkpoint a GPU run writes."""
-    import torch.serialization as S
-
-    with monkeypatch.context() as m:
-        m.setattr(S, "location_tag", lambda storage: "cuda:0")
-        torch.save(obj, path)
-
-
 def test_score_binds_the_local_rank_gpu(monkeypatch):
     from fastcas.scoring import job as score
 

@@ -1,22 +1,11 @@
 """Packaging: benchmarks/gpu.sh installs DALI with its runtime dependencies; setup.py pins numba-cuda with its CUDA 13 extra."""
 import pytest
 
-torch = pytest.importorskip("torch")
-
 
 pytest.importorskip("nvidia.dali")
 
 
 pytestmark = pytest.mark.dali
-
-
-def _save_as_if_on_cuda(obj, path, monkeypatch):
-    """torch.save with every storage tagged 'cuda:0': the checkpoint a GPU run writes."""
-    import torch.serialization as S
-
-    with monkeypatch.context() as m:
-        m.setattr(S, "location_tag", lambda storage: "cuda:0")
-        torch.save(obj, path)
 
 
 def test_gpu_sh_installs_dali_with_its_runtime_dependencies():
