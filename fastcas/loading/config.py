@@ -20,6 +20,8 @@ from fastcas.sampling.geometry import LAST_BATCH
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
 # SaliencyMix ``saliency`` "finegrained" (default: the reference's saliency, batched), "opencv"
 # (the same through OpenCV) or "spectral" (spectral residual)
+MODES_READ = ("exact", "streaming")  # Loader modes: per-position draws, or each rank reading its shards in order
+DEFAULT_SHUFFLE_BUFFER = 4096
 MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
                "saliencymix": ("mode", "saliency")}
 
@@ -65,7 +67,10 @@ class LoaderConfig:
     CPU pipelines with the fine-grained saliency, SaliencyMix run as DALI operators inside the
     pipeline (uint8 pastes or selects before one normalisation, :mod:`fastcas.loading.pipeline`); False
     applies them with torch after the pipeline. Both give the same pixels (tested); the pipeline
-    is cheaper (uint8 copies instead of float gathers and blends)."""
+    is cheaper (uint8 copies instead of float gathers and blends). ``mode``: "exact" (every
+    position an independent draw, any sample read at any time) or "streaming" (each rank reads
+    its own shards in order through a shuffle buffer of ``shuffle_buffer`` samples, default
+    :data:`DEFAULT_SHUFFLE_BUFFER`; :mod:`fastcas.loading.streams`, docs/streaming.md)."""
 
     batch_size: int
     weights: str = "uniform"
@@ -93,6 +98,8 @@ class LoaderConfig:
     cache_max_bytes: int | None = None
     prefetch: int = 2
     mix_in_pipeline: bool = True
+    mode: str = "exact"
+    shuffle_buffer: int | None = None
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -130,6 +137,15 @@ class LoaderConfig:
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
         _check_mix_options(self.mix_kind, self.mix_options)
+        if self.mode not in MODES_READ:
+            raise ValueError(f"mode must be 'exact' or 'streaming', got {self.mode!r}")
+        if self.shuffle_buffer is not None:
+            if self.mode != "streaming":
+                raise ValueError("shuffle_buffer applies to mode='streaming' only (exact mode draws each position "
+                                 "independently)")
+            _check_int("shuffle_buffer", self.shuffle_buffer, 0)
+        if self.mode == "streaming" and not self.train:
+            raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
 
     @property
     def mix_kind(self) -> str | None:

@@ -149,10 +149,12 @@ class Loader:
         cfg = self.config
         if not cfg.train:
             return (SequentialIndex(len(self.reader), self.rank, self.world_size),)
-        streams = [self._sampler(cfg.weights, 0)]
-        if cfg.foreground_weights:
-            streams.append(self._sampler(cfg.foreground_weights, 1))
-        return tuple(streams)
+        names = [cfg.weights] + ([cfg.foreground_weights] if cfg.foreground_weights else [])
+        if cfg.mode == "streaming":
+            from fastcas.loading import streams as streaming
+
+            return tuple(streaming.from_loader(self, name, s) for s, name in enumerate(names))
+        return tuple(self._sampler(name, s) for s, name in enumerate(names))
 
     def sampler_indices(self, epoch: int) -> list[np.ndarray]:
         """Per stream, the global indices this rank reads in ``epoch`` (before padding)."""
@@ -262,7 +264,10 @@ class Loader:
         digest, epoch length, global batch, mixing and image size). Everything else is a
         function of the config."""
         position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
-        return {"epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
+        extra = {}
+        if self.config.mode == "streaming":  # each stream's StreamingSampler state (fastcas.loading.streams)
+            extra["streaming"] = [s.state_dict(self.epoch, self.step * self.config.batch_size) for s in self.streams]
+        return {"mode": self.config.mode, **extra, "epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
                 "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
                 "global_batch": self.world_size * self.config.batch_size, "config": self._config_digest(),
                 "skipped": dict(self.skipped),
@@ -277,6 +282,11 @@ class Loader:
         (older fastcas) continue at ``step`` with the same world size only."""
         cfg = self.config
         self._check_not_iterating("load_state_dict")
+        saved_mode = state.get("mode", "exact")
+        if saved_mode != cfg.mode or (cfg.mode == "streaming" and "streaming" not in state):
+            raise ValueError(f"Loader.load_state_dict: the state was saved by a mode={saved_mode!r} loader, this "
+                             f"loader has mode={cfg.mode!r}; the two modes read different streams, so a state of "
+                             "one cannot continue the other (start the next epoch with set_epoch instead)")
         if state.get("seed", cfg.seed) != cfg.seed:
             raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
         if self.geometry is None or "position" not in state:
@@ -303,6 +313,10 @@ class Loader:
             if 0 < step < self.steps:
                 check_same(saved, now, self._AUGMENT_KEYS, where + " (resuming mid-epoch)")
             self.epoch, self.step = int(state["epoch"]), step
+            if cfg.mode == "streaming":
+                for stream, saved_stream in zip(self.streams, state["streaming"]):
+                    stream.load(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
+                self.close()  # the pipeline's source carries the streams: rebuild
         self.skipped = dict(state.get("skipped", {}))
         quarantine = set()
         if state.get("quarantine"):

@@ -160,6 +160,11 @@ class SampleSource:
                 indices = sampler.index_at(epoch, positions % len(sampler))
             else:
                 indices = sampler.global_index_at(epoch, g)
+                ahead = getattr(sampler, "shards_ahead", None)  # streaming mode: download the next shard(s)
+                if ahead is not None and self.reader.cache is not None:
+                    todo = ahead(epoch, g)
+                    if todo:
+                        self.reader.prefetch(todo)
             fetched = [self.fetch(int(i)) for i in indices]
             key = augment_key(c.seed, epoch, s)
             n = len(positions)
