@@ -11,7 +11,7 @@ parameters stay keyed by ``(seed, epoch, global position, stream)`` exactly as i
 the two modes differ only in WHICH sample sits at a position.
 
 Remote shards: when the read frontier (local draw + shuffle buffer) enters shard ``k`` of this
-rank's read order, shards ``k + 1 .. k + ahead`` are downloaded on a background thread
+rank's read order, shards ``k .. k + ahead`` are downloaded on a background thread
 (:meth:`fastcas.dataset.reader.ShardReader.prefetch`), never further, so an LRU cache a few shards
 large keeps every shard a rank is still reading (its shards are mmapped by the process reading
 them, which keeps an evicted shard readable there). The plan is recomputed in every process that
@@ -116,8 +116,8 @@ class StreamIndex:
         return order[np.mod(local, len(order))]
 
     def shards_ahead(self, epoch: int, g) -> list[int]:
-        """The shards to download now for a batch at global positions ``g``: the ``ahead``
-        shards after the one the read frontier (last draw + shuffle buffer) is in."""
+        """The shards to download now for a batch at global positions ``g``: the one the read
+        frontier (last draw + shuffle buffer) is in and the ``ahead`` shards after it."""
         if self.ahead == 0 or len(g) == 0:
             return []
         order, start = self.epoch_indices(epoch)
@@ -127,8 +127,11 @@ class StreamIndex:
         shards = seg["shards"][self.rank::fresh.world_size] or seg["shards"][:1]
         lens = [int(fresh.counts(epoch, int(fresh.starts[s]), int(fresh.starts[s + 1])).sum()) for s in shards]
         frontier = int(self.local_of(g).max()) - start + self.sampler.shuffle_buffer
-        k = int(np.searchsorted(np.cumsum(lens), frontier % max(1, sum(lens)), side="right"))
-        want = [int(shards[j]) for j in range(k + 1, min(len(shards), k + 1 + self.ahead))]
+        if frontier >= sum(lens):  # past the end: nothing more to read (no wrap to the first shard)
+            return []
+        k = int(np.searchsorted(np.cumsum(lens), frontier, side="right"))
+        # the frontier's own shard too: otherwise a download of k + 1 could evict k before it is opened
+        want = [int(shards[j]) for j in range(min(k, len(shards) - 1), min(len(shards), k + 1 + self.ahead))]
         new = [s for s in want if (epoch, s) not in self._prefetched]
         self._prefetched.update((epoch, s) for s in new)
         return new
