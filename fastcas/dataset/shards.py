@@ -184,19 +184,43 @@ class _HashingWriter:
 
 
 def _prepare_out(out: Path, overwrite: bool, prefix: str) -> None:
+    """Make ``out`` ready for writing. ``overwrite`` replaces a dataset this writer made (a
+    ``fastcas-shards`` manifest): its manifest, manifest columns and the shards and indexes the
+    manifest lists, nothing else; a directory holding anything else is refused, untouched."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its shards")
+        ours = _own_files(out)
         # The manifest goes first: a crash from here on leaves no manifest, never a stale one.
         (out / MANIFEST).unlink(missing_ok=True)
-        for p in out.glob(f"{prefix}-*.tar"):
-            p.unlink()
-        for p in out.glob(f"{prefix}-*.idx"):
-            p.unlink()
+        for p in ours:
+            p.unlink(missing_ok=True)
         shutil.rmtree(out / COLUMNS_DIR, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _own_files(out: Path) -> list[Path]:
+    """The shard and index files of the ``fastcas shard`` dataset in ``out`` (names from its
+    manifest, each a plain name inside ``out``); ``FileExistsError`` when ``out`` holds no such
+    dataset (no manifest, or another format: someone else's files)."""
+    refuse = (f"--overwrite: {out} holds no dataset written by `fastcas shard` ({MANIFEST} {{}}); refusing to "
+              "delete its files. Choose an empty or new OUT")
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise FileExistsError(refuse.format("missing")) from None
+    except (OSError, ValueError):
+        raise FileExistsError(refuse.format("unreadable")) from None
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT, FORMAT_COLUMNS):
+        raise FileExistsError(refuse.format(f"of format {m.get('format') if isinstance(m, dict) else None!r}"))
+    files = []
+    for sh in m.get("shards", []):
+        for name in (sh.get("tar"), sh.get("index")):
+            if isinstance(name, str) and name and Path(name).name == name and name not in (".", ".."):
+                files.append(out / name)
+    return files
 
 
 def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
