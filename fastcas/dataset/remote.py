@@ -140,6 +140,8 @@ class ShardCache:
             return False
         if size is not None and st.st_size != size:
             return False
+        if size is None and verify_tar(path):  # nothing to compare with: it must at least be a whole tar
+            return False  # (a file an older fastcas cached unverified): fetched again
         with contextlib.suppress(OSError):
             os.utime(path)  # last use, for LRU eviction
         return True

@@ -277,6 +277,20 @@ def test_html_page_with_status_200_is_not_cached_and_is_fetched_again_once_fixed
     assert "indexed 3 samples" in capsys.readouterr().out
 
 
+def test_a_poisoned_file_already_in_the_cache_is_fetched_again_when_no_size_is_known(tmp_path, server):
+    """A cache entry that is not a whole tar (left by a version that did not verify) is not
+    trusted by `fastcas index` (which knows no size): it is downloaded again."""
+    body = _tar()
+    srv = server(lambda conn, n, stop: conn.sendall(_head(len(body)) + body))
+    cache = ShardCache(tmp_path / "c", options=FAST)
+    url = f"{srv.url}/a.tar"
+    cache.root.mkdir()
+    cache.path_for(url).write_bytes(b"<html>Please log in</html>")
+    path, size, _ = cache.fetch_hashed(url)
+    assert path.read_bytes() == body and size == len(body) and srv.requests == 1
+    assert cache.fetch_hashed(url)[0] == path and srv.requests == 1  # a verified entry is a hit
+
+
 def test_short_body_is_rejected_and_not_cached(tmp_path, server):
     body = _tar()
     short = body[:5000]
