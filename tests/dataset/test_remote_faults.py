@@ -61,7 +61,6 @@ class _RawServer:
         with conn:
             conn.settimeout(5)
             head = b""
-            with_errors = (OSError,)
             try:
                 while b"\r\n\r\n" not in head:
                     part = conn.recv(4096)
@@ -69,7 +68,7 @@ class _RawServer:
                         return
                     head += part
                 self.respond(conn, n, self._stop)
-            except with_errors:
+            except OSError:  # the client gave up (a timeout under test): nothing to answer
                 pass
 
     def close(self):
