@@ -99,6 +99,9 @@ def run_measured(cmd: list[str], env=None) -> tuple[float, int, str]:
 _CHILD = r'''
 import json, os, sys, time
 t0 = time.perf_counter()
+import torch  # noqa: F401 - a training process has imported torch before it builds a Loader
+torch_imp = time.perf_counter() - t0
+t0 = time.perf_counter()
 from fastcas.loading.loader import Loader
 imp = time.perf_counter() - t0
 
@@ -131,11 +134,97 @@ t2 = time.perf_counter()
 sd = loader.state_dict()
 t3 = time.perf_counter()
 mem = {"main": rollup(os.getpid()), "workers": [rollup(c) for c in children(os.getpid())]}
-res = {phase: {"import_s": imp, "construct_s": t1 - t0, "first_batch_s": t2 - t1, "state_dict_s": t3 - t2,
+res = {phase: {"torch_import_s": torch_imp, "import_s": imp, "construct_s": t1 - t0, "first_batch_s": t2 - t1, "state_dict_s": t3 - t2,
               "batch": list(x.shape), "memory": mem}}
 loader.close()
 print(json.dumps(res))
 '''
+
+
+def _previous_index(path: str, n: int):
+    """(index_s, index_peak bytes) of ``n`` samples in an earlier bench_scale.json, or None."""
+    for r in json.loads(Path(path).read_text())["rows"]:
+        if r["samples"] == n and r.get("replicated", 1) == 1:
+            return r["index_s"], r["index_peak_MB"] * 1e6
+    return None
+
+
+def _renamed_tar(data: np.ndarray, shift: int) -> np.ndarray:
+    """A copy of one of :func:`make_tars`' tars whose member names ``s{i:09d}.*`` read
+    ``s{i + shift:09d}.*`` (the same length, so every offset stays), header checksums redone;
+    vectorised over the tar's headers. ``data``: uint8 [bytes] of the tar."""
+    out = data.copy()
+    pos, p, n = [], 0, len(data)
+    while p + 512 <= n and data[p]:  # walk the ustar headers (sizes in octal at 124..136)
+        pos.append(p)
+        size = int(bytes(data[p + 124:p + 136]).rstrip(b"\0 ").decode() or "0", 8)
+        p += 512 + -(-size // 512) * 512
+    pos = np.asarray(pos, np.int64)
+    digits = out[pos[:, None] + np.arange(1, 10)].astype(np.int64) - ord("0")
+    value = (digits * 10 ** np.arange(8, -1, -1)).sum(1) + shift
+    new = (value[:, None] // 10 ** np.arange(8, -1, -1)) % 10 + ord("0")
+    out[pos[:, None] + np.arange(1, 10)] = new.astype(np.uint8)
+    out[pos[:, None] + np.arange(148, 156)] = ord(" ")
+    chk = out[pos[:, None] + np.arange(512)].astype(np.int64).sum(1)
+    field = np.array([list(f"{c:06o}".encode()) + [0, ord(" ")] for c in chk], np.uint8)
+    out[pos[:, None] + np.arange(148, 156)] = field
+    return out
+
+
+def replicate_manifest(src: Path, dst: Path, k: int, tars: Path) -> None:
+    """A dataset of ``k * N`` distinct samples from ``src``'s ``N`` without encoding new images:
+    replica ``j`` of every tar is a copy whose member names are shifted by ``j * N``
+    (:func:`_renamed_tar`; same bytes otherwise, so same offsets), and the manifest's columns are
+    the source's ``k`` times with the shifted keys. Written with the indexer's
+    :class:`~fastcas.dataset.manifest.ColumnWriter` one shard at a time (bounded memory). Not an
+    index run (``fastcas index`` of 14M samples takes ~1 h here); ``dst`` is rebuilt only when
+    missing. Columns, keys and sampler state are those of ``k * N`` distinct images; only the
+    image bytes repeat."""
+    import hashlib
+    import shutil
+
+    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns
+
+    if (dst / "manifest.json").exists():
+        return
+    header = json.loads((src / "manifest.json").read_text())
+    n = header["num_samples"]
+    cols = Columns(src / COLUMNS_DIR, n)
+    exts = list(header.get("image_exts") or ["jpg"])
+    stage = dst.with_name(dst.name + ".part")
+    shutil.rmtree(stage, ignore_errors=True)
+    w = ColumnWriter(stage / COLUMNS_DIR)
+    starts = np.concatenate([[0], np.cumsum([s["count"] for s in header["shards"]])])
+    shards = []
+    for j in range(k):
+        for s, (a, b) in zip(header["shards"], zip(starts[:-1], starts[1:])):
+            tar = Path(s["tar"])
+            if j:
+                tar = tars.with_name(f"{tars.name}-r{j}") / tar.name
+                if not tar.exists():
+                    tar.parent.mkdir(parents=True, exist_ok=True)
+                    data = np.fromfile(s["tar"], np.uint8)
+                    tmp = tar.with_suffix(".tmp")
+                    _renamed_tar(data, j * n).tofile(tmp)
+                    os.replace(tmp, tar)
+            keys = [f"s{int(key[1:]) + j * n:09d}" for key in cols.keys[int(a):int(b)]]
+            w.add_many(keys, cols.label[a:b], cols.offset[a:b], cols.size[a:b], cols.wh[a:b],
+                       cols.meta_offset[a:b], cols.meta_size[a:b], [exts[e] for e in cols.ext[a:b]])
+            # the DALI-reader index of a replica lists the same offsets and extensions: shared
+            shards.append({**s, "tar": str(tar), "sha256": None})
+    new = dict(header)
+    new["columns"] = {**header["columns"], **w.finish()}
+    new["num_samples"] = n * k
+    new["shards"] = shards
+    new["class_counts"] = [c * k for c in header["class_counts"]]
+    new["content_hash"] = hashlib.sha256(f"{header['content_hash']}x{k}".encode()).hexdigest()
+    new["source"] = {**header.get("source", {}), "sources": [s["tar"] for s in shards]}
+    new["replicated"] = {"from": str(src), "times": k}
+    for s in header["shards"]:
+        shutil.copy2(src / s["index"], stage / s["index"])
+    (stage / "manifest.json").write_text(json.dumps(new))
+    shutil.rmtree(dst, ignore_errors=True)
+    stage.rename(dst)
 
 
 def loader_run(ds: Path, weights: str, scores: str, workers: int) -> dict:
@@ -176,17 +265,33 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/var/tmp/fastcas-scale", help="where the synthetic tars go (kept for reuse)")
     p.add_argument("--weights", nargs="+", default=["uniform", "cmo", "cas"])
     p.add_argument("--workers", type=int, default=1, help="DALI py_workers of the loader")
+    p.add_argument("--reuse-index", default=None, metavar="JSON",
+                   help="keep an existing dataset of a size and take its index time / peak from this earlier "
+                        "bench_scale.json instead of indexing again (rows say index_reused)")
+    p.add_argument("--replicate", type=int, default=1,
+                   help="also measure a manifest of K x the largest size whose entries point K times at the "
+                        "same shards (unique keys): 14M samples from the 1.28M tars without 14M images on disk")
     args = p.parse_args(argv)
     sizes = [2000, 6000] if args.quick else args.sizes
     work = Path(args.work)
     rows, details = [], {}
-    for n in sizes:
-        tars, ds = work / f"tars-{n}", work / f"ds-{n}"
+    plan = [(n, 1) for n in sizes] + ([(max(sizes), args.replicate)] if args.replicate > 1 else [])
+    for base, k in plan:
+        n = base * k
+        tars, ds = work / f"tars-{base}", work / (f"ds-{n}" if k == 1 else f"ds-{base}x{k}")
         gen_s = 0.0
-        if not (tars / f"train-{-(-n // PER_TAR) - 1:06d}.tar").exists():
-            gen_s = make_tars(tars, n)
-        idx_s, idx_peak, _ = run_measured([sys.executable, "-m", "fastcas", "index", str(tars), "--out", str(ds),
-                                           "--overwrite", "--workers", "2"], env={**os.environ, "PYTHONPATH": str(ROOT)})
+        if not (tars / f"train-{-(-base // PER_TAR) - 1:06d}.tar").exists():
+            gen_s = make_tars(tars, base)
+        reused = _previous_index(args.reuse_index, n) if args.reuse_index and (ds / "manifest.json").exists() else None
+        if reused is not None:  # the dataset and its index figures from an earlier run of this script
+            idx_s, idx_peak = reused
+        elif k == 1:
+            idx_s, idx_peak, _ = run_measured([sys.executable, "-m", "fastcas", "index", str(tars), "--out", str(ds),
+                                               "--overwrite", "--workers", "2"],
+                                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        else:  # not an index run: the manifest of `base` samples, each entry k times (see replicate_manifest)
+            idx_s, idx_peak = float("nan"), float("nan")
+            replicate_manifest(work / f"ds-{base}", ds, k, tars)
         scores = work / f"scores-{n}.parquet"
         score_s = write_score_file(ds, scores)
         disk = sum(f.stat().st_size for f in (ds / "manifest.cols").iterdir())
@@ -211,6 +316,8 @@ def main(argv=None) -> int:
                     "main_private_dirty_MB": m["main"]["private_dirty"] / 1e6,
                     "workers": len(wk),
                     "index_s": idx_s, "index_peak_MB": idx_peak / 1e6, "manifest_B_per_sample": disk / n,
+                    "replicated": k, "index_reused": reused is not None, "torch_import_s": r[phase]["torch_import_s"],
+                    "fastcas_import_s": r[phase]["import_s"],
                     "tars_s": gen_s, "score_file_s": score_s,
                 })
     write_json("bench_scale", {"sizes": sizes, "weights": args.weights, "py_workers": args.workers,
@@ -221,15 +328,20 @@ def main(argv=None) -> int:
 
 
 def goals(rows: list[dict]) -> list[dict]:
-    """The issue's goals that these sizes can measure (warm = a later process on the node)."""
+    """The issue's goals that these sizes can measure (warm = a later process on the node):
+    construct <= 0.3 s and first batch <= 1.5 s at the largest indexed size, <= 1 s and <= 3 s
+    at a replicated (14M-class) manifest."""
     out = []
-    big = max(r["samples"] for r in rows)
+    big = max(r["samples"] for r in rows if r.get("replicated", 1) == 1)
     for r in rows:
-        if r["samples"] == big and r["phase"] == "warm":
-            out.append({"goal": f"{big:,} samples, {r['weights']}: construct <= 0.3 s", "value": r["construct_s"],
-                        "met": r["construct_s"] <= 0.3})
-            out.append({"goal": f"{big:,} samples, {r['weights']}: first batch <= 1.5 s", "value": r["first_batch_s"],
-                        "met": r["first_batch_s"] <= 1.5})
+        if r["phase"] != "warm" or (r["samples"] != big and r.get("replicated", 1) == 1):
+            continue
+        c_goal, f_goal = (0.3, 1.5) if r.get("replicated", 1) == 1 else (1.0, 3.0)
+        n = r["samples"]
+        out.append({"goal": f"{n:,} samples, {r['weights']}: construct <= {c_goal} s", "value": r["construct_s"],
+                    "met": r["construct_s"] <= c_goal})
+        out.append({"goal": f"{n:,} samples, {r['weights']}: first batch <= {f_goal} s (torch imported)",
+                    "value": r["first_batch_s"], "met": r["first_batch_s"] <= f_goal})
     laws = growth_laws(rows)
     for w, d in laws.items():
         if "worker_private_dirty_MB" in d:
@@ -242,7 +354,7 @@ def goals(rows: list[dict]) -> list[dict]:
 def growth_laws(rows: list[dict]) -> dict:
     """{weights: {figure: {"intercept", "per_sample"}}}: ``a + b * N`` over the sizes run
     (memory in bytes); "index": the indexer's time and peak RSS."""
-    sizes = sorted({r["samples"] for r in rows})
+    sizes = sorted({r["samples"] for r in rows})  # replicated manifests count as sizes (the same shards)
     if len(sizes) < 2:
         return {}
     laws = {}
@@ -252,7 +364,9 @@ def growth_laws(rows: list[dict]) -> dict:
                    for k in ("construct_s", "first_batch_s", "main_private_dirty_MB", "main_pss_MB",
                              "worker_private_MB", "worker_private_dirty_MB", "worker_pss_MB")}
     first = rows[0]["weights"]
-    sel = [r for r in rows if r["weights"] == first and r["phase"] == "cold"]
+    sel = [r for r in rows if r["weights"] == first and r["phase"] == "cold" and r.get("replicated", 1) == 1]
+    if len({r["samples"] for r in sel}) < 2:
+        return laws
     laws["index"] = {k: fit([r["samples"] for r in sel], [r[k] * (1e6 if k.endswith("_MB") else 1) for r in sel])
                      for k in ("index_s", "index_peak_MB")}
     return laws

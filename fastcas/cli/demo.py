@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument("--corpus-size", type=int, default=0,
                    help="real-photo benchmark corpus size for a loader benchmark (default 0 = none)")
     p.add_argument("--fashion-mnist", default=None, help="directory with Fashion-MNIST idx files")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--epoch-length", type=int, default=4096, help="samples drawn per epoch")
     p.add_argument("--seeds", type=int, default=2,
                    help="training seeds 0..N-1 (default 2); N > 1 reports mean ± sd and which paired differences "

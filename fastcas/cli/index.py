@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-classes", type=int, default=None, help="refuse integer labels >= this (default "
                    "100,000): one stray label would otherwise make that many classes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
+    from fastcas.cli._remote import add_remote_arguments
+
+    add_remote_arguments(p)
 
 
 def run(args) -> int:
@@ -36,6 +39,7 @@ def run(args) -> int:
 
     from fastcas.dataset import imagehdr
     from fastcas.dataset.indexer import IndexConfig, index_dataset
+    from fastcas.cli._remote import remote_options
     from fastcas.dataset.remote import RemoteError
 
     names = None
@@ -51,7 +55,7 @@ def run(args) -> int:
         image_keys=tuple(k.strip().lower().lstrip(".") for k in args.image_keys.split(",") if k.strip()),
         label_key=args.label_key, class_names=names, strict=args.strict,
         max_pixels=args.max_pixels or imagehdr.DEFAULT_MAX_PIXELS, cache_dir=args.cache_dir,
-        overwrite=args.overwrite, hash_local=args.hash)
+        overwrite=args.overwrite, hash_local=args.hash, remote=remote_options(args))
     try:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")

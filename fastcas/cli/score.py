@@ -48,6 +48,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="DALI python workers")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard resume chunks in OUT.work left by another run (another dataset, encoder or "
+                   "size) instead of refusing them")
 
 
 def run(args) -> int:

@@ -13,6 +13,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "train" / "recipes"
 FIELD_HELP = {
     "out": "run directory: checkpoint, metrics.jsonl, reports, model.pt; must be empty unless --resume "
            "or --overwrite, and is locked while a run uses it",
+    "connect_timeout": "remote shards: seconds to wait for a connection",
+    "read_timeout": "remote shards: seconds without a byte before a download is abandoned (no limit on one "
+                    "that keeps moving)",
+    "retries": "remote shards: further attempts after a timeout, dropped connection or HTTP 5xx (backoff)",
     "model": "network", "schedule": "learning-rate schedule after the warm-up",
     "step_epochs": "step schedule: epochs where the learning rate is multiplied by 0.1",
     "weights": "how training samples are drawn (cas needs --scores; cmo: class-inverse 1/n_k)",

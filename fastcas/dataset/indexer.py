@@ -39,6 +39,7 @@ import numpy as np
 from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
+from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import ShardCache, is_url
 from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
@@ -57,6 +58,7 @@ class IndexConfig:
     strict: bool = False
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS
     cache_dir: str | None = None
+    remote: RemoteOptions | None = None  # timeouts and retries for URLs (None: RemoteOptions())
     overwrite: bool = False
     hash_local: bool = False
     max_classes: int = MAX_CLASSES  # integer labels must be < this (fastcas.dataset.shards.MAX_CLASSES)
@@ -299,7 +301,7 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
             raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its index")
         _check_own_index(out)
     tars = expand_sources(sources)
-    cache = ShardCache(config.cache_dir) if any(is_url(t) for t in tars) else None
+    cache = ShardCache(config.cache_dir, options=config.remote) if any(is_url(t) for t in tars) else None
     if progress:
         from tqdm import tqdm
 

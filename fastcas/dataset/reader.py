@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fastcas.core.errors import CorruptSampleError, ShardError
+from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import Prefetcher, ShardCache, is_url
 from fastcas.dataset.shards import MANIFEST
 from fastcas.dataset.wdsindex import parse_index
@@ -80,13 +81,13 @@ class ShardReader:
     """
 
     def __init__(self, path: str | Path, *, on_error: str = "raise", cache_dir: str | Path | None = None,
-                 cache_max_bytes: int | None = None):
+                 cache_max_bytes: int | None = None, remote: RemoteOptions | None = None):
         if on_error not in ("raise", "defer"):
             raise ValueError(f"on_error must be 'raise' or 'defer', got {on_error!r}")
         self.manifest_path = resolve_manifest(path)
         self.root = self.manifest_path.parent
         self.on_error = on_error
-        self._cache_dir, self._cache_max_bytes = cache_dir, cache_max_bytes
+        self._cache_dir, self._cache_max_bytes, self._remote = cache_dir, cache_max_bytes, remote
         try:
             self.manifest = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
@@ -111,7 +112,7 @@ class ShardReader:
         self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
         if cache_dir is None:
             cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
-        self.cache = ShardCache(cache_dir, cache_max_bytes) if any(self.shard_urls) else None
+        self.cache = ShardCache(cache_dir, cache_max_bytes, remote) if any(self.shard_urls) else None
         self.indexed = "image_offset" in m  # written by `fastcas index`
         self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", self.indexed)
                             for u, s in zip(self.shard_urls, m["shards"])]
@@ -173,7 +174,7 @@ class ShardReader:
                              f"counts ({int(self.class_counts.sum())} in {len(self.class_counts)} classes) disagree")
         self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
         cache_dir = self._cache_dir if self._cache_dir is not None else m.get("cache_dir")
-        self.cache = ShardCache(cache_dir, self._cache_max_bytes) if any(self.shard_urls) else None
+        self.cache = ShardCache(cache_dir, self._cache_max_bytes, self._remote) if any(self.shard_urls) else None
         # only `fastcas index` records tars outside its OUT (absolute paths); shard datasets never do
         indexed = str(m.get("format", "")).startswith("fastcas-index")
         self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", indexed)
@@ -386,7 +387,8 @@ class ShardReader:
     def __getstate__(self):
         if getattr(self, "columnar", False):
             # the columns re-map in the receiving process (O(1)); never pickle N-sized data
-            return {"_reopen": (str(self.manifest_path), self.on_error, self._cache_dir, self._cache_max_bytes)}
+            return {"_reopen": (str(self.manifest_path), self.on_error, self._cache_dir, self._cache_max_bytes,
+                                self._remote)}
         state = self.__dict__.copy()
         state["_maps"] = {}
         state["_fds"] = {}
@@ -395,8 +397,8 @@ class ShardReader:
 
     def __setstate__(self, state):
         if "_reopen" in state:
-            path, on_error, cache_dir, cache_max = state["_reopen"]
-            self.__init__(path, on_error=on_error, cache_dir=cache_dir, cache_max_bytes=cache_max)
+            path, on_error, cache_dir, cache_max, remote = state["_reopen"]
+            self.__init__(path, on_error=on_error, cache_dir=cache_dir, cache_max_bytes=cache_max, remote=remote)
             return
         self.__dict__.update(state)
 

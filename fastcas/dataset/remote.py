@@ -20,9 +20,11 @@ import os
 import re
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from fastcas.core.errors import FastcasError
+from fastcas.dataset.fetch import RemoteOptions, is_transient, timeout_kind, verify_tar
 
 SCHEMES = ("http", "https", "s3", "gs", "gcs")
 _CHUNK = 1 << 20
@@ -36,6 +38,11 @@ class ShardChangedError(FastcasError, ValueError):
     """A shard's size or SHA-256 differs from what its manifest recorded."""
 
 
+class BadResponseError(RemoteError, ValueError):
+    """The server answered with something that is not the shard (not a whole tar: an HTML
+    page, a body cut short); nothing was cached."""
+
+
 def is_url(s: str) -> bool:
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", str(s))
     return bool(m) and m.group(1).lower() in SCHEMES
@@ -46,35 +53,54 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "fastcas" / "shards"
 
 
-def _filesystem(url: str):
+def _filesystem(url: str, options: RemoteOptions):
     import fsspec
 
     protocol = url.split("://", 1)[0].lower()
     try:
         # a fresh instance: fsspec caches instances (and their event loop) per process, which a
         # forked DALI worker must not inherit
-        return fsspec.filesystem(protocol, skip_instance_cache=True)
+        return fsspec.filesystem(protocol, skip_instance_cache=True, **options.storage_options(protocol))
     except (ImportError, ValueError) as exc:
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
         hint = f" (pip install 'fastcas[{extra}]')" if extra else ""
         raise RemoteError(f"{url}: no fsspec backend for {protocol}://{hint}: {exc}") from None
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, options: RemoteOptions) -> str:
+    kind = timeout_kind(exc)
+    if kind == "connect":
+        return f"connect timed out: no connection within {options.connect_timeout:g} s"
+    if kind == "read":
+        return f"read timed out: no data for {options.read_timeout:g} s"
     if isinstance(exc, FileNotFoundError):  # fsspec's translation of HTTP 404 / NoSuchKey
         return "not found on the server"
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+class _Failed(Exception):
+    """One failed download attempt: the message, and whether another attempt may help."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+
+
 class ShardCache:
     """Whole-shard cache under ``root`` (``None``: :func:`default_cache_dir`); ``max_bytes``
-    (``None``: unlimited) is the size beyond which least-recently-used shards are evicted."""
+    (``None``: unlimited) is the size beyond which least-recently-used shards are evicted
+    (downloads in progress count); ``options``: timeouts and retries (default
+    :class:`fastcas.dataset.fetch.RemoteOptions`)."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None,
+                 options: RemoteOptions | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0 or None, got {max_bytes}")
+        if options is not None and not isinstance(options, RemoteOptions):
+            raise TypeError(f"options must be a RemoteOptions, got {type(options).__name__}")
         self.max_bytes = max_bytes
+        self.options = options or RemoteOptions()
         self.downloads = 0  # shards this object downloaded (for tests and logs)
 
     def path_for(self, url: str) -> Path:
@@ -100,6 +126,7 @@ class ShardCache:
         if self._usable(path, size):
             return path
         self._check_writable()
+        self.remove_stale_parts()
         with self._lock(path):
             if not self._usable(path, size):  # another process may have fetched it meanwhile
                 self._download(url, path, size, sha256)
@@ -113,6 +140,8 @@ class ShardCache:
             return False
         if size is not None and st.st_size != size:
             return False
+        if size is None and verify_tar(path):  # nothing to compare with: it must at least be a whole tar
+            return False  # (a file an older fastcas cached unverified): fetched again
         with contextlib.suppress(OSError):
             os.utime(path)  # last use, for LRU eviction
         return True
@@ -129,13 +158,28 @@ class ShardCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _download(self, url: str, path: Path, size: int | None, sha256: str | None) -> None:
+        """Download with :attr:`options`' retries; only a verified body is renamed to ``path``."""
+        delays = self.options.retry_delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                self._download_once(url, path, size, sha256)
+                return
+            except _Failed as failed:
+                if not failed.transient or attempt == len(delays):
+                    tries = f"; {attempt + 1} attempts" if attempt else ""
+                    raise RemoteError(f"{url}: {failed}{tries}") from None
+                time.sleep(delays[attempt])
+
+    def _download_once(self, url: str, path: Path, size: int | None, sha256: str | None) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=self.root)
         h, got = hashlib.sha256(), 0
         try:
             try:
-                fs = _filesystem(url)
-                # http: block_size=0 streams one GET (no range requests, any server works)
-                opts = {"block_size": 0} if url.lower().startswith("http") else {"block_size": _CHUNK}
+                fs = _filesystem(url, self.options)
+                # http: block_size=0 streams one GET (no range requests, any server works); a size
+                # given skips fsspec's HEAD, which would turn a timeout into "not found"
+                opts = ({"block_size": 0, "size": size or -1} if url.lower().startswith("http")
+                        else {"block_size": _CHUNK})
                 with os.fdopen(fd, "wb") as out, fs.open(url, "rb", **opts) as src:
                     while True:
                         chunk = src.read(_CHUNK)
@@ -147,19 +191,45 @@ class ShardCache:
             except (RemoteError, ShardChangedError):
                 raise
             except Exception as exc:  # fsspec/aiohttp/botocore raise many types
-                raise RemoteError(f"{url}: download failed after {got:,} bytes ({_describe(exc)})") from None
+                raise _Failed(f"download failed after {got:,} bytes ({_describe(exc, self.options)})",
+                              is_transient(exc)) from None
+            bad = verify_tar(tmp)
             if size is not None and got != size:
                 raise ShardChangedError(f"{url}: shard changed on the server: {got:,} bytes, the manifest "
-                                        f"recorded {size:,} (re-run `fastcas index`)")
+                                        f"recorded {size:,} (re-run `fastcas index`)" + (f"; {bad}" if bad else ""))
             if sha256 and h.hexdigest() != sha256:
                 raise ShardChangedError(f"{url}: shard changed on the server: SHA-256 {h.hexdigest()[:16]}..., "
                                         f"the manifest recorded {sha256[:16]}... (re-run `fastcas index`)")
+            if bad:
+                raise BadResponseError(f"{url}: the server's response ({got:,} bytes) is not the shard: {bad}; "
+                                       "not cached")
             os.replace(tmp, path)
             self.downloads += 1
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def remove_stale_parts(self) -> list[Path]:
+        """Delete the hidden ``.NAME.XXXX.part`` files of downloads no process is running any
+        more (killed ones): a part whose ``NAME.lock`` nobody holds. Returns those removed."""
+        import fcntl
+
+        removed = []
+        with contextlib.suppress(OSError):
+            for p in self.root.glob(".*.part"):
+                target = p.name[1 : -len(".part")].rsplit(".", 1)[0]
+                with contextlib.suppress(OSError), open(self.root / f"{target}.lock", "a") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live download (this process or another) holds it
+                    try:
+                        p.unlink()
+                        removed.append(p)
+                    finally:
+                        fcntl.flock(f, fcntl.LOCK_UN)
+        return removed
 
     def fetch_hashed(self, url: str) -> tuple[Path, int, str]:
         """Download ``url`` (no expected size/hash) and return (path, size, sha256): for
@@ -172,17 +242,22 @@ class ShardCache:
         return path, path.stat().st_size, h.hexdigest()
 
     def evict(self, keep: Path | None = None) -> list[Path]:
-        """Delete least-recently-used shards until the cache is within ``max_bytes``."""
+        """Delete stale ``.part`` files, then least-recently-used shards until the cache (live
+        ``.part`` files included) is within ``max_bytes``."""
+        self.remove_stale_parts()
         if self.max_bytes is None:
             return []
-        files = []
+        files, parts = [], 0
         for p in self.root.iterdir():
-            if p.name.startswith(".") or p.name.endswith(".lock") or not p.is_file():
+            if p.name.endswith(".lock") or not p.is_file():
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = p.stat()
+                if p.name.startswith("."):  # a download in progress: counts, never evicted here
+                    parts += st.st_size if p.name.endswith(".part") else 0
+                    continue
                 files.append((st.st_mtime, st.st_size, p))
-        total = sum(f[1] for f in files)
+        total = parts + sum(f[1] for f in files)
         removed = []
         for _, nbytes, p in sorted(files):
             if total <= self.max_bytes:

@@ -30,6 +30,7 @@ from fastcas.dataset.wdsindex import Member, format_index
 
 MANIFEST = "manifest.json"
 FORMAT = "fastcas-shards/1"  # manifest.json with per-sample lists
+WRITING = ".fastcas-shards-writing"  # names of the files a write in progress made (gone once it completes)
 FORMAT_COLUMNS = "fastcas-shards/2"  # manifest.json + manifest.cols/ (fastcas.dataset.manifest)
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _BLOCK = 512
@@ -126,6 +127,8 @@ class _ShardSink:
     def _open(self):
         n = len(self.shards)
         self.name = f"{self.config.prefix}-{n:06d}"
+        with open(self.out / WRITING, "a") as f:  # recorded first: a killed write's files stay recognisable
+            f.write(f"{self.name}.tar\n{self.name}.idx\n")
         self._ctx = atomic_open(self.out / f"{self.name}.tar", "wb")
         self._file = self._ctx.__enter__()
         self._hash = _HashingWriter(self._file)
@@ -184,19 +187,46 @@ class _HashingWriter:
 
 
 def _prepare_out(out: Path, overwrite: bool, prefix: str) -> None:
+    """Make ``out`` ready for writing. ``overwrite`` replaces a dataset this writer made (a
+    ``fastcas-shards`` manifest): its manifest, manifest columns and the shards and indexes the
+    manifest lists, nothing else; a directory holding anything else is refused, untouched."""
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite to replace its shards")
+        ours = _own_files(out)
         # The manifest goes first: a crash from here on leaves no manifest, never a stale one.
         (out / MANIFEST).unlink(missing_ok=True)
-        for p in out.glob(f"{prefix}-*.tar"):
-            p.unlink()
-        for p in out.glob(f"{prefix}-*.idx"):
-            p.unlink()
+        for p in ours:
+            p.unlink(missing_ok=True)
         shutil.rmtree(out / COLUMNS_DIR, ignore_errors=True)
+        (out / WRITING).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / WRITING).write_text("")
+
+
+def _own_files(out: Path) -> list[Path]:
+    """The shard and index files of the ``fastcas shard`` dataset in ``out`` (names from its
+    manifest, and from the record of a write that failed or was killed, each a plain name
+    inside ``out``); ``FileExistsError`` when ``out`` holds no such dataset (no manifest nor
+    record, or a manifest of another format: someone else's files)."""
+    refuse = (f"--overwrite: {out} holds no dataset written by `fastcas shard` ({MANIFEST} {{}}); refusing to "
+              "delete its files. Choose an empty or new OUT")
+    names = (out / WRITING).read_text().split() if (out / WRITING).is_file() else None
+    try:
+        m = json.loads((out / MANIFEST).read_text())
+    except FileNotFoundError:
+        if names is None:
+            raise FileExistsError(refuse.format("missing")) from None
+        m = {"format": FORMAT, "shards": []}  # an unfinished write of ours: its record names its files
+    except (OSError, ValueError):
+        raise FileExistsError(refuse.format("unreadable")) from None
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT, FORMAT_COLUMNS):
+        raise FileExistsError(refuse.format(f"of format {m.get('format') if isinstance(m, dict) else None!r}"))
+    listed = [n for sh in m.get("shards", []) if isinstance(sh, dict) for n in (sh.get("tar"), sh.get("index"))]
+    return [out / n for n in [*listed, *(names or [])]
+            if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")]
 
 
 def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
@@ -273,9 +303,11 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
         del manifest["image_exts"]
         atomic_write_json(out / MANIFEST, manifest)
         shutil.rmtree(cols.dir)
+        (out / WRITING).unlink(missing_ok=True)
         return manifest
     del view
     install(cols.dir, out)
     header["columns"] = info
     atomic_write_json(out / MANIFEST, header)
+    (out / WRITING).unlink(missing_ok=True)
     return open_view(out, header)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
+from fastcas.dataset.fetch import RemoteOptions
 from fastcas.mix.params import KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
 from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
@@ -96,6 +97,7 @@ class LoaderConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None
     cache_max_bytes: int | None = None
+    remote: RemoteOptions | None = None  # timeouts and retries for remote shards (None: the defaults)
     prefetch: int = 2
     mix_in_pipeline: bool = True
     mode: str = "exact"
@@ -131,6 +133,8 @@ class LoaderConfig:
             _check_int("epoch_length", self.epoch_length, 1)
         if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
             raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
+        if self.remote is not None and not isinstance(self.remote, RemoteOptions):
+            raise ValueError(f"remote must be a fastcas.dataset.fetch.RemoteOptions, got {self.remote!r}")
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(
                 self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")

@@ -69,7 +69,7 @@ class Loader:
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
-            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes)
+            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
         self.num_classes = self.reader.num_classes
         labels = np.asarray(self.reader.labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -334,7 +334,7 @@ class Loader:
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(self._quarantine), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, paste=self._paste)
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote, paste=self._paste)
 
     def _paste_spec(self) -> PasteSpec | None:
         """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's

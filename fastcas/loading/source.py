@@ -80,6 +80,7 @@ class SourceConfig:
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
     cache_dir: str | None = None  # local cache for remote shards (None: fastcas.dataset.remote's default)
     cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
+    remote: object = None  # fastcas.dataset.fetch.RemoteOptions: timeouts and retries (None: the defaults)
     paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
 
 
@@ -107,7 +108,7 @@ class SampleSource:
             from fastcas.dataset.reader import ShardReader
 
             self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
-                                       cache_max_bytes=self.config.cache_max_bytes)
+                                       cache_max_bytes=self.config.cache_max_bytes, remote=self.config.remote)
         return self._reader
 
     @property

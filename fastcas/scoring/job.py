@@ -48,6 +48,7 @@ class ScoreConfig:
     device: str = "auto"
     workers: int = 1
     no_progress: bool = False
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -87,12 +88,30 @@ def _dictionary_path(cfg) -> Path:
     return Path(cfg.dictionary) if cfg.dictionary else out.with_name(out.name + ".dictionary.npz")
 
 
-def _encode(cfg, dataset, features, image_size, rank, world, work) -> tuple[np.ndarray, np.ndarray]:
-    from fastcas.scoring.run import encode_dataset
+def _encoder_settings(cfg, enc=None) -> dict:
+    """What decides the resume chunks' features besides the dataset, the image size and the
+    split (those :func:`encode_dataset` records itself): the encoder, its version or model and
+    weights. Bins, ``top_k``, ``text_only``, the dictionary and the reference act after the
+    chunks (on all samples at once), so changing them reuses the chunks correctly."""
+    if cfg.encoder == "pixel":
+        from fastcas.scoring.pixel import PixelEncoder
 
-    return encode_dataset(dataset, features, batch_size=cfg.batch_size, image_size=image_size, rank=rank,
-                          world_size=world, work_dir=work, chunk_batches=cfg.chunk_batches, device=cfg.device,
-                          progress=not cfg.no_progress, py_workers=cfg.workers, decoder=cfg.decoder)
+        return {"encoder": "pixel", "version": PixelEncoder.version}
+    return {"encoder": cfg.encoder, "model": cfg.model, "weights": cfg.weights,
+            "weights_hash": getattr(enc, "weights_hash", None)}
+
+
+def _encode(cfg, dataset, features, image_size, rank, world, work, enc=None) -> tuple[np.ndarray, np.ndarray]:
+    from fastcas.scoring.run import ResumeMismatch, encode_dataset
+
+    try:
+        return encode_dataset(dataset, features, batch_size=cfg.batch_size, image_size=image_size, rank=rank,
+                              world_size=world, work_dir=work, chunk_batches=cfg.chunk_batches, device=cfg.device,
+                              progress=not cfg.no_progress, py_workers=cfg.workers, decoder=cfg.decoder,
+                              settings=_encoder_settings(cfg, enc), overwrite=cfg.overwrite)
+    except ResumeMismatch as e:
+        raise ResumeMismatch(f"{cfg.out}: not resuming from another run's chunks: {e}. Pass --overwrite to "
+                             f"discard them and score afresh, or choose another --out") from None
 
 
 def _base_meta(cfg, reader, image_size) -> dict:
@@ -193,7 +212,7 @@ def _get_dictionary(cfg, enc, emb, image_size):
     anchors = emb
     if cfg.anchors:
         work = Path(str(cfg.out) + ".anchors.work")
-        _, anchors = _encode(cfg, cfg.anchors, enc.embed_images, image_size, 0, 1, work)
+        _, anchors = _encode(cfg, cfg.anchors, enc.embed_images, image_size, 0, 1, work, enc)
         shutil.rmtree(work, ignore_errors=True)
     d = build_dictionary(texts, anchors, prims, top_k=cfg.top_k, mode="text" if cfg.text_only else "visual",
                          meta={"model": enc.model_name, "weights_hash": enc.weights_hash,
@@ -247,7 +266,7 @@ def score_dataset(cfg, rank: int, world: int, out: Path) -> dict:
     else:
         enc = _clip(cfg)
         size = cfg.image_size or enc.image_size
-        idx, emb = _encode(cfg, cfg.dataset, enc.embed_images, size, rank, world, work)
+        idx, emb = _encode(cfg, cfg.dataset, enc.embed_images, size, rank, world, work, enc)
         meta = {**_base_meta(cfg, reader, size), **enc.metadata()}
         if world > 1 and _dictionary_path(cfg).exists():  # parts can assign right away
             from fastcas.scoring.clip import VisualDictionary

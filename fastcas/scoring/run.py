@@ -14,6 +14,8 @@ How work is split over ranks (:func:`rank_batches`):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,31 +140,56 @@ def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device:
 
 def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int = 64, rank: int = 0,
                    world_size: int = 1, work_dir=None, chunk_batches: int = 16, device: str = "auto",
-                   progress: bool = True, py_workers: int = 1,
-                   decoder: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                   progress: bool = True, py_workers: int = 1, decoder: str = "auto",
+                   settings: dict | None = None, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``features(images, sizes) -> [B, F]`` to this rank's share; returns (indices
     int64 [n], features [n, F]). ``decoder``: "dali" (fastcas's loader, images float in
     [0, 1]), "torchvision" (uint8 images; "auto" = torchvision). ``features`` is called with
     (images, original sizes int [B, 2]) and returns an array [B, F].
     With ``work_dir`` every ``chunk_batches`` batches are saved, and a restarted run continues
-    after the last complete chunk."""
+    after the last complete chunk. Chunks are reused only by the same run: the work dir records
+    the dataset's digest, its size, ``image_size``, the decoder, the split and ``settings`` (the
+    encoder and whatever else decides the features, JSON-able), and each chunk stores a digest
+    of the keys it covers; anything else raises :class:`ResumeMismatch` naming what differs.
+    ``overwrite`` discards this configuration's chunks first (only the files written here)."""
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
 
-    plan = rank_batches(len(ShardReader(dataset)), batch_size, rank, world_size, decoder)
+    reader = ShardReader(dataset)
+    plan = rank_batches(len(reader), batch_size, rank, world_size, decoder)
     mine = sum(len(b) for b in plan)
     steps = len(plan)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    prefix = _chunk_prefix(rank, world_size, batch_size, decoder)
     if work_dir:
         work_dir = Path(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
-        for k, p in enumerate(chunk_files(work_dir, rank, world_size, batch_size, decoder)):
+        record = work_dir / f"{prefix}.json"
+        if overwrite:
+            for p in chunk_files(work_dir, rank, world_size, batch_size, decoder):
+                p.unlink()
+            record.unlink(missing_ok=True)
+        run_id = {"dataset_digest": reader.digest, "num_samples": len(reader), "image_size": int(image_size),
+                  "decoder": _resolve_decoder(decoder), "batch_size": batch_size, "chunk_batches": chunk_batches,
+                  "rank": rank, "world_size": world_size, "settings": settings or {}}
+        run_id = json.loads(json.dumps(run_id))  # the form it takes on disk (tuples -> lists)
+        found = chunk_files(work_dir, rank, world_size, batch_size, decoder)
+        if found:
+            _check_record(record, run_id, work_dir)
+        else:  # a fresh start: (re)write the record before the first chunk can exist
+            with atomic_open(record, "w") as f:
+                json.dump(run_id, f, indent=1, sort_keys=True)
+        for k, p in enumerate(found):
             with np.load(p, allow_pickle=False) as z:
                 chunk = (z["indices"], z["features"])
+                stored = str(z["keys_digest"]) if "keys_digest" in z.files else None
             want = np.concatenate(plan[k * chunk_batches : (k + 1) * chunk_batches] or [np.zeros(0, np.int64)])
             if not np.array_equal(chunk[0], want):
-                raise ValueError(f"{p}: resume chunk does not fit this run (other dataset or chunk size?); "
-                                 f"delete {work_dir} to start over")
+                raise ResumeMismatch(f"{p}: resume chunk does not fit this run (other dataset or chunk size?); "
+                                     f"delete {work_dir} to start over")
+            if stored != keys_digest(reader, chunk[0]):
+                raise ResumeMismatch(f"{p}: resume chunk covers other samples than this dataset's keys at its "
+                                     f"indices (keys digest {stored} != {keys_digest(reader, chunk[0])})")
             chunks.append(chunk)
     start = len(chunks) * chunk_batches
     bar = None
@@ -189,9 +216,9 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
         if len(pending_i) == chunk_batches or step == steps:
             chunk = (np.concatenate(pending_i), np.concatenate(pending_f))
             if work_dir:
-                name = work_dir / f"{_chunk_prefix(rank, world_size, batch_size, decoder)}-{len(chunks):06d}.npz"
+                name = work_dir / f"{prefix}-{len(chunks):06d}.npz"
                 with atomic_open(name, "wb") as f:
-                    np.savez(f, indices=chunk[0], features=chunk[1])
+                    np.savez(f, indices=chunk[0], features=chunk[1], keys_digest=np.str_(keys_digest(reader, chunk[0])))
             chunks.append(chunk)
             pending_i, pending_f = [], []
     if bar:
@@ -199,6 +226,33 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
     if not chunks:
         return np.zeros(0, np.int64), np.zeros((0, 0))
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+class ResumeMismatch(ValueError):
+    """Resume chunks in a work dir belong to another run (dataset, encoder, settings, size)."""
+
+
+def keys_digest(reader, indices) -> str:
+    """sha256 (16 hex) of the sample keys at ``indices`` (int [n]), in order: ties a chunk to
+    the samples it covers, whatever the index ranges say."""
+    h = hashlib.sha256()
+    for i in indices:
+        h.update(str(reader.keys[int(i)]).encode("utf-8") + b"\x00")
+    return h.hexdigest()[:16]
+
+
+def _check_record(record: Path, run_id: dict, work_dir: Path) -> None:
+    """``ResumeMismatch`` unless ``record`` (the JSON a run wrote before its first chunk) equals
+    ``run_id``; the message names each field that differs, old and new."""
+    try:
+        old = json.loads(record.read_text())
+    except (OSError, ValueError):
+        raise ResumeMismatch(f"{work_dir}: resume chunks without a readable record of their run ({record.name}); "
+                             "they may be of another dataset") from None
+    diff = [f"{k}: {old.get(k)!r} -> {run_id.get(k)!r}" for k in sorted(set(old) | set(run_id))
+            if old.get(k) != run_id.get(k)]
+    if diff:
+        raise ResumeMismatch(f"{work_dir}: resume chunks are of another run ({'; '.join(diff)})")
 
 
 def _chunk_prefix(rank: int, world_size: int, batch_size: int, decoder: str) -> str:

@@ -74,6 +74,9 @@ class TrainConfig:
     channels_last: bool = True
     max_steps: int | None = None      # stop after this many steps in all (dry runs)
     progress: bool = True             # a tqdm bar per epoch on rank 0 (steps, img/s, loss)
+    connect_timeout: float = 10.0     # remote shards: seconds to connect (fastcas.dataset.fetch.RemoteOptions)
+    read_timeout: float = 30.0        # remote shards: seconds without a byte (no limit on a whole download)
+    retries: int = 3                  # remote shards: further attempts after a transient failure
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -97,6 +100,7 @@ class TrainConfig:
         _check_int("py_workers", self.py_workers, 0)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        self.remote()  # validates the three remote fields
 
     @classmethod
     def from_file(cls, path, **overrides) -> "TrainConfig":
@@ -111,6 +115,13 @@ class TrainConfig:
         if "step_epochs" in data:
             data["step_epochs"] = tuple(data["step_epochs"])
         return cls(**data)
+
+    def remote(self):
+        """The remote-shard policy of this run (``ValueError`` naming a bad field)."""
+        from fastcas.dataset.fetch import RemoteOptions
+
+        return RemoteOptions(connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+                             retries=self.retries)
 
     def mixing_at(self, epoch: int) -> bool:
         return self.mix != "none" and self.mix_start <= epoch < self.epochs - self.mix_end
@@ -147,7 +158,7 @@ class _Dist:
 def _loaders(cfg: TrainConfig, dist: _Dist):
     from fastcas.loading.loader import Loader
 
-    common = dict(image_size=cfg.image_size, device=dist.device, seed=cfg.seed, rank=dist.rank,
+    common = dict(image_size=cfg.image_size, device=dist.device, seed=cfg.seed, rank=dist.rank, remote=cfg.remote(),
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
     scores = cfg.scores

@@ -20,7 +20,7 @@ written to ``OUT``:
    :class:`~fastcas.train.loop.TrainConfig` field may differ only if it is in
    :data:`RESUMABLE_CHANGES`: ``epochs``, ``max_steps``, ``eval_every``, ``checkpoint_every``,
    ``val``, ``val_scores``, ``many``, ``few``, ``out``, ``py_workers``, ``num_threads``,
-   ``device``, ``amp``, ``channels_last``, ``progress``, ``batch_size`` (only with the same global batch,
+   ``device``, ``amp``, ``channels_last``, ``progress``, the remote timeouts and retries, ``batch_size`` (only with the same global batch,
    below) and ``train`` (only with the same dataset content hash). Any other difference
    (model, image size, weights, mixing, seed, schedule, ...) refuses the resume and lists
    every changed field as ``name: saved -> new``. Fields added to TrainConfig later are
@@ -55,7 +55,7 @@ CHECKPOINT = "checkpoint.pt"
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "eval_every", "checkpoint_every", "val", "val_scores", "many", "few",
     "out", "py_workers", "num_threads", "device", "amp", "channels_last", "batch_size", "train",
-    "progress",
+    "progress", "connect_timeout", "read_timeout", "retries",
 })
 
 

@@ -77,3 +77,18 @@ def test_only_rank_zero_prints_the_final_line(monkeypatch, capsys, tmp_path, ran
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert ("final top-1 0.1235" in out) == printed, out
+
+
+def test_train_and_index_take_remote_timeouts_and_retries(capsys):
+    """--connect-timeout/--read-timeout/--retries reach the loaders' RemoteOptions; bad values are refused."""
+    from fastcas.cli import build_parser
+    from fastcas.cli.train import config_from_args
+    from fastcas.dataset.fetch import RemoteOptions
+
+    argv = ["train", "ds", "--connect-timeout", "2.5", "--read-timeout", "7", "--retries", "1"]
+    cfg = config_from_args(build_parser(argv).parse_args(argv))
+    assert cfg.remote() == RemoteOptions(connect_timeout=2.5, read_timeout=7.0, retries=1)
+    assert main(["train", "ds", "--retries", "-1"]) == 2
+    assert "retries must be an integer >= 0, got -1" in capsys.readouterr().err
+    text = _help(capsys, "index")
+    assert "--connect-timeout" in text and "--read-timeout" in text and "--retries" in text

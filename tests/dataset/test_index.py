@@ -223,3 +223,17 @@ def test_dali_reader_ceiling_reads_an_indexed_dataset(tmp_path):
                               device="cpu", decode_only=True)
     images, cls = p.run()
     assert np.array(images[0]).shape == (32, 40, 3)
+
+
+@pytest.mark.parametrize("source", ["pipe:touch {m}", "file://{m}", "x.tar; touch {m}", "$(touch {m}).tar",
+                                    "`touch {m}`.tar"])
+def test_command_like_sources_run_nothing_and_are_refused(tmp_path, source):
+    """webdataset would run ``pipe:`` sources through a shell; fastcas opens only local paths and
+    http(s)/s3/gs URLs, so a command-like source is an unknown file, and nothing runs."""
+    from fastcas.dataset.indexer import index_dataset
+
+    marker = tmp_path / "ran"
+    with pytest.raises((FileNotFoundError, ValueError, OSError), match=r"(?i)not found|no such|no tar|unsupported|scheme|exist"):
+        index_dataset([source.format(m=marker)], tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -160,7 +160,10 @@ def test_crash_while_writing_leaves_no_manifest(tmp_path):
         write_shards(samples(), tmp_path / "o", ShardWriterConfig(shard_size=5))
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert "manifest.json" not in files
-    assert files == ["shard-000000.idx", "shard-000000.tar"]  # only the complete shard, no temp files
+    # only the complete shard and the record of the files this write made (for --overwrite), no temp files
+    assert files == [".fastcas-shards-writing", "shard-000000.idx", "shard-000000.tar"]
+    assert (tmp_path / "o" / ".fastcas-shards-writing").read_text().split() == [
+        "shard-000000.tar", "shard-000000.idx", "shard-000001.tar", "shard-000001.idx"]
 
 
 def test_reader_errors_name_the_shard(tmp_path):
@@ -267,3 +270,56 @@ def test_fashion_mnist_idx_source(tmp_path):
     with pytest.raises(ValueError, match="truncated idx file"):
         from fastcas.dataset.ingest import load_fashion_mnist
         load_fashion_mnist(d)
+
+
+def test_shard_overwrite_refuses_a_directory_that_is_not_a_fastcas_dataset(tmp_path, capsys):
+    src = make_image_folder(tmp_path / "tree")
+    out = tmp_path / "mine"
+    out.mkdir()
+    user = {"shard-000000.tar": b"my own webdataset", "shard-000000.idx": b"0 1 2", "notes.txt": b"keep me",
+            "manifest.json": b'{"format": "my-own-tool/3"}'}
+    for name, data in user.items():
+        (out / name).write_bytes(data)
+    assert main(["shard", str(src), str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds no dataset written by `fastcas shard`" in err and "'my-own-tool/3'" in err
+    (out / "manifest.json").unlink()
+    assert main(["shard", str(src), str(out), "--overwrite"]) == 2
+    assert "manifest.json missing" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {k: v for k, v in user.items() if k != "manifest.json"}
+
+
+def test_shard_overwrite_deletes_only_the_files_it_wrote(tmp_path):
+    src = make_image_folder(tmp_path / "tree", per_class=(3, 3))
+    out = tmp_path / "ds"
+    assert main(["shard", str(src), str(out), "--shard-size", "2"]) == 0
+    old = {s["tar"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
+    assert len(old) == 3
+    (out / "notes.txt").write_text("keep me")
+    (out / "shard-000099.tar").write_bytes(b"a tar of my own that the manifest does not list")
+    assert main(["shard", str(src), str(out), "--shard-size", "4", "--overwrite"]) == 0
+    new = {s["tar"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
+    assert len(new) == 2 and (out / "notes.txt").read_text() == "keep me"
+    assert (out / "shard-000099.tar").exists()
+    assert not (out / "shard-000002.tar").exists() and not (out / "shard-000002.idx").exists()
+    assert len(ShardReader(out)) == 6
+
+
+def test_shard_overwrite_recognises_the_files_of_a_write_that_failed(tmp_path):
+    """A write that fails after some shards leaves no manifest; its record lets --overwrite
+    replace exactly those files (a user's file beside them stays)."""
+    def samples():
+        for i in range(5):
+            yield RawSample(f"k{i}", jpeg_bytes(i), 0)
+        raise KeyboardInterrupt
+
+    out = tmp_path / "o"
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(samples(), out, ShardWriterConfig(shard_size=2))
+    left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert left == ["shard-000000.idx", "shard-000000.tar", "shard-000001.idx", "shard-000001.tar"]
+    (out / "notes.txt").write_text("keep me")
+    write_shards([RawSample("z", jpeg_bytes(9), 0)], out, ShardWriterConfig(shard_size=2, overwrite=True))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "manifest.cols", "manifest.json", "notes.txt", "shard-000000.idx", "shard-000000.tar"]
+    assert len(ShardReader(out)) == 1 and not (out / ".fastcas-shards-writing").exists()

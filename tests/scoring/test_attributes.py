@@ -163,7 +163,7 @@ def test_resume_with_torchvision_decoder(dataset, tmp_path):
     i, f = scoring_run.encode_dataset(dataset, flaky, work_dir=work, **kw)
     assert calls["n"] == 6 + 4  # 8 batches: 4 from chunks, the other 4 encoded again
     assert np.array_equal(i, full_i) and np.array_equal(f, full_f)
-    with pytest.raises(ValueError, match="resume chunk does not fit"):
+    with pytest.raises(ValueError, match=r"resume chunks are of another run \(chunk_batches: 2 -> 3\)"):
         scoring_run.encode_dataset(dataset, enc.encode, work_dir=work, **{**kw, "chunk_batches": 3})
 
 

@@ -123,3 +123,32 @@ def test_plain_loop_steps_limit_the_whole_run_not_one_epoch(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "trained 2 steps" in p.stdout, p.stdout
+
+
+def _cited_tests(text: str) -> list[tuple[str, str | None]]:
+    """(file, test name or None) for each `tests/...py[::name]` and `::name` in ``text``; a bare
+    `::name` belongs to the file cited last on the same line."""
+    cited = []
+    for line in text.splitlines():
+        current = None
+        for m in re.finditer(r"`(tests/[\w/]+\.py)?(?:::(\w+))?`", line):
+            current = m.group(1) or current
+            if current and (m.group(1) or m.group(2)):
+                cited.append((current, m.group(2)))
+    return cited
+
+
+def test_every_test_the_fault_matrix_cites_exists():
+    for page in (ROOT / "README.md", ROOT / "docs" / "faults.md"):
+        cited = _cited_tests(page.read_text())
+        assert cited, f"{page.name} cites no tests"
+        for path, name in cited:
+            assert (ROOT / path).is_file(), f"{page.name} cites missing file {path}"
+            if name:
+                assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M), \
+                    f"{page.name} cites {path}::{name}, which does not exist"
+
+
+def test_cited_test_check_catches_a_missing_name():
+    assert _cited_tests("`tests/core/test_imports.py::test_a`, `::test_b` and `tests/x.py`") == [
+        ("tests/core/test_imports.py", "test_a"), ("tests/core/test_imports.py", "test_b"), ("tests/x.py", None)]
