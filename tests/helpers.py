@@ -54,3 +54,14 @@ def make_image_folder(root: Path, per_class=(3, 2), png_every: int = 2) -> Path:
             else:
                 (d / f"img{j}.jpg").write_bytes(data)
     return root
+
+
+def collect(loader, n=None) -> list:
+    """The first ``n`` batches of ``loader`` (all with ``n=None``), each tensor cloned: a loader may
+    reuse its output buffers for the next batch."""
+    out = []
+    for i, batch in enumerate(loader):
+        out.append([t.clone() for t in batch])
+        if n is not None and i + 1 == n:
+            break
+    return out

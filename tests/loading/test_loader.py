@@ -11,7 +11,7 @@ from fastcas.sampling import weights as sample_weights  # noqa: E402
 from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
-from tests.helpers import jpeg_bytes, make_dataset  # noqa: E402
+from tests.helpers import collect, jpeg_bytes, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali
 COUNTS = (24, 12, 6, 3)
@@ -22,15 +22,6 @@ def ds(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader") / "ds"
     make_dataset(root, counts=COUNTS, shard_size=16, size=(48, 36))
     return root
-
-
-def collect(loader, n=None):
-    out = []
-    for i, batch in enumerate(loader):
-        out.append([t.clone() for t in batch])
-        if n is not None and i + 1 == n:
-            break
-    return out
 
 
 def test_eval_batches_follow_the_shards(ds):

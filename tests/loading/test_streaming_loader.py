@@ -9,7 +9,7 @@ pytest.importorskip("nvidia.dali")
 from fastcas import Loader  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.sampling import weights as sample_weights  # noqa: E402
-from tests.helpers import make_dataset  # noqa: E402
+from tests.helpers import collect, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali
 COUNTS = (24, 12, 6, 3)
@@ -20,15 +20,6 @@ def ds(tmp_path_factory):
     root = tmp_path_factory.mktemp("streaming") / "ds"
     make_dataset(root, counts=COUNTS, shard_size=8, size=(40, 32))
     return root
-
-
-def collect(loader, n=None):
-    out = []
-    for i, batch in enumerate(loader):
-        out.append([t.clone() for t in batch])
-        if n is not None and i + 1 == n:
-            break
-    return out
 
 
 KW = dict(image_size=16, py_workers=0, device="cpu", mode="streaming", shuffle_buffer=6)
