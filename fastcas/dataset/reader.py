@@ -306,6 +306,24 @@ class ShardReader:
         self._prefetcher = Prefetcher(self.local_shard, order)
         return self._prefetcher
 
+    def hold(self, shards) -> None:
+        """Streaming reads: keep exactly ``shards`` (ids) for this process. Their cache files
+        are pinned (:meth:`fastcas.dataset.remote.ShardCache.hold`: no process sharing the cache
+        evicts them), and this process's maps of other remote shards are dropped, so a shard
+        the cache deleted frees its disk space once no sample view of it is alive. No-op
+        for local datasets."""
+        if self.cache is None:
+            return
+        keep = {int(s) for s in shards}
+        self.cache.hold([self.shard_urls[s] for s in keep if self.shard_urls[s]])
+        for s in [s for s in self._maps if s not in keep and self.shard_urls[s]]:
+            m, fd = self._maps.pop(s), self._fds.pop(s)
+            try:
+                m.close()
+            except BufferError:  # a caller still holds a view; the map closes with it
+                pass
+            os.close(fd)
+
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.keys)
@@ -404,6 +422,8 @@ class ShardReader:
 
     def close(self) -> None:
         self._prefetcher = None
+        if self.cache is not None:
+            self.cache.release()
         for m in self._maps.values():
             try:
                 m.close()

@@ -7,7 +7,12 @@ unverified shard; a download that fails names the URL and leaves nothing behind.
 locked while they download (``fcntl.flock`` on ``NAME.lock``), so processes sharing a cache
 (DALI workers, ranks on one node, nodes on a shared file system) download each shard once.
 Beyond ``max_bytes`` the least recently used shards are evicted (use = file mtime, touched on
-every open). Each process downloads only the shards it reads.
+every open), except shards some process has *pinned* (:meth:`ShardCache.hold`: a shared
+``fcntl.flock`` on ``NAME.pin``, which the evictor must take exclusively to delete). Streaming
+mode pins the shards each process still reads, so a process never evicts a shard a sibling
+(another DALI worker of its rank, another rank on the node) is about to open; ``max_bytes=0``
+keeps nothing else: a shard is deleted as soon as no process holds it. Pinned shards may hold
+the cache above ``max_bytes``. Each process downloads only the shards it reads.
 
 fsspec comes with the ``http(s)`` backend (aiohttp); ``s3://`` needs ``s3fs`` and ``gs://``
 needs ``gcsfs`` (``pip install fastcas[s3]`` / ``fastcas[gcs]``). Only HTTP is tested here.
@@ -78,6 +83,32 @@ def _describe(exc: BaseException, options: RemoteOptions) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
 
+@contextlib.contextmanager
+def _unless_pinned(path: Path):
+    """Yields True when some process pins ``path`` (:meth:`ShardCache.hold`: it must stay);
+    else False, holding the pin file's exclusive lock until the block ends so that no process
+    can pin the shard while it is being deleted."""
+    import fcntl
+
+    try:
+        fd = os.open(path.with_name(path.name + ".pin"), os.O_RDONLY)
+    except FileNotFoundError:  # never pinned
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield True
+            return
+        try:
+            yield False
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class _Failed(Exception):
     """One failed download attempt: the message, and whether another attempt may help."""
 
@@ -102,6 +133,56 @@ class ShardCache:
         self.max_bytes = max_bytes
         self.options = options or RemoteOptions()
         self.downloads = 0  # shards this object downloaded (for tests and logs)
+        self._pins: dict[Path, int] = {}  # shard path -> fd of its .pin file, LOCK_SH held
+        self._pid = os.getpid()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pins": {}}  # a lock belongs to the process that took it
+
+    def _own_pins(self) -> dict[Path, int]:
+        """This process's pins. A forked child inherits the parent's pin descriptors (the same
+        open file descriptions, so the same locks): it closes its copies without unlocking,
+        which leaves the parent's pins in place."""
+        if self._pid != os.getpid():
+            for fd in self._pins.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pins, self._pid = {}, os.getpid()
+        return self._pins
+
+    def hold(self, urls) -> None:
+        """Pin exactly ``urls`` for this process (downloaded or not yet): pins taken for new
+        ones, released for the others, and, when some were released and ``max_bytes`` is set,
+        an eviction pass (with ``max_bytes=0`` this deletes every shard no process holds).
+        A pinned shard is never evicted by any process sharing the cache directory."""
+        import fcntl
+
+        pins = self._own_pins()
+        want = {self.path_for(u) for u in urls}
+        released = False
+        for path in [p for p in pins if p not in want]:
+            fd = pins.pop(path)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            released = True
+        new = [p for p in want if p not in pins]
+        if new:
+            self.root.mkdir(parents=True, exist_ok=True)
+        for path in new:
+            fd = os.open(path.with_name(path.name + ".pin"), os.O_RDONLY | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an evictor is deleting this shard
+            pins[path] = fd
+        if released and self.max_bytes is not None:
+            self.evict()
+
+    def release(self) -> None:
+        """Drop all of this process's pins, then trim the cache to ``max_bytes`` (shards other
+        processes pin stay)."""
+        self.hold(())
+        if self.max_bytes is not None:
+            self.evict()
+
 
     def path_for(self, url: str) -> Path:
         """The cache file of ``url``: a digest of the whole URL (no collisions between hosts)
@@ -126,7 +207,7 @@ class ShardCache:
         if self._usable(path, size):
             return path
         self._check_writable()
-        self.remove_stale_parts()
+        self.evict(reserve=size or 0)  # room first: the cache stays within max_bytes while it downloads
         with self._lock(path):
             if not self._usable(path, size):  # another process may have fetched it meanwhile
                 self._download(url, path, size, sha256)
@@ -174,6 +255,8 @@ class ShardCache:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=self.root)
         h, got = hashlib.sha256(), 0
         try:
+            if size:  # the part counts its whole size in every process's eviction from the start
+                os.ftruncate(fd, size)  # (sparse; the body overwrites it)
             try:
                 fs = _filesystem(url, self.options)
                 # http: block_size=0 streams one GET (no range requests, any server works); a size
@@ -241,15 +324,18 @@ class ShardCache:
                 h.update(chunk)
         return path, path.stat().st_size, h.hexdigest()
 
-    def evict(self, keep: Path | None = None) -> list[Path]:
-        """Delete stale ``.part`` files, then least-recently-used shards until the cache (live
-        ``.part`` files included) is within ``max_bytes``."""
+    def evict(self, keep: Path | None = None, reserve: int = 0) -> list[Path]:
+        """Delete stale ``.part`` files, then least-recently-used shards no process pins until
+        the cache (live ``.part`` files included) plus ``reserve`` bytes (a download about to
+        start) is within ``max_bytes``. ``keep``: a shard not to evict (just fetched)."""
         self.remove_stale_parts()
         if self.max_bytes is None:
             return []
         files, parts = [], 0
+        if not self.root.is_dir():  # nothing downloaded yet
+            return []
         for p in self.root.iterdir():
-            if p.name.endswith(".lock") or not p.is_file():
+            if p.name.endswith((".lock", ".pin")) or not p.is_file():
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = p.stat()
@@ -257,17 +343,20 @@ class ShardCache:
                     parts += st.st_size if p.name.endswith(".part") else 0
                     continue
                 files.append((st.st_mtime, st.st_size, p))
-        total = parts + sum(f[1] for f in files)
+        total = parts + sum(f[1] for f in files) + reserve
         removed = []
         for _, nbytes, p in sorted(files):
             if total <= self.max_bytes:
                 break
             if keep is not None and p == keep:
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()  # an open mmap of it stays valid until closed
-                total -= nbytes
-                removed.append(p)
+            with _unless_pinned(p) as pinned:
+                if pinned:  # some process still reads it (streaming mode)
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()  # an open mmap of it stays valid until closed
+                    total -= nbytes
+                    removed.append(p)
         return removed
 
 

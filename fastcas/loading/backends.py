@@ -75,7 +75,14 @@ class DaliBackend:
         return self.built[1].prefetch
 
     def close(self) -> None:
+        """Stop DALI and wait (up to 10 s) for its worker processes to exit: what they held
+        (streaming mode's cache pins) is released when close returns."""
         watch, self.watch = self.watch, None
         if watch is not None:
             watch.close()
         self.pipe = None  # dropping the last reference stops DALI and its workers
+        for proc in (watch.processes if watch is not None else ()):
+            try:
+                proc.join(10.0)
+            except (AssertionError, ValueError, OSError):  # not our child / already reaped
+                pass

@@ -587,6 +587,9 @@ class Loader:
         self._stop_stage()
         self.backend.close()
         self._pipe_at = None
+        cache = getattr(self.__dict__.get("reader"), "cache", None)
+        if cache is not None:  # the workers are gone with their pins: trim the cache to its limit
+            cache.release()
 
     def __del__(self):
         try:

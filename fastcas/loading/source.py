@@ -147,6 +147,18 @@ class SampleSource:
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
+    def _hold_shards(self, epoch: int, g: np.ndarray) -> None:
+        """Streaming mode over remote shards: pin the shards this batch and the batches sibling
+        workers may still compute read (every stream's), before any read, then download the
+        new ones in order on a background thread. Exact-mode samplers have no shard window."""
+        windows = [w(epoch, g) for w in (getattr(s, "shard_window", None) for s in self.config.streams)
+                   if w is not None]
+        if windows:
+            self.reader.hold(set().union(*(hold for hold, _ in windows)))
+            todo = [s for _, fetch in windows for s in fetch]
+            if todo:
+                self.reader.prefetch(todo)
+
     def batch(self, epoch: int, positions: np.ndarray) -> tuple:
         """Outputs for this rank's local ``positions`` of one batch, vectorised, in the order
         of :attr:`layout` (``source_names``): per stream jpegs (list of uint8 arrays), labels
@@ -156,16 +168,13 @@ class SampleSource:
         outs, skipped = {}, []
         # rank-local positions -> global positions of the epoch's one stream (training)
         g = None if c.geometry is None else c.geometry.local_to_global(positions, c.rank)
+        if g is not None and self.reader.cache is not None:
+            self._hold_shards(epoch, g)
         for s, sampler in enumerate(c.streams):
             if g is None:
                 indices = sampler.index_at(epoch, positions % len(sampler))
             else:
                 indices = sampler.global_index_at(epoch, g)
-                ahead = getattr(sampler, "shards_ahead", None)  # streaming mode: download the next shard(s)
-                if ahead is not None and self.reader.cache is not None:
-                    todo = ahead(epoch, g)
-                    if todo:
-                        self.reader.prefetch(todo)
             fetched = [self.fetch(int(i)) for i in indices]
             key = augment_key(c.seed, epoch, s)
             n = len(positions)

@@ -10,12 +10,13 @@ world_size, shuffle_buffer)`` and, for a second stream, its purpose key). Crops,
 parameters stay keyed by ``(seed, epoch, global position, stream)`` exactly as in exact mode, so
 the two modes differ only in WHICH sample sits at a position.
 
-Remote shards: when the read frontier (local draw + shuffle buffer) enters shard ``k`` of this
-rank's read order, shards ``k .. k + ahead`` are downloaded on a background thread
-(:meth:`fastcas.dataset.reader.ShardReader.prefetch`), never further, so an LRU cache a few shards
-large keeps every shard a rank is still reading (its shards are mmapped by the process reading
-them, which keeps an evicted shard readable there). The plan is recomputed in every process that
-asks (DALI workers included): nothing mutable is shared.
+Remote shards: for each batch a process reads, :meth:`StreamIndex.shard_window` names the shards
+the batch and the batches its sibling workers may still be computing draw from (exact: the plan
+says which draw takes which shard), plus ``ahead`` shards first drawn after it. The process pins
+those in the shared cache (:meth:`fastcas.dataset.reader.ShardReader.hold`), so no process evicts
+a shard another still reads, downloads the new ones on a background thread and never anything
+further. The plan is recomputed in every process that asks (DALI workers included): nothing
+mutable is shared but the pins.
 """
 from __future__ import annotations
 
@@ -37,19 +38,24 @@ class StreamIndex:
     """Streaming-mode sampler of one stream on one rank (see the module docstring).
 
     ``sampler``: the rank's StreamingSampler; ``geometry``: the loader's StreamGeometry;
-    ``ahead``: shards downloaded ahead of the read frontier (remote datasets)."""
+    ``ahead``: shards downloaded ahead of the batch being read (remote datasets); ``behind``:
+    rank-local draws before a batch whose shards stay held (the batches sibling DALI workers
+    may still be reading)."""
 
-    def __init__(self, sampler: StreamingSampler, geometry, ahead: int = 1):
+    def __init__(self, sampler: StreamingSampler, geometry, ahead: int = 1, behind: int = 0):
         if ahead < 0:
             raise ValueError(f"ahead must be >= 0, got {ahead}")
-        self.sampler, self.geometry, self.ahead = sampler, geometry, int(ahead)
+        if behind < 0:
+            raise ValueError(f"behind must be >= 0, got {behind}")
+        self.sampler, self.geometry, self.ahead, self.behind = sampler, geometry, int(ahead), int(behind)
         self.rank = sampler.rank
         self.resume: tuple | None = None  # (epoch, first local draw, sampler state) at another world size
         self._cache: dict = {}
         self._prefetched: set = set()
+        self._need = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache": {}, "_prefetched": set()}
+        return {**self.__dict__, "_cache": {}, "_prefetched": set(), "_need": None}
 
     def __len__(self) -> int:
         return -(-self.sampler.num_samples // self.sampler.world_size)
@@ -115,26 +121,46 @@ class StreamIndex:
         local = self.local_of(g) - start
         return order[np.mod(local, len(order))]
 
-    def shards_ahead(self, epoch: int, g) -> list[int]:
-        """The shards to download now for a batch at global positions ``g``: the one the read
-        frontier (last draw + shuffle buffer) is in and the ``ahead`` shards after it."""
-        if self.ahead == 0 or len(g) == 0:
-            return []
+    def _needs(self, epoch: int) -> tuple:
+        """(shard ids, first need, last need) of this rank's plan in ``epoch``: each shard it
+        reads, in the order of its first draw, with the first and last rank-local draw
+        (relative to the plan's start) that takes a sample of it. Cached per epoch."""
         order, start = self.epoch_indices(epoch)
-        hit = self._cache[epoch]
-        fresh = hit[2]
-        seg = fresh._resume["segment"] if fresh._resume is not None else fresh._segment(epoch)
-        shards = seg["shards"][self.rank::fresh.world_size] or seg["shards"][:1]
-        lens = [int(fresh.counts(epoch, int(fresh.starts[s]), int(fresh.starts[s + 1])).sum()) for s in shards]
-        frontier = int(self.local_of(g).max()) - start + self.sampler.shuffle_buffer
-        if frontier >= sum(lens):  # past the end: nothing more to read (no wrap to the first shard)
-            return []
-        k = int(np.searchsorted(np.cumsum(lens), frontier, side="right"))
-        # the frontier's own shard too: otherwise a download of k + 1 could evict k before it is opened
-        want = [int(shards[j]) for j in range(min(k, len(shards) - 1), min(len(shards), k + 1 + self.ahead))]
-        new = [s for s in want if (epoch, s) not in self._prefetched]
-        self._prefetched.update((epoch, s) for s in new)
-        return new
+        key = (epoch, start, len(order))
+        if self._need is None or self._need[0] != key:
+            sh = np.searchsorted(self.sampler.starts, order, side="right") - 1
+            ids, first = np.unique(sh, return_index=True)
+            last = len(sh) - 1 - np.unique(sh[::-1], return_index=True)[1]
+            o = np.argsort(first, kind="stable")
+            self._need = (key, ids[o], first[o], last[o])
+        return self._need[1:]
+
+    def shard_window(self, epoch: int, g) -> tuple[list[int], list[int]]:
+        """The shards to keep and to download for a batch at this rank's global positions ``g``:
+        (hold, fetch). ``hold``: every shard some draw in ``[lo - behind, hi]`` takes a sample of
+        (``lo``..``hi`` = the batch's local draws; ``behind`` covers the batches a sibling DALI
+        worker may still be computing), plus the ``ahead`` shards first drawn after ``hi``.
+        ``fetch``: those of ``hold`` not requested before in this process and epoch (downloaded in
+        hold's order). The needs are exact (the plan is known), so a sample the shuffle buffer
+        kept long still finds its shard held."""
+        if len(g) == 0:
+            return [], []
+        ids, first, last = self._needs(epoch)
+        order, start = self.epoch_indices(epoch)
+        n = len(order)
+        local = self.local_of(g) - start
+        lo, hi = int(local.min()), int(local.max())
+        spans = [(lo - self.behind, hi)]
+        if hi >= n:  # a short rank cycles its plan: the wrapped part reads the plan's head again
+            spans = [(lo - self.behind, n - 1), (max(0, lo - n) - self.behind, hi - n)]
+        inside = np.zeros(len(ids), bool)
+        for a, b in spans:
+            inside |= (first <= b) & (last >= a)
+        later = np.flatnonzero(first > min(hi, n - 1))[: self.ahead]
+        hold = [int(s) for s in ids[inside]] + [int(s) for s in ids[later]]
+        fetch = [s for s in hold if (epoch, s) not in self._prefetched]
+        self._prefetched.update((epoch, s) for s in fetch)
+        return hold, fetch
 
 
 def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank: int, world_size: int,
@@ -162,5 +188,11 @@ def from_loader(loader, name: str, stream: int) -> StreamIndex:
             p = np.diff(np.asarray(cdf, np.float64), prepend=0.0)
     geometry = StreamGeometry(num, loader.world_size, cfg.batch_size, cfg.last_batch)
     buf = DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer
-    return make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=loader.rank,
-                       world_size=loader.world_size, shuffle_buffer=buf, geometry=geometry)
+    stream_index = make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=loader.rank,
+                               world_size=loader.world_size, shuffle_buffer=buf, geometry=geometry)
+    # DALI's parallel source has up to max(py_workers, prefetch, 1) batches in flight
+    # (fastcas.loading.pipeline.source_prefetch), one per worker, so a sibling worker lags by
+    # fewer batches than that (kept whole as a margin); one worker (or none) has no sibling
+    in_flight = max(cfg.py_workers, cfg.prefetch, 1)
+    stream_index.behind = in_flight * cfg.batch_size if cfg.py_workers > 1 else 0
+    return stream_index
