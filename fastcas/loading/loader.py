@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import workers
-from fastcas.sampling.geometry import StreamGeometry, check_same, digest
+from fastcas.loading import resume, workers
+from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
-from fastcas.sampling.weights import concentration_warning
+from fastcas.sampling.weights import concentration_message
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
@@ -130,15 +130,15 @@ class Loader:
                       batch_size=cfg.batch_size)
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
-        from fastcas.sampling.shared import shared_cdf
+        from fastcas.sampling.shared import shared_cdf, shared_concentration
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
                              b=cfg.b, r=cfg.r)
         if cdf is None:
             return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
-        # the weights' concentration, from the shared CDF (one vectorised pass, no private copy kept)
-        msg = concentration_warning(np.diff(cdf, prepend=0.0), self.reader.keys, f"weights {name!r}")
+        # the weights' concentration: computed once per node beside the shared CDF
+        msg = concentration_message(shared_concentration(self.reader, cdf, wd), self.reader.keys, f"weights {name!r}")
         if msg:
             import warnings
 
@@ -233,98 +233,17 @@ class Loader:
             self.epoch, self.step = int(epoch), 0
 
     # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
-    _STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
-                    "global_batch", "last_batch", "train")
-    _AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options")
-
-    def _config_digest(self) -> dict:
-        cfg = self.config
-        if "dataset" not in self._digests:
-            self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
-            self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
-                                               for s in self.streams], cfg.b, cfg.r)
-        return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
-                "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
-                "epoch_length": cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
-                "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
-                "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
-                "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
-
-    def _legacy_weights_digest(self) -> str:
-        """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
-        computed only to accept an older checkpoint."""
-        parts = [("sequential" if not hasattr(s, "_cdf") else
-                  digest("uniform", s.n) if s._cdf is None else digest(np.asarray(s._cdf))) for s in self.streams]
-        return digest(parts, self.config.b, self.config.r)
-
     def state_dict(self) -> dict:
-        """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
-        in the epoch, a multiple of the global batch), this rank's ``step``, the geometry it was
-        saved at, and ``config`` (what must match to resume: dataset, seed, weights and their
-        digest, epoch length, global batch, mixing and image size). Everything else is a
-        function of the config."""
-        position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
-        extra = {}
-        if self.config.mode == "streaming":  # each stream's StreamingSampler state (fastcas.loading.streams)
-            extra["streaming"] = [s.state_dict(self.epoch, self.step * self.config.batch_size) for s in self.streams]
-        return {"mode": self.config.mode, **extra, "epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
-                "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
-                "global_batch": self.world_size * self.config.batch_size, "config": self._config_digest(),
-                "skipped": dict(self.skipped),
-                "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
+        """Where the next batch comes from (:func:`fastcas.loading.resume.state_dict`): ``epoch``,
+        ``position`` (the global position consumed in the epoch), this rank's ``step``, the
+        geometry it was saved at, and ``config`` (what must match to resume)."""
+        return resume.state_dict(self)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``, saved by this loader or by one at another world size and
-        per-rank batch with the same global batch (training). Raises ValueError naming what
-        differs for a state of another dataset, seed, weights, epoch length or global batch
-        (and, mid-epoch, of other mixing settings or image size). A state at the end of its
-        epoch starts the next epoch. Evaluation loaders and states without ``position``
-        (older fastcas) continue at ``step`` with the same world size only."""
-        cfg = self.config
-        self._check_not_iterating("load_state_dict")
-        saved_mode = state.get("mode", "exact")
-        if saved_mode != cfg.mode or (cfg.mode == "streaming" and "streaming" not in state):
-            raise ValueError(f"Loader.load_state_dict: the state was saved by a mode={saved_mode!r} loader, this "
-                             f"loader has mode={cfg.mode!r}; the two modes read different streams, so a state of "
-                             "one cannot continue the other (start the next epoch with set_epoch instead)")
-        if state.get("seed", cfg.seed) != cfg.seed:
-            raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
-        if self.geometry is None or "position" not in state:
-            if state.get("world_size", self.world_size) != self.world_size and int(state["step"]) > 0:
-                raise ValueError(f"state was saved at world size {state['world_size']} mid-epoch without a global "
-                                 f"position; this loader has world size {self.world_size}")
-            self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        else:
-            saved, now = state.get("config", {}), self._config_digest()
-            if "global_batch" not in saved and "global_batch" in state:
-                saved = {**saved, "global_batch": state["global_batch"]}
-            where = "Loader.load_state_dict"
-            if saved.get("global_batch", now["global_batch"]) != now["global_batch"]:
-                raise ValueError(f"{where}: the state was saved with another global batch: global_batch "
-                                 f"(saved {saved['global_batch']}, now {now['global_batch']} = batch_size "
-                                 f"{cfg.batch_size} x world size {self.world_size}); to resume mid-epoch at world "
-                                 f"size {self.world_size} use a per-rank batch of "
-                                 f"{saved['global_batch']} / {self.world_size}, or start the next epoch")
-            if saved.get("weights_digest") not in (None, now["weights_digest"]) and \
-                    saved["weights_digest"] == self._legacy_weights_digest():
-                now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
-            check_same(saved, now, self._STREAM_KEYS, where)
-            step = self.geometry.step_at(int(state["position"]), where)
-            if 0 < step < self.steps:
-                check_same(saved, now, self._AUGMENT_KEYS, where + " (resuming mid-epoch)")
-            self.epoch, self.step = int(state["epoch"]), step
-            if cfg.mode == "streaming":
-                for stream, saved_stream in zip(self.streams, state["streaming"]):
-                    stream.load(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
-                self.close()  # the pipeline's source carries the streams: rebuild
-        self.skipped = dict(state.get("skipped", {}))
-        quarantine = set()
-        if state.get("quarantine"):
-            at = self.reader.indices_of(state["quarantine"])
-            quarantine = {int(i) for i in at if i >= 0}
-        if quarantine != self._quarantine:
-            self._quarantine = quarantine
-            self.close()  # the pipeline's source carries the quarantine: rebuild
+        per-rank batch with the same global batch (training); ValueError naming what differs
+        otherwise (:func:`fastcas.loading.resume.load_state_dict`)."""
+        resume.load_state_dict(self, state)
 
     # -- iteration ---------------------------------------------------------------------------
     def _source_config(self, epoch: int, step: int) -> SourceConfig:

@@ -1,5 +1,6 @@
 """Sampler inputs built once per node: the weighted sampler's CDF as a memory-mapped column
-cached beside the manifest (:mod:`fastcas.dataset.derived`), named by an O(1) digest.
+cached beside the manifest (:mod:`fastcas.dataset.derived`), named by an O(1) digest, and the
+weights' concentration statistics beside it.
 
 The digest of a weighting is ``digest(dataset digest, weights name, b, r, threshold, scores
 id)`` where the scores id is the score file's SHA-256 (or a hash of a score array given in
@@ -40,3 +41,10 @@ def shared_cdf(reader, name: str, *, scores=None, scores_id: str | None = None, 
 
     cdf = cached_array(reader, f"cdf-{d}", build)
     return (cdf if len(cdf) else None), d
+
+
+def shared_concentration(reader, cdf: np.ndarray, d: str) -> np.ndarray:
+    """:func:`fastcas.sampling.weights.concentration_stats` of the weights whose CDF is ``cdf``
+    (digest ``d``, from :func:`shared_cdf`): computed by the node's first process (one pass over
+    N), then 32 bytes cached beside the CDF, so later ranks do not each re-read N values."""
+    return cached_array(reader, f"ess-{d}", lambda: weights.concentration_stats(np.diff(cdf, prepend=0.0)))

@@ -265,20 +265,32 @@ def loss_weights(counts, kind: str = "inverse", *, beta: float | None = None, fa
 ESS_WARN_FRACTION = 0.01
 
 
-def concentration_warning(w, keys=None, name: str = "weights") -> str | None:
-    """A warning when sampling weights ``w`` (float [N], >= 0) concentrate the draws on a few
-    samples: the effective sample size ``(sum w)**2 / sum w**2`` (Kish) below
-    :data:`ESS_WARN_FRACTION` of N (class-balanced weights of ImageNet-LT keep about a quarter
-    of N), or one sample taking over half of the draws (N >= 4: small sets too). Names the heaviest sample (``keys[i]``) and its share. None otherwise."""
+def concentration_stats(w) -> np.ndarray:
+    """float64 [4] (n, effective sample size ``(sum w)**2 / sum w**2`` (Kish), index of the
+    heaviest sample, its share of the draws) of weights ``w`` (float [N], >= 0); n = 0 when
+    there is nothing to judge (fewer than 2 samples, or all weights 0). One vectorised pass."""
     w = np.asarray(w, np.float64)
     n, total = len(w), float(w.sum()) if len(w) else 0.0
     if n < 2 or total <= 0:
-        return None
+        return np.zeros(4)
     p = w / total
-    ess = 1.0 / float(np.dot(p, p))
-    if ess >= ESS_WARN_FRACTION * n and not (n >= 4 and p.max() > 0.5):
-        return None
     i = int(np.argmax(p))
+    return np.array([n, 1.0 / float(np.dot(p, p)), i, p[i]])
+
+
+def concentration_message(stats, keys=None, name: str = "weights") -> str | None:
+    """The warning for :func:`concentration_stats` ``stats`` when the draws concentrate on a few
+    samples: the effective sample size below :data:`ESS_WARN_FRACTION` of N (class-balanced
+    weights of ImageNet-LT keep about a quarter of N), or one sample taking over half of the
+    draws (N >= 4: small sets too). Names the heaviest sample (``keys[i]``). None otherwise."""
+    n, ess, i, share = float(stats[0]), float(stats[1]), int(stats[2]), float(stats[3])
+    if n < 2 or (ess >= ESS_WARN_FRACTION * n and not (n >= 4 and share > 0.5)):
+        return None
     who = repr(keys[i]) if keys is not None else f"index {i}"
-    return (f"{name}: the draws concentrate on few samples: effective sample size {ess:.1f} of {n} "
-            f"({ess / n:.2%}); sample {who} alone takes {p[i]:.1%} of the draws (check the score file)")
+    return (f"{name}: the draws concentrate on few samples: effective sample size {ess:.1f} of {int(n)} "
+            f"({ess / n:.2%}); sample {who} alone takes {share:.1%} of the draws (check the score file)")
+
+
+def concentration_warning(w, keys=None, name: str = "weights") -> str | None:
+    """:func:`concentration_message` of the weights ``w`` (float [N], >= 0)."""
+    return concentration_message(concentration_stats(w), keys, name)

@@ -69,3 +69,10 @@ def test_the_loader_refuses_a_score_file_with_wrong_labels_and_warns_on_concentr
         warnings.simplefilter("always")
         Loader(tmp_path / "d", 2, weights="cas", scores=str(tmp_path / "heavy.parquet"), device="cpu", py_workers=0)
     assert any(f"sample {r.keys[2]!r} alone takes" in str(w.message) for w in got), [str(w.message) for w in got]
+    # a later process of the node maps the cached statistics and warns the same
+    assert any(p.name.startswith("ess-") for p in (tmp_path / "d").rglob("*.npy"))
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        Loader(tmp_path / "d", 2, weights="cas", scores=str(tmp_path / "heavy.parquet"), device="cpu", py_workers=0)
+    assert [str(w.message) for w in again if "alone takes" in str(w.message)] == \
+        [str(w.message) for w in got if "alone takes" in str(w.message)]
