@@ -55,7 +55,7 @@ def run(args) -> int:
         if not items:
             raise ValueError(f"{src}: no images found (empty input)")
         if args.shuffle is not None:
-            items = [items[i] for i in generator(args.shuffle, 0x5A).permutation(len(items))]
+            items = items.take(generator(args.shuffle, 0x5A).permutation(len(items)))
         samples = samples_from_items(items, skip_bad=args.skip_bad, skipped=skipped, workers=args.workers)
         total, source = len(items), str(src)
     extra = {"source": {"path": source, "shuffle": args.shuffle}, "skipped": skipped}

@@ -323,3 +323,22 @@ def test_shard_overwrite_recognises_the_files_of_a_write_that_failed(tmp_path):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "manifest.cols", "manifest.json", "notes.txt", "shard-000000.idx", "shard-000000.tar"]
     assert len(ShardReader(out)) == 1 and not (out / ".fastcas-shards-writing").exists()
+
+
+def test_the_input_listing_is_flat_arrays_and_shuffles_vectorised(tmp_path):
+    """image_folder_items keeps paths and keys as blobs + offsets (no object per image); items,
+    iteration and take(order) give the same Items a list would, including non-ASCII names."""
+    from fastcas.dataset.ingest import Item, ItemList, image_folder_items
+
+    for c, names in (("cat", ["b.jpg", "a.png", "ü ñ.jpg"]), ("dog", ["x.jpeg"])):
+        (tmp_path / "in" / c).mkdir(parents=True)
+        for n in names:
+            (tmp_path / "in" / c / n).write_bytes(b"")
+    items, classes = image_folder_items(tmp_path / "in")
+    assert isinstance(items, ItemList) and classes == ["cat", "dog"] and len(items) == 4
+    want = [Item(tmp_path / "in" / "cat" / "a.png", 0, "cat_a"), Item(tmp_path / "in" / "cat" / "b.jpg", 0, "cat_b"),
+            Item(tmp_path / "in" / "cat" / "ü ñ.jpg", 0, "cat____"), Item(tmp_path / "in" / "dog" / "x.jpeg", 1, "dog_x")]
+    assert list(items) == want and items[3] == want[3]
+    order = np.array([2, 0, 3, 1])
+    assert list(items.take(order)) == [want[i] for i in order]
+    assert items.labels.dtype == np.int64 and not any(isinstance(v, list) for v in vars(items).values())
