@@ -317,12 +317,16 @@ class ShardReader:
         keep = {int(s) for s in shards}
         self.cache.hold([self.shard_urls[s] for s in keep if self.shard_urls[s]])
         for s in [s for s in self._maps if s not in keep and self.shard_urls[s]]:
-            m, fd = self._maps.pop(s), self._fds.pop(s)
-            try:
-                m.close()
-            except BufferError:  # a caller still holds a view; the map closes with it
-                pass
-            os.close(fd)
+            self._unmap(s)
+
+    def _unmap(self, s: int) -> None:
+        """Close this process's map and descriptor of shard ``s``."""
+        m, fd = self._maps.pop(s), self._fds.pop(s)
+        try:
+            m.close()
+        except BufferError:  # a caller still holds a view; the map closes with it
+            pass
+        os.close(fd)
 
     # -- access ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -424,11 +428,5 @@ class ShardReader:
         self._prefetcher = None
         if self.cache is not None:
             self.cache.release()
-        for m in self._maps.values():
-            try:
-                m.close()
-            except BufferError:  # a caller still holds a view; the map closes with it
-                pass
-        for fd in self._fds.values():
-            os.close(fd)
-        self._maps, self._fds = {}, {}
+        for s in list(self._maps):
+            self._unmap(s)

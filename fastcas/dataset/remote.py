@@ -84,29 +84,33 @@ def _describe(exc: BaseException, options: RemoteOptions) -> str:
 
 
 @contextlib.contextmanager
-def _unless_pinned(path: Path):
-    """Yields True when some process pins ``path`` (:meth:`ShardCache.hold`: it must stay);
-    else False, holding the pin file's exclusive lock until the block ends so that no process
-    can pin the shard while it is being deleted."""
+def _if_unlocked(lock_path: Path):
+    """Yields True when no process holds a lock on ``lock_path`` (a missing file: nobody
+    does), keeping its exclusive lock until the block ends so nobody can take one meanwhile;
+    False when some process holds it (a download's ``NAME.lock``, a pin's ``NAME.pin``)."""
     import fcntl
 
     try:
-        fd = os.open(path.with_name(path.name + ".pin"), os.O_RDONLY)
-    except FileNotFoundError:  # never pinned
-        yield False
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield True
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield True
+            yield False
             return
         try:
-            yield False
+            yield True
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _pin_file(path: Path) -> Path:
+    return path.with_name(path.name + ".pin")
 
 
 class _Failed(Exception):
@@ -155,34 +159,36 @@ class ShardCache:
         ones, released for the others, and, when some were released and ``max_bytes`` is set,
         an eviction pass (with ``max_bytes=0`` this deletes every shard no process holds).
         A pinned shard is never evicted by any process sharing the cache directory."""
-        import fcntl
-
-        pins = self._own_pins()
-        want = {self.path_for(u) for u in urls}
-        released = False
-        for path in [p for p in pins if p not in want]:
-            fd = pins.pop(path)
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-            released = True
-        new = [p for p in want if p not in pins]
-        if new:
-            self.root.mkdir(parents=True, exist_ok=True)
-        for path in new:
-            fd = os.open(path.with_name(path.name + ".pin"), os.O_RDONLY | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an evictor is deleting this shard
-            pins[path] = fd
-        if released and self.max_bytes is not None:
+        if self._pin_exactly({self.path_for(u) for u in urls}) and self.max_bytes is not None:
             self.evict()
 
     def release(self) -> None:
         """Drop all of this process's pins, then trim the cache to ``max_bytes`` (shards other
         processes pin stay)."""
-        self.hold(())
+        self._pin_exactly(set())
         if self.max_bytes is not None:
             self.evict()
 
+    def _pin_exactly(self, want: set) -> bool:
+        """Hold shared locks on the pin files of exactly ``want`` (shard paths); True when some
+        pin was released."""
+        import fcntl
+
+        pins = self._own_pins()
+        released = [p for p in pins if p not in want]
+        for path in released:
+            fd = pins.pop(path)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+        new = [p for p in want if p not in pins]
+        if new:
+            self.root.mkdir(parents=True, exist_ok=True)
+        for path in new:
+            fd = os.open(_pin_file(path), os.O_RDONLY | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an evictor is deleting this shard
+            pins[path] = fd
+        return bool(released)
 
     def path_for(self, url: str) -> Path:
         """The cache file of ``url``: a digest of the whole URL (no collisions between hosts)
@@ -296,22 +302,15 @@ class ShardCache:
     def remove_stale_parts(self) -> list[Path]:
         """Delete the hidden ``.NAME.XXXX.part`` files of downloads no process is running any
         more (killed ones): a part whose ``NAME.lock`` nobody holds. Returns those removed."""
-        import fcntl
-
         removed = []
         with contextlib.suppress(OSError):
             for p in self.root.glob(".*.part"):
                 target = p.name[1 : -len(".part")].rsplit(".", 1)[0]
-                with contextlib.suppress(OSError), open(self.root / f"{target}.lock", "a") as f:
-                    try:
-                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue  # a live download (this process or another) holds it
-                    try:
+                # a live download (this process or another) holds the lock from before its part existed
+                with contextlib.suppress(OSError), _if_unlocked(self.root / f"{target}.lock") as stale:
+                    if stale:
                         p.unlink()
                         removed.append(p)
-                    finally:
-                        fcntl.flock(f, fcntl.LOCK_UN)
         return removed
 
     def fetch_hashed(self, url: str) -> tuple[Path, int, str]:
@@ -331,9 +330,9 @@ class ShardCache:
         self.remove_stale_parts()
         if self.max_bytes is None:
             return []
-        files, parts = [], 0
         if not self.root.is_dir():  # nothing downloaded yet
             return []
+        files, parts = [], 0
         for p in self.root.iterdir():
             if p.name.endswith((".lock", ".pin")) or not p.is_file():
                 continue
@@ -350,8 +349,8 @@ class ShardCache:
                 break
             if keep is not None and p == keep:
                 continue
-            with _unless_pinned(p) as pinned:
-                if pinned:  # some process still reads it (streaming mode)
+            with _if_unlocked(_pin_file(p)) as unpinned:
+                if not unpinned:  # some process still reads it (streaming mode)
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()  # an open mmap of it stays valid until closed

@@ -164,11 +164,11 @@ class StreamIndex:
 
 
 def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank: int, world_size: int,
-                shuffle_buffer: int, geometry) -> StreamIndex:
+                shuffle_buffer: int, geometry, behind: int = 0) -> StreamIndex:
     """A StreamIndex over ``reader``'s shards for weights ``p`` (float [N], sums to 1)."""
     sampler = StreamingSampler(np.diff(reader.starts), p, num, seed=stream_seed(seed, stream), rank=rank,
                                world_size=world_size, shuffle_buffer=shuffle_buffer)
-    return StreamIndex(sampler, geometry)
+    return StreamIndex(sampler, geometry, behind=behind)
 
 
 def from_loader(loader, name: str, stream: int) -> StreamIndex:
@@ -188,11 +188,10 @@ def from_loader(loader, name: str, stream: int) -> StreamIndex:
             p = np.diff(np.asarray(cdf, np.float64), prepend=0.0)
     geometry = StreamGeometry(num, loader.world_size, cfg.batch_size, cfg.last_batch)
     buf = DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer
-    stream_index = make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=loader.rank,
-                               world_size=loader.world_size, shuffle_buffer=buf, geometry=geometry)
     # DALI's parallel source has up to max(py_workers, prefetch, 1) batches in flight
     # (fastcas.loading.pipeline.source_prefetch), one per worker, so a sibling worker lags by
     # fewer batches than that (kept whole as a margin); one worker (or none) has no sibling
     in_flight = max(cfg.py_workers, cfg.prefetch, 1)
-    stream_index.behind = in_flight * cfg.batch_size if cfg.py_workers > 1 else 0
-    return stream_index
+    behind = in_flight * cfg.batch_size if cfg.py_workers > 1 else 0
+    return make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=loader.rank,
+                       world_size=loader.world_size, shuffle_buffer=buf, geometry=geometry, behind=behind)
