@@ -52,7 +52,9 @@ def load_predictions(path, n: int):
             raise ValueError(f"{path}: evaluation JSON has no 'predictions' list")
         pred = np.asarray(data["predictions"])
     else:
-        pred = np.load(path, allow_pickle=False)  # a .npy of objects would unpickle
+        from fastcas.core import npy
+
+        pred = npy.load(path)  # a .npy of objects would unpickle: refused
     if pred.shape != (n,):
         raise ValueError(f"{path}: {pred.shape[0] if pred.ndim else 0} predictions, the dataset has {n} samples")
     return pred.astype(np.int64)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas.core import npy
+
 COLUMNS_DIR = "manifest.cols"
 VERSION = 2
 # name -> (dtype, per-row shape); key_offsets / key_bytes are written separately
@@ -188,7 +190,7 @@ class Columns:
             path = self.dir / f"{name}.npy"
             if not path.exists():
                 raise FileNotFoundError(f"{path}: manifest column is missing")
-            a = np.load(path, mmap_mode="r", allow_pickle=False)
+            a = npy.load(path, mmap_mode="r")  # no ast: safe from many threads (fastcas.core.npy)
             want = {"key_offsets": (n + 1,), "key_bytes": a.shape}.get(name, (n, *shape))
             if a.dtype != np.dtype(dtype) or a.shape != want:
                 raise ValueError(f"{path}: manifest column has {a.dtype} {a.shape}, expected {np.dtype(dtype)} {want}")

@@ -28,6 +28,7 @@ import sys
 
 import numpy as np
 
+from fastcas.core import npy
 from fastcas.core.rng import counter_bits, counter_uniform, derive_key
 from fastcas.sampling.geometry import StreamGeometry, check_same, digest
 from fastcas.sampling.weights import check_weights
@@ -162,14 +163,14 @@ class WeightedSampler:
     def __getstate__(self):
         state = self.__dict__.copy()
         cdf = state.get("_cdf")
-        if isinstance(cdf, np.memmap) and cdf.filename and cdf.shape == np.load(cdf.filename, mmap_mode="r").shape:
+        if isinstance(cdf, np.memmap) and cdf.filename and cdf.shape == npy.load(cdf.filename, mmap_mode="r").shape:
             state["_cdf"] = ("mmap", cdf.filename)
         return state
 
     def __setstate__(self, state):
         cdf = state.get("_cdf")
         if isinstance(cdf, tuple) and cdf and cdf[0] == "mmap":
-            state["_cdf"] = np.load(cdf[1], mmap_mode="r", allow_pickle=False)
+            state["_cdf"] = npy.load(cdf[1], mmap_mode="r")
         self.__dict__.update(state)
 
     # -- the stream ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastcas.dataset.derived import cached_array
+from fastcas.dataset.derived import cached_array, check_vector
 from fastcas.sampling import weights
 from fastcas.sampling.geometry import digest
 
@@ -39,7 +39,12 @@ def shared_cdf(reader, name: str, *, scores=None, scores_id: str | None = None, 
         w = weights.make(name, reader.labels, scores=scores, b=b, r=r, threshold=threshold)
         return np.zeros(0) if np.all(w == w[0]) else np.cumsum(w)
 
-    cdf = cached_array(reader, f"cdf-{d}", build)
+    n = len(reader)
+
+    def check(a):  # an empty CDF stands for "all weights equal"
+        return None if a.dtype == np.float64 and a.shape == (0,) else check_vector(a, n, cdf=True)
+
+    cdf = cached_array(reader, f"cdf-{d}", build, check)
     return (cdf if len(cdf) else None), d
 
 
@@ -47,4 +52,5 @@ def shared_concentration(reader, cdf: np.ndarray, d: str) -> np.ndarray:
     """:func:`fastcas.sampling.weights.concentration_stats` of the weights whose CDF is ``cdf``
     (digest ``d``, from :func:`shared_cdf`): computed by the node's first process (one pass over
     N), then 32 bytes cached beside the CDF, so later ranks do not each re-read N values."""
-    return cached_array(reader, f"ess-{d}", lambda: weights.concentration_stats(np.diff(cdf, prepend=0.0)))
+    return cached_array(reader, f"ess-{d}", lambda: weights.concentration_stats(np.diff(cdf, prepend=0.0)),
+                        lambda a: check_vector(a, 4) or (None if a[0] in (0, len(cdf)) else f"n = {a[0]}, not {len(cdf)}"))

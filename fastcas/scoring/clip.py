@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas.core import npy
 from fastcas.scoring.vocabulary import load_vocabulary
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -67,9 +68,9 @@ class VisualDictionary:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such visual dictionary file")
         try:
-            with np.load(path) as z:
-                meta = json.loads(str(z["meta"]))
-                keys = [z[f"key_{p:02d}"] for p in range(len(meta["primaries"]))]
+            z = npy.load_npz(path)
+            meta = json.loads(str(z["meta"]))
+            keys = [z[f"key_{p:02d}"] for p in range(len(meta["primaries"]))]
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a fastcas visual dictionary ({exc})") from None
         drop = ("mode", "primaries", "sizes")

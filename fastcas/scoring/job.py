@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas.core import npy
 from fastcas.scoring.vocabulary import ENCODERS
 
 
@@ -324,10 +325,10 @@ def merge(cfg, parts: list) -> dict:
         if bad is not None:
             raise ValueError(f"{p}: key {bad!r} does not match the dataset {reader.root}")
     if any("measurements" in t.metadata for t in tables):
-        raw = np.concatenate([np.load(Path(p).with_name(t.metadata["measurements"])) for t, p in zip(tables, parts)])
+        raw = np.concatenate([npy.load(Path(p).with_name(t.metadata["measurements"])) for t, p in zip(tables, parts)])
         result = _finish(cfg, reader, idx, None, None, meta, raw=raw)
     elif any("embeddings" in t.metadata for t in tables):
-        emb = np.concatenate([np.load(Path(p).with_name(t.metadata["embeddings"])) for t, p in zip(tables, parts)])
+        emb = np.concatenate([npy.load(Path(p).with_name(t.metadata["embeddings"])) for t, p in zip(tables, parts)])
         result = _finish(cfg, reader, idx, None, emb, meta)
     else:
         result = _finish(cfg, reader, idx, np.concatenate([t.attrs for t in tables]), None, meta)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcas.core import npy
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD, jpeg_size
 
 
@@ -180,9 +181,9 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
             with atomic_open(record, "w") as f:
                 json.dump(run_id, f, indent=1, sort_keys=True)
         for k, p in enumerate(found):
-            with np.load(p, allow_pickle=False) as z:
-                chunk = (z["indices"], z["features"])
-                stored = str(z["keys_digest"]) if "keys_digest" in z.files else None
+            z = npy.load_npz(p)
+            chunk = (z["indices"], z["features"])
+            stored = str(z["keys_digest"]) if "keys_digest" in z else None
             want = np.concatenate(plan[k * chunk_batches : (k + 1) * chunk_batches] or [np.zeros(0, np.int64)])
             if not np.array_equal(chunk[0], want):
                 raise ResumeMismatch(f"{p}: resume chunk does not fit this run (other dataset or chunk size?); "
