@@ -84,7 +84,6 @@ def cached_array(reader, name: str, build, check) -> np.ndarray:
     something else) is never used; it is rebuilt and replaced atomically, with a warning naming
     the file and the problem. A freshly built array that fails ``check`` is a ``ValueError``."""
     path = cache_dir(reader) / f"{name}.npy"
-    problem = "missing"
     if path.exists():
         try:
             a = npy.load(path, mmap_mode="r")
@@ -95,8 +94,8 @@ def cached_array(reader, name: str, build, check) -> np.ndarray:
             if problem is None:
                 return a
             del a
-            warnings.warn(f"fastcas: {path}: cached array rejected ({problem}); rebuilding it", RuntimeWarning,
-                          stacklevel=3)
+        warnings.warn(f"fastcas: {path}: cached array rejected ({problem}); rebuilding it", RuntimeWarning,
+                      stacklevel=3)
     a = np.ascontiguousarray(build())
     bad = _problem(a, check)
     if bad is not None:
