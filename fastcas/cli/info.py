@@ -9,6 +9,9 @@ HELP = "print a sharded dataset's statistics"
 def add_arguments(p) -> None:
     p.add_argument("dataset", help="dataset directory or manifest")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="hash the manifest's columns again and check them against its columns.hash and "
+                        "class_counts (opening a dataset does this once per node)")
 
 
 def summary(reader) -> dict:
@@ -37,9 +40,25 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def verify(reader) -> str:
+    """Hash ``reader``'s columns again (ignoring the per-node marker); ShardError on a mismatch."""
+    if not reader.columnar:
+        return "verified: a JSON manifest (labels and keys in manifest.json; no columns to hash)"
+    from fastcas.dataset.integrity import verified_counts
+    from fastcas.dataset.manifest import COLUMN_FILES
+
+    verified_counts(reader, reader.manifest.header, reader._columns, COLUMN_FILES, force=True)
+    return f"verified: the columns match columns.hash and class_counts ({len(reader)} labels)"
+
+
 def run(args) -> int:
     from fastcas.dataset.reader import ShardReader
 
-    s = summary(ShardReader(args.dataset))
+    reader = ShardReader(args.dataset)
+    s = summary(reader)
+    if args.verify:
+        s["verified"] = verify(reader)
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if args.verify and not args.json:
+        print(s["verified"])
     return 0

@@ -46,6 +46,7 @@ COLUMNS: dict[str, tuple[str, tuple]] = {
     "meta_offset": ("<i8", ()), "meta_size": ("<u4", ()), "ext": ("|u1", ()),
 }
 _KEY_FILES = {"key_offsets": "<i8", "key_bytes": "|u1"}
+COLUMN_FILES = (*COLUMNS, *_KEY_FILES)  # every file of manifest.cols/, hashed into columns.hash
 _COPY = 1 << 20
 
 
