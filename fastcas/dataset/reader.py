@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ from fastcas.core.errors import CorruptSampleError, ShardError
 from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import Prefetcher, ShardCache, is_url
 from fastcas.dataset.shards import MANIFEST
+from fastcas.dataset.tarname import member_name
 from fastcas.dataset.wdsindex import parse_index
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -373,18 +375,29 @@ class ShardReader:
             raise CorruptSampleError(f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i])
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
         if self.indexed:
-            # foreign tars: long names live in pax/GNU headers, so compare what fits the field
             expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
             # non-ASCII names live in a pax header too; the ustar field holds what the writer could
             # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
-            ok = (expected is None or len(expected.encode()) > 100 or name == expected
+            ok = (expected is None or name == expected
                   or (not expected.isascii() and name == expected.encode("ascii", "replace").decode()))
+            if not ok:  # a long name: in a GNU longname or pax header before the member's own
+                name = member_name(m, offset)
+                ok = name == expected
         else:
-            ok = name.split(".", 1)[0] == self.keys[i]
+            ok = name.split(".", 1)[0] == self.keys[i] or (member_name(m, offset) or "").split(".", 1)[0] == self.keys[i]
         if not ok:
-            raise CorruptSampleError(f"{self.shard_paths[s]}: index does not match its tar at "
-                                     f"key {self.keys[i]!r} (header says {name!r})", self.keys[i])
+            self._changed(s, i, offset, name)
         return memoryview(m)[offset : offset + size]
+
+    def _changed(self, s: int, i: int, offset: int, name: str | None) -> None:
+        """A member header that names another member (or none): the whole shard is marked broken
+        and named once (a warning), every later read of it raises at once."""
+        fix = "fastcas index" if str(self.manifest.get("format", "")).startswith("fastcas-index") else "fastcas shard"
+        self.broken[s] = (f"{self.shard_paths[s]}: index does not match its tar at key {self.keys[i]!r} (the header "
+                          f"before byte {offset} names {name!r}): this tar changed since it was indexed; none of its "
+                          f"samples is read: re-run `{fix}` for {self.root}")
+        warnings.warn(f"fastcas: {self.broken[s]}", RuntimeWarning, stacklevel=4)
+        raise CorruptSampleError(self.broken[s], self.keys[i])
 
     def __getitem__(self, i: int) -> Sample:
         i = int(i)
