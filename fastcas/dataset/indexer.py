@@ -149,7 +149,7 @@ def _expand(braceexpand, src: str) -> list[str]:
 
 
 # -- one tar -----------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)  # one per sample of the tar being scanned: no __dict__ each
 class _Sample:
     key: str
     members: list = field(default_factory=list)  # Member(ext, offset, size, name)
@@ -170,6 +170,7 @@ def _members(path: Path, where: str, data: memoryview):
                 info = tar.next()
             except tarfile.TarError as exc:
                 raise ShardError(f"{where}: corrupt or truncated tar at byte {tar.offset} ({exc})") from None
+            tar.members.clear()  # tarfile keeps every TarInfo (~0.5-2 kB each): memory per tar stays bounded
             if info is None:
                 if tar.offset + 512 > size:  # cut at a member boundary: no end-of-archive block
                     raise ShardError(f"{where}: truncated tar (no end-of-archive marker after byte {tar.offset:,})")
