@@ -85,7 +85,10 @@ def _locked(path: Path):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some NFS setups): each process hashes
+            pass
         yield
     finally:
         os.close(fd)

@@ -375,7 +375,8 @@ class ShardReader:
             raise CorruptSampleError(f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i])
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
         if self.indexed:
-            expected = f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i] else None
+            expected = (f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i]
+                        else f"{self.keys[i]}.json" if offset == self._meta_offset[i] else None)
             # non-ASCII names live in a pax header too; the ustar field holds what the writer could
             # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
             ok = (expected is None or name == expected

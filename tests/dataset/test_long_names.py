@@ -83,3 +83,23 @@ def test_an_offset_landing_on_another_long_named_member_is_caught(tmp_path, fmt)
     with pytest.raises(CorruptSampleError, match=rf"at key '{m['keys'][0]}' .* names '{m['keys'][1]}\.jpg'"), \
             pytest.warns(RuntimeWarning, match="this tar changed since it was indexed"):
         r[0]
+
+
+def test_a_metadata_offset_landing_on_another_samples_json_is_caught(tmp_path):
+    keys = [_key(j, "pax") for j in range(3)]
+    (tmp_path / "w").mkdir()
+    with tarfile.open(tmp_path / "w" / "a.tar", "w", format=tarfile.PAX_FORMAT) as t:
+        for j, k in enumerate(keys):
+            for ext, data in (("jpg", IMAGE), ("cls", b"1"), ("json", json.dumps({"j": j}).encode())):
+                info = tarfile.TarInfo(f"{k}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
+    assert ShardReader(tmp_path / "ix").metadata(1) == {"j": 1}
+    p = tmp_path / "ix" / "manifest.json"
+    m = json.loads(p.read_text())
+    m["meta_offset"][0], m["meta_size"][0] = m["meta_offset"][1], m["meta_size"][1]
+    p.write_text(json.dumps(m))
+    with pytest.raises(CorruptSampleError, match=rf"at key '{keys[0]}' .* names '{keys[1]}\.json'"), \
+            pytest.warns(RuntimeWarning, match="this tar changed since it was indexed"):
+        ShardReader(tmp_path / "ix").metadata(0)
