@@ -205,8 +205,8 @@ def _train_extras(img, extra: dict, policy, S: int, fn, types):
     order: cifar's padded crop (``fn.slice`` at the keyed anchor, zero fill outside the image),
     the keyed AutoAugment family (:func:`_auto_augment`), colour jitter (``fn.color_twist``)."""
     if "shift" in extra:
-        img = fn.slice(img, start=extra["shift"], shape=[S, S], axis_names="HW", out_of_bounds_policy="pad",
-                       fill_values=0)
+        img = fn.slice(img, extra["shift"], types.Constant(np.array([S, S], np.float32)), axis_names="HW",
+                       out_of_bounds_policy="pad", fill_values=0, normalized_anchor=False, normalized_shape=False)
     if "auto" in extra:
         img = _auto_augment(img, extra["auto"], policy, S, types)
     if "jitter" in extra:
@@ -269,7 +269,10 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
         field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
     keep = fn.erase(types.Constant(ones, layout=layout), anchor=rect[0:2], shape=rect[2:4], axis_names="HW",
                     fill_value=0.0)
-    noise = fn.slice(types.Constant(field, layout=layout), start=extra["efill"][3:5], shape=[S, S], axis_names="HW")
+    noise = fn.slice(types.Constant(field, layout=layout), extra["efill"][3:5], types.Constant(np.array([S, S], np.float32)),
+                     axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    if cfg.dtype == "float16":  # the blend in float32 (DALI's arithmetic does not mix float16 and float32)
+        img = fn.cast(img, dtype=types.FLOAT)
     out = img * keep + noise * (types.Constant(np.float32(1.0)) - keep)
     return fn.cast(out, dtype=types.FLOAT16) if cfg.dtype == "float16" else out
 
