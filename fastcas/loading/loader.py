@@ -483,7 +483,7 @@ class Loader:
                                      alpha=alpha, prob=prob, to_device=to_dev, **opts)
         return mix_device.on_device(self._mix_params(epoch, positions, size, step, device=fg.device), to_dev)
 
-    def _mix_params(self, epoch: int, positions, size: int, step: int, **extra):
+    def _mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):
         """Mixing parameters of the samples at global ``positions`` (batch ``step``), keyed by
         (seed, epoch, position) only; the kind (``mixup_cutmix``) and whether the epoch mixes
         at all by (seed, epoch, step) (:func:`fastcas.loading.mixsched.mix_at`). ``device``: FMix
@@ -492,6 +492,9 @@ class Loader:
         from fastcas.loading import mixsched
 
         cfg = self.config
+        if step is None:  # the global step holding these positions (steps are global_batch apart)
+            pos = np.asarray(positions, np.int64).reshape(-1)
+            step = int(pos[0]) // self.geometry.global_batch if self.geometry is not None and len(pos) else 0
         kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
         return mix.make_params_at(kind, cfg.seed, epoch, positions, size, size, alpha=alpha, prob=prob, **extra, **opts)
 

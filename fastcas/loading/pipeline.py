@@ -275,6 +275,8 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
                     fill_value=0.0)
     noise = fn.slice(types.Constant(field, layout=layout), extra["efill"][3:5], types.Constant(np.array([S, S], np.float32)),
                      axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    if cfg.device == "cuda":  # operands beside GPU images (the rectangle and offsets stay host arguments)
+        keep, noise = keep.gpu(), noise.gpu()
     if cfg.dtype == "float16":  # the blend in float32 (DALI's arithmetic does not mix float16 and float32)
         img = fn.cast(img, dtype=types.FLOAT)
     out = img * keep + noise * (types.Constant(np.float32(1.0)) - keep)
