@@ -30,6 +30,10 @@ from fastcas.core.rng import counter_bits, counter_uniform, derive_key
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE, crop_windows
 
 POLICIES = ("imagenet", "cifar")
+# the CIFAR-LT reference's normalisation (naver-ai/cmo cifar_train.py, after LDAM-DRW); the
+# policies default to ImageNet's: pass mean=CIFAR_MEAN, std=CIFAR_STD to follow the reference
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 EVAL_CROP_PCT = 0.875  # fastcas's (and timm's) default evaluation crop fraction
 # interpolation names -> DALI's types.DALIInterpType member names (timm's names are aliases)
 INTERPOLATIONS = {"nearest": "INTERP_NN", "linear": "INTERP_LINEAR", "cubic": "INTERP_CUBIC",

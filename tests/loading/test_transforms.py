@@ -308,3 +308,41 @@ def test_the_torchvision_baseline_refuses_what_it_cannot_reproduce(textured):
     loader = TorchvisionLoader(textured, 4, image_size=16, augment="cifar", epoch_length=8, py_workers=0, device="cpu")
     with pytest.raises(ValueError, match="TorchvisionLoader reproduces the imagenet policy.*not: cifar"):
         next(iter(loader))
+
+
+# -- the cifar policy at native size equals the reference transforms exactly ------------------------
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """6 random 32 x 32 PNGs (CIFAR's size), and their pixels."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    return write(tmp_path_factory.mktemp("native") / "ds", images), images
+
+
+def normalised(px: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 [H, W, 3] -> ToTensor + Normalize, float32 [3, H, W]."""
+    t = torch.from_numpy(px).permute(2, 0, 1).float() / 255
+    return (t - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def test_cifar_policy_at_native_size_is_the_reference_crop_and_flip(native):
+    """naver-ai/cmo cifar_train.py: RandomCrop(32, padding=4) + RandomHorizontalFlip + Normalize in
+    training, Normalize alone in evaluation; at S = 32 the resize is the identity, so the pixels
+    equal NumPy's pad + crop + flip at the drawn offset and flip, exactly."""
+    from fastcas.loading.transforms import CIFAR_MEAN, CIFAR_STD
+
+    ds, images = native
+    kw = dict(image_size=32, augment="cifar", mean=CIFAR_MEAN, std=CIFAR_STD, **CPU)
+    evals = torch.cat([b[0] for b in collect(Loader(ds, 3, train=False, **kw))])
+    for k, px in enumerate(images):
+        torch.testing.assert_close(evals[k], normalised(px, CIFAR_MEAN, CIFAR_STD), atol=1e-6, rtol=0)
+    loader = Loader(ds, 3, epoch_length=12, seed=8, **kw)
+    for step, (x, _) in enumerate(collect(loader)):
+        plan = loader.plan(step)
+        shift = loader.config.transforms.draws(loader.config.seed, 0, 0, plan["positions"], 32)["shift"]
+        for k, (i, flip, (ay, ax)) in enumerate(zip(plan["indices"][0], plan["flips"][0], shift.astype(int))):
+            px = images[int(i)][:, ::-1] if flip else images[int(i)]
+            padded = np.pad(px, ((4, 4), (4, 4), (0, 0)))
+            want = padded[4 + ay:4 + ay + 32, 4 + ax:4 + ax + 32]
+            torch.testing.assert_close(x[k], normalised(np.ascontiguousarray(want), CIFAR_MEAN, CIFAR_STD),
+                                       atol=1e-6, rtol=0)

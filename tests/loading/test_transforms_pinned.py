@@ -61,6 +61,18 @@ def test_default_stream_is_bit_identical_to_the_pinned_one(ds, name):
     assert stream_digest(loader) == PINNED[name]
 
 
+# every transform option spelled out at its default value: still the pinned stream
+EXPLICIT = dict(augment="imagenet", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), scale=(0.08, 1.0),
+                ratio=(3 / 4, 4 / 3), interpolation="bilinear", crop_pct=0.875, hflip=0.5, color_jitter=0, reprob=0.0,
+                auto_augment=None, mix_start_epoch=0, mix_stop_epoch=None)
+
+
+@pytest.mark.parametrize("name,kw", [("train", dict(epoch_length=12)), ("eval", dict(train=False, last_batch="partial"))])
+def test_explicit_default_options_give_the_pinned_stream(ds, name, kw):
+    loader = Loader(ds, 4 if name == "train" else 5, image_size=16, seed=3, py_workers=0, device="cpu", **kw, **EXPLICIT)
+    assert stream_digest(loader) == PINNED[name]
+
+
 if __name__ == "__main__":  # re-record: python -m tests.loading.test_transforms_pinned DIR
     import sys
     from pathlib import Path
