@@ -234,8 +234,8 @@ def _auto_augment(img, draws, policy, S: int, types):
     if kind == "randaugment":
         suite = rand_augment.get_rand_augment_suite(use_shape=True)
         for level in range(n):
-            mag = signed_bin(m, random_sign=draws[4 + level % 4] % 2)
-            img = select(suite, draws[level % 4] % len(suite), data=img, magnitude_bin=mag, num_magnitude_bins=31, **kw)
+            mag = signed_bin(m, random_sign=draws[4 + level] % 2)  # n <= 4 (AugmentPolicy validates it)
+            img = select(suite, draws[level] % len(suite), data=img, magnitude_bin=mag, num_magnitude_bins=31, **kw)
         return img
     if kind == "trivialaugment":
         suite = trivial_augment.get_trivial_augment_wide_suite(use_shape=True)

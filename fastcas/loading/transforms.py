@@ -82,8 +82,9 @@ def parse_auto_augment(spec) -> tuple | None:
                 raise ValueError(f"auto_augment {spec!r}: only the m<int> and n<int> fields of timm's rand-... "
                                  f"are supported (DALI's RandAugment), got field {p!r}")
             n, m = (int(got[2]), m) if got[1] == "n" else (n, int(got[2]))
-        if not 0 <= m <= 30 or n < 1:
-            raise ValueError(f"auto_augment {spec!r}: need n >= 1 and 0 <= m <= 30 (31 magnitude bins)")
+        if not 0 <= m <= 30 or not 1 <= n <= 4:
+            raise ValueError(f"auto_augment {spec!r}: need 1 <= n <= 4 (operations per sample) and 0 <= m <= 30 "
+                             "(31 magnitude bins)")
         return ("randaugment", n, m)
     raise ValueError(f"unknown auto_augment {spec!r}; expected one of {', '.join(AUTO_AUGMENTS)} or timm's "
                      "'rand-m<M>-n<N>'")

@@ -286,6 +286,7 @@ def test_resume_refuses_other_transform_options_mid_epoch(textured):
     (dict(color_jitter=-1), "color_jitter must be >= 0"),
     (dict(auto_augment="rand-m9-mstd0.5"), "only the m<int> and n<int>"),
     (dict(auto_augment="augmix"), "unknown auto_augment 'augmix'"),
+    (dict(auto_augment="rand-m9-n5"), "need 1 <= n <= 4"),
     (dict(mix="mixup_cutmix", mix_options={"switch_prob": 1.5}), "switch_prob must be in"),
     (dict(mix="mixup_cutmix", mix_options={"cutmix_alpha": 0}), "cutmix_alpha must be > 0"),
     (dict(mix="cutmix", mix_start_epoch=3, mix_stop_epoch=2), "mix_stop_epoch must be None or an integer >= "),
