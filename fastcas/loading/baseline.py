@@ -13,9 +13,7 @@ import io
 from types import SimpleNamespace
 
 
-from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loading.loader import Loader
-from fastcas.loading.pipeline import EVAL_CROP_FRACTION
 from fastcas.loading.source import SampleSource
 
 
@@ -24,6 +22,7 @@ class Positions:
 
     def __init__(self, source: SampleSource, image_size: int, train: bool, dtype: str):
         self.source, self.size, self.train, self.dtype = source, image_size, train, dtype
+        self.policy = source.config.policy  # mean/std and crop_pct (baseline_supported() checked at build)
 
     def __len__(self):
         return self.source.config.positions
@@ -41,11 +40,11 @@ class Positions:
         if self.train:
             im = F.resized_crop(im, round(y * H), round(x * W), round(h * H), round(w * W), [S, S], antialias=True)
         else:
-            im = F.center_crop(F.resize(im, round(S / EVAL_CROP_FRACTION), antialias=True), [S, S])
+            im = F.center_crop(F.resize(im, self.policy.eval_resize(S), antialias=True), [S, S])
         if flip:
             im = F.horizontal_flip(im)
         t = F.to_dtype(F.pil_to_tensor(im), torch.float32, scale=True)
-        t = F.normalize(t, IMAGENET_MEAN, IMAGENET_STD)
+        t = F.normalize(t, list(self.policy.mean), list(self.policy.std))
         return t.half() if self.dtype == "float16" else t
 
     def __getitem__(self, pos):
@@ -77,6 +76,10 @@ class TorchvisionBackend:
 
 
         self.close()
+        lacks = source.config.policy.baseline_supported()
+        if lacks:
+            raise ValueError(f"TorchvisionLoader reproduces the imagenet policy's crop, flip, mean/std and crop_pct "
+                             f"only; not: {lacks} (use fastcas.Loader)")
         # the DataLoader's sampler starts at the step; the dataset addresses positions from 0
         start = source.config.offset
         source = SampleSource(dataclasses.replace(source.config, offset=0))

@@ -16,6 +16,8 @@ from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
 from fastcas.mix.saliency import METHODS as SALIENCY_METHODS
 from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
 from fastcas.sampling.geometry import LAST_BATCH
+from fastcas.loading.mixsched import SWITCH, SWITCH_OPTIONS, check_switch_options, check_window
+from fastcas.loading.transforms import AugmentPolicy
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
@@ -24,7 +26,10 @@ from fastcas.sampling.geometry import LAST_BATCH
 MODES_READ = ("exact", "streaming")  # Loader modes: per-position draws, or each rank reading its shards in order
 DEFAULT_SHUFFLE_BUFFER = 4096
 MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
-               "saliencymix": ("mode", "saliency")}
+               "saliencymix": ("mode", "saliency"), SWITCH: SWITCH_OPTIONS}
+# the transform options, all None by default (= the augment policy's value; fastcas.loading.transforms)
+TRANSFORM_OPTIONS = ("mean", "std", "scale", "ratio", "interpolation", "crop_pct", "padding", "hflip",
+                     "color_jitter", "auto_augment", "reprob", "remode", "erase_area", "erase_ratio")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -50,6 +55,8 @@ def _check_mix_options(mix: str | None, options) -> None:
     if options.get("saliency", "finegrained") not in (*SALIENCY_METHODS, *SALIENCY_ALIASES):
         raise ValueError(f"mix_options saliency must be {', '.join(map(repr, SALIENCY_METHODS))}, "
                          f"got {options['saliency']!r}")
+    if mix == SWITCH:
+        check_switch_options(options)
     for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
         if key in options:
             v = options[key]
@@ -102,6 +109,25 @@ class LoaderConfig:
     mix_in_pipeline: bool = True
     mode: str = "exact"
     shuffle_buffer: int | None = None
+    # transforms (docs/loader-options.md): a policy name or AugmentPolicy, and its options (None: the policy's)
+    augment: object = "imagenet"
+    mean: tuple | None = None
+    std: tuple | None = None
+    scale: tuple | None = None
+    ratio: tuple | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    padding: int | None = None
+    hflip: float | None = None
+    color_jitter: object = None
+    auto_augment: str | None = None
+    reprob: float | None = None
+    remode: str | None = None
+    erase_area: tuple | None = None
+    erase_ratio: tuple | None = None
+    # the mixing schedule: mixing on in epochs [mix_start_epoch, mix_stop_epoch) (None: no end)
+    mix_start_epoch: int = 0
+    mix_stop_epoch: int | None = None
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -121,8 +147,8 @@ class LoaderConfig:
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
             if value not in WEIGHT_NAMES:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(WEIGHT_NAMES)}")
-        if self.mix not in (None, "none", *MIX_KINDS):
-            raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KINDS)}")
+        if self.mix not in (None, "none", *MIX_KINDS, SWITCH):
+            raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KINDS)}, {SWITCH}")
         if self.last_batch not in LAST_BATCH:
             raise ValueError(f"unknown last_batch {self.last_batch!r}; expected one of {', '.join(LAST_BATCH)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -150,6 +176,13 @@ class LoaderConfig:
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
+        self.transforms  # noqa: B018 - validates the transform options (a ValueError naming the option)
+        check_window(self.mix_start_epoch, self.mix_stop_epoch)
+
+    @property
+    def transforms(self) -> AugmentPolicy:
+        """The :class:`~fastcas.loading.transforms.AugmentPolicy` of ``augment`` and the transform options."""
+        return AugmentPolicy.create(self.augment, **{k: getattr(self, k) for k in TRANSFORM_OPTIONS})
 
     @property
     def mix_kind(self) -> str | None:

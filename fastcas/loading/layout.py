@@ -10,7 +10,10 @@ Source outputs (what ``SampleSource.batch`` returns, one tuple per batch):
   ``jpegs{s}`` (list of uint8 [n] encoded images), ``labels{s}`` int64 [B, 1], ``windows{s}``
   float32 [B, 4] crop windows ``(x, y, w, h)`` normalised, ``flips{s}`` int32 [B, 1];
 * with mixing inside the graph (``mix``), the paste arguments of that kind (:attr:`paste`);
-* ``skipped`` int64 [B, streams]: the index of an unreadable sample a slot replaced, or -1.
+* ``skipped`` int64 [B, streams]: the index of an unreadable sample a slot replaced, or -1;
+* with transform options (:mod:`fastcas.loading.transforms`, training), per stream after its four
+  fields the policy's extra draws (:data:`EXTRA_FIELDS`, in that order): ``shift{s}``,
+  ``auto{s}``, ``jitter{s}``, ``erase{s}``, ``efill{s}``.
 
 Pipeline outputs (what the graph, or the baseline's DataLoader, yields):
 
@@ -27,25 +30,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STREAM_FIELDS = ("jpegs", "labels", "windows", "flips")
+EXTRA_FIELDS = ("shift", "auto", "jitter", "erase", "efill")  # AugmentPolicy.extra_fields, in this order
 PASTE_KINDS = ("cutmix", "saliencymix", "fmix")  # the kinds the graph can mix itself
 # host dtypes of the source outputs (numpy names); every other paste argument is int32
 SOURCE_DTYPES = {"jpegs": "uint8", "labels": "int64", "windows": "float32", "flips": "int32",
-                 "lam": "float64", "masks": "uint8", "skipped": "int64"}
+                 "lam": "float64", "masks": "uint8", "skipped": "int64", "shift": "float32", "auto": "int32",
+                 "jitter": "float32", "erase": "float32", "efill": "float32"}
 
 
 @dataclass(frozen=True)
 class BatchLayout:
     """Output names for ``streams`` (1 or 2) sample streams and the in-graph mixing ``mix``
-    (one of :data:`PASTE_KINDS`, or None when the graph does not mix)."""
+    (one of :data:`PASTE_KINDS`, or None when the graph does not mix) and the per-stream
+    transform draws ``extras`` (a subsequence of :data:`EXTRA_FIELDS`)."""
 
     streams: int
     mix: str | None = None
+    extras: tuple = ()
 
     def __post_init__(self):
         if self.streams not in (1, 2):
             raise ValueError(f"streams must be 1 or 2, got {self.streams!r}")
         if self.mix is not None and self.mix not in PASTE_KINDS:
             raise ValueError(f"in-graph mix must be one of {PASTE_KINDS} or None, got {self.mix!r}")
+        if tuple(f for f in EXTRA_FIELDS if f in self.extras) != tuple(self.extras):
+            raise ValueError(f"extras must be a subsequence of {EXTRA_FIELDS}, got {self.extras!r}")
 
     @property
     def paste(self) -> tuple:
@@ -62,7 +71,7 @@ class BatchLayout:
 
     @property
     def source_names(self) -> tuple:
-        per_stream = tuple(f"{f}{s}" for s in range(self.streams) for f in STREAM_FIELDS)
+        per_stream = tuple(f"{f}{s}" for s in range(self.streams) for f in STREAM_FIELDS + tuple(self.extras))
         return per_stream + self.paste + ("skipped",)
 
     @property
@@ -75,7 +84,7 @@ class BatchLayout:
     def source_dtypes(self) -> list:
         """Numpy dtype names of the source outputs, in order (for ``fn.external_source``)."""
         def field(name):  # "labels1" -> "labels"; paste arguments keep their name
-            return name[:-1] if name[-1].isdigit() and name[:-1] in STREAM_FIELDS else name
+            return name[:-1] if name[-1].isdigit() and name[:-1] in STREAM_FIELDS + EXTRA_FIELDS else name
 
         return [SOURCE_DTYPES.get(field(n), "int32") for n in self.source_names]
 

@@ -202,12 +202,15 @@ class Loader:
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
             if kind == "saliencymix":
+                from fastcas.loading.mixsched import mix_at
+
                 c, S = self.config, self.config.image_size
-                drawn, mixed, _ = mix.params.saliency_draws(c.seed, epoch, pos, S, S, c.alpha, c.mix_prob,
+                _, alpha, prob, _ = mix_at(c, epoch, step)
+                drawn, mixed, _ = mix.params.saliency_draws(c.seed, epoch, pos, S, S, alpha, prob,
                                                           c.mix_options.get("mode", "elem"))
                 res.update(params=None, drawn=drawn, mixed=mixed)
             else:
-                res["params"] = self._mix_params(epoch, pos, self.config.image_size)
+                res["params"] = self._mix_params(epoch, pos, self.config.image_size, step)
         return res
 
     # -- epochs and state ------------------------------------------------------------------
@@ -253,7 +256,8 @@ class Loader:
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(self._quarantine), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote, paste=self._paste)
+            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote, paste=self._paste,
+            augment=cfg.transforms, image_size=cfg.image_size)
 
     def _paste_spec(self) -> PasteSpec | None:
         """CutMix and FMix (binary masks) are mixed inside the DALI graph (uint8 copies on DALI's
@@ -267,6 +271,8 @@ class Loader:
             return None  # e.g. the torchvision baseline: mixed by torch after it, like every other mix
         if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
             return None
+        if cfg.transforms.reprob > 0:
+            return None  # erasing comes before mixing (timm's order): each stream erased, then mixed by torch
         if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
             return None  # soft masks blend: torch after the pipeline
         if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or _saliency_method(opts) != "finegrained"):
@@ -274,7 +280,8 @@ class Loader:
             # pipeline's images are on the device, where torch computes the same boxes
             return None
         return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
-                         mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0))
+                         mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0),
+                         start_epoch=cfg.mix_start_epoch, stop_epoch=cfg.mix_stop_epoch)
 
     def _build(self, step: int | None = None):
         """Build the backend so that its next batch is ``step`` (default: the next one
@@ -454,35 +461,42 @@ class Loader:
         else:
             perm = to_dev(torch.from_numpy(mix.pair_partner(positions)))
             fg, y_fg = images[perm], labels[perm]
-        params = self._device_params(self.epoch, positions, images.shape[-1], fg, to_dev)
+        params = self._device_params(self.epoch, positions, images.shape[-1], fg, to_dev, step)
         mixed = mix.apply(params, images, fg)
         targets = mix.soft_targets(params, labels, y_fg, self.num_classes, cfg.label_smoothing)
         return mixed, targets
 
-    def _device_params(self, epoch: int, positions, size: int, fg, to_dev):
+    def _device_params(self, epoch: int, positions, size: int, fg, to_dev, step: int):
         """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
+        from fastcas.loading import mixsched
         from fastcas.mix import device as mix_device
 
         cfg = self.config
-        if cfg.mix_kind == "saliencymix":
-            from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
+        kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
+        if kind == "saliencymix":
             from fastcas.mix.graph_ops import pixels_u8
 
             # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
             # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
-            return mix_device.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, IMAGENET_MEAN, IMAGENET_STD),
-                                     alpha=cfg.alpha, prob=cfg.mix_prob, to_device=to_dev, **cfg.mix_options)
-        return mix_device.on_device(self._mix_params(epoch, positions, size, device=fg.device), to_dev)
+            policy = cfg.transforms
+            return mix_device.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, policy.mean, policy.std),
+                                     alpha=alpha, prob=prob, to_device=to_dev, **opts)
+        return mix_device.on_device(self._mix_params(epoch, positions, size, step, device=fg.device), to_dev)
 
-    def _mix_params(self, epoch: int, positions, size: int, **extra):
-        """Mixing parameters of the samples at global ``positions``, keyed by (seed, epoch,
-        position) only. ``device``: FMix masks are built where the images are, from noise
-        drawn on the host."""
+    def _mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):
+        """Mixing parameters of the samples at global ``positions`` (batch ``step``), keyed by
+        (seed, epoch, position) only; the kind (``mixup_cutmix``) and whether the epoch mixes
+        at all by (seed, epoch, step) (:func:`fastcas.loading.mixsched.mix_at`). ``device``: FMix
+        masks are built where the images are, from noise drawn on the host."""
         from fastcas import mix
+        from fastcas.loading import mixsched
 
         cfg = self.config
-        return mix.make_params_at(cfg.mix_kind, cfg.seed, epoch, positions, size, size, alpha=cfg.alpha,
-                                prob=cfg.mix_prob, **extra, **cfg.mix_options)
+        if step is None:  # the global step holding these positions (steps are global_batch apart)
+            pos = np.asarray(positions, np.int64).reshape(-1)
+            step = int(pos[0]) // self.geometry.global_batch if self.geometry is not None and len(pos) else 0
+        kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
+        return mix.make_params_at(kind, cfg.seed, epoch, positions, size, size, alpha=alpha, prob=prob, **extra, **opts)
 
     def _smooth(self, labels):
         import torch

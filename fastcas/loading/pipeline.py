@@ -23,8 +23,9 @@ import numpy as np
 from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loading.source import SampleSource
+from fastcas.loading.transforms import EVAL_CROP_PCT, INTERPOLATIONS
 
-EVAL_CROP_FRACTION = 0.875
+EVAL_CROP_FRACTION = EVAL_CROP_PCT  # the default crop_pct (fastcas.loading.transforms)
 
 
 @dataclass(frozen=True)
@@ -110,25 +111,33 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     dali_types = {"uint8": types.UINT8, "int32": types.INT32, "int64": types.INT64, "float32": types.FLOAT,
                   "float64": types.FLOAT64}
 
-    def normalise(img, mirror=0):
-        return fn.crop_mirror_normalize(
-            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN],
-            std=[255 * s_ for s_ in IMAGENET_STD], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+    policy = source.config.policy  # fastcas.loading.transforms.AugmentPolicy: every transform option
+    interp = {} if policy.interpolation == "linear" else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
+    train = source.config.train
+
+    def normalise(img, mirror=0, extra=None):
+        out = fn.crop_mirror_normalize(
+            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in policy.mean],
+            std=[255 * s_ for s_ in policy.std], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
             output_layout="HWC" if cfg.channels_last else "CHW")
+        if extra is not None and "erase" in extra:  # random erasing, on the normalised image (timm)
+            out = _erase(out, extra, policy, source.config.seed, S, cfg, fn, types)
+        return out
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                   device_id=cfg.device_id if gpu else None, seed=1, prefetch_queue_depth=cfg.prefetch,
                   py_num_workers=max(cfg.py_workers, 1), py_start_method=worker_start_method(gpu),
-                  exec_dynamic=True)
+                  exec_dynamic=True, **({"enable_conditionals": True} if train and policy.auto else {}))
     def pipe():
         # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
         raw = layout.named(fn.external_source(
             source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
             prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
             dtype=[dali_types[d] for d in layout.source_dtypes()]), "source")
-        images, labels = [], []
+        images, labels, extras = [], [], []
         for s in range(streams):
             jpeg, label, window, flip = (raw[f"{f}{s}"] for f in ("jpegs", "labels", "windows", "flips"))
+            extra = {f: raw[f"{f}{s}"] for f in policy.extra_fields(train)}
             # ROI decode of the crop window (the whole image in evaluation)
             img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device=decoder_device,
                                           output_type=types.RGB, axis_names="WH")
@@ -137,13 +146,16 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 # and pasted pixels carry their own sample's flip
                 lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
                 hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
-                img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True)
+                img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True, **interp)
+                img = _train_extras(img, extra, policy, S, fn, types)
                 mirror = 0
             else:
-                img = fn.resize(img, resize_shorter=round(S / EVAL_CROP_FRACTION))
+                shorter = policy.eval_resize(S)  # None: the whole image to S x S (cifar)
+                img = fn.resize(img, **({"size": [S, S]} if shorter is None else {"resize_shorter": shorter}), **interp)
                 mirror = flip[0]  # all 0 in evaluation; consumed, so DALI does not warn of an unused output
             images.append((img, mirror))
             labels.append(label)
+            extras.append(extra)
         if paste:
             args = {k: raw[k] for k in layout.paste}
             lam, bg = args.pop("lam"), images[0][0]
@@ -174,8 +186,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             named.update({f"labels{s}": label for s, label in enumerate(labels)})
             return layout.pack(named, "pipeline")
         named = {"skipped": raw["skipped"]}
-        for s, ((img, mirror), label) in enumerate(zip(images, labels)):
-            named.update({f"images{s}": normalise(img, mirror), f"labels{s}": label})
+        for s, ((img, mirror), label, extra) in enumerate(zip(images, labels, extras)):
+            named.update({f"images{s}": normalise(img, mirror, extra), f"labels{s}": label})
         return layout.pack(named, "pipeline")
 
     if parallel and worker_start_method(gpu) == "fork":
@@ -186,6 +198,89 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     p = pipe()
     p.build()
     return p
+
+
+def _train_extras(img, extra: dict, policy, S: int, fn, types):
+    """The policy's per-sample transforms of a resized (and flipped) uint8 HWC S x S image, in
+    order: cifar's padded crop (``fn.slice`` at the keyed anchor, zero fill outside the image),
+    the keyed AutoAugment family (:func:`_auto_augment`), colour jitter (``fn.color_twist``)."""
+    if "shift" in extra:
+        img = fn.slice(img, extra["shift"], types.Constant(np.array([S, S], np.float32)), axis_names="HW",
+                       out_of_bounds_policy="pad", fill_values=0, normalized_anchor=False, normalized_shape=False)
+    if "auto" in extra:
+        import warnings
+
+        with warnings.catch_warnings():  # DALI's suites call its own deprecated experimental aliases
+            warnings.filterwarnings("ignore", message="This operator was moved out from the experimental phase")
+            img = _auto_augment(img, extra["auto"], policy, S, types)
+    if "jitter" in extra:
+        j = extra["jitter"]
+        img = fn.color_twist(img, brightness=j[0], contrast=j[1], saturation=j[2])
+    return img
+
+
+def _auto_augment(img, draws, policy, S: int, types):
+    """DALI's own AutoAugment (ImageNet policy), RandAugment or TrivialAugment Wide suites
+    (``nvidia.dali.auto_aug``), with their random choices taken from ``draws`` (int32 [8] per
+    sample, keyed by position in the source) instead of DALI's RNG operators: the operation
+    (``select``), the magnitude sign (``signed_bin(random_sign=...)``), TrivialAugment's magnitude
+    bin and AutoAugment's sub-policy and stage coin flips. The selection logic mirrors
+    ``apply_rand_augment`` / ``apply_trivial_augment`` / ``apply_auto_augment`` of DALI 2.4."""
+    from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+    from nvidia.dali.auto_aug.core import select, signed_bin
+
+    kind, n, m = policy.auto
+    kw = {"shape": (S, S), "fill_value": 128}
+    if kind == "randaugment":
+        suite = rand_augment.get_rand_augment_suite(use_shape=True)
+        for level in range(n):
+            mag = signed_bin(m, random_sign=draws[4 + level] % 2)  # n <= 4 (AugmentPolicy validates it)
+            img = select(suite, draws[level] % len(suite), data=img, magnitude_bin=mag, num_magnitude_bins=31, **kw)
+        return img
+    if kind == "trivialaugment":
+        suite = trivial_augment.get_trivial_augment_wide_suite(use_shape=True)
+        mag = signed_bin(draws[1] % 31, random_sign=draws[2] % 2)
+        return select(suite, draws[0] % len(suite), data=img, magnitude_bin=mag, num_magnitude_bins=31, **kw)
+    pol = auto_augment.get_image_net_policy(use_shape=True)
+    stages = max(len(sp) for sp in pol.sub_policies)
+    sub = draws[0] % len(pol.sub_policies)
+    run_p = auto_augment._sub_policy_to_probability_map(pol)[sub]
+    bins = auto_augment._sub_policy_to_magnitude_bin_map(pol)[sub]
+    aug_ids, augs = auto_augment._sub_policy_to_augmentation_map(pol)
+    aug_ids = aug_ids[sub]
+    for stage in range(stages):
+        mag = signed_bin(bins[stage], random_sign=draws[1 + stage] % 2)
+        u = types.Constant(np.float32(1.0 / 2 ** 31)) * draws[4 + stage]  # uniform in [0, 1)
+        if u < run_p[stage]:
+            img = select(augs[stage], aug_ids[stage], data=img, magnitude_bin=mag,
+                         num_magnitude_bins=pol.num_magnitude_bins, **kw)
+    return img
+
+
+def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
+    """timm-style random erasing of the normalised image at the keyed rectangle ``erase``
+    ``(y, x, h, w)``: zeros ("const"), the sample's keyed normal colour ("rand", ``fn.erase``
+    with a per-sample fill), or per-pixel noise from the seed's fixed noise field at the sample's
+    keyed offset ("pixel": ``img * keep + noise * (1 - keep)``, ``keep`` = ones erased)."""
+    rect = extra["erase"]
+    if policy.remode != "pixel":
+        fill = 0.0 if policy.remode == "const" else extra["efill"][0:3]
+        return fn.erase(img, anchor=rect[0:2], shape=rect[2:4], axis_names="HW", fill_value=fill)
+    layout = "HWC" if cfg.channels_last else "CHW"
+    field = policy.noise_field(seed, S)
+    ones = np.ones((S, S, 3), np.float32)
+    if layout == "CHW":
+        field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
+    keep = fn.erase(types.Constant(ones, layout=layout), anchor=rect[0:2], shape=rect[2:4], axis_names="HW",
+                    fill_value=0.0)
+    noise = fn.slice(types.Constant(field, layout=layout), extra["efill"][3:5], types.Constant(np.array([S, S], np.float32)),
+                     axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    if cfg.device == "cuda":  # operands beside GPU images (the rectangle and offsets stay host arguments)
+        keep, noise = keep.gpu(), noise.gpu()
+    if cfg.dtype == "float16":  # the blend in float32 (DALI's arithmetic does not mix float16 and float32)
+        img = fn.cast(img, dtype=types.FLOAT)
+    out = img * keep + noise * (types.Constant(np.float32(1.0)) - keep)
+    return fn.cast(out, dtype=types.FLOAT16) if cfg.dtype == "float16" else out
 
 
 _GRAPH_OPS: dict = {}

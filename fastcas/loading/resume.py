@@ -10,7 +10,7 @@ from fastcas.sampling.geometry import check_same, digest
 
 STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
            "global_batch", "last_batch", "train")
-AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options")
+AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options", "transforms", "mix_epochs")
 
 def config_digest(self) -> dict:
     """What must match to resume (``state['config']``); the dataset and weights digests are O(1) and kept."""
@@ -24,7 +24,8 @@ def config_digest(self) -> dict:
             "epoch_length": cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
             "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
             "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
-            "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options)}
+            "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options),
+            "transforms": repr(cfg.transforms), "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}"}
 
 def legacy_weights_digest(self) -> str:
     """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcas.dataset import imagehdr
-from fastcas.loading.augment import augment_key, crop_windows, flips
+from fastcas.loading.augment import augment_key
 from fastcas.core.errors import CorruptSampleError
 from fastcas.loading.layout import BatchLayout
 
@@ -48,6 +48,13 @@ class PasteSpec:
     prob: float = 1.0
     mode: str = "elem"
     decay: float = 3.0
+    start_epoch: int = 0  # the mixing schedule: prob is 0 outside [start_epoch, stop_epoch)
+    stop_epoch: int | None = None
+
+    def prob_at(self, epoch: int) -> float:
+        """The mixing probability of ``epoch`` (0 outside the schedule's window)."""
+        on = self.start_epoch <= epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
+        return self.prob if on else 0.0
 
     def __post_init__(self):
         if self.kind not in ("cutmix", "fmix", "saliencymix"):
@@ -82,6 +89,15 @@ class SourceConfig:
     cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
     remote: object = None  # fastcas.dataset.fetch.RemoteOptions: timeouts and retries (None: the defaults)
     paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
+    augment: object = None  # fastcas.loading.transforms.AugmentPolicy (None: the default imagenet policy)
+    image_size: int = 224  # the output side S (the transform draws that depend on it: erasing)
+
+    @property
+    def policy(self):
+        """The :class:`~fastcas.loading.transforms.AugmentPolicy` (the default when ``augment`` is None)."""
+        from fastcas.loading.transforms import AugmentPolicy
+
+        return AugmentPolicy() if self.augment is None else self.augment
 
 
 class SampleSource:
@@ -115,7 +131,8 @@ class SampleSource:
     def layout(self) -> BatchLayout:
         """The names of :meth:`batch`'s outputs (:class:`fastcas.loading.layout.BatchLayout`)."""
         p = self.config.paste
-        return BatchLayout(len(self.config.streams), None if p is None else p.kind)
+        return BatchLayout(len(self.config.streams), None if p is None else p.kind,
+                           self.config.policy.extra_fields(self.config.train))
 
     def fetch(self, index: int) -> tuple[np.ndarray, int, tuple[int, int], int]:
         """(encoded image as uint8 [n] view, label, displayed (w, h), skipped index or -1).
@@ -178,10 +195,11 @@ class SampleSource:
             fetched = [self.fetch(int(i)) for i in indices]
             key = augment_key(c.seed, epoch, s)
             n = len(positions)
-            if c.train:
-                counter = positions if g is None else g
-                windows = crop_windows(key, counter, np.array([f[2] for f in fetched]))
-                flip = flips(key, counter).astype(np.int32).reshape(n, 1)
+            if c.train:  # every draw keyed by the position (fastcas.loading.transforms)
+                counter, policy = (positions if g is None else g), c.policy
+                windows = policy.windows(key, counter, np.array([f[2] for f in fetched]).reshape(n, 2))
+                flip = policy.flips(key, counter)
+                outs.update({f"{k}{s}": v for k, v in policy.draws(c.seed, epoch, s, counter, c.image_size).items()})
             else:
                 windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
                 flip = np.zeros((n, 1), np.int32)
@@ -212,7 +230,7 @@ class SampleSource:
         if p.kind == "saliencymix":
             return self._saliency(epoch, local, g)
         opts = {"decay": p.decay} if p.kind == "fmix" else {}
-        params = mix.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob,
+        params = mix.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob_at(epoch),
                                   mode=p.mode, **opts)
         partner = self._partner(local, g)
         out = {"lam": params.lam.reshape(-1, 1)}
@@ -244,7 +262,7 @@ class SampleSource:
         from fastcas.mix.params import saliency_draws
 
         c, p = self.config, self.config.paste
-        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob, p.mode)
+        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob_at(epoch), p.mode)
         partner = self._partner(local, g)
         ids = np.arange(len(g)) if partner is None else partner
         if p.mode == "batch":  # one box for the batch: the first foreground's peak
