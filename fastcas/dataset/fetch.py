@@ -51,7 +51,9 @@ class RemoteOptions:
             # (waiting for the response headers included)
             timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect_timeout,
                                             sock_read=self.read_timeout)
-            return {"client_kwargs": {"timeout": timeout}}
+            # trust_env: credentials from ~/.netrc (or $NETRC) and proxies from the environment,
+            # the place for secrets a URL must not carry (fastcas refuses user:password@ in one)
+            return {"client_kwargs": {"timeout": timeout, "trust_env": True}}
         if protocol == "s3":
             return {"config_kwargs": {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
                                       "retries": {"max_attempts": 1, "mode": "standard"}}}
