@@ -82,11 +82,19 @@ def default_cache_dir() -> Path:
 def _filesystem(url: str, options: RemoteOptions):
     import fsspec
 
+    from urllib.parse import urlsplit
+
     protocol = url.split("://", 1)[0].lower()
+    # ~/.netrc credentials for the host, unless the URL carries its own (aiohttp refuses both)
+    host = None if has_userinfo(url) else urlsplit(url).hostname
+    try:
+        storage = options.storage_options(protocol, host)
+    except ValueError as exc:  # an unusable ~/.netrc
+        raise RemoteError(f"{url}: {exc}") from None
     try:
         # a fresh instance: fsspec caches instances (and their event loop) per process, which a
         # forked DALI worker must not inherit
-        return fsspec.filesystem(protocol, skip_instance_cache=True, **options.storage_options(protocol))
+        return fsspec.filesystem(protocol, skip_instance_cache=True, **storage)
     except (ImportError, ValueError) as exc:
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
         hint = f" (pip install 'fastcas[{extra}]')" if extra else ""

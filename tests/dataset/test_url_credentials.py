@@ -145,3 +145,8 @@ def test_netrc_credentials_reach_the_server(tmp_path, auth_server, monkeypatch):
     monkeypatch.setenv("NETRC", str(netrc))
     path = ShardCache(tmp_path / "c1", options=FAST).get(srv.url("/a.tar"))
     assert path.read_bytes() == body
+    netrc.write_text(f"machine 127.0.0.1 login user password {SECRET}\nbogus token\n")
+    with pytest.raises(RemoteError, match=rf"{netrc}: cannot use this netrc file: bad follower token 'bogus' "
+                                          r"\(line 2\)") as info:
+        ShardCache(tmp_path / "c2", options=FAST).get(srv.url("/a.tar"))
+    assert SECRET not in str(info.value)
