@@ -1,4 +1,4 @@
-"""Scoring a dataset: decode (fastcas's DALI loader, or torchvision.io), encode
+"""Scoring a dataset: decode (fastcas's DALI loader, or torchvision.io + PIL), encode
 attributes in chunks (resumable), split over ranks, merge, rank within classes and write the
 CAS score file.
 
@@ -105,19 +105,17 @@ def decode_batch(datas, image_size: int, device: str = "cpu", keys=None,
 
     Headers first (:func:`check_headers`: ``CorruptSampleError`` naming ``keys[j]`` and
     ``where`` (" in DATASET") for an incomplete image or one over ``max_pixels``, before any
-    decode). JPEGs:
-    torchvision.io.decode_jpeg (nvJPEG on a CUDA device, libjpeg on the CPU); PNG / WebP:
-    torchvision.io.decode_image on the CPU (16-bit PNG scaled to 8 bits), then moved. RGB,
-    then an antialiased bilinear resize of the whole image to S x S (no crop: attributes
-    describe the whole picture)."""
+    decode). JPEGs: torchvision.io.decode_jpeg (nvJPEG on a CUDA device, libjpeg on the
+    CPU); PNG / WebP: PIL on the CPU (:func:`decode_pil`), then moved. RGB, then an
+    antialiased bilinear resize of the whole image to S x S (no crop: attributes describe the
+    whole picture)."""
     import torch
     import torch.nn.functional as F
 
     keys = [f"#{j}" for j in range(len(datas))] if keys is None else list(keys)
     names = [f"{k!r}{where}" for k in keys]
     formats = check_headers(datas, keys, max_pixels, names)
-    imgs = _decode_all([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas], formats, keys, names,
-                       device)
+    imgs = _decode_all(datas, formats, keys, names, device)
     sizes = np.array([(int(im.shape[2]), int(im.shape[1])) for im in imgs], np.int64).reshape(-1, 2)
     out = torch.empty((len(imgs), 3, image_size, image_size), dtype=torch.uint8, device=device)
     for j, im in enumerate(imgs):
@@ -139,41 +137,64 @@ def check_headers(datas, keys, max_pixels: int | None = DEFAULT_MAX_PIXELS, name
     for d, k, name in zip(datas, keys, names or [repr(k) for k in keys]):
         try:
             header = imagehdr.parse(d)
+        except imagehdr.ImageHeaderError as exc:
+            raise CorruptSampleError(f"sample {name}: {exc}; fastcas score scores every sample: replace the "
+                                     "image or re-run `fastcas index` (which lists it as skipped)", k) from None
+        try:
             imagehdr.check_pixels(header, max_pixels)
         except imagehdr.ImageHeaderError as exc:
-            raise CorruptSampleError(f"sample {name}: {exc}; not decoded (fastcas score scores every sample: "
-                                     "fix or re-index the dataset, or raise --max-pixels)", k) from None
+            raise CorruptSampleError(f"sample {name}: {exc}; not decoded (pass a larger --max-pixels only "
+                                     "if you trust it)", k) from None
         formats.append(header.format)
     return formats
 
 
-def _decode_all(raw: list, formats: list[str], keys: list, names: list, device: str) -> list:
-    """uint8 [3, H, W] tensors on ``device``; a decoder error names the sample that fails alone."""
+def _decode_all(datas, formats: list[str], keys: list, names: list, device: str) -> list:
+    """uint8 [3, H, W] tensors on ``device``: JPEGs batched through torchvision's decode_jpeg,
+    PNG / WebP through PIL (:func:`decode_pil`); an image the decoder rejects is named."""
     import torch
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    def one(t):
-        im = decode_image(t, mode=ImageReadMode.RGB)
-        if im.dtype != torch.uint8:  # 16-bit PNG: scaled, not clipped (as fastcas shard does)
-            im = (im.to(torch.float32) * (255 / 65535)).round_().to(torch.uint8)
-        return im
-
+    out = [None] * len(datas)
     jpeg = [j for j, f in enumerate(formats) if f == "jpeg"]
-    out = [None] * len(raw)
-    try:
-        if jpeg:
-            for j, im in zip(jpeg, decode_jpeg([raw[j] for j in jpeg], mode=ImageReadMode.RGB, device=device)):
-                out[j] = im
-        for j in (j for j, f in enumerate(formats) if f != "jpeg"):
-            out[j] = one(raw[j]).to(device)
-    except RuntimeError as exc:
-        for j, t in enumerate(raw):  # which one: each alone, on the CPU
-            try:
-                one(t)
-            except RuntimeError as alone:
-                raise CorruptSampleError(f"sample {names[j]}: cannot be decoded ({alone})", keys[j]) from None
-        raise CorruptSampleError(f"samples {', '.join(names)}: the batch cannot be decoded ({exc})") from None
+    if jpeg:
+        raw = [torch.frombuffer(bytearray(datas[j]), dtype=torch.uint8) for j in jpeg]
+        try:
+            imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as exc:
+            for j, t in zip(jpeg, raw):  # which one: each alone, on the CPU
+                try:
+                    decode_jpeg(t, mode=ImageReadMode.RGB)
+                except RuntimeError as alone:
+                    raise CorruptSampleError(f"sample {names[j]}: cannot be decoded ({alone})", keys[j]) from None
+            raise CorruptSampleError(f"samples {', '.join(names[j] for j in jpeg)}: the batch cannot be decoded "
+                                     f"({exc})") from None
+        for j, im in zip(jpeg, imgs):
+            out[j] = im
+    for j in (j for j, f in enumerate(formats) if f != "jpeg"):
+        out[j] = decode_pil(datas[j], names[j], keys[j]).to(device)
     return out
+
+
+def decode_pil(data, name: str = "image", key: str | None = None):
+    """PNG / WebP bytes -> uint8 [3, H, W] CPU tensor, RGB, through PIL (as the loader's
+    torchvision baseline decodes): torchvision 0.29's decode_png kills the process (SIGSEGV)
+    on a corrupt IDAT chunk instead of raising. High-bit-depth greyscale (16-bit PNG) is
+    scaled to 8 bits, not clipped (:func:`fastcas.dataset.ingest.to_8bit`). ``CorruptSampleError``
+    naming ``name`` when PIL cannot decode it."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from fastcas.dataset.ingest import to_8bit
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            rgb = to_8bit(im).convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise CorruptSampleError(f"sample {name}: cannot be decoded ({type(exc).__name__}: {exc})", key) from None
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
 def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device: str = "auto",

@@ -69,8 +69,7 @@ def test_png_and_webp_datasets_score_like_the_same_pixels(tmp_path):
         r = ShardReader(ds)
         images, sizes = decode_batch([r[i].data for i in range(N)], 64)
         assert sizes.tolist() == [list(SIZE)] * N and tuple(images.shape) == (N, 3, 64, 64)
-        raw = [torch.frombuffer(bytearray(r[i].data), dtype=torch.uint8) for i in range(N)]
-        got = _decode_all(raw, [fmt] * N, list(r.keys), list(r.keys), "cpu")
+        got = _decode_all([r[i].data for i in range(N)], [fmt] * N, list(r.keys), list(r.keys), "cpu")
         want = [_pixels(int(k[1:])) for k in r.keys]
         assert all(np.array_equal(g.permute(1, 2, 0).numpy(), w) for g, w in zip(got, want))
     outs = {}
@@ -127,7 +126,7 @@ def test_png_and_webp_datasets_score_through_the_dali_decoder(tmp_path):
 
 def _png_header_bomb(w=60000, h=60000) -> bytes:
     """A small valid PNG whose IHDR declares w x h (checksum fixed): a header-only bomb."""
-    data = bytearray(_encode(_pixels(0), "PNG"))
+    data = bytearray(_encode(np.full((16, 16, 3), 99, np.uint8), "PNG"))
     ihdr = bytearray(data[12:29])  # b"IHDR" + its 13 bytes
     ihdr[4:12] = struct.pack(">II", w, h)
     data[12:29] = ihdr
@@ -155,8 +154,11 @@ def no_decoding(monkeypatch):
     def refuse(*a, **kw):
         raise AssertionError("a decoder was called")
 
+    from PIL import Image
+
     for name in ("decode_jpeg", "decode_image", "decode_png", "decode_webp"):
         monkeypatch.setattr(torchvision.io, name, refuse)
+    monkeypatch.setattr(Image, "open", refuse)
 
 
 def test_a_huge_header_is_refused_before_decoding_naming_the_sample(tmp_path, bomb_dataset, no_decoding, capsys):
@@ -197,3 +199,32 @@ def test_the_dali_decoder_refuses_a_huge_header_instead_of_scoring_another_image
     with pytest.raises(CorruptSampleError, match=r"sample 'k03' in .*60000x60000"):
         encode_dataset(bomb_dataset, PixelEncoder().measure, batch_size=4, progress=False, decoder="dali",
                        device="cpu", py_workers=0)
+
+
+def test_an_incomplete_or_undecodable_image_is_named(no_decoding):
+    from fastcas.scoring.run import decode_batch
+
+    png = _encode(np.full((8, 8, 3), 7, np.uint8), "PNG")  # (PIL's open is patched out here)
+    with pytest.raises(CorruptSampleError, match=r"sample 'cut' in DS: truncated PNG \(no IEND chunk\); "
+                                                 r".*re-run `fastcas index`"):
+        decode_batch([png, png[: len(png) // 2]], 16, keys=["whole", "cut"], where=" in DS")
+    with pytest.raises(CorruptSampleError, match=r"sample 'gif': not a JPEG, PNG or WebP image"):
+        decode_batch([b"GIF89a" + bytes(40)], 16, keys=["gif"])
+
+
+def test_a_body_the_decoder_rejects_is_named():
+    """A PNG whose compressed data is destroyed (torchvision 0.29's decode_png dies of SIGSEGV on
+    it; PIL raises) and a JPEG body torchvision rejects: each named, the process survives."""
+    from fastcas.scoring.run import decode_batch
+
+    png = bytearray(_encode(_pixels(2), "PNG"))
+    at = png.index(b"IDAT") + 8
+    png[at : at + 40] = bytes(40)  # header intact, compressed data destroyed
+    good = jpeg_bytes(3, SIZE)
+    with pytest.raises(CorruptSampleError, match=r"sample 'bad' in DS: cannot be decoded") as info:
+        decode_batch([good, bytes(png)], 16, keys=["good", "bad"], where=" in DS")
+    assert info.value.key == "bad"
+    j12 = bytearray(jpeg_bytes(4, SIZE))
+    j12[j12.index(b"\xff\xc0") + 4] = 12  # a 12-bit JPEG: a valid header libjpeg's 8-bit decoder refuses
+    with pytest.raises(CorruptSampleError, match=r"sample 'j12': cannot be decoded \(.*precision 12"):
+        decode_batch([good, bytes(j12), good], 16, keys=["good", "j12", "good2"])
