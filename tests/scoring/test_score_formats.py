@@ -86,7 +86,7 @@ def test_png_and_webp_datasets_score_like_the_same_pixels(tmp_path):
     assert (xj.float() - xp.float()).abs().mean() < 1.0
 
 
-def test_a_mixed_jpeg_png_webp_dataset_scores_with_either_decoder(tmp_path):
+def test_a_mixed_jpeg_png_webp_and_16bit_png_dataset_scores(tmp_path):
     from PIL import Image
 
     images = {}
