@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastcas {args.command}: interrupted", file=sys.stderr)
         return 130
     except (CommandError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
-        print(f"fastcas {args.command}: error: {exc}", file=sys.stderr)
+        from fastcas.core.urls import redact  # no password of a URL in a message reaches the terminal
+
+        print(f"fastcas {args.command}: error: {redact(exc)}", file=sys.stderr)
         return 2
 
 

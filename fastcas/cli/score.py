@@ -44,9 +44,15 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, default=None, help="decode size (pixel: 64, clip: the model's)")
     p.add_argument("--chunk-batches", type=int, default=16, help="batches per resume chunk")
     p.add_argument("--decoder", choices=["auto", "dali", "torchvision"], default="auto",
-                   help="torchvision.io.decode_jpeg (auto; nvJPEG on a GPU) or fastcas's DALI loader")
+                   help="torchvision.io.decode_jpeg + PIL for PNG/WebP (auto; nvJPEG on a GPU) or fastcas's "
+                   "DALI loader")
     p.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one, else cpu), cpu or cuda")
     p.add_argument("--workers", type=int, default=1, help="DALI python workers")
+    from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse (naming it, before decoding) an image declaring more pixels, as the loader "
+                   f"does (default {DEFAULT_MAX_PIXELS:,}, PIL's bomb limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="discard resume chunks in OUT.work left by another run (another dataset, encoder or "

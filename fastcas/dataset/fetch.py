@@ -41,9 +41,10 @@ class RemoteOptions:
         if isinstance(self.backoff, bool) or not isinstance(self.backoff, (int, float)) or self.backoff < 0:
             raise ValueError(f"backoff must be a number of seconds >= 0, got {self.backoff!r}")
 
-    def storage_options(self, protocol: str) -> dict:
+    def storage_options(self, protocol: str, host: str | None = None) -> dict:
         """fsspec keyword arguments that apply these timeouts for ``protocol``. Retries are ours
-        (:func:`retry_delays`), so the backends' own retries are turned off where they have any."""
+        (:func:`retry_delays`), so the backends' own retries are turned off where they have any.
+        ``host`` (http(s)): its ``~/.netrc`` entry, if any, becomes the session's Basic auth."""
         if protocol in ("http", "https"):
             import aiohttp
 
@@ -51,7 +52,11 @@ class RemoteOptions:
             # (waiting for the response headers included)
             timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect_timeout,
                                             sock_read=self.read_timeout)
-            return {"client_kwargs": {"timeout": timeout}}
+            kwargs = {"timeout": timeout}
+            login = netrc_login(host) if host else None
+            if login is not None:
+                kwargs["auth"] = aiohttp.BasicAuth(*login)
+            return {"client_kwargs": kwargs}
         if protocol == "s3":
             return {"config_kwargs": {"connect_timeout": self.connect_timeout, "read_timeout": self.read_timeout,
                                       "retries": {"max_attempts": 1, "mode": "standard"}}}
@@ -60,6 +65,22 @@ class RemoteOptions:
     def retry_delays(self) -> list[float]:
         """Seconds to wait before each further attempt: ``retries`` entries."""
         return [self.backoff * 2 ** k for k in range(self.retries)]
+
+
+def netrc_login(host: str) -> tuple[str, str] | None:
+    """(login, password) for ``host`` from ``$NETRC`` or ``~/.netrc`` (its ``default`` entry
+    too, as curl does), or None without a file or an entry: where HTTP credentials go, since
+    a URL must not carry them. ``ValueError`` naming the file and line when it cannot be parsed."""
+    import netrc
+
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    if not os.path.isfile(path):
+        return None
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except netrc.NetrcParseError as exc:
+        raise ValueError(f"{path}: cannot use this netrc file: {exc.msg} (line {exc.lineno})") from None
+    return None if entry is None else (entry[0] or "", entry[2] or "")
 
 
 def _chain(exc: BaseException):

@@ -40,7 +40,7 @@ from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
 from fastcas.dataset.fetch import RemoteOptions
-from fastcas.dataset.remote import ShardCache, is_url
+from fastcas.dataset.remote import ShardCache, is_url, refuse_credentials
 from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
 
@@ -84,13 +84,15 @@ class IndexConfig:
 def expand_sources(sources) -> list[str]:
     """Tar paths / URLs, in order: a directory gives its ``*.tar`` sorted; a brace pattern
     (``train-{000..009}.tar``) or glob is expanded. ``ValueError`` naming the source for a
-    pattern that matches nothing, a missing file or a directory without tars."""
+    pattern that matches nothing, a missing file or a directory without tars, or a URL with
+    credentials (``user:password@``: they would be written into the manifest)."""
     from braceexpand import braceexpand
 
     out: list[str] = []
     for src in sources:
         src = str(src)
         if is_url(src):
+            refuse_credentials(src)
             out += _expand(braceexpand, src)
             continue
         p = Path(src)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from fastcas.core.errors import FastcasError
+from fastcas.core.urls import has_userinfo, redact
 from fastcas.dataset.fetch import RemoteOptions, is_transient, timeout_kind, verify_tar
 
 SCHEMES = ("http", "https", "s3", "gs", "gcs")
@@ -36,11 +37,18 @@ _CHUNK = 1 << 20
 
 
 class RemoteError(FastcasError, OSError):
-    """A remote shard cannot be fetched; the message names the URL."""
+    """A remote shard cannot be fetched; the message names the URL (credentials in it, and in
+    the backend's error text, redacted: ``user:***@``)."""
+
+    def __init__(self, message, *args):
+        super().__init__(redact(message), *args)
 
 
 class ShardChangedError(FastcasError, ValueError):
-    """A shard's size or SHA-256 differs from what its manifest recorded."""
+    """A shard's size or SHA-256 differs from what its manifest recorded (URL redacted)."""
+
+    def __init__(self, message, *args):
+        super().__init__(redact(message), *args)
 
 
 class BadResponseError(RemoteError, ValueError):
@@ -53,6 +61,19 @@ def is_url(s: str) -> bool:
     return bool(m) and m.group(1).lower() in SCHEMES
 
 
+CREDENTIALS_HELP = ("put them in ~/.netrc (http(s)://), in the environment (AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY or ~/.aws/credentials for s3://, GOOGLE_APPLICATION_CREDENTIALS for "
+                    "gs://) or in fsspec's storage options (~/.config/fsspec/conf.json)")
+
+
+def refuse_credentials(url: str) -> None:
+    """``ValueError`` (URL redacted) when ``url`` carries ``user:password@``: a URL written into
+    a manifest must hold no secret; :data:`CREDENTIALS_HELP` says where credentials go instead."""
+    if has_userinfo(url):
+        raise ValueError(f"{redact(url)}: credentials in a URL are refused (they would be stored in "
+                         f"manifest.json and shown in messages); {CREDENTIALS_HELP}")
+
+
 def default_cache_dir() -> Path:
     """``~/.cache/fastcas/shards`` (a fixed default; pass ``cache_dir`` to choose another)."""
     return Path.home() / ".cache" / "fastcas" / "shards"
@@ -61,11 +82,19 @@ def default_cache_dir() -> Path:
 def _filesystem(url: str, options: RemoteOptions):
     import fsspec
 
+    from urllib.parse import urlsplit
+
     protocol = url.split("://", 1)[0].lower()
+    # ~/.netrc credentials for the host, unless the URL carries its own (aiohttp refuses both)
+    host = None if has_userinfo(url) else urlsplit(url).hostname
+    try:
+        storage = options.storage_options(protocol, host)
+    except ValueError as exc:  # an unusable ~/.netrc
+        raise RemoteError(f"{url}: {exc}") from None
     try:
         # a fresh instance: fsspec caches instances (and their event loop) per process, which a
         # forked DALI worker must not inherit
-        return fsspec.filesystem(protocol, skip_instance_cache=True, **options.storage_options(protocol))
+        return fsspec.filesystem(protocol, skip_instance_cache=True, **storage)
     except (ImportError, ValueError) as exc:
         extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
         hint = f" (pip install 'fastcas[{extra}]')" if extra else ""
@@ -192,7 +221,9 @@ class ShardCache:
 
     def path_for(self, url: str) -> Path:
         """The cache file of ``url``: a digest of the whole URL (no collisions between hosts)
-        plus the readable base name."""
+        plus the readable base name. Of the URL with its password redacted: no file name or
+        digest derives from a secret (the same URL without credentials has the same path)."""
+        url = redact(url)
         base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[-80:] or "shard"
         return self.root / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{base}"
 

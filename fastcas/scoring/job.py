@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core import npy
+from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.scoring.vocabulary import ENCODERS
 
 
@@ -50,6 +51,7 @@ class ScoreConfig:
     workers: int = 1
     no_progress: bool = False
     overwrite: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the loader's decompression-bomb limit; None: none
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -62,6 +64,9 @@ class ScoreConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
+                                            or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
         if not 0 < self.min_share < 1:
             raise ValueError(f"min_share must be in (0, 1), got {self.min_share!r}")
         if self.merge is not None:
@@ -109,7 +114,8 @@ def _encode(cfg, dataset, features, image_size, rank, world, work, enc=None) -> 
         return encode_dataset(dataset, features, batch_size=cfg.batch_size, image_size=image_size, rank=rank,
                               world_size=world, work_dir=work, chunk_batches=cfg.chunk_batches, device=cfg.device,
                               progress=not cfg.no_progress, py_workers=cfg.workers, decoder=cfg.decoder,
-                              settings=_encoder_settings(cfg, enc), overwrite=cfg.overwrite)
+                              settings=_encoder_settings(cfg, enc), overwrite=cfg.overwrite,
+                              max_pixels=cfg.max_pixels)
     except ResumeMismatch as e:
         raise ResumeMismatch(f"{cfg.out}: not resuming from another run's chunks: {e}. Pass --overwrite to "
                              f"discard them and score afresh, or choose another --out") from None

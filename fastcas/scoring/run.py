@@ -1,4 +1,4 @@
-"""Scoring a dataset: decode (fastcas's DALI loader, or torchvision.io.decode_jpeg), encode
+"""Scoring a dataset: decode (fastcas's DALI loader, or torchvision.io + PIL), encode
 attributes in chunks (resumable), split over ranks, merge, rank within classes and write the
 CAS score file.
 
@@ -11,6 +11,12 @@ How work is split over ranks (:func:`rank_batches`):
   choice could flip on last-bit differences between batch compositions).
 * DALI decoder (fastcas's loader): rank r takes samples r, r + W, ... (the loader's
   evaluation order); equal to the single run for the per-image pixel encoder.
+
+Both decode what the loader accepts (JPEG, PNG, WebP: :mod:`fastcas.dataset.imagehdr`) and
+read each header first: an image that is not complete or declares more than ``max_pixels``
+(the loader's limit, default :data:`~fastcas.dataset.imagehdr.DEFAULT_MAX_PIXELS`) is refused
+before anything is allocated, with an error naming the sample. A score file covers every
+sample, so scoring cannot skip one as the loader does (nor substitute another image for it).
 """
 from __future__ import annotations
 
@@ -21,19 +27,27 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core import npy
+from fastcas.core.errors import CorruptSampleError
+from fastcas.dataset import imagehdr
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD, jpeg_size
+
+DEFAULT_MAX_PIXELS = imagehdr.DEFAULT_MAX_PIXELS
 
 
 def iter_batches(dataset, *, batch_size: int, image_size: int, rank: int, world_size: int,
-                 device: str = "auto", start_step: int = 0, py_workers: int = 1):
+                 device: str = "auto", start_step: int = 0, py_workers: int = 1,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Yield (global indices int64 [B], images float [B, 3, S, S] in [0, 1] on the device,
-    original sizes int [B, 2]) for this rank's share, in order, from ``start_step`` on."""
+    original sizes int [B, 2]) for this rank's share, in order, from ``start_step`` on.
+    The loader runs strict: a sample it would skip (incomplete, over ``max_pixels``, DALI
+    cannot decode it) raises naming it instead of being scored as another image."""
     import torch
 
     from fastcas.loading.loader import Loader
 
     loader = Loader(dataset, batch_size, train=False, image_size=image_size, rank=rank, world_size=world_size,
-                    last_batch="partial", device=device, py_workers=py_workers)
+                    last_batch="partial", device=device, py_workers=py_workers, strict=True,
+                    max_pixels=max_pixels)
     positions = loader.sampler_indices(0)[0]
     loader.load_state_dict({"epoch": 0, "step": start_step, "seed": loader.config.seed})
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
@@ -85,18 +99,24 @@ def _torch_device(device: str) -> str:
     return device
 
 
-def decode_batch(datas, image_size: int, device: str = "cpu"):
-    """JPEG bytes -> (uint8 [B, 3, S, S] on ``device``, original sizes int [B, 2] (w, h)).
+def decode_batch(datas, image_size: int, device: str = "cpu", keys=None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, where: str = ""):
+    """Encoded JPEG / PNG / WebP bytes -> (uint8 [B, 3, S, S] on ``device``, original sizes
+    int [B, 2] (w, h)).
 
-    torchvision.io.decode_jpeg (nvJPEG on a CUDA device, libjpeg on the CPU), RGB, then an
-    antialiased bilinear resize of the whole image to S x S (no crop: attributes describe
-    the whole picture)."""
+    Headers first (:func:`check_headers`: ``CorruptSampleError`` naming ``keys[j]`` and
+    ``where`` (" in DATASET") for an incomplete image or one over ``max_pixels``, before any
+    decode). JPEGs: torchvision.io.decode_jpeg (nvJPEG on a CUDA device, libjpeg on the
+    CPU); PNG / WebP: PIL on the CPU (:func:`decode_pil`), then moved. RGB, then an
+    antialiased bilinear resize of the whole image to S x S (no crop: attributes describe the
+    whole picture)."""
     import torch
     import torch.nn.functional as F
-    from torchvision.io import ImageReadMode, decode_jpeg
 
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+    keys = [f"#{j}" for j in range(len(datas))] if keys is None else list(keys)
+    names = [f"{k!r}{where}" for k in keys]
+    formats = check_headers(datas, keys, max_pixels, names)
+    imgs = _decode_all(datas, formats, keys, names, device)
     sizes = np.array([(int(im.shape[2]), int(im.shape[1])) for im in imgs], np.int64).reshape(-1, 2)
     out = torch.empty((len(imgs), 3, image_size, image_size), dtype=torch.uint8, device=device)
     for j, im in enumerate(imgs):
@@ -109,11 +129,82 @@ def decode_batch(datas, image_size: int, device: str = "cpu"):
     return out, sizes
 
 
+def check_headers(datas, keys, max_pixels: int | None = DEFAULT_MAX_PIXELS, names=None) -> list[str]:
+    """Each image's format ("jpeg" | "png" | "webp"), from its header alone; the loader's checks
+    (:func:`fastcas.dataset.imagehdr.parse`, :func:`~fastcas.dataset.imagehdr.check_pixels`):
+    ``CorruptSampleError`` naming the first image that fails them (``names[j]``, default
+    ``repr(keys[j])``)."""
+    formats = []
+    for d, k, name in zip(datas, keys, names or [repr(k) for k in keys]):
+        try:
+            header = imagehdr.parse(d)
+        except imagehdr.ImageHeaderError as exc:
+            raise CorruptSampleError(f"sample {name}: {exc}; fastcas score scores every sample: replace the "
+                                     "image or re-run `fastcas index` (which lists it as skipped)", k) from None
+        try:
+            imagehdr.check_pixels(header, max_pixels)
+        except imagehdr.ImageHeaderError as exc:
+            raise CorruptSampleError(f"sample {name}: {exc}; not decoded (pass a larger --max-pixels only "
+                                     "if you trust it)", k) from None
+        formats.append(header.format)
+    return formats
+
+
+def _decode_all(datas, formats: list[str], keys: list, names: list, device: str) -> list:
+    """uint8 [3, H, W] tensors on ``device``: JPEGs batched through torchvision's decode_jpeg,
+    PNG / WebP through PIL (:func:`decode_pil`); an image the decoder rejects is named."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = [None] * len(datas)
+    jpeg = [j for j, f in enumerate(formats) if f == "jpeg"]
+    if jpeg:
+        raw = [torch.frombuffer(bytearray(datas[j]), dtype=torch.uint8) for j in jpeg]
+        try:
+            imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as exc:
+            for j, t in zip(jpeg, raw):  # which one: each alone, on the CPU
+                try:
+                    decode_jpeg(t, mode=ImageReadMode.RGB)
+                except RuntimeError as alone:
+                    raise CorruptSampleError(f"sample {names[j]}: cannot be decoded ({alone})", keys[j]) from None
+            raise CorruptSampleError(f"samples {', '.join(names[j] for j in jpeg)}: the batch cannot be decoded "
+                                     f"({exc})") from None
+        for j, im in zip(jpeg, imgs):
+            out[j] = im
+    for j in (j for j, f in enumerate(formats) if f != "jpeg"):
+        out[j] = decode_pil(datas[j], names[j], keys[j]).to(device)
+    return out
+
+
+def decode_pil(data, name: str = "image", key: str | None = None):
+    """PNG / WebP bytes -> uint8 [3, H, W] CPU tensor, RGB, through PIL (as the loader's
+    torchvision baseline decodes): torchvision 0.29's decode_png kills the process (SIGSEGV)
+    on a corrupt IDAT chunk instead of raising. High-bit-depth greyscale (16-bit PNG) is
+    scaled to 8 bits, not clipped (:func:`fastcas.dataset.ingest.to_8bit`). ``CorruptSampleError``
+    naming ``name`` when PIL cannot decode it."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from fastcas.dataset.ingest import to_8bit
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            rgb = to_8bit(im).convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise CorruptSampleError(f"sample {name}: cannot be decoded ({type(exc).__name__}: {exc})", key) from None
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+
+
 def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device: str = "auto",
-                             start_step: int = 0, prefetch: bool = True):
+                             start_step: int = 0, prefetch: bool = True,
+                             max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Yield (indices int64 [B], uint8 images [B, 3, S, S] on the device, original sizes
     int [B, 2]) for ``batches[start_step:]``. With ``prefetch`` the next batch is decoded in a
-    background thread while the caller encodes the current one."""
+    background thread while the caller encodes the current one. ``CorruptSampleError`` naming
+    the sample and the dataset for an image :func:`decode_batch` refuses."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fastcas.dataset.reader import ShardReader
@@ -123,7 +214,9 @@ def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device:
 
     def load(step):
         idx = batches[step]
-        images, sizes = decode_batch([reader[int(i)].data for i in idx], image_size, dev)
+        samples = [reader[int(i)] for i in idx]
+        images, sizes = decode_batch([s.data for s in samples], image_size, dev, [s.key for s in samples],
+                                     max_pixels, where=f" in {reader.root}")
         return idx, images, sizes
 
     steps = len(batches)
@@ -142,7 +235,8 @@ def iter_batches_torchvision(dataset, batches: list, *, image_size: int, device:
 def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int = 64, rank: int = 0,
                    world_size: int = 1, work_dir=None, chunk_batches: int = 16, device: str = "auto",
                    progress: bool = True, py_workers: int = 1, decoder: str = "auto",
-                   settings: dict | None = None, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   settings: dict | None = None, overwrite: bool = False,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``features(images, sizes) -> [B, F]`` to this rank's share; returns (indices
     int64 [n], features [n, F]). ``decoder``: "dali" (fastcas's loader, images float in
     [0, 1]), "torchvision" (uint8 images; "auto" = torchvision). ``features`` is called with
@@ -152,7 +246,9 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
     the dataset's digest, its size, ``image_size``, the decoder, the split and ``settings`` (the
     encoder and whatever else decides the features, JSON-able), and each chunk stores a digest
     of the keys it covers; anything else raises :class:`ResumeMismatch` naming what differs.
-    ``overwrite`` discards this configuration's chunks first (only the files written here)."""
+    ``overwrite`` discards this configuration's chunks first (only the files written here).
+    ``max_pixels``: the loader's decompression-bomb limit; an image over it (or incomplete) raises
+    ``CorruptSampleError`` naming it, before it is decoded."""
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
 
@@ -205,9 +301,11 @@ def encode_dataset(dataset, features, *, batch_size: int = 64, image_size: int =
         batches = ()
     elif _resolve_decoder(decoder) == "dali":
         batches = iter_batches(dataset, batch_size=batch_size, image_size=image_size, rank=rank,
-                               world_size=world_size, device=device, start_step=start, py_workers=py_workers)
+                               world_size=world_size, device=device, start_step=start, py_workers=py_workers,
+                               max_pixels=max_pixels)
     else:
-        batches = iter_batches_torchvision(dataset, plan, image_size=image_size, device=device, start_step=start)
+        batches = iter_batches_torchvision(dataset, plan, image_size=image_size, device=device, start_step=start,
+                                           max_pixels=max_pixels)
     for idx, images, sizes in batches:
         pending_i.append(idx)
         pending_f.append(np.asarray(features(images, sizes)))
