@@ -171,8 +171,8 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
                        mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length,
                        label_smoothing=cfg.label_smoothing, **common)
     val = None
-    if cfg.val:
-        val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", **common)
+    if cfg.val:  # refused unless its class ids mean the training set's classes (fastcas.dataset.classes)
+        val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", class_names=plain.reader, **common)
     return plain, mixed, val
 
 
