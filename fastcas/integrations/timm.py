@@ -48,7 +48,7 @@ TIMM_OPTIONS: dict[str, tuple[str, object]] = {
 }
 # timm arguments fastcas has no option for: accepted at these values (fastcas's behaviour) only
 FIXED = {"no_aug": False, "hflip": 0.5, "vflip": 0.0, "train_crop_mode": (None, "rrc"), "color_jitter_prob": None,
-         "grayscale_prob": 0.0, "gaussian_blur_prob": 0.0, "num_aug_repeats": 0, "num_aug_splits": 0,
+         "grayscale_prob": (None, 0.0), "gaussian_blur_prob": (None, 0.0), "num_aug_repeats": 0, "num_aug_splits": 0,
          "crop_mode": (None, "center"), "crop_border_pixels": None, "tf_preprocessing": False, "re_count": 1,
          "re_split": False, "input_size_choices": None, "batch_size_choices": None}
 # timm arguments without effect here: DataLoader plumbing fastcas does its own way
@@ -84,7 +84,8 @@ def map_option(timm_name: str, value, accepted: set[str] | None = None) -> dict:
     if _same(value, builtin):
         return {}
     raise ValueError(f"timm argument {timm_name}={value!r} needs the Loader option {option!r}, which this fastcas "
-                     f"does not have (it always uses {builtin!r}); drop the flag or use a fastcas with {option}=")
+                     f"does not have (it always uses {builtin!r}): set it to {builtin!r} (for timm's train.py, the flag that "
+                     f"sets {timm_name}), or use a fastcas whose Loader takes {option}=")
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def _check_fixed(kwargs: dict) -> None:
         allowed = FIXED[name] if isinstance(FIXED[name], tuple) else (FIXED[name],)
         if not any(_same(value, a) for a in allowed):
             raise ValueError(f"timm argument {name}={value!r}: fastcas has no such option (it uses "
-                             f"{' or '.join(map(repr, allowed))}); drop the flag")
+                             f"{' or '.join(map(repr, allowed))}); set it to that or drop the flag")
 
 
 def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_training=False, *, collate_fn=None,
