@@ -104,6 +104,12 @@ class FastcasDataset:
 
         return len(ShardReader(self.path))
 
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's class names (their count is timm's ``--num-classes``)."""
+        from fastcas.dataset.classes import class_names_of
+
+        return class_names_of(self.path)
+
 
 def _parse_name(name: str) -> dict:
     """Loader options from ``fastcas:weights=cas,scores=s.parquet`` (numbers become numbers)."""
@@ -230,18 +236,12 @@ def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_tra
         train_set = _TRAIN_SETS.get(dataset.path.parent.resolve())
         if train_set is not None:
             opts["class_names"] = train_set
-    num_classes = _num_classes(dataset.path)
+    num_classes = len(dataset.class_names())
     if is_training:
         opts.update(_mix_options(collate_fn, num_classes, accepted))
     elif collate_fn is not None:
         raise ValueError("an evaluation loader takes no collate_fn (no mixing in evaluation)")
     return TimmLoader(Loader(dataset.path, batch_size, **opts), dataset, soft=collate_fn is not None, options=opts)
-
-
-def _num_classes(path: Path) -> int:
-    from fastcas.dataset.classes import class_names_of
-
-    return len(class_names_of(path))
 
 
 def _world_size(distributed: bool) -> int:
