@@ -1,7 +1,7 @@
 """A timm-style train script on fastcas through ``fastcas.integrations.timm``: the same
 ``create_dataset`` / ``create_loader`` calls with timm's argument names, timm's
 ``FastCollateMixup`` for the mixing settings, ``loader.sampler.set_epoch`` as timm's train.py
-calls it. (timm's own train.py needs one added line: docs/timm.md.)
+calls it. (timm's own train.py needs one added line: docs/integrations.md.)
 
     python examples/timm_style.py TRAIN [--model resnet18] [--steps N]
 """

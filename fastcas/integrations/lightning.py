@@ -3,7 +3,7 @@
 Lightning's fit loop already saves the state of every dataloader that has ``state_dict`` /
 ``load_state_dict`` into its checkpoints (``checkpoint["loops"]["fit_loop"]["state_dict"]
 ["combined_loader"]``) and restores it on ``trainer.fit(..., ckpt_path=...)``; a plain
-:class:`fastcas.Loader` has both, so it resumes mid-epoch exactly with no code (docs/lightning.md).
+:class:`fastcas.Loader` has both, so it resumes mid-epoch exactly with no code (docs/integrations.md).
 This module adds what a user would otherwise write by hand: loaders built at ``setup`` with the
 trainer's rank, world size and device, and a validation set checked against the training set's
 class names.

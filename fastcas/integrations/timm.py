@@ -1,5 +1,5 @@
 """fastcas behind timm's ``create_dataset`` / ``create_loader``: timm's own ``train.py`` runs on
-fastcas with one added line (docs/timm.md, docs/timm-train.patch)::
+fastcas with one added line (docs/integrations.md, docs/timm-train.patch)::
 
     from fastcas.integrations.timm import create_dataset, create_loader
 
@@ -193,7 +193,7 @@ def _check_fixed(kwargs: dict) -> None:
             continue
         if name not in FIXED:
             raise ValueError(f"timm create_loader argument {name}={value!r} is not understood by "
-                             "fastcas.integrations.timm (docs/timm.md lists the mapping)")
+                             "fastcas.integrations.timm (docs/integrations.md lists the mapping)")
         allowed = FIXED[name] if isinstance(FIXED[name], tuple) else (FIXED[name],)
         if not any(_same(value, a) for a in allowed):
             raise ValueError(f"timm argument {name}={value!r}: fastcas has no such option (it uses "
