@@ -111,11 +111,12 @@ def test_a_tar_given_as_the_dataset_says_to_index_it(tmp_path, capsys):
         ShardReader(jpg)
 
 
-@pytest.mark.parametrize("cmd", ["train", "bench"])
+@pytest.mark.parametrize("cmd", ["train", "bench", "sample"])
 def test_cas_weights_without_scores_name_the_cli_flag(tmp_path, capsys, cmd):
     pytest.importorskip("torch")
     args = {"train": ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--weights", "cas", "--device", "cpu"],
-            "bench": ["bench", str(tmp_path), "--weights", "cas", "--device", "cpu"]}[cmd]
+            "bench": ["bench", str(tmp_path), "--weights", "cas", "--device", "cpu"],
+            "sample": ["sample", str(tmp_path), "--weights", "cas", "--out", str(tmp_path / "idx.npy")]}[cmd]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "--weights cas needs a CAS score file: add --scores FILE" in err and "scores=" not in err, err
