@@ -300,6 +300,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     out = Path(cfg.out)
     from fastcas.train.rundir import claim_run_dir  # lock, non-empty OUT and resume checks (hygiene)
 
+    if cfg.val:  # refused before OUT is claimed: a fixed --val re-runs into the same OUT
+        from fastcas.dataset.classes import check_same_classes, class_names_of
+
+        check_same_classes(cfg.train, class_names_of(cfg.val), what=str(cfg.val))
     run_dir = claim_run_dir(cfg, resume=resume, overwrite=overwrite, rank=dist.rank, world_size=dist.world_size)
     out.mkdir(parents=True, exist_ok=True)
     plain, mixed, val = _loaders(cfg, dist)

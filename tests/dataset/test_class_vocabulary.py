@@ -68,6 +68,7 @@ def test_train_refuses_a_val_set_numbered_differently(tmp_path, capsys):
                "--no-progress", "--no-amp"])
     err = capsys.readouterr().err
     assert rc == 2 and "class 1 is 'cat' here but 'bee' in the training set" in err, err
+    assert not (tmp_path / "run").exists()  # refused before OUT was claimed: the fixed run needs no --overwrite
 
 
 def test_first_difference_sentences():
