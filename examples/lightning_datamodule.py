@@ -1,8 +1,10 @@
-"""fastcas in a PyTorch Lightning ``LightningDataModule``.
+"""fastcas in PyTorch Lightning through ``fastcas.integrations.lightning.FastcasDataModule``.
 
-Lightning calls ``train_dataloader()`` and iterates what it returns; a fastcas ``Loader`` is
-such an iterable (with ``len``), so the module returns it instead of a DataLoader. Set
-``use_distributed_sampler=False`` on the Trainer: fastcas shards the stream by rank itself.
+The DataModule builds the loaders at ``setup`` with the trainer's rank, world size and device,
+and checks the validation set's class names against the training set's. Lightning saves each
+loader's ``state_dict`` in its checkpoints itself (a fastcas ``Loader`` is a stateful
+iterable), so ``trainer.fit(..., ckpt_path=...)`` resumes mid-epoch exactly. fastcas shards the
+stream by rank itself: Lightning leaves non-DataLoader iterables alone.
 
     python examples/lightning_datamodule.py TRAIN VAL [--steps N]
 """
@@ -12,27 +14,12 @@ import lightning as L
 import torch
 import torchvision
 
-import fastcas
+from fastcas.integrations.lightning import FastcasDataModule
 
 
-class FastcasData(L.LightningDataModule):
-    def __init__(self, train, val, batch_size=32, image_size=64, device="auto"):
-        super().__init__()
-        self.train_path, self.val_path = train, val
-        self.batch_size, self.image_size, self.device = batch_size, image_size, device
-
-    def setup(self, stage=None):
-        # rank / world size come from torch.distributed once Lightning has set it up
-        self.train = fastcas.Loader(self.train_path, self.batch_size, weights="uniform", foreground_weights="cmo",
-                                    mix="cutmix", mix_prob=0.5, image_size=self.image_size, device=self.device)
-        self.val = fastcas.Loader(self.val_path, self.batch_size, train=False, last_batch="partial",
-                                  image_size=self.image_size, device=self.device)
-
-    def train_dataloader(self):
-        return self.train
-
-    def val_dataloader(self):
-        return self.val
+def make_data(train, val, batch_size=32, image_size=64, device="auto"):
+    return FastcasDataModule(train, val, batch_size, weights="uniform", foreground_weights="cmo", mix="cutmix",
+                             mix_prob=0.5, image_size=image_size, device=device)
 
 
 class Classifier(L.LightningModule):
@@ -61,11 +48,10 @@ if __name__ == "__main__":
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (a GPU when torch sees one)")
     a = p.parse_args()
-    data = FastcasData(a.train, a.val, a.batch_size, a.image_size, a.device)
+    data = make_data(a.train, a.val, a.batch_size, a.image_size, a.device)
     data.setup()
     trainer = L.Trainer(max_epochs=1, max_steps=a.steps, limit_val_batches=2,
-                        accelerator="cpu" if data.train.device == "cpu" else "gpu",
-                        use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False)
-    trainer.fit(Classifier(data.train.num_classes), datamodule=data)
+                        accelerator="cpu" if data.train_loader.device == "cpu" else "gpu",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(Classifier(data.train_loader.num_classes), datamodule=data)
     print(f"trained {trainer.global_step} steps")

@@ -74,6 +74,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError
+    again (the Python docs' recipe for SIGPIPE)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor (tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -86,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fastcas {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastcas info DS | head`: the reader left; stop quietly, as `cat` does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a program killed by it
     except (CommandError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as exc:
         from fastcas.core.urls import redact  # no password of a URL in a message reaches the terminal
 

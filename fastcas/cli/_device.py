@@ -1,4 +1,4 @@
-"""Shared CLI check: ``--device cuda`` without a visible GPU fails before any work starts."""
+"""Shared CLI checks: ``--device cuda`` without a visible GPU, CAS weights without ``--scores``: both fail before any work starts."""
 from __future__ import annotations
 
 
@@ -21,3 +21,12 @@ def require_device(device: str, flag: str = "--device") -> None:
                          "use --device cpu, or auto to take a GPU when there is one")
     if ":" in device and int(device[5:]) >= count:
         raise ValueError(f"{flag} {device}: only {count} CUDA device(s) visible")
+
+
+def require_scores(weights: str | None, scores: str | None, flag: str = "--weights", recipe: str | None = None) -> None:
+    """``ValueError`` naming the CLI flags (not the Python ``scores=``) when CAS weights have no
+    score file."""
+    if weights in ("cas", "cas-cmo") and not scores:
+        where = f" (recipe {recipe} draws by {weights})" if recipe else ""
+        raise ValueError(f"{flag} {weights} needs a CAS score file{where}: add --scores FILE "
+                         "(made by `fastcas score DATASET --out FILE`)")

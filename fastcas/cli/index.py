@@ -16,8 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image extensions, first present wins (default jpg,jpeg,png,webp)")
     p.add_argument("--label-key", default="cls", help="extension holding the integer label (default cls), "
                    "or json:FIELD for a field of the .json member (e.g. json:label)")
-    p.add_argument("--class-names", metavar="FILE", help="one class name per line (line k = class k); "
-                   "labels that are class names are mapped to their line")
+    p.add_argument("--class-names", metavar="FILE|a,b,c", help="a file with one class name per line (line k = "
+                   "class k), or the names separated by commas; labels that are class names are mapped to their id")
+    p.add_argument("--classes-from", metavar="TRAIN_DATASET", help="take the class names from this (training) "
+                   "dataset, so a validation set shares its ids")
     p.add_argument("--strict", action="store_true", help="a sample without image or label, or with an "
                    "unreadable or oversized image, is an error (default: listed in the manifest and skipped)")
     p.add_argument("--max-pixels", type=int, default=None,
@@ -35,21 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from fastcas.dataset import imagehdr
     from fastcas.dataset.indexer import IndexConfig, index_dataset
     from fastcas.cli._remote import remote_options
     from fastcas.dataset.remote import RemoteError
+    from fastcas.dataset.classes import class_names_of, parse_class_names
 
-    names = None
-    if args.class_names:
-        path = Path(args.class_names)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such class-names file")
-        names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-        if len(set(names)) != len(names):
-            raise ValueError(f"{path}: class names are not unique")
+    if args.class_names and args.classes_from:
+        raise ValueError("give --class-names or --classes-from, not both")
+    names = parse_class_names(args.class_names) if args.class_names else None
+    if args.classes_from:
+        names = class_names_of(args.classes_from)
     config = IndexConfig(
         **({"max_classes": args.max_classes} if args.max_classes is not None else {}),
         image_keys=tuple(k.strip().lower().lstrip(".") for k in args.image_keys.split(",") if k.strip()),

@@ -36,6 +36,9 @@ def run(args) -> int:
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
 
+    from fastcas.cli._device import require_scores
+
+    require_scores(args.weights, args.scores)
     reader = ShardReader(args.dataset)
     scores = table = None
     if args.scores:

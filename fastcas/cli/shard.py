@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in the manifest")
     p.add_argument("--max-classes", type=int, default=None, help="refuse integer labels >= this (default "
                    "100,000): one stray label would otherwise make that many classes")
+    p.add_argument("--classes-from", metavar="TRAIN_DATASET", help="number classes from this (training) dataset's "
+                   "class_names, so a validation folder missing a class keeps the training ids; a class folder "
+                   "the training set lacks is refused")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in OUT")
     p.add_argument("--workers", type=int, default=4, help="image-checking threads")
 
@@ -33,9 +36,14 @@ def run(args) -> int:
                                 list_file_items, load_fashion_mnist, samples_from_items)
     from fastcas.dataset.shards import ShardWriterConfig, write_shards
 
+    from fastcas.dataset.classes import check_same_classes, class_names_of
+
     kind = args.source
     skipped: list[str] = []
+    train_names = class_names_of(args.classes_from) if args.classes_from else None
     if kind == "fashion-mnist":
+        if train_names is not None:
+            check_same_classes(train_names, FASHION_MNIST_CLASSES, what="Fashion-MNIST", train=args.classes_from)
         images, labels = load_fashion_mnist(args.src, args.split)
         order = None if args.shuffle is None else generator(args.shuffle, 0x5A).permutation(len(labels))
         samples = fashion_mnist_samples(images, labels, f"fm{args.split}", order)
@@ -49,9 +57,9 @@ def run(args) -> int:
         if kind == "auto":
             kind = "folder" if src.is_dir() else "list"
         if kind == "folder":
-            items, names = image_folder_items(src)
-        else:
-            items, names = list_file_items(src), None
+            items, names = image_folder_items(src, train_names)
+        else:  # integer labels: the training set only names them (the writer checks label < len)
+            items, names = list_file_items(src), train_names
         if not items:
             raise ValueError(f"{src}: no images found (empty input)")
         if args.shuffle is not None:

@@ -93,7 +93,9 @@ def config_from_args(args):
         if not path.exists():
             path = RECIPES / f"{args.recipe}.json"
         if not path.exists():
-            raise FileNotFoundError(f"no recipe {args.recipe!r} (not a file, not in {RECIPES})")
+            names = ", ".join(sorted(x.stem for x in RECIPES.glob("*.json")))
+            raise FileNotFoundError(f"unknown recipe {args.recipe!r}: not a file, and not one of the packaged "
+                                    f"recipes: {names}")
         return TrainConfig.from_file(path, **_clamp_mix_schedule(path, overrides))
     return TrainConfig(**overrides)
 
@@ -117,16 +119,22 @@ def _clamp_mix_schedule(recipe: Path, overrides: dict) -> dict:
 def run(args) -> int:
     from fastcas.train.loop import train
 
-    from fastcas.cli._device import require_device
+    from fastcas.cli._device import require_device, require_scores
 
     cfg = config_from_args(args)
     require_device(cfg.device)
+    require_scores(cfg.weights, cfg.scores, recipe=args.recipe)
+    require_scores(cfg.foreground_weights, cfg.scores, flag="--foreground-weights", recipe=args.recipe)
     final = train(cfg, resume=args.resume, crash_at_step=args.crash_at_step, overwrite=args.overwrite)
     rep = final["report"]
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: one final line, from rank 0
         return 0
     if rep:
         print(f"final top-1 {rep['top1']:.4f}; report in {cfg.out}")
+    elif cfg.val:  # --val given, but the run stopped before an evaluation was due
+        print(f"trained {final['global_step']} steps; no evaluation ran (--max-steps {cfg.max_steps} stopped the run "
+              f"before the end of an epoch; evaluation runs every --eval-every {cfg.eval_every} epochs and after the "
+              f"last); model in {Path(cfg.out) / 'model.pt'}")
     else:
         print(f"trained {final['global_step']} steps (no evaluation: no --val); model in {Path(cfg.out) / 'model.pt'}")
     return 0

@@ -28,3 +28,16 @@ class WorkerDiedError(FastcasError, RuntimeError):
     def __init__(self, message: str, pids=()):
         super().__init__(message)
         self.pids = list(pids)
+
+
+# the pip extras that bring the optional pieces (setup.py's extras_require)
+GPU_EXTRAS = "pip install 'fastcas[cu13]' (CUDA 13) or 'fastcas[cu12]' (CUDA 12); both also run on a CPU-only machine"
+
+
+class MissingDependencyError(FastcasError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that brings it."""
+
+
+def missing(what: str, package: str, install: str) -> MissingDependencyError:
+    """The error for ``what`` needing ``package``, with the ``install`` command."""
+    return MissingDependencyError(f"{what} needs {package}, which is not installed: {install}")

@@ -240,6 +240,22 @@ def _label(sample: _Sample, config: IndexConfig, data: memoryview, where: str):
     return int(text)
 
 
+def _label_hint(sample: _Sample, config: IndexConfig, data: memoryview) -> str:
+    """For a sample without its ``.cls`` label but with a ``.json`` member: which ``--label-key
+    json:FIELD`` would read it (an integer or string field, ``label`` preferred)."""
+    mem = next((x for x in sample.members if x.ext == "json"), None)
+    if mem is None or config.label_key.startswith("json:"):
+        return ""
+    try:
+        value = json.loads(bytes(data[mem.offset : mem.offset + mem.size]))
+    except ValueError:
+        return ""
+    fields = [k for k, v in value.items() if isinstance(v, (int, str)) and not isinstance(v, bool)] \
+        if isinstance(value, dict) else []
+    best = next((k for k in ("label", "cls", "class", "target", "class_id") if k in fields), fields[0] if fields else "label")
+    return f"; it has a .json member: labels in JSON need --label-key json:{best}"
+
+
 def scan_tar(path: Path, where: str, config: IndexConfig) -> dict:
     """Scan one local tar: index entries of every sample, and the columns of usable ones."""
     with open(path, "rb") as f:
@@ -260,7 +276,7 @@ def scan_tar(path: Path, where: str, config: IndexConfig) -> dict:
                 reason = f"no image member ({'/'.join(config.image_keys)})"
             label = _label(smp, config, data, where)
             if reason is None and label is None:
-                reason = f"no label ({config.label_key})"
+                reason = f"no label ({config.label_key})" + _label_hint(smp, config, data)
             if reason is None:
                 try:
                     header = imagehdr.parse(data[img.offset : img.offset + img.size])

@@ -162,20 +162,28 @@ class _ItemListBuilder:
                         arr(self.koff, np.int64), arr(self.labels, np.int64))
 
 
-def image_folder_items(root: Path) -> tuple[ItemList, list[str]]:
+def image_folder_items(root: Path, class_names=None) -> tuple[ItemList, list[str]]:
     """Items of an ImageFolder tree, classes in sorted folder order, files in sorted order
-    (one class's file list in memory at a time)."""
+    (one class's file list in memory at a time). With ``class_names`` (the training set's, see
+    :mod:`fastcas.dataset.classes`) a folder's label is its name's id there, a missing folder
+    keeps its id with no images, and the names returned are ``class_names``."""
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class sub-folders (expected ROOT/<class>/<image>)")
+    ids = {n: k for k, n in enumerate(classes)}
+    if class_names is not None:
+        from fastcas.dataset.classes import numbering
+
+        ids = numbering(class_names, classes, where=str(root))
     items = _ItemListBuilder()
-    for label, name in enumerate(classes):
+    for name in classes:
+        label = ids[name]
         for p in sorted((root / name).rglob("*")):
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
                 rel = p.relative_to(root).with_suffix("")
                 items.add(p, label, sanitize_key(str(rel)))
-    return items.build(), classes
+    return items.build(), list(class_names) if class_names is not None else classes
 
 
 def list_file_items(path: Path) -> ItemList:

@@ -56,6 +56,9 @@ class Sample(NamedTuple):
     label: int
 
 
+TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz")
+
+
 def resolve_manifest(path: str | Path) -> Path:
     path = Path(path)
     manifest = path / MANIFEST if path.is_dir() else path
@@ -63,6 +66,9 @@ def resolve_manifest(path: str | Path) -> Path:
         if path.is_dir():
             raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` or `fastcas index` first)")
         raise FileNotFoundError(f"{path}: no such dataset or manifest")
+    if path.name.lower().endswith(TAR_SUFFIXES):
+        raise ValueError(f"{path} is a tar file, not a fastcas dataset: give the dataset directory (the one with "
+                         f"{MANIFEST}), or index your WebDataset tars first: fastcas index {path} --out DIR")
     return manifest
 
 
@@ -94,6 +100,9 @@ class ShardReader:
             self.manifest = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise ShardError(f"{self.manifest_path}: manifest is not valid JSON ({exc})") from None
+        except UnicodeDecodeError:  # a binary file (an image, a tar) given as the dataset
+            raise ShardError(f"{self.manifest_path}: not a fastcas manifest (binary, not JSON): give the dataset "
+                             f"directory (the one with {MANIFEST})") from None
         m = self.manifest
         self.columnar = "columns" in m
         if self.columnar:

@@ -28,6 +28,9 @@ class DaliBackend:
     mixes_in_graph = True
 
     def __init__(self):
+        from fastcas.loading.pipeline import require_dali
+
+        require_dali()
         self.pipe = None
         self.watch = None
         self.built = None

@@ -4,7 +4,7 @@ stays about one concern."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -205,3 +205,33 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+# DataLoader / timm / Lightning argument names a user may try, and what fastcas calls them
+_OPTION_HINTS = {
+    "num_workers": "py_workers (DALI's Python source worker processes) and num_threads (DALI CPU threads)",
+    "drop_last": "last_batch='drop' | 'partial' | 'pad'",
+    "shuffle": "train=True (weighted draws, new order per epoch) / train=False (every sample once, in order)",
+    "sampler": "weights= ('uniform', 'cas', 'cmo', ...)",
+    "pin_memory": "nothing: host-to-device copies are always pinned",
+    "img_size": "image_size", "input_size": "image_size", "smoothing": "label_smoothing",
+    "mixup_prob": "mix_prob", "prob": "mix_prob",
+}
+
+
+def check_option_names(options: dict) -> None:
+    """A TypeError naming each unknown option and what fastcas calls it (``num_workers`` ->
+    ``py_workers``), instead of the dataclass's bare "unexpected keyword argument"."""
+    import difflib
+
+    valid = [f.name for f in fields(LoaderConfig) if f.name != "batch_size"]
+    unknown = [k for k in options if k not in valid]
+    if not unknown:
+        return
+    parts = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, valid, n=1)
+        hint = _OPTION_HINTS.get(k) or (close[0] if close else None)
+        parts.append(f"{k!r}" + (f" (fastcas: {hint})" if hint else ""))
+    raise TypeError(f"Loader got unknown option{'s' if len(parts) > 1 else ''} {', '.join(parts)}; "
+                    f"valid options: {', '.join(valid)} (docs/loader-options.md)")

@@ -38,7 +38,7 @@ from fastcas.loading.backends import DaliBackend
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
 
-from fastcas.loading.config import LoaderConfig, resolve_device
+from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 
 
 _ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
@@ -58,10 +58,13 @@ class Loader:
     ``images``: float32/float16 [B, 3, S, S] (channels-last strides with ``channels_last``)
     on the loader's device; ``targets``: int64 [B] class ids, or float32 [B, num_classes]
     soft targets when mixing or label smoothing is on. ``len(loader)`` = steps per epoch.
+    ``class_names``: the training set's vocabulary (names, a dataset path, a ShardReader or a
+    Loader): a dataset whose ``class_names`` differ is refused, naming the first difference.
     """
 
     def __init__(self, dataset, batch_size: int, *, scores=None, rank: int | None = None,
-                 world_size: int | None = None, backend=None, **options):
+                 world_size: int | None = None, backend=None, class_names=None, **options):
+        check_option_names(options)
         self.config = LoaderConfig(batch_size=batch_size, **options)
         # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
         self.backend = DaliBackend() if backend is None else backend
@@ -71,6 +74,10 @@ class Loader:
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
         self.num_classes = self.reader.num_classes
+        if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
+            from fastcas.dataset.classes import check_same_classes
+
+            check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
         labels = np.asarray(self.reader.labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])

@@ -52,6 +52,18 @@ class PipelineConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
 
 
+def require_dali() -> None:
+    """MissingDependencyError naming the pip extra when DALI is not installed (checked when a
+    Loader is made, not at its first batch)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        from fastcas.core.errors import GPU_EXTRAS, missing
+
+        raise missing("fastcas.Loader (its DALI pipeline)", "NVIDIA DALI",
+                      GPU_EXTRAS + "; fastcas.TorchvisionLoader runs without it") from None
+
+
 def dali_versions() -> dict:
     """{"version", "cuda_build", "nvimgcodec" (when this DALI reports it)}; raises ImportError
     when DALI is not installed."""

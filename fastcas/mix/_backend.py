@@ -93,7 +93,12 @@ def _import_kernels_package():
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
-    from numba import cuda  # noqa: F401  (simulator honoured when NUMBA_ENABLE_CUDASIM=1)
+    try:
+        from numba import cuda  # noqa: F401  (simulator honoured when NUMBA_ENABLE_CUDASIM=1)
+    except ImportError:
+        from fastcas.core.errors import GPU_EXTRAS, missing
+
+        raise missing("the CUDA mixing kernels", "numba-cuda", GPU_EXTRAS) from None
 
     _import_kernels_package()
     from fastcas.kernels import box_paste, mask_blend

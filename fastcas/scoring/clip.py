@@ -112,9 +112,19 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        from fastcas.core.errors import missing
+
+        raise missing("the CLIP attribute encoder", "open_clip_torch", "pip install 'fastcas[clip]'") from None
+    return open_clip
+
+
 def resolve_model(model: str) -> str:
     """An open_clip model name, or a model-config JSON file (registered under its stem)."""
-    import open_clip
+    open_clip = _open_clip()
 
     if model.endswith(".json"):
         path = Path(model)
@@ -198,9 +208,9 @@ class ClipEncoder:
 
     def __init__(self, model: str = "ViT-B-32", weights: str | None = None, device: str = "cpu",
                  dictionary: VisualDictionary | None = None):
-        import open_clip
         import torch
 
+        open_clip = _open_clip()
         model = resolve_model(model)
         self.weights_hash = "random"
         tag = None

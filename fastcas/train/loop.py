@@ -171,8 +171,8 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
                        mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length,
                        label_smoothing=cfg.label_smoothing, **common)
     val = None
-    if cfg.val:
-        val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", **common)
+    if cfg.val:  # refused unless its class ids mean the training set's classes (fastcas.dataset.classes)
+        val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", class_names=plain.reader, **common)
     return plain, mixed, val
 
 
@@ -300,6 +300,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     out = Path(cfg.out)
     from fastcas.train.rundir import claim_run_dir  # lock, non-empty OUT and resume checks (hygiene)
 
+    if cfg.val:  # refused before OUT is claimed: a fixed --val re-runs into the same OUT
+        from fastcas.dataset.classes import check_same_classes, class_names_of
+
+        check_same_classes(cfg.train, class_names_of(cfg.val), what=str(cfg.val))
     run_dir = claim_run_dir(cfg, resume=resume, overwrite=overwrite, rank=dist.rank, world_size=dist.world_size)
     out.mkdir(parents=True, exist_ok=True)
     plain, mixed, val = _loaders(cfg, dist)

@@ -1,4 +1,4 @@
-"""CLI messages: --device cuda without a GPU is a CLI error, help texts list choices and explain flags, only rank 0 prints the final line."""
+"""CLI messages: --device cuda without a GPU is a CLI error, help texts list choices and explain flags, only rank 0 prints the final line; issue 34's messages say what to do (tar paths, --scores, recipes, option names, --label-key, --max-steps, broken pipes, bench goals)."""
 import re
 import subprocess
 import sys
@@ -92,3 +92,109 @@ def test_train_and_index_take_remote_timeouts_and_retries(capsys):
     assert "retries must be an integer >= 0, got -1" in capsys.readouterr().err
     text = _help(capsys, "index")
     assert "--connect-timeout" in text and "--read-timeout" in text and "--retries" in text
+
+
+# -- issue 34, item 8: messages that say what to do ------------------------------------------------
+def test_a_tar_given_as_the_dataset_says_to_index_it(tmp_path, capsys):
+    from fastcas.dataset.reader import ShardReader
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(2, 2), shard_size=8)
+    tar = next((tmp_path / "ds").glob("*.tar"))
+    with pytest.raises(ValueError, match=r"is a tar file, not a fastcas dataset: .* fastcas index .*\.tar --out DIR"):
+        ShardReader(tar)
+    assert main(["info", str(tar)]) == 2
+    assert "fastcas index" in capsys.readouterr().err
+    jpg = tmp_path / "x.jpg"
+    jpg.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(128, 256)) * 40)
+    with pytest.raises(ValueError, match=r"not a fastcas manifest \(binary, not JSON\)"):
+        ShardReader(jpg)
+
+
+@pytest.mark.parametrize("cmd", ["train", "bench", "sample"])
+def test_cas_weights_without_scores_name_the_cli_flag(tmp_path, capsys, cmd):
+    pytest.importorskip("torch")
+    args = {"train": ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--weights", "cas", "--device", "cpu"],
+            "bench": ["bench", str(tmp_path), "--weights", "cas", "--device", "cpu"],
+            "sample": ["sample", str(tmp_path), "--weights", "cas", "--out", str(tmp_path / "idx.npy")]}[cmd]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--weights cas needs a CAS score file: add --scores FILE" in err and "scores=" not in err, err
+
+
+def test_unknown_recipe_lists_the_packaged_ones(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["train", str(tmp_path), "--recipe", "imagenet-lt", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'imagenet-lt': not a file, and not one of the packaged recipes: cifar100-lt-cmo, " \
+           "imagenet-lt-cmo, " in err, err
+
+
+def test_dataloader_option_names_point_to_fastcas_ones(tmp_path):
+    from fastcas.loading.loader import Loader
+
+    with pytest.raises(TypeError, match=r"unknown option 'num_workers' \(fastcas: py_workers .*num_threads"):
+        Loader(tmp_path, 2, num_workers=4, device="cpu")
+    with pytest.raises(TypeError, match=r"unknown options 'drop_last' \(fastcas: last_batch=.*\), 'image_sise' "
+                                        r"\(fastcas: image_size\); valid options: "):
+        Loader(tmp_path, 2, drop_last=True, image_sise=32, device="cpu")
+
+
+def test_json_labelled_tars_hint_at_label_key(tmp_path):
+    import webdataset as wds
+
+    from fastcas.dataset.indexer import IndexConfig, index_dataset
+    from tests.helpers import jpeg_bytes
+
+    (tmp_path / "wds").mkdir()
+    with wds.TarWriter(str(tmp_path / "wds" / "x.tar")) as w:
+        w.write({"__key__": "k0", "jpg": jpeg_bytes(0), "json": {"caption": "a cat", "class_id": 3}})
+    with pytest.raises(ValueError, match=r"no label \(cls\); it has a \.json member: labels in JSON need "
+                                         r"--label-key json:class_id"):
+        index_dataset([str(tmp_path / "wds")], tmp_path / "idx", IndexConfig())
+
+
+def test_max_steps_with_val_says_why_no_evaluation_ran(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("torch")
+    import fastcas.train.loop as T
+
+    monkeypatch.setattr(T, "train", lambda cfg, **kw: {"report": None, "global_step": 3})
+    assert main(["train", str(tmp_path), "--val", str(tmp_path), "--max-steps", "3", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "no --val" not in out and "no evaluation ran (--max-steps 3 stopped the run before the end of an " \
+                                      "epoch" in out, out
+
+
+def test_info_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`fastcas info DS | head`: the reader is gone before the first write; no BrokenPipeError traceback."""
+    import os
+
+    from tests.helpers import make_dataset
+
+    make_dataset(tmp_path / "ds", counts=(2, 2), shard_size=8)
+    r, w = os.pipe()
+    os.close(r)  # the reader has left: every write gets EPIPE
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "fastcas", "info", str(tmp_path / "ds")], stdout=w,
+                       stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    os.close(w)
+    assert "Traceback" not in p.stderr and "BrokenPipeError" not in p.stderr, p.stderr
+    assert p.returncode == 141
+
+
+def test_bench_prints_no_internal_goal_lines(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import json
+
+    import fastcas.tools.bench as B
+
+    row = {"loader": "fastcas", "images_per_s": 10.0, "min": 9.0, "max": 11.0, "ratio_vs_torchvision": 0.5,
+           "train_thread_ms_per_batch": 1.0}
+    monkeypatch.setattr(B, "run_bench", lambda cfg: {"rows": [row], "device": "cpu"})
+    monkeypatch.setattr(B, "goals", lambda rows, dev, mix: [{"goal": "fastcas >= 1.5x torchvision", "value": 0.5,
+                                                             "met": False}])
+    assert main(["bench", str(tmp_path), "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "goal" not in out and "MISSED" not in out, out
+    assert json.loads((tmp_path / "b.json").read_text())["goals"][0]["met"] is False

@@ -6,14 +6,15 @@ from pathlib import Path
 
 
 def test_import_fastcas_loads_no_heavy_libraries():
-    code = ("import sys, fastcas, fastcas.sampling.weights, fastcas.sampling.sampler, fastcas.dataset.reader, fastcas.dataset.shards;"
+    code = ("import sys, fastcas, fastcas.sampling.weights, fastcas.sampling.sampler, fastcas.dataset.reader, fastcas.dataset.shards,"
+            " fastcas.dataset.classes, fastcas.integrations;"
             "heavy = [m for m in ('torch', 'nvidia.dali', 'cupy', 'numba') if m in sys.modules];"
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 
-LAYERS = ("core", "dataset", "sampling", "mix", "loading", "scoring", "train", "tools", "cli")
+LAYERS = ("core", "dataset", "sampling", "mix", "loading", "scoring", "train", "integrations", "tools", "cli")
 PACKAGE = Path(__file__).resolve().parents[2] / "fastcas"
 
 
