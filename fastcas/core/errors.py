@@ -28,3 +28,9 @@ class WorkerDiedError(FastcasError, RuntimeError):
     def __init__(self, message: str, pids=()):
         super().__init__(message)
         self.pids = list(pids)
+
+
+class ClassMassShiftWarning(UserWarning):
+    """Sampling weights (CAS) move the class distribution of the draws away from the class
+    frequencies by more than :data:`fastcas.sampling.weights.CLASS_SHIFT_WARN` (total
+    variation); the message gives the head and tail class mass before and after."""

@@ -15,6 +15,7 @@ from fastcas.mix.params import MODES
 from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
 from fastcas.mix.saliency import METHODS as SALIENCY_METHODS
 from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
+from fastcas.sampling.weights import PLAN_NAMES
 from fastcas.sampling.geometry import LAST_BATCH
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
@@ -25,6 +26,11 @@ MODES_READ = ("exact", "streaming")  # Loader modes: per-position draws, or each
 DEFAULT_SHUFFLE_BUFFER = 4096
 MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
                "saliencymix": ("mode", "saliency")}
+
+
+def plan_names_used(cfg) -> list:
+    """The resampling-plan weights (:data:`fastcas.sampling.weights.PLAN_NAMES`) ``cfg`` uses."""
+    return [w for w in (cfg.weights, cfg.foreground_weights) if w in PLAN_NAMES]
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -148,6 +154,10 @@ class LoaderConfig:
                 raise ValueError("shuffle_buffer applies to mode='streaming' only (exact mode draws each position "
                                  "independently)")
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
+        if self.mode == "streaming" and plan_names_used(self):
+            raise ValueError(f"weights {', '.join(map(repr, plan_names_used(self)))} are a fixed resampling plan "
+                             "(the importance-sampling paper's sets) and need mode='exact'; the weights "
+                             "'oversample-expected' / 'undersample-expected' stream")
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
 
