@@ -94,6 +94,7 @@ class LoaderConfig:
     last_batch: str = "drop"
     b: float = 1.2
     r: float = 1.0
+    threshold: float | None = None  # over/undersampling threshold (None: the largest class / 25th percentile)
     dtype: str = "float32"
     channels_last: bool = False
     num_threads: int = 2
@@ -137,6 +138,9 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None:
             _check_int("epoch_length", self.epoch_length, 1)
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(
+                self.threshold, (int, float)) or not math.isfinite(self.threshold) or self.threshold < 1):
+            raise ValueError(f"threshold must be a number >= 1 (samples per class) or None, got {self.threshold!r}")
         if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
             raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
         if self.remote is not None and not isinstance(self.remote, RemoteOptions):

@@ -135,13 +135,13 @@ class Loader:
         if name in PLAN_NAMES:  # the importance-sampling paper's resampled set: its length is the epoch's
             from fastcas.sampling.plan import PlanSampler
 
-            plan = make_plan(name, self.reader.labels, seed=cfg.seed)
+            plan = make_plan(name, self.reader.labels, seed=cfg.seed, threshold=cfg.threshold)
             return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
         from fastcas.sampling.shared import shared_cdf, shared_concentration
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
-                             b=cfg.b, r=cfg.r)
+                             b=cfg.b, r=cfg.r, threshold=cfg.threshold if name.endswith("sample-expected") else None)
         if cdf is None:
             return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
         # the weights' concentration: computed once per node beside the shared CDF
