@@ -122,6 +122,7 @@ class TrainConfig:
         """A recipe (JSON) with ``overrides`` (e.g. data paths) applied, validated."""
         data = json.loads(Path(path).read_text())
         data.pop("description", None)
+        data.pop("sources", None)  # per value: the reference file and line it follows (docs/recipes.md)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
