@@ -15,6 +15,9 @@ from fastcas.sampling.weights import _single_label, check_weights, low_frequency
 #: total variation between the draws' class distribution and the class frequencies above which
 #: :func:`class_mass_message` warns (CAS weights on long-tailed data move mass to head classes)
 CLASS_SHIFT_WARN = 0.03
+#: relative change of the low-frequency classes' share of the draws above which it warns too (with
+#: many classes the total variation stays small while the tail's share falls by half)
+TAIL_SHIFT_WARN = 0.25
 
 
 def class_mass_shift(labels, w, percentile: float = 25.0) -> dict:
@@ -37,17 +40,20 @@ def class_mass_shift(labels, w, percentile: float = 25.0) -> dict:
             "tail_after": float(after[tail_idx].sum())}
 
 
-def class_mass_message(shift: dict, name: str = "cas", class_names=None,
-                       threshold: float = CLASS_SHIFT_WARN) -> str | None:
+def class_mass_message(shift: dict, name: str = "cas", class_names=None, threshold: float = CLASS_SHIFT_WARN,
+                       tail_threshold: float = TAIL_SHIFT_WARN) -> str | None:
     """The warning for :func:`class_mass_shift` ``shift`` when its total variation exceeds
-    ``threshold``, else None."""
-    if shift["tv"] <= threshold:
+    ``threshold`` or the low-frequency classes' share changes by more than ``tail_threshold``
+    (relative), else None."""
+    tail_change = abs(shift["tail_after"] / shift["tail_before"] - 1) if shift["tail_before"] > 0 else 0.0
+    if shift["tv"] <= threshold and tail_change <= tail_threshold:
         return None
     h = shift["head"]
     head = repr(class_names[h]) if class_names is not None and h < len(class_names) else str(h)
     return (f"weights {name!r} move the class mass of the draws by {shift['tv']:.3f} (total variation, warning "
             f"above {threshold}): head class {head} {shift['head_before']:.3f} -> {shift['head_after']:.3f} of "
             f"the draws, the {shift['tail_classes']} low-frequency classes {shift['tail_before']:.3f} -> "
-            f"{shift['tail_after']:.3f}. CAS ranks attributes within a class and small classes cannot reach "
-            f"high ranks, so on long-tailed data CAS also resamples classes; weights 'cas-cmo' keeps CAS within "
-            f"a class and draws classes as CMO does (docs/papers.md, 'CAS and class mass')")
+            f"{shift['tail_after']:.3f} (warning above a {tail_threshold:.0%} change). CAS ranks attributes "
+            f"within a class and small classes cannot reach high ranks, so on long-tailed data CAS also "
+            f"resamples classes; weights 'cas-cmo' applies CAS within a class only and draws classes as CMO does "
+            f"(r = 0: the class frequencies, r = 1: class-balanced; docs/papers.md, 'CAS and class mass')")

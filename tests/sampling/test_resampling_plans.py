@@ -107,3 +107,16 @@ def test_class_mass_shift_and_message():
     assert s["tv"] == pytest.approx(1200 / 1550 - 400 / 750)
     msg = classmass.class_mass_message(s, "cas", class_names=["head", "b", "c", "d", "e"])
     assert "head class 'head' 0.533 -> 0.774" in msg and "'cas-cmo'" in msg
+
+
+def test_a_halved_tail_warns_even_with_a_small_total_variation():
+    """100 classes, ratio 100: CAS-like weights that halve the rarest quarter's share move only
+    ~0.01 of the mass (total variation) but still warn."""
+    counts = np.floor(500 * 0.01 ** (np.arange(100) / 99)).astype(int)
+    y = np.repeat(np.arange(100), counts)
+    w = np.where(counts[y] <= np.percentile(counts, 25), 0.5, 1.0)
+    s = classmass.class_mass_shift(y, w)
+    assert s["tv"] < classmass.CLASS_SHIFT_WARN and s["tail_after"] / s["tail_before"] < 0.55
+    assert f"the {s['tail_classes']} low-frequency classes" in classmass.class_mass_message(s)
+    near = classmass.class_mass_shift(y, np.where(counts[y] <= np.percentile(counts, 25), 0.9, 1.0))
+    assert classmass.class_mass_message(near) is None  # a 10% change: quiet
