@@ -84,8 +84,9 @@ class Loader:
         self.geometry = None
         if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.sampling.geometry)
             # the first stream's epoch: epoch_length, a resampling plan's length, or the dataset size
-            self.geometry = StreamGeometry(self.streams[0].num_samples, self.world_size, cfg.batch_size,
-                                           cfg.last_batch)
+            first = self.streams[0]
+            num = first.num_samples if isinstance(first, WeightedSampler) else cfg.epoch_length or len(self.reader)
+            self.geometry = StreamGeometry(num, self.world_size, cfg.batch_size, cfg.last_batch)
             self.steps = self.geometry.steps
             if self.steps < 1:
                 raise ValueError(f"the global batch {self.geometry.global_batch} (batch_size {cfg.batch_size} x "
@@ -174,7 +175,7 @@ class Loader:
         msg = class_mass_message(shift, name, self.reader.class_names)
         if msg:
             self.notes.append(msg)
-            warnings.warn(f"fastcas: {msg}", ClassMassShiftWarning, stacklevel=4)
+            warnings.warn(f"fastcas: {msg}", ClassMassShiftWarning, stacklevel=5)
 
     def _make_streams(self) -> tuple:
         cfg = self.config
