@@ -64,3 +64,16 @@ def test_cas_weights_that_move_class_mass_warn(data):
         warnings.simplefilter("error", ClassMassShiftWarning)
         even = loader(data, weights="cas", scores=np.full(len(labels), 7.0), b=1.0)
         assert even.notes == []
+
+
+def test_fastcas_sample_writes_one_pass_over_the_plan(data, tmp_path, capsys):
+    from fastcas.cli import main
+
+    out = tmp_path / "idx.npy"
+    assert main(["sample", str(data), "--weights", "undersample", "--threshold", "5", "--seed", "4",
+                 "--out", str(out)]) == 0
+    idx = np.load(out)
+    labels = np.asarray(loader(data).reader.labels)
+    assert np.bincount(labels[idx], minlength=4).tolist() == [5, 5, 4, 2]  # min(n_k, 5), no repeats
+    assert len(np.unique(idx)) == len(idx)
+    assert "wrote 16 indices (undersample" in capsys.readouterr().out
