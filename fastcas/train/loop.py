@@ -197,7 +197,7 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
         mixed = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores,
                        foreground_weights=cfg.foreground_weights, mix=cfg.mix, alpha=cfg.alpha,
                        mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length, threshold=cfg.threshold,
-                       mix_options={"mode": cfg.mixing_mode}, label_smoothing=cfg.label_smoothing, **common)
+                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **common)
     val = None
     if cfg.val:
         val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", **common)
@@ -205,6 +205,12 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
         for note in plain.notes:  # e.g. CAS weights moving class mass (also a ClassMassShiftWarning)
             print(f"warning: {note}", flush=True)
     return plain, mixed, val
+
+
+def _mix_options(cfg: TrainConfig) -> dict:
+    """The mixing loader's ``mix_options``: ``{"mode": "batch"}`` for batch-level mixing; {} for
+    per-sample mixing (the Loader's default: a checkpoint of an earlier run, saved with {}, resumes)."""
+    return {"mode": "batch"} if cfg.mixing_mode == "batch" else {}
 
 
 def _policy_option(cfg: TrainConfig, dist: _Dist) -> dict:
