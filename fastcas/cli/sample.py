@@ -48,9 +48,17 @@ def run(args) -> int:
         scores = table.cas
     w = weights.make(args.weights, reader.labels, scores=scores, b=args.b, r=args.r, threshold=args.threshold)
     num = args.num_samples
-    if num is None and args.weights in ("oversample", "undersample"):
+    if num is None and args.weights in ("oversample-expected", "undersample-expected"):
         num = int(round(w.sum()))  # the resampled epoch size
-    if args.mode == "exact":
+    if args.weights in weights.PLAN_NAMES:  # the paper's resampled set, one pass per epoch
+        if args.mode != "exact":
+            raise ValueError(f"--weights {args.weights} is a fixed resampling plan: use --mode exact")
+        from fastcas.sampling.plan import PlanSampler
+
+        plan = weights.make_plan(args.weights, reader.labels, seed=args.seed, threshold=args.threshold)
+        sampler = PlanSampler(plan, len(reader.labels), num, seed=args.seed, rank=args.rank,
+                              world_size=args.world_size)
+    elif args.mode == "exact":
         from fastcas.sampling.sampler import WeightedSampler
 
         sampler = WeightedSampler(w, num, seed=args.seed, rank=args.rank, world_size=args.world_size)

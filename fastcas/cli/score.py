@@ -27,7 +27,8 @@ def add_arguments(p) -> None:
                    "network); default random weights (tests and benchmarks only)")
     p.add_argument("--dictionary", default=None, help="visual dictionary .npz to reuse (built and saved there, "
                    "or beside OUT as OUT.dictionary.npz, when missing)")
-    p.add_argument("--anchors", default=None, help="anchor-pool dataset for the dictionary (default: DATASET)")
+    p.add_argument("--anchors", default=None, help="anchor-pool dataset for the dictionary (default: DATASET "
+                   "itself; the CAS paper builds it from ImageNet-21K images)")
     p.add_argument("--top-k", type=int, default=1, help="dictionary key = mean of the top-k anchors (paper: 1)")
     p.add_argument("--text-only", action="store_true", help="ablation: match images to text embeddings")
     p.add_argument("--reference", "--train-scores", dest="reference", default=None,

@@ -6,9 +6,10 @@ tail); with ``--scores`` also ``cas.png`` (CAS histogram, one bar per integer CA
 low 30% / middle 30% / high 40% subset boundaries), ``cas_per_class.png`` (per-class CAS
 histograms, Fig. 2 style), ``attributes.png`` (per-primary value distributions, Fig. 4
 style); with ``--eval`` also ``accuracy_by_cas.png`` (top-1 per CAS decile). The JSON holds
-Table 1 (mean / std of the CAS of one epoch of draws under uniform, CAS-weighted (``--b``)
-and CMO (``--r``) weights), per-class statistics, subset sizes and thresholds, attribute
-frequencies, constant primaries and, for a CLIP score file made with random weights, a
+Table 1 style statistics (mean / std of the CAS of one epoch of drawn *originals*, before any
+mixing, under uniform, CAS-weighted (``--b``) and CMO (``--r``) weights; the paper's Table 1
+reports the CAS of the images after augmentation, which fastcas does not re-score), per-class
+statistics, subset sizes and thresholds, attribute frequencies, constant primaries and, for a CLIP score file made with random weights, a
 warning that is also printed and drawn on every attribute plot.
 """
 from __future__ import annotations
@@ -211,7 +212,8 @@ def run(args) -> int:
         save_fig(fig, "accuracy_by_cas.png")
     atomic_write_json(out / "stats.json", stats)
     t1 = stats["table1"]
-    print("Table 1 (CAS of one epoch of draws, mean ± sd): " + ", ".join(
+    print("Table 1 style (CAS of one epoch of drawn originals, before mixing; the paper's Table 1 is after "
+          "augmentation), mean ± sd: " + ", ".join(
         f"{n} {t1[n].get('drawn_mean', t1[n]['mean']):.1f} ± {t1[n].get('drawn_std', t1[n]['std']):.1f}"
         for n in ("uniform", "cas_weighted", "cmo")))
     print(f"wrote {out}/stats.json and plots")

@@ -18,7 +18,18 @@ FIELD_HELP = {
                     "that keeps moving)",
     "retries": "remote shards: further attempts after a timeout, dropped connection or HTTP 5xx (backoff)",
     "model": "network", "schedule": "learning-rate schedule after the warm-up",
-    "step_epochs": "step schedule: epochs where the learning rate is multiplied by 0.1",
+    "step_epochs": "step schedule: epochs (0-based) from which the rate is lr x the matching --step-factors "
+                   "(default x0.1 per step)",
+    "step_factors": "step schedule: the rate's multiplier, relative to --lr, from each --step-epochs epoch on "
+                    "(unset: 0.1, 0.01, ...; the CIFAR-100-LT reference: 0.01 0.0001)",
+    "warmup_per": "warm-up: 'step' ramps linearly every step; 'epoch' is the reference code's lr x (e + 1) / "
+                  "WARMUP_EPOCHS, constant within epoch e",
+    "threshold": "--weights oversample / undersample (and *-expected): samples per class to raise / cap classes "
+                 "to (unset: the largest class / the 25th percentile of the class counts)",
+    "policy": "augmentation policy of the loader (cifar: pad-4 random crop + flip, full-image evaluation; "
+              "imagenet: random resized crop, centre-crop evaluation; unset: the loader's default)",
+    "mix_mode": "batch: one mixing decision, lambda and box per batch (the CMO reference); elem: per sample; "
+                "auto: batch with --foreground-weights (CMO), elem otherwise",
     "weights": "how training samples are drawn (cas needs --scores; cmo: class-inverse 1/n_k)",
     "foreground_weights": "CMO recipe: weights of the pasted foreground stream (background: --weights)",
     "mix": "mixing of pairs in a batch (with --foreground-weights: foregrounds from the second stream)",
@@ -29,8 +40,12 @@ FIELD_HELP = {
     "b": "CAS exponent: w = CAS ** b", "r": "CMO exponent: w = 1 / n_k ** r",
     "scores": "training CAS score file (fastcas score), for --weights cas / cas-cmo",
     "val_scores": "validation CAS score file (fastcas score --reference TRAIN_SCORES): CAS low/middle/high",
-    "loss_weights": "per-class loss weights (inverse: 1/n_k; effective: class-balanced effective number; upweight-low: "
-                    "x2 for the rarest quarter of classes; all normalised to mean 1)",
+    "loss_weights": "per-class loss weights (inverse: 1/n_k; effective: class-balanced effective number, both "
+                    "normalised to mean 1, the loss divided by the batch's weight sum as CrossEntropyLoss(weight); "
+                    "upweight-low: x --loss-weight-factor for the classes within the 25th percentile of the "
+                    "counts, 1 for the others, the loss a mean over samples (importance-sampling paper))",
+    "loss_weight_factor": "--loss-weights upweight-low: the low-frequency classes' loss factor (paper: 1.5 to 10)",
+    "loss_beta": "--loss-weights effective: beta (unset: (N-1)/N; the DRW reference code: 0.9999)",
     "drw_epoch": "deferred re-weighting: --loss-weights apply only from this epoch on (unset: from the start)",
     "epoch_length": "draws per epoch over all ranks (unset: the dataset size)",
     "many": "classes with more than MANY training images form the 'many' group",
@@ -49,6 +64,7 @@ def _choices() -> dict:
 
     return {"model": list(MODELS), "weights": list(weights.NAMES), "foreground_weights": list(weights.NAMES),
             "mix": ["none", *KINDS], "loss_weights": list(weights.LOSS_WEIGHTS), "schedule": ["cosine", "step"],
+            "mix_mode": ["auto", "elem", "batch"], "warmup_per": ["step", "epoch"],
             "device": ["auto", "cpu", "cuda"]}
 
 
@@ -72,10 +88,12 @@ def add_arguments(p) -> None:
         d = getattr(defaults, f.name)
         if isinstance(d, bool):
             p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
-        elif f.name == "step_epochs":
-            p.add_argument(flag, dest=f.name, type=int, nargs="*", default=None, help=FIELD_HELP.get(f.name))
+        elif f.name in ("step_epochs", "step_factors"):
+            p.add_argument(flag, dest=f.name, type=int if f.name == "step_epochs" else float, nargs="*",
+                           default=None, help=FIELD_HELP.get(f.name))
         else:
-            typ = type(d) if d is not None else (int if f.name in ("drw_epoch", "epoch_length", "max_steps") else str)
+            typ = type(d) if d is not None else (int if f.name in ("drw_epoch", "epoch_length", "max_steps") else
+                                                 float if f.name in ("threshold", "loss_beta") else str)
             text = f"{FIELD_HELP[f.name]}" + (f" (default {d})" if d is not None else "") if f.name in FIELD_HELP \
                 else f"default {d}"
             p.add_argument(flag, dest=f.name, type=typ, default=None, help=text, choices=choices.get(f.name))
@@ -86,8 +104,9 @@ def config_from_args(args):
 
     overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
     overrides["train"], overrides["val"] = args.train, args.val
-    if "step_epochs" in overrides:
-        overrides["step_epochs"] = tuple(overrides["step_epochs"])
+    for key in ("step_epochs", "step_factors"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
     if args.recipe:
         path = Path(args.recipe)
         if not path.exists():

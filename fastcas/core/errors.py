@@ -41,3 +41,7 @@ class MissingDependencyError(FastcasError, ImportError):
 def missing(what: str, package: str, install: str) -> MissingDependencyError:
     """The error for ``what`` needing ``package``, with the ``install`` command."""
     return MissingDependencyError(f"{what} needs {package}, which is not installed: {install}")
+class ClassMassShiftWarning(UserWarning):
+    """Sampling weights (CAS) move the class distribution of the draws away from the class
+    frequencies by more than :data:`fastcas.sampling.weights.CLASS_SHIFT_WARN` (total
+    variation); the message gives the head and tail class mass before and after."""

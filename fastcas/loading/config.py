@@ -15,6 +15,7 @@ from fastcas.mix.params import MODES
 from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
 from fastcas.mix.saliency import METHODS as SALIENCY_METHODS
 from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
+from fastcas.sampling.weights import PLAN_NAMES
 from fastcas.sampling.geometry import LAST_BATCH
 from fastcas.loading.mixsched import SWITCH, SWITCH_OPTIONS, check_switch_options, check_window
 from fastcas.loading.transforms import AugmentPolicy
@@ -30,6 +31,11 @@ MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay"
 # the transform options, all None by default (= the augment policy's value; fastcas.loading.transforms)
 TRANSFORM_OPTIONS = ("mean", "std", "scale", "ratio", "interpolation", "crop_pct", "padding", "hflip",
                      "color_jitter", "auto_augment", "reprob", "remode", "erase_area", "erase_ratio")
+
+
+def plan_names_used(cfg) -> list:
+    """The resampling-plan weights (:data:`fastcas.sampling.weights.PLAN_NAMES`) ``cfg`` uses."""
+    return [w for w in (cfg.weights, cfg.foreground_weights) if w in PLAN_NAMES]
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -95,6 +101,7 @@ class LoaderConfig:
     last_batch: str = "drop"
     b: float = 1.2
     r: float = 1.0
+    threshold: float | None = None  # over/undersampling threshold (None: the largest class / 25th percentile)
     dtype: str = "float32"
     channels_last: bool = False
     num_threads: int = 2
@@ -157,6 +164,9 @@ class LoaderConfig:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.epoch_length is not None:
             _check_int("epoch_length", self.epoch_length, 1)
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(
+                self.threshold, (int, float)) or not math.isfinite(self.threshold) or self.threshold < 1):
+            raise ValueError(f"threshold must be a number >= 1 (samples per class) or None, got {self.threshold!r}")
         if self.cache_max_bytes is not None and self.cache_max_bytes < 0:
             raise ValueError(f"cache_max_bytes must be >= 0 or None, got {self.cache_max_bytes}")
         if self.remote is not None and not isinstance(self.remote, RemoteOptions):
@@ -174,6 +184,10 @@ class LoaderConfig:
                 raise ValueError("shuffle_buffer applies to mode='streaming' only (exact mode draws each position "
                                  "independently)")
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
+        if self.mode == "streaming" and plan_names_used(self):
+            raise ValueError(f"weights {', '.join(map(repr, plan_names_used(self)))} are a fixed resampling plan "
+                             "(the importance-sampling paper's sets) and need mode='exact'; the weights "
+                             "'oversample-expected' / 'undersample-expected' stream")
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
         self.transforms  # noqa: B018 - validates the transform options (a ValueError naming the option)

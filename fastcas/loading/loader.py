@@ -33,7 +33,7 @@ from fastcas.loading import resume, workers
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
-from fastcas.sampling.weights import concentration_message
+from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
@@ -86,11 +86,14 @@ class Loader:
         self.device = resolve_device(cfg.device)
         self._scores_id = None  # the score file's content hash, when scores came from one
         self.scores = self._load_scores(scores)
+        self.notes: list[str] = []  # warnings about the sampling weights, for a training log
         self.streams = self._make_streams()
         self.geometry = None
         if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.sampling.geometry)
-            self.geometry = StreamGeometry(cfg.epoch_length or len(self.reader), self.world_size, cfg.batch_size,
-                                           cfg.last_batch)
+            # the first stream's epoch: epoch_length, a resampling plan's length, or the dataset size
+            first = self.streams[0]
+            num = first.num_samples if isinstance(first, WeightedSampler) else cfg.epoch_length or len(self.reader)
+            self.geometry = StreamGeometry(num, self.world_size, cfg.batch_size, cfg.last_batch)
             self.steps = self.geometry.steps
             if self.steps < 1:
                 raise ValueError(f"the global batch {self.geometry.global_batch} (batch_size {cfg.batch_size} x "
@@ -137,11 +140,16 @@ class Loader:
                       batch_size=cfg.batch_size)
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
+        if name in PLAN_NAMES:  # the importance-sampling paper's resampled set: its length is the epoch's
+            from fastcas.sampling.plan import PlanSampler
+
+            plan = make_plan(name, self.reader.labels, seed=cfg.seed, threshold=cfg.threshold)
+            return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
         from fastcas.sampling.shared import shared_cdf, shared_concentration
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
-                             b=cfg.b, r=cfg.r)
+                             b=cfg.b, r=cfg.r, threshold=cfg.threshold if name.endswith("sample-expected") else None)
         if cdf is None:
             return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
         # the weights' concentration: computed once per node beside the shared CDF
@@ -150,7 +158,31 @@ class Loader:
             import warnings
 
             warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
+        if name == "cas":
+            self._warn_class_mass(name, cdf, wd)
         return WeightedSampler.from_cdf(cdf, num, weights_digest=wd, **common)
+
+    def _warn_class_mass(self, name: str, cdf, wd: str) -> None:
+        """ClassMassShiftWarning (and a line in ``self.notes``) when weights ``name`` move the
+        class distribution of the draws (:mod:`fastcas.sampling.classmass`); the class masses
+        are computed once per node and cached beside the CDF."""
+        import warnings
+
+        from fastcas.core.errors import ClassMassShiftWarning
+        from fastcas.dataset.derived import cached_array
+        from fastcas.sampling.classmass import class_mass_message, class_mass_shift
+
+        keys = ("tv", "head", "head_before", "head_after", "tail_classes", "tail_before", "tail_after")
+        def build():
+            shift = class_mass_shift(self.reader.labels, np.diff(cdf, prepend=0.0))
+            return np.array([shift[k] for k in keys], np.float64)
+
+        values = cached_array(self.reader, f"classmass-{wd}", build)
+        shift = {k: (int(v) if k in ("head", "tail_classes") else float(v)) for k, v in zip(keys, values)}
+        msg = class_mass_message(shift, name, self.reader.class_names)
+        if msg:
+            self.notes.append(msg)
+            warnings.warn(f"fastcas: {msg}", ClassMassShiftWarning, stacklevel=5)
 
     def _make_streams(self) -> tuple:
         cfg = self.config

@@ -21,7 +21,7 @@ def config_digest(self) -> dict:
                                            for s in self.streams], cfg.b, cfg.r)
     return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
             "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
-            "epoch_length": cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
+            "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
             "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
             "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
             "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options),

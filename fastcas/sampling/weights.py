@@ -9,8 +9,13 @@ Pure NumPy. Every function validates its input and raises ``ValueError`` saying 
                      is drawn ∝ n_k^(1-r): class-balanced at r = 1; ``cmo-effective``: 1/E(k)
                      (CMO Eq. 3); ``cmo-per-class``: the literal Eq. 2 reading (class k drawn
                      ∝ n_k^-r); see :func:`cmo`
-``oversample``       classes below a threshold raised to it (importance-sampling paper Sec. 4)
-``undersample``      classes above a threshold cut to it (same paper)
+``oversample``       the importance-sampling paper's scheme (Sec. 4): every original once plus
+                     random extras of each class below the threshold up to it; an epoch *plan*
+                     (:func:`oversample_plan`, :class:`fastcas.sampling.plan.PlanSampler`), the epoch grows
+``undersample``      the same paper's scheme: a fixed random subset, each class capped at the
+                     threshold (:func:`undersample_plan`); the epoch is the subset
+``oversample-expected``, ``undersample-expected``: fastcas's earlier reading, kept: weights equal
+                     to the expected draws per sample of those plans, drawn with replacement
 ``cas_within_cmo``   CMO across classes, CAS-proportional within a class (fastcas's own)
 ===================  =====================================================================
 """
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("uniform", "cas", "cmo", "cmo-effective", "cmo-per-class", "oversample", "undersample", "cas-cmo")
+NAMES = ("uniform", "cas", "cmo", "cmo-effective", "cmo-per-class", "oversample", "undersample", "cas-cmo",
+         "oversample-expected", "undersample-expected")
+#: weights that are an epoch plan (a list of indices per epoch), not per-draw probabilities
+PLAN_NAMES = ("oversample", "undersample")
 CMO_PER = ("sample", "class")
 LOSS_WEIGHTS = ("none", "inverse", "effective", "upweight-low")
 
@@ -176,18 +184,75 @@ def undersample(labels, threshold: float | None = None) -> np.ndarray:
     return _resample(labels, threshold, "under")
 
 
-def oversample_plan(labels, threshold: float | None, rng: np.random.Generator) -> np.ndarray:
-    """Indices of one oversampled epoch, paper style: all originals of a class once, then
-    ``threshold - n_k`` extra draws with replacement from that class. Single-label only."""
+def plan_targets(counts, threshold: float | None, mode: str) -> np.ndarray:
+    """int64 [C]: samples of each class in one resampled epoch (``mode`` "over" | "under"):
+    ``max(n_k, floor(t))`` or ``min(n_k, floor(t))`` (a class is resampled to a whole number of
+    samples; ``t`` defaults as in :func:`oversample` / :func:`undersample`)."""
+    counts = np.asarray(counts, np.int64)
+    t = np.floor(_resample_targets(counts, threshold, mode).astype(np.float64)).astype(np.int64)
+    return np.where(counts > 0, t, 0)
+
+
+def _single_label(labels, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int64 [N], counts int64 [C], indices sorted by class int64 [N]); single-label only."""
     y, counts = _labels(labels)
     if y.ndim != 1:
-        raise ValueError("oversample_plan needs single-label labels [N]")
-    target = _resample_targets(counts, threshold, "over").astype(np.int64)
-    order = np.argsort(y, kind="stable")
+        raise ValueError(f"{what} needs single-label labels [N]")
+    return y, counts, np.argsort(y, kind="stable")
+
+
+def oversample_plan(labels, threshold: float | None, rng: np.random.Generator) -> np.ndarray:
+    """int64 [sum_k max(n_k, floor(t))]: the indices of one oversampled epoch, the
+    importance-sampling paper's scheme (Sec. 4: "before doing so, we ensure that all the images
+    from those classes are included so that each image appears at least once"): every original
+    once, then ``floor(t) - n_k`` extra draws with replacement from each class below the
+    threshold. In a random order (``rng``). Single-label only."""
+    y, counts, order = _single_label(labels, "oversample_plan")
+    target = plan_targets(counts, threshold, "over")
     starts = np.concatenate([[0], np.cumsum(counts)])
     extra = [order[starts[k] + rng.integers(0, counts[k], target[k] - counts[k])]
              for k in range(len(counts)) if counts[k] > 0 and target[k] > counts[k]]
     return rng.permutation(np.concatenate([np.arange(len(y)), *extra]).astype(np.int64))
+
+
+def undersample_plan(labels, threshold: float | None, rng: np.random.Generator) -> np.ndarray:
+    """int64 [sum_k min(n_k, floor(t))], sorted: the importance-sampling paper's undersampled
+    set (Sec. 4: "we randomly sample from classes with frequencies that exceed this threshold to
+    reduce those classes to the threshold"): every sample of a class at or below the threshold,
+    and a random subset without replacement of ``floor(t)`` samples of each larger class.
+    Single-label only."""
+    _, counts, order = _single_label(labels, "undersample_plan")
+    target = plan_targets(counts, threshold, "under")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = [order[starts[k] + np.sort(rng.choice(counts[k], target[k], replace=False))]
+             if target[k] < counts[k] else order[starts[k]:starts[k + 1]]
+             for k in range(len(counts)) if counts[k] > 0]
+    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+_PLAN_TAG = 0x51A7  # purpose tag of the resampling plan's random draws
+
+
+def make_plan(name: str, labels, *, seed: int = 0, threshold: float | None = None) -> np.ndarray:
+    """int64: the epoch plan of weights ``name`` (one of :data:`PLAN_NAMES`), a pure function of
+    ``(seed, labels, threshold)``. The plan is fixed for the whole run, as in the paper's code
+    (the resampled set is written once, ``oversampled_rainforest.csv``, and read every epoch);
+    :class:`fastcas.sampling.plan.PlanSampler` shuffles it per epoch."""
+    from fastcas.core.rng import generator
+
+    if name not in PLAN_NAMES:
+        raise ValueError(f"{name!r} is not a plan; plans: {', '.join(PLAN_NAMES)}")
+    rng = generator(int(seed), _PLAN_TAG, PLAN_NAMES.index(name))
+    fn = oversample_plan if name == "oversample" else undersample_plan
+    return fn(labels, threshold, rng)
+
+
+def _plan_expectation(labels, threshold, mode: str) -> np.ndarray:
+    """Expected draws per sample of one epoch of the plan (``mode`` "over" | "under"):
+    target_k / n_k for every sample of class k."""
+    y, counts, _ = _single_label(labels, "a resampling plan")
+    target = plan_targets(counts, threshold, mode)
+    return (target / np.maximum(counts, 1))[y]
 
 
 def cas_within_cmo(labels, scores, r: float = 1.0, b: float = 1.2, per: str = "sample") -> np.ndarray:
@@ -207,7 +272,9 @@ def cas_within_cmo(labels, scores, r: float = 1.0, b: float = 1.2, per: str = "s
 
 def make(name: str, labels, *, scores=None, b: float = 1.2, r: float = 1.0,
          threshold: float | None = None) -> np.ndarray:
-    """Weights by name (one of :data:`NAMES`), checked and ready for the sampler."""
+    """Weights by name (one of :data:`NAMES`), checked and ready for the sampler. For the plan
+    names (:data:`PLAN_NAMES`) these are the plan's expected draws per sample (its target, for
+    monitors and reports); the Loader draws the plan itself (:func:`make_plan`)."""
     n = len(labels)
     if name == "uniform":
         w = uniform(n)
@@ -223,9 +290,12 @@ def make(name: str, labels, *, scores=None, b: float = 1.2, r: float = 1.0,
         w = cmo(labels, r, effective=True)
     elif name == "cmo-per-class":
         w = cmo(labels, r, per="class")
-    elif name == "oversample":
+    elif name in PLAN_NAMES and np.asarray(labels).ndim == 1:
+        # a plan's target: its expected draws per sample (the Loader draws the plan itself)
+        w = _plan_expectation(labels, threshold, "over" if name == "oversample" else "under")
+    elif name in ("oversample", "oversample-expected"):
         w = oversample(labels, threshold)
-    elif name == "undersample":
+    elif name in ("undersample", "undersample-expected"):
         w = undersample(labels, threshold)
     else:
         raise ValueError(f"unknown weights {name!r}; expected one of {', '.join(NAMES)}")
@@ -235,16 +305,24 @@ def make(name: str, labels, *, scores=None, b: float = 1.2, r: float = 1.0,
 # -- loss weights ----------------------------------------------------------------------------
 def loss_weights(counts, kind: str = "inverse", *, beta: float | None = None, factor: float = 2.0,
                  percentile: float = 25.0) -> np.ndarray:
-    """Per-class loss weights float64 [C], normalised to sum to C (so the loss scale stays).
+    """Per-class loss weights float64 [C].
 
     ``inverse``: 1/n_k; ``effective``: (1 - beta)/(1 - beta^n_k) (Cui et al. 2019; beta
-    default (N-1)/N); ``upweight-low``: ``factor`` for the low-frequency classes
-    (``percentile``), 1 elsewhere (importance-sampling paper, Sec. 3); ``none``: ones.
+    default (N-1)/N; the CMO/LDAM-DRW code uses 0.9999), both normalised to sum to C as the
+    reference code does (naver-ai/cmo cifar_train.py ``per_cls_weights / np.sum(per_cls_weights)
+    * len(cls_num_list)``). ``upweight-low``: ``factor`` for the low-frequency classes (within
+    the ``percentile``-th percentile of the class counts) and exactly 1 elsewhere, not
+    normalised (importance-sampling paper, Sec. 3-4: the loss of low-frequency classes is
+    multiplied by a constant, 1.5 to 10, the others are left alone). ``none``: ones.
     """
     n = np.asarray(counts, np.float64)
     C = len(n)
     if kind == "none":
         return np.ones(C)
+    if kind == "upweight-low":
+        if not (np.isfinite(factor) and factor > 0):
+            raise ValueError(f"loss weight factor must be a finite number > 0, got {factor}")
+        return np.where(low_frequency_classes(n, percentile), float(factor), 1.0)
     if kind == "inverse":
         w = np.where(n > 0, 1.0 / np.maximum(n, 1), 0.0)
     elif kind == "effective":
@@ -252,10 +330,6 @@ def loss_weights(counts, kind: str = "inverse", *, beta: float | None = None, fa
         if not 0 <= beta < 1:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         w = np.where(n > 0, (1 - beta) / -np.expm1(np.maximum(n, 1) * np.log(beta)) if beta > 0 else 1.0, 0.0)
-    elif kind == "upweight-low":
-        if factor <= 0:
-            raise ValueError(f"factor must be > 0, got {factor}")
-        w = np.where(low_frequency_classes(n, percentile), float(factor), 1.0)
     else:
         raise ValueError(f"unknown loss weights {kind!r}; expected one of {', '.join(LOSS_WEIGHTS)}")
     return w * C / w.sum()

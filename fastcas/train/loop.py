@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import time
@@ -44,14 +45,19 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    schedule: str = "cosine"          # cosine | step
-    step_epochs: tuple = ()           # for the step schedule: epochs where lr *= 0.1
+    schedule: str = "cosine"          # cosine | step (fastcas.train.schedule)
+    step_epochs: tuple = ()           # for the step schedule: epochs from which lr = lr * step_factors[i]
+    step_factors: tuple = ()          # multipliers of lr (relative to lr) from each step epoch; () = 0.1, 0.01, ...
     warmup_epochs: int = 0
+    warmup_per: str = "step"          # step: linear ramp per step; epoch: lr * (e + 1) / warmup (reference code)
     weights: str = "uniform"
     foreground_weights: str | None = None  # "cmo" for the CMO recipe
+    threshold: float | None = None    # over/undersampling threshold (samples per class; None: the defaults)
+    policy: str | None = None         # augmentation policy of the Loader ("cifar", "imagenet"; None: its default)
     mix: str = "none"
     alpha: float = 1.0
     mix_prob: float = 1.0
+    mix_mode: str = "auto"            # elem: per sample; batch: one decision/lambda/box per batch; auto: batch for CMO
     mix_start: int = 0                # mix only while mix_start <= epoch < epochs - mix_end (CMO schedule)
     mix_end: int = 0
     b: float = 1.2
@@ -59,6 +65,8 @@ class TrainConfig:
     scores: str | None = None
     val_scores: str | None = None
     loss_weights: str = "none"
+    loss_weight_factor: float = 2.0   # upweight-low: the low-frequency classes' loss factor (others 1)
+    loss_beta: float | None = None    # effective: beta (None: (N-1)/N; the DRW reference code: 0.9999)
     drw_epoch: int | None = None      # deferred re-weighting: loss weights only from this epoch
     label_smoothing: float = 0.0
     epoch_length: int | None = None
@@ -81,8 +89,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected cosine or step")
+        from fastcas.train import schedule
+
+        schedule.check(self)
+        if self.mix_mode not in ("auto", "elem", "batch"):
+            raise ValueError(f"mix_mode must be 'auto', 'elem' or 'batch', got {self.mix_mode!r}")
+        if not (math.isfinite(self.loss_weight_factor) and self.loss_weight_factor > 0):
+            raise ValueError(f"loss_weight_factor must be a finite number > 0, got {self.loss_weight_factor!r}")
+        if self.loss_beta is not None and not 0 <= self.loss_beta < 1:
+            raise ValueError(f"loss_beta must be in [0, 1), got {self.loss_beta!r}")
         if self.loss_weights not in sample_weights.LOSS_WEIGHTS:
             raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(sample_weights.LOSS_WEIGHTS)}")
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_every"):
@@ -107,13 +122,15 @@ class TrainConfig:
         """A recipe (JSON) with ``overrides`` (e.g. data paths) applied, validated."""
         data = json.loads(Path(path).read_text())
         data.pop("description", None)
+        data.pop("sources", None)  # per value: the reference file and line it follows (docs/recipes.md)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        if "step_epochs" in data:
-            data["step_epochs"] = tuple(data["step_epochs"])
+        for key in ("step_epochs", "step_factors"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def remote(self):
@@ -124,7 +141,17 @@ class TrainConfig:
                              retries=self.retries)
 
     def mixing_at(self, epoch: int) -> bool:
-        return self.mix != "none" and self.mix_start <= epoch < self.epochs - self.mix_end
+        from fastcas.train.schedule import mixing_at
+
+        return mixing_at(self, epoch)
+
+    @property
+    def mixing_mode(self) -> str:
+        """"elem" or "batch": ``mix_mode`` with "auto" resolved (batch for a two-stream CMO
+        recipe, as naver-ai/cmo decides, draws lambda and cuts one box once per batch)."""
+        if self.mix_mode != "auto":
+            return self.mix_mode
+        return "batch" if self.foreground_weights else "elem"
 
 
 class _Dist:
@@ -161,28 +188,51 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
     common = dict(image_size=cfg.image_size, device=dist.device, seed=cfg.seed, rank=dist.rank, remote=cfg.remote(),
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
+    common.update(_policy_option(cfg, dist))
     scores = cfg.scores
     plain = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
-                   label_smoothing=cfg.label_smoothing, **common)
+                   label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **common)
     mixed = None
     if cfg.mix != "none":
         mixed = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores,
                        foreground_weights=cfg.foreground_weights, mix=cfg.mix, alpha=cfg.alpha,
-                       mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length,
-                       label_smoothing=cfg.label_smoothing, **common)
+                       mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length, threshold=cfg.threshold,
+                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **common)
     val = None
     if cfg.val:  # refused unless its class ids mean the training set's classes (fastcas.dataset.classes)
         val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", class_names=plain.reader, **common)
+    if dist.rank == 0:
+        for note in plain.notes:  # e.g. CAS weights moving class mass (also a ClassMassShiftWarning)
+            print(f"warning: {note}", flush=True)
     return plain, mixed, val
 
 
+def _mix_options(cfg: TrainConfig) -> dict:
+    """The mixing loader's ``mix_options``: ``{"mode": "batch"}`` for batch-level mixing; {} for
+    per-sample mixing (the Loader's default: a checkpoint of an earlier run, saved with {}, resumes)."""
+    return {"mode": "batch"} if cfg.mixing_mode == "batch" else {}
+
+
+def _policy_option(cfg: TrainConfig, dist: _Dist) -> dict:
+    """``{"policy": cfg.policy}`` when set and the Loader has the option; a warning (rank 0)
+    when the Loader of this build does not know augmentation policies yet."""
+    if cfg.policy is None:
+        return {}
+    from fastcas.loading.config import LoaderConfig
+
+    if "policy" in LoaderConfig.__dataclass_fields__:
+        return {"policy": cfg.policy}
+    if dist.rank == 0:
+        print(f"warning: policy {cfg.policy!r} asked for, but this Loader has no augmentation policies; "
+              "training with its default augmentation", flush=True)
+    return {}
+
+
 def _lr_at(cfg: TrainConfig, progress: float) -> float:
-    """Learning rate at ``progress`` (epochs, fractional): linear warm-up, then cosine or step."""
-    if progress < cfg.warmup_epochs:
-        return cfg.lr * (progress + 1e-3) / cfg.warmup_epochs
-    if cfg.schedule == "cosine":
-        return 0.5 * cfg.lr * (1 + np.cos(np.pi * progress / cfg.epochs))
-    return cfg.lr * 0.1 ** sum(progress >= e for e in cfg.step_epochs)
+    """Learning rate at ``progress`` (epochs, fractional): :func:`fastcas.train.schedule.lr_at`."""
+    from fastcas.train.schedule import lr_at
+
+    return lr_at(cfg, progress)
 
 
 def evaluate(model, loader, train_counts, cfg: TrainConfig, dist: _Dist, val_cas=None) -> dict:
@@ -326,7 +376,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no scaler
     if dist.device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: autotune once
-    class_w = torch.as_tensor(sample_weights.loss_weights(counts, cfg.loss_weights), dtype=torch.float32, device=dist.device)
+    class_w = torch.as_tensor(sample_weights.loss_weights(counts, cfg.loss_weights, beta=cfg.loss_beta,
+                                                          factor=cfg.loss_weight_factor),
+                              dtype=torch.float32, device=dist.device)
+    from fastcas.train.losses import NORMALISER, weighted_cross_entropy
     ones = torch.ones_like(class_w)
     epoch, global_step = 0, 0
     ckpt_path = out / "checkpoint.pt"
@@ -376,8 +429,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             with torch.autocast(dist.device, enabled=use_amp, dtype=amp_dtype or torch.bfloat16):
                 logits = net(images.float() if not use_amp else images)
             logp = torch.log_softmax(logits.float(), dim=1)
-            wk = class_w if use_w else ones
-            loss = -(targets * logp * wk).sum(1).mean()
+            # normalised as the weighting's reference code does (fastcas.train.losses)
+            loss = weighted_cross_entropy(logp, targets, class_w if use_w else ones,
+                                          NORMALISER[cfg.loss_weights])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -94,6 +94,7 @@ def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe, monkeypatch
         if mixing[e]:
             assert (c.mix_kind, c.alpha, c.mix_prob, c.foreground_weights) == (
                 full.mix, full.alpha, full.mix_prob, full.foreground_weights)
+            assert c.mix_options.get("mode", "elem") == full.mixing_mode  # CMO: one decision per batch
         if "scores" in kw:
             np.testing.assert_array_equal(loader.scores, cas)
     saved = _weights(tmp_path / "run" / "model.pt")
