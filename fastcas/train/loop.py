@@ -188,7 +188,7 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
     common = dict(image_size=cfg.image_size, device=dist.device, seed=cfg.seed, rank=dist.rank, remote=cfg.remote(),
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
-    common.update(_policy_option(cfg, dist))
+    common.update(_policy_option(cfg))
     scores = cfg.scores
     plain = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
                    label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **common)
@@ -213,19 +213,10 @@ def _mix_options(cfg: TrainConfig) -> dict:
     return {"mode": "batch"} if cfg.mixing_mode == "batch" else {}
 
 
-def _policy_option(cfg: TrainConfig, dist: _Dist) -> dict:
-    """``{"policy": cfg.policy}`` when set and the Loader has the option; a warning (rank 0)
-    when the Loader of this build does not know augmentation policies yet."""
-    if cfg.policy is None:
-        return {}
-    from fastcas.loading.config import LoaderConfig
-
-    if "policy" in LoaderConfig.__dataclass_fields__:
-        return {"policy": cfg.policy}
-    if dist.rank == 0:
-        print(f"warning: policy {cfg.policy!r} asked for, but this Loader has no augmentation policies; "
-              "training with its default augmentation", flush=True)
-    return {}
+def _policy_option(cfg: TrainConfig) -> dict:
+    """``{"policy": cfg.policy}`` when the recipe names an augmentation policy ("imagenet" or
+    "cifar", fastcas.loading.transforms); {} keeps the Loader's default ("imagenet")."""
+    return {} if cfg.policy is None else {"policy": cfg.policy}
 
 
 def _lr_at(cfg: TrainConfig, progress: float) -> float:
