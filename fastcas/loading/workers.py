@@ -134,10 +134,24 @@ class WorkerWatch:
         if exc_type is None or exc_type is StopIteration:
             self.check()  # a batch prefetched before the death is not delivered: the step is redone
             return False
+        if not self._exiting():
+            return False  # e.g. a sample DALI cannot decode: no worker to wait for
         dead = self.dead(wait=2.0)
         if dead:
             raise self.error(dead) from exc
         return False
+
+    def _exiting(self) -> bool:
+        """A worker has exited or is exiting: the watcher saw it, or a sentinel is readable
+        (closed by the exiting process a moment before ``exitcode`` is set). DALI learns of a
+        death through these same sentinels, so an error raised while none is readable is not
+        caused by one, and needs no wait."""
+        if self._died.is_set():
+            return True
+        try:
+            return bool(_wait_ready([p.sentinel for p in self.processes], 0))
+        except (OSError, ValueError):  # a closed process object: treat as exiting, the wait decides
+            return True
 
     def close(self) -> None:
         if self._stop_w is not None:
