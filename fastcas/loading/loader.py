@@ -326,6 +326,7 @@ class Loader:
                     break
         except Exception:  # the batch cannot even be recomputed: report the original error
             return False
+        del probe  # its pipeline is freed before the rebuild (fastcas.loading.pipeline collects otherwise)
         if not bad:
             return False
         r = self.reader
