@@ -1,0 +1,64 @@
+"""Validation helpers of the loading stage: what a resumed state may hold
+(:func:`check_state_numbers`, :func:`check_state_config`, used by
+:mod:`fastcas.loading.resume`). Kept apart from the modules that use them so each stays about
+one concern; every failure is a ValueError naming the argument or key and its value."""
+from __future__ import annotations
+
+import numpy as np
+
+WHERE = "Loader.load_state_dict"
+
+
+def is_int(value) -> bool:
+    """A real integer: int or NumPy integer, never a bool (True is 1 to Python) or 1.0."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_state_numbers(state: dict) -> None:
+    """``epoch``, ``step`` and ``position`` of a state are non-negative integers (where
+    present); ValueError naming the key otherwise. A negative epoch or a float position would
+    load and fail later, far from the cause ("seed components must be non-negative")."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{WHERE}: a state is a dict (from Loader.state_dict), got {type(state).__name__}")
+    if "epoch" not in state:
+        raise ValueError(f"{WHERE}: the state has no 'epoch' (not a Loader.state_dict?); keys: {sorted(state)}")
+    for key in ("epoch", "step", "position"):
+        if key in state and not (is_int(state[key]) and state[key] >= 0):
+            raise ValueError(f"{WHERE}: {key} must be a non-negative integer, got {state[key]!r}")
+    if "position" not in state and "step" not in state:
+        raise ValueError(f"{WHERE}: the state has neither 'position' nor 'step' (not a Loader.state_dict?)")
+
+
+def check_step_in_epoch(loader, step: int, what: str) -> None:
+    """``step`` (from the state's step or position) within this loader's epoch: ``step ==
+    len(loader)`` is the end of the epoch (the next one starts), beyond is an error."""
+    if step > loader.steps:
+        raise ValueError(f"{WHERE}: {what} lies past the end of the epoch: this loader has {loader.steps} steps "
+                         f"per epoch; was the state saved with another dataset, epoch_length or batch size?")
+
+
+def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys) -> None:
+    """Evaluation loaders and states without ``position`` continue at ``step``: their saved
+    ``config`` is checked like a training state's (the stream keys always; the global batch,
+    mixing and image size mid-epoch), so a state of another dataset, weights or mixing is
+    refused instead of silently continuing another stream. A state without ``config`` (written
+    by hand, e.g. ``{"epoch", "step", "seed"}``) has nothing to compare."""
+    from fastcas.loading.resume import legacy_weights_digest
+    from fastcas.sampling.geometry import check_same
+
+    if "step" not in state:
+        raise ValueError(f"{WHERE}: the state has no 'step' (an evaluation loader, or a state without "
+                         "'position', continues at its step)")
+    saved = state.get("config") or {}
+    if not isinstance(saved, dict):
+        raise ValueError(f"{WHERE}: the state's 'config' must be a dict, got {type(saved).__name__}")
+    if "global_batch" not in saved and "global_batch" in state:
+        saved = {**saved, "global_batch": state["global_batch"]}
+    if saved.get("weights_digest") not in (None, now["weights_digest"]) and \
+            saved["weights_digest"] == legacy_weights_digest(loader):
+        now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
+    check_same(saved, now, tuple(k for k in stream_keys if k != "global_batch"), WHERE)
+    step = int(state.get("step", 0))
+    if 0 < step < loader.steps:
+        check_same(saved, now, ("global_batch", *augment_keys), WHERE + " (resuming mid-epoch)")
+    check_step_in_epoch(loader, step, f"step {step}")
