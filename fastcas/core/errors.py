@@ -28,3 +28,14 @@ class WorkerDiedError(FastcasError, RuntimeError):
     def __init__(self, message: str, pids=()):
         super().__init__(message)
         self.pids = list(pids)
+
+
+class BatchTimeoutError(FastcasError, TimeoutError):
+    """No batch arrived within the Loader's ``batch_timeout``; the message names the DALI source
+    workers' pids and their ``/proc/<pid>/stat`` states (``T (stopped)``, ``D (disk sleep)``).
+    ``pids``: the workers; ``stuck``: those stopped, in disk sleep or zombies."""
+
+    def __init__(self, message: str, pids=(), stuck=()):
+        super().__init__(message)
+        self.pids = list(pids)
+        self.stuck = list(stuck)

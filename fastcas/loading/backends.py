@@ -77,6 +77,16 @@ class DaliBackend:
                 cause = cause.__cause__ or cause.__context__
             raise
 
+    def worker_pids(self) -> list[int]:
+        """The pids of the pipeline's source worker processes ([] without a pipeline or workers)."""
+        return list(self.watch.pids) if self.watch is not None else []
+
+    def kill_workers(self) -> None:
+        """SIGKILL the pipeline's source workers: a producer blocked on a stopped one raises
+        (WorkerDiedError) instead of waiting forever. The pipeline is dead afterwards."""
+        if self.watch is not None:
+            workers.kill_processes(self.watch.processes)
+
     def reset(self) -> None:
         from fastcas.loading import pipeline
 

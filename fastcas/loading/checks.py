@@ -62,3 +62,20 @@ def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys
     if 0 < step < loader.steps:
         check_same(saved, now, ("global_batch", *augment_keys), WHERE + " (resuming mid-epoch)")
     check_step_in_epoch(loader, step, f"step {step}")
+
+
+# -- Loader options ------------------------------------------------------------------------
+MAX_BATCH_TIMEOUT = 86_400.0  # one day: beyond it "never" (None) is meant
+
+
+def check_batch_timeout(value, prefetch) -> None:
+    """``batch_timeout``: None, or seconds in (0, 1 day]; needs ``prefetch >= 1`` (the pipeline
+    runs on the prefetch thread, and the consumer waits for it with the timeout)."""
+    if value is None:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0 < value <= MAX_BATCH_TIMEOUT:
+        raise ValueError(f"batch_timeout must be None or seconds in (0, {MAX_BATCH_TIMEOUT:g}], got {value!r}")
+    if prefetch == 0:
+        raise ValueError("batch_timeout needs prefetch >= 1: the pipeline runs on the prefetch thread, which the "
+                         "consumer waits for with the timeout (prefetch=0 runs it on the calling thread)")

@@ -10,6 +10,7 @@ import numpy as np
 
 from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.dataset.fetch import RemoteOptions
+from fastcas.loading import checks
 from fastcas.mix.params import KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
 from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
@@ -102,6 +103,7 @@ class LoaderConfig:
     mix_in_pipeline: bool = True
     mode: str = "exact"
     shuffle_buffer: int | None = None
+    batch_timeout: float | None = None  # seconds to wait for a batch before raising BatchTimeoutError
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -150,6 +152,7 @@ class LoaderConfig:
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
+        checks.check_batch_timeout(self.batch_timeout, self.prefetch)
 
     @property
     def mix_kind(self) -> str | None:

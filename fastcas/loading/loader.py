@@ -42,6 +42,7 @@ from fastcas.loading.config import LoaderConfig, resolve_device
 
 
 _ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
+STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)
 
 
 def _saliency_method(mix_options: dict) -> str:
@@ -374,7 +375,8 @@ class Loader:
         start, stage = self.step, None
         if self.config.prefetch:
             stage = self._stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch,
-                                             device=self.device)
+                                             device=self.device, timeout=self.config.batch_timeout,
+                                             on_timeout=self._timeout_error, first_extra=STARTUP_S)
         try:
             for batch in stage if stage is not None else self._produce(start):
                 self.step += 1
@@ -494,11 +496,23 @@ class Loader:
 
     def _stop_stage(self) -> None:
         """Stop the prefetch thread of an earlier iteration, unless called from that thread
-        (the producer closes and rebuilds the pipeline itself after a decode error)."""
+        (the producer closes and rebuilds the pipeline itself after a decode error). After a
+        batch timeout its producer may wait on a stopped worker for good: the pipeline's
+        workers are ended (SIGKILL) so that it returns."""
         stage = self._stage
         if stage is not None and stage._thread is not threading.current_thread():
             self._stage = None
-            stage.close()
+            stage.close(stuck=getattr(self.backend, "kill_workers", None))
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the DALI source worker processes of the current pipeline ([] before the
+        first batch, after :meth:`close`, with ``py_workers=0`` or another backend)."""
+        pids = getattr(self.backend, "worker_pids", None)
+        return pids() if pids is not None else []
+
+    def _timeout_error(self, seconds: float):
+        """No batch within ``batch_timeout``: the error names each worker's pid and /proc state."""
+        return workers.timeout_error(self.worker_pids(), seconds, f"epoch {self.epoch}, step {self.step}")
 
     def close(self) -> None:
         """Stop the prefetch thread, the DALI pipeline and its worker processes."""

@@ -36,7 +36,7 @@ import threading
 import time
 from multiprocessing.connection import wait as _wait_ready
 
-from fastcas.core.errors import WorkerDiedError
+from fastcas.core.errors import BatchTimeoutError, WorkerDiedError
 
 _POLL_S = 0.25
 _PR_SET_PDEATHSIG = 1
@@ -170,6 +170,55 @@ class WorkerWatch:
 
 
 NO_WATCH = WorkerWatch(None)  # for pipelines without worker processes
+
+
+# -- stalled workers ------------------------------------------------------------------------
+_STATES = {"R": "running", "S": "sleeping", "D": "disk sleep", "Z": "zombie", "T": "stopped", "t": "tracing stop",
+           "X": "dead", "I": "idle", "P": "parked", "W": "waking", "K": "wakekill"}
+STUCK_STATES = ("T", "t", "D", "Z")  # a worker in one of these makes no progress by itself
+
+
+def proc_state(pid: int) -> str:
+    """A process's state from ``/proc/<pid>/stat``: "T (stopped)", "S (sleeping)", ...;
+    "gone" when it has exited, "unknown" without ``/proc``."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            code = f.read().rsplit(")", 1)[1].split()[0]  # the name (field 2) may hold spaces and ')'
+    except FileNotFoundError:
+        return "gone" if os.path.isdir("/proc/self") else "unknown"
+    except (OSError, IndexError):
+        return "unknown"
+    return f"{code} ({_STATES.get(code, 'unknown')})"
+
+
+def timeout_error(pids, seconds: float, where: str) -> BatchTimeoutError:
+    """The error of a batch that did not arrive within ``seconds``: names each worker pid and
+    its state, the stuck ones (stopped, disk sleep, zombie) first, and what to do."""
+    states = {int(p): proc_state(p) for p in pids}
+    stuck = [p for p, s in states.items() if s[:1] in STUCK_STATES]
+    head = f"no batch within batch_timeout={seconds:g} s ({where})"
+    if stuck:
+        others = [f"pid {p} {s}" for p, s in states.items() if p not in stuck]
+        desc = ", ".join(f"DALI source worker pid {p} is {states[p]}" for p in stuck)
+        return BatchTimeoutError(
+            f"{head}: {desc}{' (others: ' + ', '.join(others) + ')' if others else ''}. A stopped worker (SIGSTOP, "
+            "a debugger) or one in disk sleep (a read from a hung NFS/FUSE mount) stalls the whole pipeline: "
+            f"continue it (kill -CONT {stuck[0]}) or close the loader, which ends its workers, and iterate again",
+            pids=states, stuck=stuck)
+    desc = ", ".join(f"pid {p} {s}" for p, s in states.items()) or "none (py_workers=0)"
+    return BatchTimeoutError(f"{head}; DALI source workers: {desc}; none is stopped or in disk sleep, so the source "
+                             "itself is slow (remote shards? a slow disk?) or the timeout is too short",
+                             pids=states, stuck=stuck)
+
+
+def kill_processes(processes) -> None:
+    """SIGKILL the given worker processes that are still running (a stopped process dies too)."""
+    for p in processes:
+        try:
+            if p.exitcode is None:
+                os.kill(p.pid, signal.SIGKILL)
+        except (OSError, ValueError, AssertionError):
+            pass
 
 
 # -- workers die with their parent ---------------------------------------------------------
