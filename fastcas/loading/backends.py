@@ -75,6 +75,9 @@ class DaliBackend:
                     break
                 traceback.clear_frames(cause.__traceback__)
                 cause = cause.__cause__ or cause.__context__
+            restored = workers.restore_worker_error(exc)
+            if restored is not None:  # a fastcas error raised in a DALI worker arrives as its own type
+                raise restored from exc
             raise
 
     def worker_pids(self) -> list[int]:

@@ -4,6 +4,8 @@
 one concern; every failure is a ValueError naming the argument or key and its value."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 WHERE = "Loader.load_state_dict"
@@ -79,3 +81,73 @@ def check_batch_timeout(value, prefetch) -> None:
     if prefetch == 0:
         raise ValueError("batch_timeout needs prefetch >= 1: the pipeline runs on the prefetch thread, which the "
                          "consumer waits for with the timeout (prefetch=0 runs it on the calling thread)")
+
+
+# upper bounds of integer options: far above any real use, low enough that a typo (an extra
+# zero, a float written for an int) fails here rather than as an allocation of terabytes or
+# thousands of processes; docs/loader-options.md lists them
+INT_BOUNDS = {  # name: (minimum, maximum or None, why the maximum)
+    "batch_size": (1, None, ""),
+    "prefetch": (0, 64, "batches finished ahead, each held in memory"),
+    "image_size": (8, 4096, "pixels per side"),
+    "num_threads": (1, 256, "DALI CPU threads"),
+    "py_workers": (0, 128, "worker processes, each with its own memory"),
+    "seed": (0, 2**63 - 1, "a non-negative 64-bit integer"),
+    "epoch_length": (1, 10**10, "samples per epoch"),
+    "shuffle_buffer": (0, 10**8, "samples held in memory"),
+    "cache_max_bytes": (0, None, ""),
+}
+BOOL_OPTIONS = ("train", "strict", "channels_last", "mix_in_pipeline")
+MAX_EXPONENT = 16.0  # b and r: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
+NUMBER_OPTIONS = {  # name: (low, high, low open, high open)
+    "mix_prob": (0.0, 1.0, False, False),
+    "alpha": (0.0, 1e6, True, False),
+    "label_smoothing": (0.0, 1.0, False, True),
+    "b": (0.0, MAX_EXPONENT, False, False),
+    "r": (0.0, MAX_EXPONENT, False, False),
+}
+
+
+def check_int_option(name: str, value, minimum: int, maximum: int | None = None, why: str = "") -> None:
+    """A clear ValueError unless ``value`` is a real integer (no bool, no 1.0) in
+    ``[minimum, maximum]``."""
+    if not is_int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum} ({why}), got {value}")
+
+
+def check_option_types(cfg) -> None:
+    """Strict types and bounds of :class:`~fastcas.loading.config.LoaderConfig` options, before
+    any other check compares them: real bools (``train="no"`` is truthy), real integers
+    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError."""
+    for name in BOOL_OPTIONS:
+        value = getattr(cfg, name)
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    for name, (lo, hi, why) in INT_BOUNDS.items():
+        value = getattr(cfg, name)
+        if value is not None or name in ("batch_size", "prefetch", "image_size", "num_threads", "py_workers", "seed"):
+            check_int_option(name, value, lo, hi, why)
+    for name, (lo, hi, lo_open, hi_open) in NUMBER_OPTIONS.items():
+        value = getattr(cfg, name)
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+            and np.isfinite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+        if not ok:
+            span = f"> {lo:g} and <= {hi:g}" if lo_open else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise ValueError(f"{name} must be {span}, got {value!r}")
+    if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got {cfg.cache_dir!r}")
+
+
+def check_rank(rank, world_size) -> None:
+    """``rank`` / ``world_size`` given to a Loader: real integers, ``0 <= rank < world_size``
+    (``rank=0.5`` would silently be rank 0)."""
+    if world_size is not None:
+        check_int_option("world_size", world_size, 1, 1 << 20, "processes")
+    if rank is not None:
+        check_int_option("rank", rank, 0)
+        if world_size is not None and rank >= world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got rank={rank}")

@@ -106,6 +106,7 @@ class LoaderConfig:
     batch_timeout: float | None = None  # seconds to wait for a batch before raising BatchTimeoutError
 
     def __post_init__(self):
+        checks.check_option_types(self)  # types and bounds first: no TypeError from the checks below
         _check_int("batch_size", self.batch_size, 1)
         _check_int("prefetch", self.prefetch, 0)
         _check_int("image_size", self.image_size, 8)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import resume, workers
+from fastcas.loading import checks, resume, workers
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
@@ -76,6 +76,7 @@ class Loader:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
             raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
+        checks.check_rank(rank, world_size)  # rank=0.5 is not rank 0
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
         self._scores_id = None  # the score file's content hash, when scores came from one

@@ -172,6 +172,51 @@ class WorkerWatch:
 NO_WATCH = WorkerWatch(None)  # for pipelines without worker processes
 
 
+# -- errors raised in a worker ---------------------------------------------------------------
+_WORKER_TRACEBACK = "Exception traceback received from worker thread"
+
+
+def restore_worker_error(exc: BaseException):
+    """A fastcas error raised in a DALI source worker, rebuilt with its own type, or None.
+
+    DALI 2.4 sends a worker's exception as ``RuntimeError(str(exc))`` plus the formatted
+    traceback, and raises a bare ``Exception(traceback text) from RuntimeError(message)`` in the
+    main process, so ``except RemoteError`` (or CorruptSampleError, ShardError) would never
+    match. The traceback's last line names the type (``fastcas.dataset.remote.RemoteError:``);
+    a subclass of :class:`~fastcas.core.errors.FastcasError` from a ``fastcas`` module is
+    rebuilt with the original message (extra attributes such as ``key`` are not carried)."""
+    import importlib
+
+    from fastcas.core.errors import FastcasError
+
+    text = str(exc)
+    if type(exc) is not Exception or _WORKER_TRACEBACK not in text or exc.__cause__ is None:
+        return None
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    # the final exception's header: the first unindented line after its traceback's frames
+    header = next((ln for ln in lines[starts[-1] + 1:] if ln and not ln[0].isspace()), "")
+    name = header.split(":", 1)[0].strip()
+    module, _, cls_name = name.rpartition(".")
+    if not module.startswith("fastcas.") or not cls_name.isidentifier():
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, FastcasError)):
+        return None
+    message = str(exc.__cause__)
+    try:
+        return cls(message)
+    except Exception:  # a constructor with other required arguments
+        err = cls.__new__(cls)
+        BaseException.__init__(err, message)
+        return err
+
+
 # -- stalled workers ------------------------------------------------------------------------
 _STATES = {"R": "running", "S": "sleeping", "D": "disk sleep", "Z": "zombie", "T": "stopped", "t": "tracing stop",
            "X": "dead", "I": "idle", "P": "parked", "W": "waking", "K": "wakekill"}
