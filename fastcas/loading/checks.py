@@ -39,13 +39,13 @@ def check_step_in_epoch(loader, step: int, what: str) -> None:
                          f"per epoch; was the state saved with another dataset, epoch_length or batch size?")
 
 
-def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys) -> None:
+def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys, legacy_digest) -> None:
     """Evaluation loaders and states without ``position`` continue at ``step``: their saved
     ``config`` is checked like a training state's (the stream keys always; the global batch,
     mixing and image size mid-epoch), so a state of another dataset, weights or mixing is
     refused instead of silently continuing another stream. A state without ``config`` (written
-    by hand, e.g. ``{"epoch", "step", "seed"}``) has nothing to compare."""
-    from fastcas.loading.resume import legacy_weights_digest
+    by hand, e.g. ``{"epoch", "step", "seed"}``) has nothing to compare. ``legacy_digest(loader)``:
+    the weights digest of fastcas before O(1) digests, accepted too."""
     from fastcas.sampling.geometry import check_same
 
     if "step" not in state:
@@ -57,7 +57,7 @@ def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys
     if "global_batch" not in saved and "global_batch" in state:
         saved = {**saved, "global_batch": state["global_batch"]}
     if saved.get("weights_digest") not in (None, now["weights_digest"]) and \
-            saved["weights_digest"] == legacy_weights_digest(loader):
+            saved["weights_digest"] == legacy_digest(loader):
         now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
     check_same(saved, now, tuple(k for k in stream_keys if k != "global_batch"), WHERE)
     step = int(state.get("step", 0))

@@ -77,7 +77,7 @@ def load_state_dict(self, state: dict) -> None:
     if state.get("seed", cfg.seed) != cfg.seed:
         raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
     if self.geometry is None or "position" not in state:
-        checks.check_state_config(self, state, config_digest(self), STREAM_KEYS, AUGMENT_KEYS)
+        checks.check_state_config(self, state, config_digest(self), STREAM_KEYS, AUGMENT_KEYS, legacy_weights_digest)
         if state.get("world_size", self.world_size) != self.world_size and int(state["step"]) > 0:
             raise ValueError(f"state was saved at world size {state['world_size']} mid-epoch without a global "
                              f"position; this loader has world size {self.world_size}")
