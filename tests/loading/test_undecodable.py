@@ -82,3 +82,26 @@ def test_one_percent_corrupt_jpegs_cost_one_rebuild_each_and_no_join_timeout(one
     assert sum("DALI cannot decode" in str(w.message) for w in caught) == 2
     assert backend.builds == 1 + 2
     assert backend.join_timeouts == 0
+
+
+def test_strict_raises_and_close_still_waits_for_no_worker(one_percent_ds):
+    """The CorruptSampleError chains the DALI error: its frames no longer hold the pipeline,
+    so closing while the error is alive (in an except block) stops the workers at once."""
+    from fastcas.core.errors import CorruptSampleError
+
+    backend = CountingBackend()
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, strict=True, device="cpu",
+                    backend=backend)
+    with pytest.raises(CorruptSampleError, match=r"sample 'k037' in .*corrupt JPEG headers.*bogus Huffman"):
+        list(loader)
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, strict=True, device="cpu",
+                    backend=backend)
+    loader.load_state_dict({"epoch": 0, "step": 7, "seed": 0})  # past k037, at k120's batch (fractional sampling)
+    try:
+        list(loader)
+    except CorruptSampleError as exc:
+        assert "sample 'k120'" in str(exc) and "DALI cannot decode it" in str(exc)
+        loader.close()  # the error (and its DALI cause) still alive here
+    else:
+        pytest.fail("no CorruptSampleError")
+    assert backend.join_timeouts == 0
