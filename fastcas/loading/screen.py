@@ -15,13 +15,14 @@ and anything the screen misses still reaches the quarantine. Microseconds per im
 """
 from __future__ import annotations
 
-import struct
+import functools
 
 # markers libjpeg's read_markers knows (anything else before the first scan is fatal:
 # "Unsupported marker type"): SOFn/DHT/DAC (C0-CF), RSTn/SOI/EOI/SOS/DQT/DNL/DRI (D0-DD),
 # APPn (E0-EF), COM (FE), TEM (01)
 _KNOWN = set(range(0xC0, 0xD0)) | set(range(0xD0, 0xDE)) | set(range(0xE0, 0xF0)) | {0xFE, 0x01}
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_CHECKED = {0xC4, 0xDB, 0xDA, 0xDD}  # DHT, DQT, SOS, DRI (and the SOFs)
 
 
 def jpeg_tables_error(buf) -> str | None:
@@ -48,10 +49,13 @@ def jpeg_tables_error(buf) -> str | None:
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        (length,) = struct.unpack(">H", b[i + 2:i + 4])
-        seg = b[i + 4:i + 2 + length]
-        if len(seg) != length - 2:
-            return None  # truncated: imagehdr says so
+        length = (b[i + 2] << 8) | b[i + 3]
+        if i + 2 + length > n or length < 2:
+            return None  # truncated or corrupt: imagehdr says so
+        if not (marker in _CHECKED or marker in _SOF):  # APPn, COM, ...: nothing to check, not copied
+            i += 2 + length
+            continue
+        seg = bytes(b[i + 4:i + 2 + length])  # a few hundred bytes; indexing bytes is fast
         why = _segment_error(marker, seg, comps, qtables, huff)
         if why is not None:
             return f"{why} (segment 0x{marker:02x} at byte {i})"
@@ -62,19 +66,10 @@ def jpeg_tables_error(buf) -> str | None:
 
 
 def _segment_error(marker: int, seg, comps: dict, qtables: set, huff: dict) -> str | None:
-    if marker == 0xC4:  # DHT: (class/index, 16 counts, symbols) repeated
-        k = 0
-        while len(seg) - k > 16:
-            index = seg[k]
-            if index & 0xEC:  # class 0/1 (bit 4), table 0-3
-                return f"Huffman table index 0x{index:02x}"
-            counts = seg[k + 1:k + 17]
-            count = sum(counts)
-            if count > 256 or count > len(seg) - k - 17:
-                return "bogus Huffman table definition"
-            huff[index >> 4, index & 3] = _huffman_error(index >> 4, counts, seg[k + 17:k + 17 + count])
-            k += 17 + count
-        return None if k == len(seg) else "bogus Huffman table length"
+    if marker == 0xC4:  # DHT
+        why, tables = _dht(seg)
+        huff.update(tables)
+        return why
     if marker == 0xDB:  # DQT: (precision/index, 64 entries of 1 or 2 bytes) repeated
         k = 0
         while k < len(seg):
@@ -113,6 +108,24 @@ def _segment_error(marker: int, seg, comps: dict, qtables: set, huff: dict) -> s
     return None
 
 
+@functools.lru_cache(maxsize=512)
+def _dht(seg: bytes) -> tuple[str | None, tuple]:
+    """A DHT segment's (error, ((class, index), why the table is unusable or None) ...).
+    (class/index, 16 counts, symbols) repeated. Memoised: most files share a few tables."""
+    k, tables = 0, []
+    while len(seg) - k > 16:
+        index = seg[k]
+        if index & 0xEC:  # class 0/1 (bit 4), table 0-3
+            return f"Huffman table index 0x{index:02x}", ()
+        counts = seg[k + 1:k + 17]
+        count = sum(counts)
+        if count > 256 or count > len(seg) - k - 17:
+            return "bogus Huffman table definition", ()
+        tables.append(((index >> 4, index & 3), _huffman_error(index >> 4, counts, seg[k + 17:k + 17 + count])))
+        k += 17 + count
+    return (None if k == len(seg) else "bogus Huffman table length"), tuple(tables)
+
+
 def _huffman_error(cls: int, counts, symbols) -> str | None:
     """libjpeg's ``jpeg_make_d_derived_tbl`` checks, fatal when a scan uses the table: the
     canonical codes must fit their lengths; a DC table's symbols are at most 15."""
@@ -122,7 +135,7 @@ def _huffman_error(cls: int, counts, symbols) -> str | None:
         if code >= 1 << length:
             return "bogus Huffman table definition (codes overflow their lengths)"
         code <<= 1
-    if cls == 0 and any(s > 15 for s in symbols):
+    if cls == 0 and symbols and max(symbols) > 15:
         return "bogus Huffman table definition (a DC symbol over 15)"
     return None
 
