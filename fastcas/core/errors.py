@@ -41,7 +41,20 @@ class MissingDependencyError(FastcasError, ImportError):
 def missing(what: str, package: str, install: str) -> MissingDependencyError:
     """The error for ``what`` needing ``package``, with the ``install`` command."""
     return MissingDependencyError(f"{what} needs {package}, which is not installed: {install}")
+
+
 class ClassMassShiftWarning(UserWarning):
     """Sampling weights (CAS) move the class distribution of the draws away from the class
     frequencies by more than :data:`fastcas.sampling.weights.CLASS_SHIFT_WARN` (total
     variation); the message gives the head and tail class mass before and after."""
+
+
+class BatchTimeoutError(FastcasError, TimeoutError):
+    """No batch arrived within the Loader's ``batch_timeout``; the message names the DALI source
+    workers' pids and their ``/proc/<pid>/stat`` states (``T (stopped)``, ``D (disk sleep)``).
+    ``pids``: the workers; ``stuck``: those stopped, in disk sleep or zombies."""
+
+    def __init__(self, message: str, pids=(), stuck=()):
+        super().__init__(message)
+        self.pids = list(pids)
+        self.stuck = list(stuck)

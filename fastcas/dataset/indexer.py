@@ -178,6 +178,12 @@ def _members(path: Path, where: str, data: memoryview):
                     raise ShardError(f"{where}: truncated tar (no end-of-archive marker after byte {tar.offset:,})")
                 return
             name = info.name
+            if not name.isascii():
+                try:
+                    name.encode("utf-8")  # tarfile decodes bad bytes to surrogates; keys are UTF-8 text
+                except UnicodeEncodeError:
+                    raise ShardError(f"{where}: member name {name.encode('utf-8', 'surrogateescape')!r} is not "
+                                     "valid UTF-8 (fastcas keys are UTF-8 text): rename it") from None
             if info.issym() or info.islnk():
                 raise ShardError(f"{where}: unsafe member {name!r} (a link)")
             if not info.isfile():

@@ -200,6 +200,7 @@ class Columns:
         self.wh, self.meta_offset, self.meta_size = arrays["wh"], arrays["meta_offset"], arrays["meta_size"]
         self.ext = arrays["ext"]
         self.keys = KeyColumn(arrays["key_offsets"], arrays["key_bytes"])
+        self.keys.source = self.dir / "key_bytes.npy"  # named when a key is not UTF-8
 
 
 def header_digest(header: dict) -> str:
@@ -285,6 +286,17 @@ class KeyColumn(Sequence):
     def __init__(self, offsets: np.ndarray, blob: np.ndarray):
         self.offsets, self.blob = offsets, blob
         self._index = None  # (sorted hashes, order), built on the first bulk lookup
+        self.source = None  # the file the bytes come from (for errors)
+
+    def _not_utf8(self, i: int):
+        """A ShardError naming key ``i``, its bytes and the column file: a raw
+        UnicodeDecodeError would name neither."""
+        from fastcas.core.errors import ShardError
+
+        raw = bytes(self.blob[self.offsets[i]:self.offsets[i + 1]])
+        where = f"{self.source}: " if self.source is not None else ""
+        return ShardError(f"{where}key {i} ({raw[:60]!r}) is not valid UTF-8: the manifest's key column is corrupt; "
+                          "write the manifest again (fastcas shard / fastcas index)")
 
     @classmethod
     def from_strings(cls, keys: Iterable[str]) -> "KeyColumn":
@@ -294,7 +306,10 @@ class KeyColumn(Sequence):
         return len(self.offsets) - 1
 
     def _one(self, i: int) -> str:
-        return bytes(self.blob[self.offsets[i] : self.offsets[i + 1]]).decode("utf-8")
+        try:
+            return bytes(self.blob[self.offsets[i] : self.offsets[i + 1]]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._not_utf8(i) from None
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -315,7 +330,12 @@ class KeyColumn(Sequence):
             raise IndexError(f"key index out of range for {len(self)} keys")
         idx = np.where(idx < 0, idx + len(self), idx)
         lo, hi = self.offsets[idx], self.offsets[idx + 1]
-        return [bytes(self.blob[a:b]).decode("utf-8") for a, b in zip(lo.tolist(), hi.tolist())]
+        try:
+            return [bytes(self.blob[a:b]).decode("utf-8") for a, b in zip(lo.tolist(), hi.tolist())]
+        except UnicodeDecodeError:
+            for i in idx.tolist():
+                self._one(i)  # raises naming the first bad key
+            raise
 
     def __iter__(self):
         n = len(self)
@@ -325,7 +345,11 @@ class KeyColumn(Sequence):
             block = bytes(self.blob[o[0] : o[-1]])
             o = (o - o[0]).tolist()
             for j in range(b - a):
-                yield block[o[j] : o[j + 1]].decode("utf-8")
+                try:
+                    key = block[o[j] : o[j + 1]].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self._not_utf8(a + j) from None
+                yield key
 
     def tolist(self) -> list[str]:
         return list(self)

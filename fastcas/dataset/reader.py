@@ -199,6 +199,10 @@ class ShardReader:
         self._meta_offset, self._meta_size = cols.meta_offset, cols.meta_size
         self.image_exts = list(m.get("image_exts", ["jpg"]))
         self._ext = cols.ext
+        if len(self._ext) and int(self._ext.max()) >= len(self.image_exts):  # uint8 [N]: one fast pass
+            i = int(np.argmax(np.asarray(self._ext) >= len(self.image_exts)))
+            raise ShardError(f"{self.manifest_path}: sample {i}'s image extension code {int(self._ext[i])} is out "
+                             f"of range: the manifest lists {len(self.image_exts)} image_exts {self.image_exts}")
         self.label_ext = m.get("label_ext", "cls")
         self.broken = {}
         self._prefetcher = None

@@ -211,10 +211,14 @@ class ShardCache:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
         new = [p for p in want if p not in pins]
-        if new:
-            self.root.mkdir(parents=True, exist_ok=True)
         for path in new:
-            fd = os.open(_pin_file(path), os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd = os.open(_pin_file(path), os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError as exc:  # a read-only or foreign cache directory: name the file
+                raise RemoteError(f"{_pin_file(path)}: cannot create the shard's pin file ({exc.strerror or exc}); "
+                                  f"the cache directory {self.root} must be writable: pass another cache_dir / "
+                                  "--cache-dir") from None
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an evictor is deleting this shard
             pins[path] = fd
         return bool(released)

@@ -35,6 +35,8 @@ class DaliBackend:
         self.watch = None
         self.built = None
         self.device = None
+        self.builds = 0  # pipelines built (a diagnostic: one per decode failure after the first)
+        self.join_timeouts = 0  # workers still alive when close() stopped waiting for them
 
     def build(self, source, cfg, device: str) -> None:
         """Build the graph for ``source`` (its offset is the first step) with LoaderConfig
@@ -54,13 +56,42 @@ class DaliBackend:
             self.pipe = build_pipeline(source, pcfg)
         self.watch = workers.WorkerWatch(self.pipe)
         self.built, self.device = (source, pcfg), device
+        self.builds += 1
 
     def run(self) -> list:
         """One batch (pipeline layout); a dead worker raises WorkerDiedError, never hangs."""
+        import traceback
+
         from fastcas.loading import pipeline
 
-        with self.watch or workers.NO_WATCH:
-            return pipeline.run(self.pipe, self.device)
+        try:
+            with self.watch or workers.NO_WATCH:
+                return pipeline.run(self.pipe, self.device)
+        except BaseException as exc:
+            # the finished frames of the traceback (pipeline.run, DALI's Pipeline methods) hold the
+            # failed pipeline in their locals: cleared, so close() really stops it and its workers
+            # exit at once instead of close() waiting out its join timeout per worker (the
+            # traceback still prints file and line)
+            cause = exc
+            for _ in range(8):  # and those of the exception it was raised from (WorkerDiedError's)
+                if cause is None:
+                    break
+                traceback.clear_frames(cause.__traceback__)
+                cause = cause.__cause__ or cause.__context__
+            restored = workers.restore_worker_error(exc)
+            if restored is not None:  # a fastcas error raised in a DALI worker arrives as its own type
+                raise restored from exc
+            raise
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the pipeline's source worker processes ([] without a pipeline or workers)."""
+        return list(self.watch.pids) if self.watch is not None else []
+
+    def kill_workers(self) -> None:
+        """SIGKILL the pipeline's source workers: a producer blocked on a stopped one raises
+        (WorkerDiedError) instead of waiting forever. The pipeline is dead afterwards."""
+        if self.watch is not None:
+            workers.kill_processes(self.watch.processes)
 
     def reset(self) -> None:
         from fastcas.loading import pipeline
@@ -87,5 +118,6 @@ class DaliBackend:
         for proc in (watch.processes if watch is not None else ()):
             try:
                 proc.join(10.0)
+                self.join_timeouts += proc.is_alive()
             except (AssertionError, ValueError, OSError):  # not our child / already reaped
                 pass

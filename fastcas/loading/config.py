@@ -10,6 +10,7 @@ import numpy as np
 
 from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.dataset.fetch import RemoteOptions
+from fastcas.loading import checks
 from fastcas.mix.params import KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
 from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
@@ -135,8 +136,10 @@ class LoaderConfig:
     # the mixing schedule: mixing on in epochs [mix_start_epoch, mix_stop_epoch) (None: no end)
     mix_start_epoch: int = 0
     mix_stop_epoch: int | None = None
+    batch_timeout: float | None = None  # seconds to wait for a batch before raising BatchTimeoutError
 
     def __post_init__(self):
+        checks.check_option_types(self)  # types and bounds first: no TypeError from the checks below
         _check_int("batch_size", self.batch_size, 1)
         _check_int("prefetch", self.prefetch, 0)
         _check_int("image_size", self.image_size, 8)
@@ -197,6 +200,7 @@ class LoaderConfig:
     def transforms(self) -> AugmentPolicy:
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` of ``augment`` and the transform options."""
         return AugmentPolicy.create(self.augment, **{k: getattr(self, k) for k in TRANSFORM_OPTIONS})
+        checks.check_batch_timeout(self.batch_timeout, self.prefetch)
 
     @property
     def mix_kind(self) -> str | None:

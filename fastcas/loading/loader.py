@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import resume, workers
+from fastcas.loading import checks, resume, workers
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
@@ -42,6 +42,7 @@ from fastcas.loading.config import LoaderConfig, check_option_names, resolve_dev
 
 
 _ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
+STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)
 
 
 def _saliency_method(mix_options: dict) -> str:
@@ -82,6 +83,7 @@ class Loader:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
             raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
+        checks.check_rank(rank, world_size)  # rank=0.5 is not rank 0
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
         self._scores_id = None  # the score file's content hash, when scores came from one
@@ -372,6 +374,7 @@ class Loader:
                     break
         except Exception:  # the batch cannot even be recomputed: report the original error
             return False
+        del probe  # its pipeline is freed before the rebuild (fastcas.loading.pipeline collects otherwise)
         if not bad:
             return False
         r = self.reader
@@ -419,7 +422,8 @@ class Loader:
         start, stage = self.step, None
         if self.config.prefetch:
             stage = self._stage = Prefetcher(lambda: self._produce(start), depth=self.config.prefetch,
-                                             device=self.device)
+                                             device=self.device, timeout=self.config.batch_timeout,
+                                             on_timeout=self._timeout_error, first_extra=STARTUP_S)
         try:
             for batch in stage if stage is not None else self._produce(start):
                 self.step += 1
@@ -546,11 +550,23 @@ class Loader:
 
     def _stop_stage(self) -> None:
         """Stop the prefetch thread of an earlier iteration, unless called from that thread
-        (the producer closes and rebuilds the pipeline itself after a decode error)."""
+        (the producer closes and rebuilds the pipeline itself after a decode error). After a
+        batch timeout its producer may wait on a stopped worker for good: the pipeline's
+        workers are ended (SIGKILL) so that it returns."""
         stage = self._stage
         if stage is not None and stage._thread is not threading.current_thread():
             self._stage = None
-            stage.close()
+            stage.close(stuck=getattr(self.backend, "kill_workers", None))
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the DALI source worker processes of the current pipeline ([] before the
+        first batch, after :meth:`close`, with ``py_workers=0`` or another backend)."""
+        pids = getattr(self.backend, "worker_pids", None)
+        return pids() if pids is not None else []
+
+    def _timeout_error(self, seconds: float):
+        """No batch within ``batch_timeout``: the error names each worker's pid and /proc state."""
+        return workers.timeout_error(self.worker_pids(), seconds, f"epoch {self.epoch}, step {self.step}")
 
     def close(self) -> None:
         """Stop the prefetch thread, the DALI pipeline and its worker processes."""

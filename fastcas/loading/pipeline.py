@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,12 +203,15 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
             named.update({f"images{s}": normalise(img, mirror, extra), f"labels{s}": label})
         return layout.pack(named, "pipeline")
 
-    if parallel and worker_start_method(gpu) == "fork":
+    if parallel and worker_start_method(gpu) == "fork" and len(_NOT_FREED):
         # a forked worker inherits every unreachable object not yet collected here; an earlier,
         # dropped DALI pipeline among them (pipelines hold reference cycles) would be shut down
-        # by the worker's garbage collector, which crashes the worker (SIGSEGV): collect first
+        # by the worker's garbage collector, which crashes the worker (SIGSEGV): collect first.
+        # Only while some pipeline built here is not freed: a full collection takes a quarter
+        # second in a large process, which a rebuild after an undecodable sample would pay
         gc.collect()
     p = pipe()
+    _NOT_FREED.add(p)
     p.build()
     return p
 
@@ -295,6 +299,7 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
     return fn.cast(out, dtype=types.FLOAT16) if cfg.dtype == "float16" else out
 
 
+_NOT_FREED: weakref.WeakSet = weakref.WeakSet()  # pipelines built by this module and not freed yet
 _GRAPH_OPS: dict = {}
 _GRAPH_OPS_LOCK = threading.Lock()  # two threads building pipelines compile each operator once
 _FMIX_SELECT_OP = True  # CPU FMix select as a Numba operator (False: DALI arithmetic, as on the GPU; for tests)
@@ -439,6 +444,7 @@ class DecodeProbe:
                                            output_type=types.RGB, axis_names="WH")
 
         p = pipe()
+        _NOT_FREED.add(p)
         p.build()
         return p
 

@@ -39,10 +39,16 @@ class Prefetcher:
     (>= 1). device: "cpu" or "cuda" (or a torch.device): where the tensors live.
     """
 
-    def __init__(self, produce: Callable[[], Iterator], *, depth: int = 2, device="cpu"):
+    def __init__(self, produce: Callable[[], Iterator], *, depth: int = 2, device="cpu",
+                 timeout: float | None = None, on_timeout: Callable[[float], BaseException] | None = None,
+                 first_extra: float = 0.0):
         if int(depth) < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self._produce = produce
+        # the consumer waits at most `timeout` s for a batch (the first: `first_extra` s more, for
+        # the producer's start-up), then raises on_timeout(timeout)
+        self.timeout, self._on_timeout, self.timed_out = timeout, on_timeout, False
+        self._first_extra = float(first_extra)
         self.depth = int(depth)
         self.cuda = str(device).startswith("cuda")
         self._queue: queue.Queue = queue.Queue(maxsize=self.depth)
@@ -101,7 +107,16 @@ class Prefetcher:
         self._thread.start()
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    wait = self.timeout
+                    if wait is not None and self.consumed == 0:
+                        wait += self._first_extra
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    self.timed_out = True
+                    self._stop.set()
+                    raise (self._on_timeout(self.timeout) if self._on_timeout is not None else
+                           TimeoutError(f"no batch within {self.timeout} s")) from None
                 if item is _DONE:
                     return
                 if isinstance(item, _Failure):
@@ -123,11 +138,18 @@ class Prefetcher:
             if isinstance(t, torch.Tensor) and t.is_cuda:
                 t.record_stream(current)
 
-    def close(self) -> None:
-        """Stop the producer (after the batch in hand) and wait for its thread."""
+    def close(self, stuck: Callable[[], None] | None = None) -> None:
+        """Stop the producer (after the batch in hand) and wait for its thread. After a timeout
+        the producer may be blocked for good: ``stuck()`` is called first to unblock it (the
+        Loader ends the pipeline's workers); without it close returns without waiting, and the
+        owner closes again with ``stuck``."""
         self._stop.set()
         t = self._thread
         if t is not None and t.is_alive() and t is not threading.current_thread():
+            if self.timed_out:
+                if stuck is None:
+                    return
+                stuck()
             # drain so a producer blocked on a full queue sees the stop flag
             while t.is_alive():
                 try:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcas.loading import checks
 from fastcas.sampling.geometry import check_same, digest
 
 STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
            "global_batch", "last_batch", "train")
-AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options", "transforms", "mix_epochs")
+AUGMENT_KEYS = ("image_size", "mix", "alpha", "mix_prob", "mix_options", "transforms", "mix_epochs", "shuffle_buffer")
 
 def config_digest(self) -> dict:
     """What must match to resume (``state['config']``); the dataset and weights digests are O(1) and kept."""
@@ -25,7 +26,17 @@ def config_digest(self) -> dict:
             "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
             "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
             "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options),
-            "transforms": repr(cfg.transforms), "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}"}
+            "transforms": repr(cfg.transforms), "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}",
+            **_streaming_keys(cfg)}
+
+
+def _streaming_keys(cfg) -> dict:
+    """Streaming mode's shuffle buffer orders the epoch: mid-epoch it must match."""
+    if cfg.mode != "streaming":
+        return {}
+    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
+
+    return {"shuffle_buffer": DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer}
 
 def legacy_weights_digest(self) -> str:
     """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
@@ -59,6 +70,7 @@ def load_state_dict(self, state: dict) -> None:
     (older fastcas) continue at ``step`` with the same world size only."""
     cfg = self.config
     self._check_not_iterating("load_state_dict")
+    checks.check_state_numbers(state)
     saved_mode = state.get("mode", "exact")
     if saved_mode != cfg.mode or (cfg.mode == "streaming" and "streaming" not in state):
         raise ValueError(f"Loader.load_state_dict: the state was saved by a mode={saved_mode!r} loader, this "
@@ -67,6 +79,7 @@ def load_state_dict(self, state: dict) -> None:
     if state.get("seed", cfg.seed) != cfg.seed:
         raise ValueError(f"state was saved with seed {state['seed']}, this loader has seed {cfg.seed}")
     if self.geometry is None or "position" not in state:
+        checks.check_state_config(self, state, config_digest(self), STREAM_KEYS, AUGMENT_KEYS, legacy_weights_digest)
         if state.get("world_size", self.world_size) != self.world_size and int(state["step"]) > 0:
             raise ValueError(f"state was saved at world size {state['world_size']} mid-epoch without a global "
                              f"position; this loader has world size {self.world_size}")
@@ -87,6 +100,7 @@ def load_state_dict(self, state: dict) -> None:
             now = {**now, "weights_digest": saved["weights_digest"]}  # a state of fastcas before O(1) digests
         check_same(saved, now, STREAM_KEYS, where)
         step = self.geometry.step_at(int(state["position"]), where)
+        checks.check_step_in_epoch(self, step, f"position {state['position']}")
         if 0 < step < self.steps:
             check_same(saved, now, AUGMENT_KEYS, where + " (resuming mid-epoch)")
         self.epoch, self.step = int(state["epoch"]), step

@@ -17,6 +17,7 @@ from fastcas.dataset import imagehdr
 from fastcas.loading.augment import augment_key
 from fastcas.core.errors import CorruptSampleError
 from fastcas.loading.layout import BatchLayout
+from fastcas.loading.screen import jpeg_tables_error
 
 
 class SequentialIndex:
@@ -149,6 +150,9 @@ class SampleSource:
                 try:
                     header = imagehdr.parse(sample.data)
                     imagehdr.check_pixels(header, self.config.max_pixels)
+                    why = jpeg_tables_error(sample.data) if header.format == "jpeg" else None
+                    if why:  # the decoder would fail the whole batch: skipped here, no rebuild
+                        raise imagehdr.ImageHeaderError(f"corrupt JPEG headers, the decoder would refuse it: {why}")
                 except imagehdr.ImageHeaderError as exc:
                     raise CorruptSampleError(f"sample {sample.key!r} in {reader.root}: {exc}", sample.key) from None
                 size = header.display_size

@@ -181,6 +181,9 @@ def from_loader(loader, name: str, stream: int) -> StreamIndex:
 
     cfg, reader = loader.config, loader.reader
     num = cfg.epoch_length or len(reader)
+    if num < loader.world_size:  # every rank refuses, not only the one that would draw nothing
+        raise ValueError(f"mode='streaming' with {num} samples per epoch (epoch_length) and world size "
+                         f"{loader.world_size}: some ranks would draw no sample; use epoch_length >= world size")
     p = np.ones(len(reader))
     if name != "uniform":
         cdf, _ = shared_cdf(reader, name, scores=loader.scores, scores_id=loader._scores_id, b=cfg.b, r=cfg.r)

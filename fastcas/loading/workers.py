@@ -36,7 +36,7 @@ import threading
 import time
 from multiprocessing.connection import wait as _wait_ready
 
-from fastcas.core.errors import WorkerDiedError
+from fastcas.core.errors import BatchTimeoutError, WorkerDiedError
 
 _POLL_S = 0.25
 _PR_SET_PDEATHSIG = 1
@@ -134,10 +134,24 @@ class WorkerWatch:
         if exc_type is None or exc_type is StopIteration:
             self.check()  # a batch prefetched before the death is not delivered: the step is redone
             return False
+        if not self._exiting():
+            return False  # e.g. a sample DALI cannot decode: no worker to wait for
         dead = self.dead(wait=2.0)
         if dead:
             raise self.error(dead) from exc
         return False
+
+    def _exiting(self) -> bool:
+        """A worker has exited or is exiting: the watcher saw it, or a sentinel is readable
+        (closed by the exiting process a moment before ``exitcode`` is set). DALI learns of a
+        death through these same sentinels, so an error raised while none is readable is not
+        caused by one, and needs no wait."""
+        if self._died.is_set():
+            return True
+        try:
+            return bool(_wait_ready([p.sentinel for p in self.processes], 0))
+        except (OSError, ValueError):  # a closed process object: treat as exiting, the wait decides
+            return True
 
     def close(self) -> None:
         if self._stop_w is not None:
@@ -156,6 +170,100 @@ class WorkerWatch:
 
 
 NO_WATCH = WorkerWatch(None)  # for pipelines without worker processes
+
+
+# -- errors raised in a worker ---------------------------------------------------------------
+_WORKER_TRACEBACK = "Exception traceback received from worker thread"
+
+
+def restore_worker_error(exc: BaseException):
+    """A fastcas error raised in a DALI source worker, rebuilt with its own type, or None.
+
+    DALI 2.4 sends a worker's exception as ``RuntimeError(str(exc))`` plus the formatted
+    traceback, and raises a bare ``Exception(traceback text) from RuntimeError(message)`` in the
+    main process, so ``except RemoteError`` (or CorruptSampleError, ShardError) would never
+    match. The traceback's last line names the type (``fastcas.dataset.remote.RemoteError:``);
+    a subclass of :class:`~fastcas.core.errors.FastcasError` from a ``fastcas`` module is
+    rebuilt with the original message (extra attributes such as ``key`` are not carried)."""
+    import importlib
+
+    from fastcas.core.errors import FastcasError
+
+    text = str(exc)
+    if type(exc) is not Exception or _WORKER_TRACEBACK not in text or exc.__cause__ is None:
+        return None
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last):")]
+    if not starts:
+        return None
+    # the final exception's header: the first unindented line after its traceback's frames
+    header = next((ln for ln in lines[starts[-1] + 1:] if ln and not ln[0].isspace()), "")
+    name = header.split(":", 1)[0].strip()
+    module, _, cls_name = name.rpartition(".")
+    if not module.startswith("fastcas.") or not cls_name.isidentifier():
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, FastcasError)):
+        return None
+    message = str(exc.__cause__)
+    try:
+        return cls(message)
+    except Exception:  # a constructor with other required arguments
+        err = cls.__new__(cls)
+        BaseException.__init__(err, message)
+        return err
+
+
+# -- stalled workers ------------------------------------------------------------------------
+_STATES = {"R": "running", "S": "sleeping", "D": "disk sleep", "Z": "zombie", "T": "stopped", "t": "tracing stop",
+           "X": "dead", "I": "idle", "P": "parked", "W": "waking", "K": "wakekill"}
+STUCK_STATES = ("T", "t", "D", "Z")  # a worker in one of these makes no progress by itself
+
+
+def proc_state(pid: int) -> str:
+    """A process's state from ``/proc/<pid>/stat``: "T (stopped)", "S (sleeping)", ...;
+    "gone" when it has exited, "unknown" without ``/proc``."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            code = f.read().rsplit(")", 1)[1].split()[0]  # the name (field 2) may hold spaces and ')'
+    except FileNotFoundError:
+        return "gone" if os.path.isdir("/proc/self") else "unknown"
+    except (OSError, IndexError):
+        return "unknown"
+    return f"{code} ({_STATES.get(code, 'unknown')})"
+
+
+def timeout_error(pids, seconds: float, where: str) -> BatchTimeoutError:
+    """The error of a batch that did not arrive within ``seconds``: names each worker pid and
+    its state, the stuck ones (stopped, disk sleep, zombie) first, and what to do."""
+    states = {int(p): proc_state(p) for p in pids}
+    stuck = [p for p, s in states.items() if s[:1] in STUCK_STATES]
+    head = f"no batch within batch_timeout={seconds:g} s ({where})"
+    if stuck:
+        others = [f"pid {p} {s}" for p, s in states.items() if p not in stuck]
+        desc = ", ".join(f"DALI source worker pid {p} is {states[p]}" for p in stuck)
+        return BatchTimeoutError(
+            f"{head}: {desc}{' (others: ' + ', '.join(others) + ')' if others else ''}. A stopped worker (SIGSTOP, "
+            "a debugger) or one in disk sleep (a read from a hung NFS/FUSE mount) stalls the whole pipeline: "
+            f"continue it (kill -CONT {stuck[0]}) or close the loader, which ends its workers, and iterate again",
+            pids=states, stuck=stuck)
+    desc = ", ".join(f"pid {p} {s}" for p, s in states.items()) or "none (py_workers=0)"
+    return BatchTimeoutError(f"{head}; DALI source workers: {desc}; none is stopped or in disk sleep, so the source "
+                             "itself is slow (remote shards? a slow disk?) or the timeout is too short",
+                             pids=states, stuck=stuck)
+
+
+def kill_processes(processes) -> None:
+    """SIGKILL the given worker processes that are still running (a stopped process dies too)."""
+    for p in processes:
+        try:
+            if p.exitcode is None:
+                os.kill(p.pid, signal.SIGKILL)
+        except (OSError, ValueError, AssertionError):
+            pass
 
 
 # -- workers die with their parent ---------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Undecodable samples cost milliseconds: JPEG headers libjpeg would refuse are skipped by the
+source (fastcas.loading.screen, no pipeline failure), and a sample only the decoder finds costs
+one pipeline rebuild, with no worker left for close() to wait out (issue 36, item 4)."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nvidia.dali")
+
+from fastcas import Loader  # noqa: E402
+from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.loading.backends import DaliBackend  # noqa: E402
+from fastcas.loading.screen import jpeg_tables_error  # noqa: E402
+from tests.helpers import jpeg_bytes  # noqa: E402
+from tests.loading.test_faults import corrupt_huffman, fractional_sampling  # noqa: E402
+
+pytestmark = pytest.mark.dali
+
+
+def _variants():
+    """Valid JPEGs as encoders write them: baseline, progressive, optimised tables, 4:4:4,
+    4:2:0 at low quality, greyscale."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(jpeg_bytes(3, size=(64, 48))))
+    out = []
+    for opts in (dict(), dict(progressive=True), dict(optimize=True), dict(subsampling=0),
+                 dict(subsampling=2, quality=30)):
+        for im in (img, img.convert("L")):
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", **opts)
+            out.append(buf.getvalue())
+    return out
+
+
+def test_the_screen_refuses_what_libjpeg_refuses_and_passes_valid_jpegs():
+    for good in _variants():
+        assert jpeg_tables_error(good) is None
+    assert "bogus Huffman table definition" in jpeg_tables_error(corrupt_huffman(jpeg_bytes(5)))
+    b = bytearray(jpeg_bytes(5))
+    b[2:4] = b"\xff\x5b"  # no such marker
+    assert "unsupported marker type 0x5b" in jpeg_tables_error(bytes(b))
+    # decoder-only faults are left to the decoder (and the quarantine)
+    assert jpeg_tables_error(fractional_sampling(jpeg_bytes(5))) is None
+
+
+class CountingBackend(DaliBackend):
+    """DaliBackend; ``builds`` and ``join_timeouts`` are its own diagnostics."""
+
+
+@pytest.fixture(scope="module")
+def one_percent_ds(tmp_path_factory):
+    """400 samples, 4 undecodable (1%): two with a bogus Huffman table (the screen's), two with
+    fractional sampling factors (only the decoder's)."""
+    root = tmp_path_factory.mktemp("onepercent") / "ds"
+    samples = [RawSample(f"k{i:03d}", jpeg_bytes(i), i % 3) for i in range(400)]
+    for i, corrupt in ((37, corrupt_huffman), (211, corrupt_huffman), (120, fractional_sampling),
+                       (333, fractional_sampling)):
+        samples[i] = RawSample(f"k{i:03d}", corrupt(jpeg_bytes(i)), i % 3)
+    write_shards(samples, root, ShardWriterConfig(shard_size=100))
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_percent_corrupt_jpegs_cost_one_rebuild_each_and_no_join_timeout(one_percent_ds, workers):
+    """Before: each bad sample failed a batch, and close() waited out a 10 s join per worker
+    (the failed batch's traceback kept the pipeline alive), ~13 s a sample. Now the screen's
+    two cost no rebuild, the decoder's two one each, and no worker outlives its close()."""
+    backend = CountingBackend()
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=workers, last_batch="partial",
+                    device="cpu", backend=backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = torch.cat([b[1] for b in loader])
+    loader.close()
+    assert len(labels) == 400
+    assert sorted(loader.skipped) == ["k037", "k120", "k211", "k333"]
+    assert sorted(loader.state_dict()["quarantine"]) == ["k120", "k333"]
+    assert sum("DALI cannot decode" in str(w.message) for w in caught) == 2
+    assert backend.builds == 1 + 2
+    assert backend.join_timeouts == 0
+
+
+def test_strict_raises_and_close_still_waits_for_no_worker(one_percent_ds):
+    """The CorruptSampleError chains the DALI error: its frames no longer hold the pipeline,
+    so closing while the error is alive (in an except block) stops the workers at once."""
+    from fastcas.core.errors import CorruptSampleError
+
+    backend = CountingBackend()
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, strict=True, device="cpu",
+                    backend=backend)
+    with pytest.raises(CorruptSampleError, match=r"sample 'k037' in .*corrupt JPEG headers.*bogus Huffman"):
+        list(loader)
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, strict=True, device="cpu",
+                    backend=backend)
+    loader.load_state_dict({"epoch": 0, "step": 7, "seed": 0})  # past k037, at k120's batch (fractional sampling)
+    try:
+        list(loader)
+    except CorruptSampleError as exc:
+        assert "sample 'k120'" in str(exc) and "DALI cannot decode it" in str(exc)
+        loader.close()  # the error (and its DALI cause) still alive here
+    else:
+        pytest.fail("no CorruptSampleError")
+    assert backend.join_timeouts == 0
