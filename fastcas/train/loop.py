@@ -214,9 +214,9 @@ def _mix_options(cfg: TrainConfig) -> dict:
 
 
 def _policy_option(cfg: TrainConfig) -> dict:
-    """``{"policy": cfg.policy}`` when the recipe names an augmentation policy ("imagenet" or
+    """``{"augment": cfg.policy}`` when the recipe names an augmentation policy ("imagenet" or
     "cifar", fastcas.loading.transforms); {} keeps the Loader's default ("imagenet")."""
-    return {} if cfg.policy is None else {"policy": cfg.policy}
+    return {} if cfg.policy is None else {"augment": cfg.policy}
 
 
 def _lr_at(cfg: TrainConfig, progress: float) -> float:
