@@ -208,11 +208,7 @@ def _train_extras(img, extra: dict, policy, S: int, fn, types):
         img = fn.slice(img, extra["shift"], types.Constant(np.array([S, S], np.float32)), axis_names="HW",
                        out_of_bounds_policy="pad", fill_values=0, normalized_anchor=False, normalized_shape=False)
     if "auto" in extra:
-        import warnings
-
-        with warnings.catch_warnings():  # DALI's suites call its own deprecated experimental aliases
-            warnings.filterwarnings("ignore", message="This operator was moved out from the experimental phase")
-            img = _auto_augment(img, extra["auto"], policy, S, types)
+        img = _auto_augment(img, extra["auto"], policy, S, types)
     if "jitter" in extra:
         j = extra["jitter"]
         img = fn.color_twist(img, brightness=j[0], contrast=j[1], saturation=j[2])
