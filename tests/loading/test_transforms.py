@@ -128,6 +128,7 @@ def test_cifar_crop_pads_at_the_drawn_offset(flat):
     for step, (images, _) in enumerate(collect(loader)):
         assert images.shape == (4, 3, S, S)
         shift = policy.draws(loader.config.seed, 0, 0, loader.positions(step), S)["shift"]
+        np.testing.assert_array_equal(loader.plan(step)["augment"][0]["shift"], shift)  # what plan() reports
         px = unnormalise(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         padded = (px.abs() < 0.5).all(1)  # zero pixels: the padding (the image is FLAT everywhere)
         for k, (ay, ax) in enumerate(shift.astype(int)):
