@@ -86,3 +86,16 @@ def test_default_policy_has_no_extra_outputs_and_keeps_the_eval_crop():
     assert AugmentPolicy(name="cifar", crop_pct=1.0).eval_resize(32) == 32
     assert POLICY.extra_fields(True) == ("shift", "auto", "jitter", "erase", "efill")
     assert POLICY.extra_fields(False) == ()
+
+
+def test_every_transform_option_is_documented():
+    from dataclasses import fields
+    from pathlib import Path
+
+    from fastcas.loading.config import TRANSFORM_OPTIONS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "loader-options.md").read_text()
+    names = {f.name for f in fields(AugmentPolicy)} - {"name"} | set(TRANSFORM_OPTIONS)
+    names |= {"augment", "mix_start_epoch", "mix_stop_epoch", "mixup_cutmix", "switch_prob", "mixup_alpha", "cutmix_alpha"}
+    missing = sorted(n for n in names if f"`{n}`" not in text)
+    assert not missing, f"not in docs/loader-options.md: {missing}"
