@@ -15,6 +15,7 @@ _EXPORTS = {
     "WeightedSampler": "fastcas.sampling.sampler",
     "Loader": "fastcas.loading.loader",
     "LoaderConfig": "fastcas.loading.config",
+    "AugmentPolicy": "fastcas.loading.transforms",
     "TorchvisionLoader": "fastcas.loading.baseline",
     "mix": "fastcas.mix",
 }

@@ -216,7 +216,8 @@ class Loader:
         """What this rank's batch at ``step`` of ``epoch`` (default: the next one) is made of,
         computed on the host without DALI: ``positions`` int64 [n]; per stream (lists)
         ``indices`` int64 [n], ``keys``, ``labels`` int64 [n], ``windows`` float32 [n, 4]
-        ``(x, y, w, h)`` normalised, ``flips`` int32 [n]; and when mixing, ``partner`` (local
+        ``(x, y, w, h)`` normalised, ``flips`` int32 [n], ``augment`` (dicts of the transform
+        draws, :meth:`fastcas.loading.transforms.AugmentPolicy.draws`); and when mixing, ``partner`` (local
         indices of the in-batch partners, or None for two-stream recipes), ``partner_keys`` and
         ``params`` (:class:`fastcas.mix.MixParams`; SaliencyMix needs pixels for its boxes, so
         there ``params`` is None and ``drawn``/``mixed`` are given)."""
@@ -234,7 +235,8 @@ class Loader:
         res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
                "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
                "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
-               "windows": [out[f"windows{s}"] for s in range(ns)], "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)]}
+               "windows": [out[f"windows{s}"] for s in range(ns)], "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)],
+               "augment": [{f: out[f"{f}{s}"] for f in source.layout.extras} for s in range(ns)]}
         kind = self.config.mix_kind
         if kind:
             from fastcas import mix

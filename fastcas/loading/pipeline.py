@@ -9,8 +9,12 @@
       operators find each sample's saliency peak and its box (fastcas.mix.graph_ops, the one
       import of the mixing stage, for those functions only) -> multi_paste -> normalize
 
-Evaluation decodes the whole image, resizes the shorter side to S / 0.875 and centre-crops
-S x S. Every random choice (window, flip) comes from the stateless source, not DALI's RNG.
+Evaluation decodes the whole image, resizes the shorter side to round(S / crop_pct) (0.875 by
+default) and centre-crops S x S (the cifar policy: the whole image resized to S x S). The
+augmentation policy (:mod:`fastcas.loading.transforms`) adds, in training: cifar's padded crop,
+DALI's AutoAugment / RandAugment / TrivialAugment suites, colour jitter, its mean/std and random
+erasing. Every random choice (window, flip, crop offset, augmentation choice, jitter factor,
+erased rectangle) comes from the stateless source, not DALI's RNG.
 """
 from __future__ import annotations
 
@@ -224,11 +228,7 @@ def _train_extras(img, extra: dict, policy, S: int, fn, types):
         img = fn.slice(img, extra["shift"], types.Constant(np.array([S, S], np.float32)), axis_names="HW",
                        out_of_bounds_policy="pad", fill_values=0, normalized_anchor=False, normalized_shape=False)
     if "auto" in extra:
-        import warnings
-
-        with warnings.catch_warnings():  # DALI's suites call its own deprecated experimental aliases
-            warnings.filterwarnings("ignore", message="This operator was moved out from the experimental phase")
-            img = _auto_augment(img, extra["auto"], policy, S, types)
+        img = _auto_augment(img, extra["auto"], policy, S, types)
     if "jitter" in extra:
         j = extra["jitter"]
         img = fn.color_twist(img, brightness=j[0], contrast=j[1], saturation=j[2])

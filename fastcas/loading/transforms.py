@@ -171,7 +171,7 @@ class AugmentPolicy:
             raise ValueError(f"color_jitter must be a number or (brightness, contrast, saturation), got {value!r}") from None
         if len(t) != 3 or min(t) < 0 or not all(math.isfinite(v) for v in t):
             raise ValueError(f"color_jitter must be >= 0 (one number or a triple), got {value!r}")
-        return t
+        return t if any(t) else None  # all zero: no jitter (and no jitter operator in the graph)
 
     @classmethod
     def create(cls, augment="imagenet", **overrides) -> "AugmentPolicy":

@@ -128,6 +128,7 @@ def test_cifar_crop_pads_at_the_drawn_offset(flat):
     for step, (images, _) in enumerate(collect(loader)):
         assert images.shape == (4, 3, S, S)
         shift = policy.draws(loader.config.seed, 0, 0, loader.positions(step), S)["shift"]
+        np.testing.assert_array_equal(loader.plan(step)["augment"][0]["shift"], shift)  # what plan() reports
         px = unnormalise(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         padded = (px.abs() < 0.5).all(1)  # zero pixels: the padding (the image is FLAT everywhere)
         for k, (ay, ax) in enumerate(shift.astype(int)):
@@ -347,3 +348,15 @@ def test_cifar_policy_at_native_size_is_the_reference_crop_and_flip(native):
             want = padded[4 + ay:4 + ay + 32, 4 + ax:4 + ax + 32]
             torch.testing.assert_close(x[k], normalised(np.ascontiguousarray(want), CIFAR_MEAN, CIFAR_STD),
                                        atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+def test_in_graph_mixing_sees_the_transformed_images(textured, kind):
+    """The policy's transforms run per stream before the in-graph paste: the graph's mixed batches
+    equal torch's mix of the transformed, unmixed images (mix_in_pipeline=False), bit for bit."""
+    kw = dict(image_size=16, epoch_length=8, seed=6, augment="cifar", color_jitter=0.3, auto_augment="rand-m7-n1",
+              mix=kind, **CPU)
+    graph, torch_path = collect(Loader(textured, 4, **kw)), collect(Loader(textured, 4, mix_in_pipeline=False, **kw))
+    for (xg, tg), (xt, tt) in zip(graph, torch_path):
+        assert torch.equal(xg, xt)
+        torch.testing.assert_close(tg, tt)
