@@ -40,20 +40,21 @@ TIMM_OPTIONS: dict[str, tuple[str, object]] = {
     "crop_pct": ("crop_pct", EVAL_CROP_PCT),
     "auto_augment": ("auto_augment", None),
     "color_jitter": ("color_jitter", 0.0),
-    "re_prob": ("re_prob", 0.0),
-    "mixup_alpha": ("mixup_alpha", 0.0),
-    "cutmix_alpha": ("cutmix_alpha", 0.0),
-    "switch_prob": ("switch_prob", None),
-    "mix_prob": ("mix_prob", 1.0),
+    "re_prob": ("reprob", 0.0),
+    "re_mode": ("remode", "const"),
+    "hflip": ("hflip", 0.5),
 }
+# FastCollateMixup's settings (timm's --mixup, --cutmix, --mixup-switch-prob, --mixup-prob) ->
+# fastcas: one kind with its alpha, or mix="mixup_cutmix" with switch_prob / mixup_alpha /
+# cutmix_alpha in mix_options (fastcas.loading.mixsched), mix_prob as is
 # timm arguments fastcas has no option for: accepted at these values (fastcas's behaviour) only
-FIXED = {"no_aug": False, "hflip": 0.5, "vflip": 0.0, "train_crop_mode": (None, "rrc"), "color_jitter_prob": None,
+FIXED = {"no_aug": False, "vflip": 0.0, "train_crop_mode": (None, "rrc"), "color_jitter_prob": None,
          "grayscale_prob": (None, 0.0), "gaussian_blur_prob": (None, 0.0), "num_aug_repeats": 0, "num_aug_splits": 0,
          "crop_mode": (None, "center"), "crop_border_pixels": None, "tf_preprocessing": False, "re_count": 1,
          "re_split": False, "input_size_choices": None, "batch_size_choices": None}
 # timm arguments without effect here: DataLoader plumbing fastcas does its own way
 IGNORED = {"pin_memory", "persistent_workers", "worker_seeding", "use_prefetcher", "use_multi_epochs_loader",
-           "fp16", "re_mode", "batch_choice_weights", "batch_choice_seed", "batch_choice_schedule",
+           "fp16", "batch_choice_weights", "batch_choice_seed", "batch_choice_schedule",
            "batch_schedule_epochs", "batch_schedule_spread", "batch_schedule_random_mix"}
 MIX_MODES = {"batch": "batch", "elem": "elem"}  # timm mixup mode -> fastcas mix_options mode ('pair': none)
 _SPLIT_ALIASES = {"validation": ("validation", "val"), "val": ("val", "validation"), "test": ("test",)}
@@ -154,7 +155,7 @@ def create_dataset(name, root=None, split="validation", is_training=False, class
     return FastcasDataset(found, bool(is_training), int(seed or 0), _parse_name(name), num_samples)
 
 
-def _mix_options(collate_fn, num_classes: int, accepted: set[str]) -> dict:
+def _mix_options(collate_fn, num_classes: int) -> dict:
     """Loader options for timm's ``FastCollateMixup`` (``collate_fn``), or ``{}`` without one."""
     if collate_fn is None:
         return {}
@@ -168,16 +169,13 @@ def _mix_options(collate_fn, num_classes: int, accepted: set[str]) -> dict:
     if collate_fn.num_classes != num_classes:
         raise ValueError(f"timm --num-classes {collate_fn.num_classes} but the dataset has {num_classes} classes")
     mixup, cutmix = float(collate_fn.mixup_alpha), float(collate_fn.cutmix_alpha)
-    opts = {"label_smoothing": float(collate_fn.label_smoothing)}
-    if "mixup_alpha" in accepted:  # timm-style switch between MixUp and CutMix per batch
-        for key in ("mixup_alpha", "cutmix_alpha", "switch_prob", "mix_prob"):
-            opts.update(map_option(key, float(getattr(collate_fn, key)), accepted))
-        return opts
-    if mixup > 0 and cutmix > 0:  # this fastcas has one mix kind per Loader: refused, naming switch_prob
-        map_option("switch_prob", float(collate_fn.switch_prob), accepted)
+    opts = {"label_smoothing": float(collate_fn.label_smoothing), "mix_prob": float(collate_fn.mix_prob)}
+    mode = {"mode": MIX_MODES[collate_fn.mode]}
+    if mixup > 0 and cutmix > 0:  # timm's per-batch switch between MixUp and CutMix
+        return {**opts, "mix": "mixup_cutmix", "mix_options": {**mode, "switch_prob": float(collate_fn.switch_prob),
+                                                                "mixup_alpha": mixup, "cutmix_alpha": cutmix}}
     kind, alpha = ("mixup", mixup) if mixup > 0 else ("cutmix", cutmix)
-    return {**opts, "mix": kind, "alpha": alpha, "mix_prob": float(collate_fn.mix_prob),
-            "mix_options": {"mode": MIX_MODES[collate_fn.mode]}}
+    return {**opts, "mix": kind, "alpha": alpha, "mix_options": mode}
 
 
 def _image_size(input_size) -> int:
@@ -215,7 +213,7 @@ def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_tra
     opts: dict = {}
     for name in [k for k in timm_arguments if k in TIMM_OPTIONS]:
         value = timm_arguments.pop(name)
-        if name in ("scale", "ratio", "color_jitter", "auto_augment", "re_prob") and not is_training:
+        if name in ("scale", "ratio", "color_jitter", "auto_augment", "re_prob", "re_mode", "hflip") and not is_training:
             continue  # training augmentations: timm ignores them for evaluation too
         if name == "crop_pct" and is_training:
             continue
@@ -238,7 +236,7 @@ def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_tra
             opts["class_names"] = train_set
     num_classes = len(dataset.class_names())
     if is_training:
-        opts.update(_mix_options(collate_fn, num_classes, accepted))
+        opts.update(_mix_options(collate_fn, num_classes))
     elif collate_fn is not None:
         raise ValueError("an evaluation loader takes no collate_fn (no mixing in evaluation)")
     return TimmLoader(Loader(dataset.path, batch_size, **opts), dataset, soft=collate_fn is not None, options=opts)

@@ -214,9 +214,17 @@ def _mix_options(cfg: TrainConfig) -> dict:
 
 
 def _policy_option(cfg: TrainConfig) -> dict:
-    """``{"augment": cfg.policy}`` when the recipe names an augmentation policy ("imagenet" or
-    "cifar", fastcas.loading.transforms); {} keeps the Loader's default ("imagenet")."""
-    return {} if cfg.policy is None else {"augment": cfg.policy}
+    """Loader options for the recipe's augmentation policy (fastcas.loading.transforms): {} keeps
+    the Loader's default ("imagenet"); "cifar" also takes the CIFAR mean/std, as the reference's
+    ``transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))`` (naver-ai/cmo
+    cifar_train.py)."""
+    if cfg.policy is None:
+        return {}
+    if cfg.policy == "cifar":
+        from fastcas.loading.transforms import CIFAR_MEAN, CIFAR_STD
+
+        return {"augment": "cifar", "mean": CIFAR_MEAN, "std": CIFAR_STD}
+    return {"augment": cfg.policy}
 
 
 def _lr_at(cfg: TrainConfig, progress: float) -> float:

@@ -65,8 +65,7 @@ def test_fast_collate_mixup_maps_to_soft_targets_also_after_mixup_off(root):
     mix = timm_mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
     loader = ft.create_loader(ds, input_size=16, batch_size=4, device=torch.device("cpu"), collate_fn=mix, **TRAIN_KW)
     cfg = loader.loader.config
-    if "cutmix_alpha" not in {f.name for f in __import__("dataclasses").fields(cfg)}:
-        assert (cfg.mix, cfg.alpha, cfg.weights, cfg.mix_options) == ("cutmix", 1.0, "cmo", {"mode": "batch"})
+    assert (cfg.mix, cfg.alpha, cfg.weights, cfg.mix_options) == ("cutmix", 1.0, "cmo", {"mode": "batch"})
     _, targets = next(iter(loader))
     assert targets.shape == (4, 3) and torch.allclose(targets.sum(1), torch.ones(4))
     loader.mixup_enabled = False  # what timm's train_one_epoch does at --mixup-off-epoch
@@ -89,8 +88,9 @@ def test_one_table_maps_or_refuses_naming_the_option():
     with pytest.raises(ValueError, match=r"crop_pct=0.95 needs the Loader option 'crop_pct'"):
         ft.map_option("crop_pct", 0.95, accepted=set())
     assert set(ft.TIMM_OPTIONS) == {"mean", "std", "scale", "ratio", "interpolation", "crop_pct", "auto_augment",
-                                    "color_jitter", "re_prob", "mixup_alpha", "cutmix_alpha", "switch_prob",
-                                    "mix_prob"}
+                                    "color_jitter", "re_prob", "re_mode", "hflip"}
+    loader_options = ft._loader_options()
+    assert {option for option, _ in ft.TIMM_OPTIONS.values()} <= loader_options  # every one maps to a real option
 
 
 def test_builtin_values_in_the_table_are_fastcas_own():
@@ -126,3 +126,19 @@ def test_eval_split_with_other_class_names_is_refused(tmp_path):
     ds = ft.create_dataset("", root=str(tmp_path), split="validation")
     with pytest.raises(ValueError, match="class 1 is 'c2' here but 'c1' in the training set"):
         ft.create_loader(ds, input_size=16, batch_size=2, device=torch.device("cpu"), **EVAL_KW)
+
+
+def test_mixup_and_cutmix_together_map_to_the_per_batch_switch(root):
+    timm_mixup = pytest.importorskip("timm.data").FastCollateMixup
+    ds = ft.create_dataset("", root=str(root), split="train", is_training=True)
+    mix = timm_mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.9, switch_prob=0.25, label_smoothing=0.1,
+                     num_classes=3)
+    kw = {**TRAIN_KW, "re_prob": 0.25, "color_jitter": 0.4}
+    loader = ft.create_loader(ds, input_size=16, batch_size=4, device=torch.device("cpu"), collate_fn=mix, **kw)
+    cfg = loader.loader.config
+    assert cfg.mix == "mixup_cutmix" and cfg.mix_prob == 0.9 and cfg.label_smoothing == 0.1
+    assert cfg.mix_options == {"mode": "batch", "switch_prob": 0.25, "mixup_alpha": 0.8, "cutmix_alpha": 1.0}
+    assert cfg.transforms.reprob == 0.25 and cfg.transforms.remode == "pixel"
+    images, targets = next(iter(loader))
+    assert images.shape == (4, 3, 16, 16) and targets.shape == (4, 3)
+    assert torch.allclose(targets.sum(1), torch.ones(4))
