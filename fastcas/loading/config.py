@@ -57,6 +57,23 @@ def _check_mix_options(mix: str | None, options) -> None:
                 raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
 
 
+def _check_targets(cfg) -> None:
+    """``targets`` and ``valid_mask``: one target shape per setting, whatever the mix kind."""
+    if cfg.targets not in (None, "soft", "hard"):
+        raise ValueError(f"targets must be 'soft' (float32 [B, K]) or 'hard' (int64 [B]), got {cfg.targets!r}")
+    if not isinstance(cfg.valid_mask, bool):
+        raise ValueError(f"valid_mask must be True or False, got {cfg.valid_mask!r}")
+    if cfg.target_kind == "hard":
+        given = "" if cfg.targets else f" (the default of train={cfg.train})"
+        if cfg.mix not in (None, "none"):
+            raise ValueError(f"targets='hard'{given} gives one class id per sample, but mix={cfg.mix!r} blends two "
+                             "labels per sample: use targets='soft' (float32 [B, K])")
+        if cfg.label_smoothing:
+            raise ValueError(f"targets='hard'{given} gives one class id per sample, but label_smoothing="
+                             f"{cfg.label_smoothing} spreads each label over the classes: use targets='soft' "
+                             "(float32 [B, K])")
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     """Loader options, validated here (a ValueError naming the value), not at the first batch.
@@ -71,7 +88,12 @@ class LoaderConfig:
     is cheaper (uint8 copies instead of float gathers and blends). ``mode``: "exact" (every
     position an independent draw, any sample read at any time) or "streaming" (each rank reads
     its own shards in order through a shuffle buffer of ``shuffle_buffer`` samples, default
-    :data:`DEFAULT_SHUFFLE_BUFFER`; :mod:`fastcas.loading.streams`, docs/streaming.md)."""
+    :data:`DEFAULT_SHUFFLE_BUFFER`; :mod:`fastcas.loading.streams`, docs/streaming.md).
+    ``targets``: "soft" (float32 [B, K], rows sum to 1: one-hot without mixing or smoothing)
+    or "hard" (int64 [B] class ids; refused with mixing or label smoothing); default "soft"
+    for training, "hard" for evaluation. ``valid_mask``: each batch is ``(images, targets,
+    valid)``, ``valid`` bool [B] on the images' device, False for padding repeats (evaluation
+    pads so that every rank yields the same number of batches)."""
 
     batch_size: int
     weights: str = "uniform"
@@ -102,6 +124,8 @@ class LoaderConfig:
     mix_in_pipeline: bool = True
     mode: str = "exact"
     shuffle_buffer: int | None = None
+    targets: str | None = None  # "soft" | "hard"; None: "soft" for training, "hard" for evaluation
+    valid_mask: bool = False  # batches are (images, targets, valid): False marks padding repeats
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -150,6 +174,12 @@ class LoaderConfig:
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
+        _check_targets(self)
+
+    @property
+    def target_kind(self) -> str:
+        """``targets`` resolved: "soft" (float32 [B, K]) or "hard" (int64 [B] class ids)."""
+        return self.targets or ("soft" if self.train else "hard")
 
     @property
     def mix_kind(self) -> str | None:
