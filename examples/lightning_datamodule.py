@@ -3,6 +3,11 @@
 Lightning calls ``train_dataloader()`` and iterates what it returns; a fastcas ``Loader`` is
 such an iterable (with ``len``), so the module returns it instead of a DataLoader. Set
 ``use_distributed_sampler=False`` on the Trainer: fastcas shards the stream by rank itself.
+Every ``iter()`` of the evaluation Loader starts at its first batch (the sanity check and
+``limit_val_batches`` do not shift later validations); its ranks yield as many batches, the
+padding repeats marked ``valid`` False, so ``top1_counts`` counts every sample once; the
+training Loader starts the next epoch at each ``iter()`` and its state goes into Lightning's
+checkpoints (``state_dict``/``load_state_dict``).
 
     python examples/lightning_datamodule.py TRAIN VAL [--steps N]
 """
@@ -13,6 +18,7 @@ import torch
 import torchvision
 
 import fastcas
+from fastcas.train.metrics import top1_counts
 
 
 class FastcasData(L.LightningDataModule):
@@ -25,7 +31,8 @@ class FastcasData(L.LightningDataModule):
         # rank / world size come from torch.distributed once Lightning has set it up
         self.train = fastcas.Loader(self.train_path, self.batch_size, weights="uniform", foreground_weights="cmo",
                                     mix="cutmix", mix_prob=0.5, image_size=self.image_size, device=self.device)
-        self.val = fastcas.Loader(self.val_path, self.batch_size, train=False, last_batch="partial",
+        # batches (images, labels int64 [B], valid bool [B]): every rank as many, padding marked
+        self.val = fastcas.Loader(self.val_path, self.batch_size, train=False, last_batch="pad", valid_mask=True,
                                   image_size=self.image_size, device=self.device)
 
     def train_dataloader(self):
@@ -41,12 +48,19 @@ class Classifier(L.LightningModule):
         self.net = torchvision.models.resnet18(num_classes=num_classes)
 
     def training_step(self, batch, _):
-        images, targets = batch
+        images, targets = batch  # soft targets float32 [B, K] (the training default, whatever the mixing)
         return torch.nn.functional.cross_entropy(self.net(images), targets)
 
+    def on_validation_epoch_start(self):
+        self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)  # (correct, counted)
+
     def validation_step(self, batch, _):
-        images, labels = batch
-        self.log("val_acc", (self.net(images).argmax(1) == labels).float().mean())
+        images, labels, valid = batch
+        self.counts += top1_counts(self.net(images), labels, valid)  # padding repeats not counted
+
+    def on_validation_epoch_end(self):
+        correct, counted = self.trainer.strategy.reduce(self.counts, reduce_op="sum")  # over ranks
+        self.log("val_acc", correct / counted.clamp(min=1))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)

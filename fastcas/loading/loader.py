@@ -396,7 +396,8 @@ class Loader:
           :meth:`set_epoch`; without ``set_epoch`` after an iteration, the next epoch's first
           step (a loop left with ``break`` does not continue its half epoch), or the same epoch
           when that iteration consumed nothing;
-        * after :meth:`load_state_dict` (training and evaluation): the loaded position, once.
+        * after :meth:`load_state_dict` (training and evaluation): the loaded position, once;
+        * after an iteration ended by an error (e.g. ``WorkerDiedError``): the step that failed.
 
         A newer iteration supersedes an older one left open in the same thread (resuming the
         old one raises RuntimeError). With ``prefetch > 0`` the pipeline is run and each batch
@@ -450,6 +451,10 @@ class Loader:
                     raise RuntimeError("this iterator of the Loader was superseded by a later iter(loader), "
                                        "set_epoch or load_state_dict (the loader follows the newest one): "
                                        "iterate the loader again")
+        except Exception:
+            if self._iter_id == mine:  # a failure (e.g. WorkerDiedError), not a break: the next iter() retries
+                self._next_start = (self.epoch, self.step)
+            raise
         finally:
             if stage is not None:
                 stage.close()
