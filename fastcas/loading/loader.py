@@ -172,7 +172,7 @@ class Loader:
         if self.geometry is not None:
             pos = self.geometry.rank_positions(self.rank)
             return [s.global_index_at(epoch, pos) for s in self.streams]
-        return [s.index_at(epoch, np.arange(len(s))) for s in self.streams]
+        return [s.index_at(epoch, np.arange(s.real)) for s in self.streams]  # evaluation: no padding
 
     def positions(self, step: int, epoch: int | None = None) -> np.ndarray:
         """int64 global positions this rank consumes at ``step`` (training; evaluation: this

@@ -4,9 +4,10 @@ its second process the way it does for users).
 
     python tests/train/lightning_validation_app.py TRAIN VAL OUT.json DEVICES LIMIT_VAL_BATCHES
 
-Writes (rank 0) a JSON list, one entry per validation: ``sanity`` (Lightning's sanity check) and
-``counts``: int [K], how often each label was seen in the rows marked ``valid`` over all ranks
-(the validation set has one sample per class, so a label names its sample).
+Writes (rank 0) JSON: ``validations``, one entry per validation: ``sanity`` (Lightning's sanity
+check) and ``counts``: int [K], how often each label was seen in the rows marked ``valid`` over
+all ranks (the validation set has one sample per class, so a label names its sample); and
+``train``: the training Loader's (epoch, step) after each training batch.
 """
 import json
 import sys
@@ -42,10 +43,12 @@ class Recorder(L.LightningModule):
         super().__init__()
         self.num_classes = num_classes
         self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, num_classes))
-        self.seen, self.runs = [], []
+        self.seen, self.runs, self.train_steps = [], [], []
 
     def training_step(self, batch, _):
         images, targets = batch  # soft targets [B, K]: cross_entropy takes class probabilities
+        loader = self.trainer.datamodule.train
+        self.train_steps.append((loader.epoch, loader.step))
         return torch.nn.functional.cross_entropy(self.net(images), targets)
 
     def on_validation_epoch_start(self):
@@ -77,7 +80,7 @@ def main(train, val, out, devices, limit):
     trainer.fit(model, datamodule=data)
     if trainer.global_rank == 0:
         with open(out, "w") as f:
-            json.dump(model.runs, f)
+            json.dump({"validations": model.runs, "train": model.train_steps}, f)
 
 
 if __name__ == "__main__":
