@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import resume, workers
+from fastcas.loading import iteration, resume, workers
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
@@ -43,7 +43,7 @@ from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, Sou
 from fastcas.loading.config import LoaderConfig, resolve_device
 
 
-_ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
+_ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
 
 
 def _saliency_method(mix_options: dict) -> str:
@@ -235,21 +235,10 @@ class Loader:
         return self.steps
 
     def _check_not_iterating(self, what: str) -> None:
-        """Before the epoch or state changes. Another thread's live iteration keeps reading
-        the stream it started with: RuntimeError (``state_dict`` would describe another stream).
-        An iterator of this thread left open (a loop left early whose generator is still
-        referenced, as Lightning keeps one after ``limit_*_batches``) is superseded: its
-        prefetching stops and resuming it raises RuntimeError."""
-        owner = getattr(self, "_iter_owner", None)
-        if owner is not None and owner.is_alive() and owner is not threading.current_thread():
-            raise RuntimeError(f"Loader.{what} during an iteration by thread {owner.name!r} (epoch {self.epoch}, "
-                               f"step {self.step} of {self.steps}): finish the epoch or close the iterator first, "
-                               "then call it before the next iter(loader)")
-        if owner is not None:
-            with _ITER_LOCK:
-                self._iter_id += 1
-                self._iter_owner = None
-            self._stop_stage()
+        """Before the epoch or state changes (:func:`fastcas.loading.iteration.supersede`):
+        RuntimeError while another thread iterates; an iterator this thread left open is
+        superseded."""
+        iteration.supersede(self, what)
 
     def set_epoch(self, epoch: int) -> None:
         """The next ``iter(loader)`` starts ``epoch`` at its first step, also when ``epoch`` is
@@ -259,19 +248,7 @@ class Loader:
         ``epoch`` still open in this thread goes on (Lightning starts one before it calls
         ``set_epoch``); one of another epoch is superseded. RuntimeError while another thread
         iterates."""
-        e = int(epoch)
-        if e < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if self._loaded and self._next_start is not None and e == self._next_start[0] + (
-                self._next_start[1] >= self.steps):
-            return  # the loaded position is in this epoch: resume there
-        self._loaded = False
-        owner = getattr(self, "_iter_owner", None)
-        if owner is threading.current_thread() and e == self.epoch:
-            self._next_start = (e, 0)  # the open iteration is this epoch: the next iter() restarts it
-            return
-        self._check_not_iterating(f"set_epoch({e})")
-        self.epoch, self.step, self._next_start = e, 0, (e, 0)
+        iteration.set_epoch(self, epoch)
 
     # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
     def state_dict(self) -> dict:
@@ -387,22 +364,14 @@ class Loader:
         return True
 
     def __iter__(self):
-        """The batches of one pass, like a ``DataLoader``. Where an iteration starts (at its
-        first ``next()``):
-
-        * evaluation (``train=False``): always at the first batch, the whole split (``len``
-          batches); ``next(iter(loader))`` twice gives the same batch;
-        * training: the epoch at its first step, as set by construction (epoch 0) or
-          :meth:`set_epoch`; without ``set_epoch`` after an iteration, the next epoch's first
-          step (a loop left with ``break`` does not continue its half epoch), or the same epoch
-          when that iteration consumed nothing;
-        * after :meth:`load_state_dict` (training and evaluation): the loaded position, once;
-        * after an iteration ended by an error (e.g. ``WorkerDiedError``): the step that failed.
-
-        A newer iteration supersedes an older one left open in the same thread (resuming the
-        old one raises RuntimeError). With ``prefetch > 0`` the pipeline is run and each batch
-        finished (mixed, targets) on a background thread, ``prefetch`` batches ahead of the
-        consumer (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own stream)."""
+        """The batches of one pass, like a ``DataLoader``; where it starts is the rule of
+        :mod:`fastcas.loading.iteration`: evaluation always at its first batch; training at
+        the first step of the epoch set by ``set_epoch`` (or construction), else of the next
+        epoch; after ``load_state_dict`` at the loaded position, once. A newer iteration
+        supersedes one this thread left open (resuming that one raises RuntimeError). With
+        ``prefetch > 0`` the pipeline is run and each batch finished (mixed, targets) on a
+        background thread, ``prefetch`` batches ahead of the consumer
+        (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own stream)."""
         from fastcas.loading.prefetch import Prefetcher
 
         me = threading.current_thread()
@@ -421,22 +390,9 @@ class Loader:
                 if self._iter_id == mine:
                     self._iter_owner = None
 
-    def _begin(self) -> None:
-        """Set ``(epoch, step)`` to where a new iteration starts (the rule in :meth:`__iter__`)."""
-        if self._next_start is not None:
-            epoch, step = self._next_start
-        elif not self.config.train or self.step == 0:
-            epoch, step = self.epoch, 0
-        else:
-            epoch, step = self.epoch + 1, 0
-        if step >= self.steps:  # a state loaded at the end of its epoch: the next one starts
-            epoch, step = epoch + 1, 0
-        self.epoch, self.step = epoch, step
-        self._next_start, self._loaded = None, False
-
     def _iterate(self, Prefetcher, mine: int):
         self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
-        self._begin()
+        iteration.begin(self)
         if self.backend.pipe is None or self._pipe_at != (self.epoch, self.step):
             self._build()
         start, stage = self.step, None
@@ -448,9 +404,7 @@ class Loader:
                 self.step += 1
                 yield batch
                 if self._iter_id != mine:
-                    raise RuntimeError("this iterator of the Loader was superseded by a later iter(loader), "
-                                       "set_epoch or load_state_dict (the loader follows the newest one): "
-                                       "iterate the loader again")
+                    raise RuntimeError(iteration.SUPERSEDED)
         except Exception:
             if self._iter_id == mine:  # a failure (e.g. WorkerDiedError), not a break: the next iter() retries
                 self._next_start = (self.epoch, self.step)
