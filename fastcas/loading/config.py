@@ -65,7 +65,7 @@ def _check_targets(cfg) -> None:
         raise ValueError(f"valid_mask must be True or False, got {cfg.valid_mask!r}")
     if cfg.target_kind == "hard":
         given = "" if cfg.targets else f" (the default of train={cfg.train})"
-        if cfg.mix not in (None, "none"):
+        if cfg.mix in MIX_KINDS:  # (an unknown mix is named by its own check)
             raise ValueError(f"targets='hard'{given} gives one class id per sample, but mix={cfg.mix!r} blends two "
                              "labels per sample: use targets='soft' (float32 [B, K])")
         if cfg.label_smoothing:
@@ -88,12 +88,7 @@ class LoaderConfig:
     is cheaper (uint8 copies instead of float gathers and blends). ``mode``: "exact" (every
     position an independent draw, any sample read at any time) or "streaming" (each rank reads
     its own shards in order through a shuffle buffer of ``shuffle_buffer`` samples, default
-    :data:`DEFAULT_SHUFFLE_BUFFER`; :mod:`fastcas.loading.streams`, docs/streaming.md).
-    ``targets``: "soft" (float32 [B, K], rows sum to 1: one-hot without mixing or smoothing)
-    or "hard" (int64 [B] class ids; refused with mixing or label smoothing); default "soft"
-    for training, "hard" for evaluation. ``valid_mask``: each batch is ``(images, targets,
-    valid)``, ``valid`` bool [B] on the images' device, False for padding repeats (evaluation
-    pads so that every rank yields the same number of batches)."""
+    :data:`DEFAULT_SHUFFLE_BUFFER`; :mod:`fastcas.loading.streams`, docs/streaming.md)."""
 
     batch_size: int
     weights: str = "uniform"
@@ -102,12 +97,18 @@ class LoaderConfig:
     mix_prob: float = 1.0
     alpha: float = 1.0
     label_smoothing: float = 0.0
+    # targets: "soft" (float32 [B, K], rows sum to 1, one-hot without mixing or smoothing) or "hard"
+    # (int64 [B] class ids; refused with mixing or smoothing); None: soft for training, hard for evaluation
+    targets: str | None = None
     train: bool = True
     image_size: int = 224
     device: str = "auto"
     seed: int = 0
     epoch_length: int | None = None
     last_batch: str = "drop"
+    # batches are (images, targets, valid): valid bool [B] on the images' device, False for the padding
+    # repeats that give every rank of an evaluation as many batches (Loader.valid)
+    valid_mask: bool = False
     b: float = 1.2
     r: float = 1.0
     dtype: str = "float32"
@@ -124,8 +125,6 @@ class LoaderConfig:
     mix_in_pipeline: bool = True
     mode: str = "exact"
     shuffle_buffer: int | None = None
-    targets: str | None = None  # "soft" | "hard"; None: "soft" for training, "hard" for evaluation
-    valid_mask: bool = False  # batches are (images, targets, valid): False marks padding repeats
 
     def __post_init__(self):
         _check_int("batch_size", self.batch_size, 1)
@@ -140,6 +139,7 @@ class LoaderConfig:
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
                 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        _check_targets(self)
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
@@ -174,7 +174,6 @@ class LoaderConfig:
             _check_int("shuffle_buffer", self.shuffle_buffer, 0)
         if self.mode == "streaming" and not self.train:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
-        _check_targets(self)
 
     @property
     def target_kind(self) -> str:
