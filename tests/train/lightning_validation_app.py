@@ -69,6 +69,47 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+class TrainOnly(L.LightningDataModule):
+    def __init__(self, train):
+        super().__init__()
+        self.train_path = train
+
+    def setup(self, stage=None):
+        self.train = fastcas.Loader(self.train_path, 4, **CPU)
+
+    def train_dataloader(self):
+        return self.train
+
+
+class Labels(L.LightningModule):
+    """Records each training batch's labels (argmax of the soft targets)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.net = torch.nn.Linear(3 * 8 * 8, num_classes)
+        self.seen = []
+
+    def training_step(self, batch, _):
+        images, targets = batch
+        self.seen.append(targets.argmax(1).tolist())
+        return torch.nn.functional.cross_entropy(self.net(images.flatten(1)), targets)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def train_batches(train, max_steps, ckpt=None, save=None) -> list:
+    """Labels of every training batch of a 1-device run to ``max_steps``, from checkpoint
+    ``ckpt`` (the Loader's state comes back through Lightning's loader states), saving ``save``."""
+    model = Labels(fastcas.ShardReader(train).num_classes)
+    trainer = L.Trainer(max_steps=max_steps, max_epochs=10, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=TrainOnly(train), ckpt_path=ckpt)
+    if save:
+        trainer.save_checkpoint(save)
+    return model.seen
+
+
 def main(train, val, out, devices, limit):
     devices, limit = int(devices), float(limit) if "." in limit else int(limit)  # 1.0: all; 2: two batches
     data = Data(train, val, batch_size=2 if devices > 1 else 4)

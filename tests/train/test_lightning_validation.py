@@ -81,6 +81,23 @@ def test_lightning_ddp_two_cpu_processes_validates_every_sample_once(data, tmp_p
     check(run_app(data, tmp_path, 2, "3"), [1] * 13, limited)
 
 
+@pytest.mark.slow
+def test_lightning_resume_mid_epoch_gives_the_uninterrupted_batches(data, tmp_path):
+    """Lightning saves the training Loader's state_dict in its checkpoint and loads it before its
+    iter(): the resumed run continues mid-epoch and into the next epoch with the same batches."""
+    code = ("import json, sys\n"
+            "from tests.train.lightning_validation_app import train_batches\n"
+            "t, ck = sys.argv[1], sys.argv[2]\n"  # 26 samples, batch 4: 6 steps per epoch
+            "runs = [train_batches(t, 9), train_batches(t, 3, save=ck), train_batches(t, 9, ckpt=ck)]\n"
+            "print(json.dumps(runs))\n")  # a process of its own: Lightning probes CUDA (the test guard forbids it)
+    p = subprocess.run([sys.executable, "-c", code, str(data / "train"), str(tmp_path / "mid.ckpt")], cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    full, first, rest = json.loads(p.stdout.strip().splitlines()[-1])
+    assert len(full) == 9 and len(first) == 3 and len(rest) == 6
+    assert first + rest == full
+
+
 WORKER = """
 import json, sys
 import torch, torch.distributed as dist
