@@ -5,6 +5,10 @@ and checks the validation set's class names against the training set's. Lightnin
 loader's ``state_dict`` in its checkpoints itself (a fastcas ``Loader`` is a stateful
 iterable), so ``trainer.fit(..., ckpt_path=...)`` resumes mid-epoch exactly. fastcas shards the
 stream by rank itself: Lightning leaves non-DataLoader iterables alone.
+Every ``iter()`` of the evaluation Loader starts at its first batch (the sanity check and
+``limit_val_batches`` do not shift later validations); its ranks yield as many batches, the
+padding repeats marked ``valid`` False, so ``top1_counts`` counts every sample once; the
+training Loader starts the next epoch at each ``iter()``.
 
     python examples/lightning_datamodule.py TRAIN VAL [--steps N]
 """
@@ -15,6 +19,7 @@ import torch
 import torchvision
 
 from fastcas.integrations.lightning import FastcasDataModule
+from fastcas.train.metrics import top1_counts
 
 
 def make_data(train, val, batch_size=32, image_size=64, device="auto"):
@@ -28,12 +33,19 @@ class Classifier(L.LightningModule):
         self.net = torchvision.models.resnet18(num_classes=num_classes)
 
     def training_step(self, batch, _):
-        images, targets = batch
+        images, targets = batch  # soft targets float32 [B, K] (the training default, whatever the mixing)
         return torch.nn.functional.cross_entropy(self.net(images), targets)
 
+    def on_validation_epoch_start(self):
+        self.counts = torch.zeros(2, dtype=torch.float64, device=self.device)  # (correct, counted)
+
     def validation_step(self, batch, _):
-        images, labels = batch
-        self.log("val_acc", (self.net(images).argmax(1) == labels).float().mean())
+        images, labels, valid = batch
+        self.counts += top1_counts(self.net(images), labels, valid)  # padding repeats not counted
+
+    def on_validation_epoch_end(self):
+        correct, counted = self.trainer.strategy.reduce(self.counts, reduce_op="sum")  # over ranks
+        self.log("val_acc", correct / counted.clamp(min=1))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)

@@ -25,7 +25,9 @@ class FastcasDataModule(L.LightningDataModule):
 
     ``train``, ``val``: dataset directories (``val`` optional). ``options``: :class:`fastcas.Loader`
     options for the training loader (``weights``, ``scores``, ``mix``, ...); ``val_options``
-    those of the validation loader (defaults: ``train=False``, ``last_batch="partial"``, the
+    those of the validation loader (defaults: ``train=False``, ``last_batch="pad"`` with
+    ``valid_mask=True``: every rank yields as many batches of ``(images, labels, valid)``, the
+    padding repeats marked ``valid`` False, see :func:`fastcas.train.metrics.top1_counts`; the
     training ``image_size`` / ``dtype`` / ``seed``). ``device``: "auto" takes the trainer's
     root device. Loaders are built once, at the first ``setup``, and closed at ``teardown``.
     """
@@ -57,7 +59,7 @@ class FastcasDataModule(L.LightningDataModule):
         if self.val_path is not None and self.val_loader is None:
             keep = {k: self.options[k] for k in ("image_size", "dtype", "seed", "channels_last", "device",
                                                   "py_workers", "num_threads") if k in self.options}
-            opts = {**keep, "train": False, "last_batch": "partial", **self.val_options, **place}
+            opts = {**keep, "train": False, "last_batch": "pad", "valid_mask": True, **self.val_options, **place}
             self.val_loader = Loader(self.val_path, self.val_batch_size, class_names=self.train_loader.reader, **opts)
 
     def train_dataloader(self):

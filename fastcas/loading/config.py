@@ -71,6 +71,23 @@ def _check_mix_options(mix: str | None, options) -> None:
                 raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
 
 
+def _check_targets(cfg) -> None:
+    """``targets`` and ``valid_mask``: one target shape per setting, whatever the mix kind."""
+    if cfg.targets not in (None, "soft", "hard"):
+        raise ValueError(f"targets must be 'soft' (float32 [B, K]) or 'hard' (int64 [B]), got {cfg.targets!r}")
+    if not isinstance(cfg.valid_mask, bool):
+        raise ValueError(f"valid_mask must be True or False, got {cfg.valid_mask!r}")
+    if cfg.target_kind == "hard":
+        given = "" if cfg.targets else f" (the default of train={cfg.train})"
+        if cfg.mix in MIX_KINDS:  # (an unknown mix is named by its own check)
+            raise ValueError(f"targets='hard'{given} gives one class id per sample, but mix={cfg.mix!r} blends two "
+                             "labels per sample: use targets='soft' (float32 [B, K])")
+        if cfg.label_smoothing:
+            raise ValueError(f"targets='hard'{given} gives one class id per sample, but label_smoothing="
+                             f"{cfg.label_smoothing} spreads each label over the classes: use targets='soft' "
+                             "(float32 [B, K])")
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     """Loader options, validated here (a ValueError naming the value), not at the first batch.
@@ -94,12 +111,18 @@ class LoaderConfig:
     mix_prob: float = 1.0
     alpha: float = 1.0
     label_smoothing: float = 0.0
+    # targets: "soft" (float32 [B, K], rows sum to 1, one-hot without mixing or smoothing) or "hard"
+    # (int64 [B] class ids; refused with mixing or smoothing); None: soft for training, hard for evaluation
+    targets: str | None = None
     train: bool = True
     image_size: int = 224
     device: str = "auto"
     seed: int = 0
     epoch_length: int | None = None
     last_batch: str = "drop"
+    # batches are (images, targets, valid): valid bool [B] on the images' device, False for the padding
+    # repeats that give every rank of an evaluation as many batches (Loader.valid)
+    valid_mask: bool = False
     b: float = 1.2
     r: float = 1.0
     threshold: float | None = None  # over/undersampling threshold (None: the largest class / 25th percentile)
@@ -152,6 +175,7 @@ class LoaderConfig:
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
                 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        _check_targets(self)
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be > 0 (Beta(alpha, alpha)), got {self.alpha!r}")
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
@@ -201,6 +225,11 @@ class LoaderConfig:
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` of ``augment`` and the transform options."""
         return AugmentPolicy.create(self.augment, **{k: getattr(self, k) for k in TRANSFORM_OPTIONS})
         checks.check_batch_timeout(self.batch_timeout, self.prefetch)
+
+    @property
+    def target_kind(self) -> str:
+        """``targets`` resolved: "soft" (float32 [B, K]) or "hard" (int64 [B] class ids)."""
+        return self.targets or ("soft" if self.train else "hard")
 
     @property
     def mix_kind(self) -> str | None:

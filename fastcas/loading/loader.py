@@ -7,6 +7,8 @@
         for images, targets in loader:   # [B,3,S,S] float on the device; [B,K] soft targets
             ...
 
+Iteration rule (as a ``DataLoader``): see :meth:`Loader.__iter__`.
+
 Stages: weights -> stateless sampler(s) -> :class:`~fastcas.loading.source.SampleSource` ->
 DALI pipeline (:mod:`fastcas.loading.pipeline`) -> mixing (:mod:`fastcas.mix`) on the same device.
 Two-stream recipes (CMO) set ``foreground_weights``: each slot holds a background drawn by
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import checks, resume, workers
+from fastcas.loading import checks, iteration, resume, workers
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
@@ -41,7 +43,7 @@ from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, Sou
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 
 
-_ITER_LOCK = threading.Lock()  # guards Loader._iter_owner (which thread iterates a loader)
+_ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
 STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)
 
 
@@ -57,8 +59,11 @@ class Loader:
     """Iterator of ``(images, targets)`` batches; see the module docstring.
 
     ``images``: float32/float16 [B, 3, S, S] (channels-last strides with ``channels_last``)
-    on the loader's device; ``targets``: int64 [B] class ids, or float32 [B, num_classes]
-    soft targets when mixing or label smoothing is on. ``len(loader)`` = steps per epoch.
+    on the loader's device; ``targets`` (option ``targets``): "soft" (the default for
+    training) float32 [B, num_classes] whatever the mixing (one-hot rows without mixing or
+    smoothing), "hard" (the default for evaluation) int64 [B] class ids. With ``valid_mask`` a
+    third element ``valid`` bool [B] marks padding repeats False (:meth:`valid`).
+    ``len(loader)`` = steps per epoch, the same on every rank.
     ``class_names``: the training set's vocabulary (names, a dataset path, a ShardReader or a
     Loader): a dataset whose ``class_names`` differ is refused, naming the first difference.
     """
@@ -103,7 +108,9 @@ class Loader:
                                  "per epoch with last_batch='drop'")
             self._last_size = self.geometry.step_size(self.steps - 1)
         else:
-            per_rank = len(self.streams[0])
+            # every rank the same number of steps (a collective per batch must not hang): ceil(n / W)
+            # positions each, padded (DistributedSampler), or floor(n / W) with last_batch="drop"
+            per_rank = len(self.streams[0]) if cfg.last_batch != "drop" else len(self.reader) // self.world_size
             steps = per_rank / cfg.batch_size
             self.steps = math.floor(steps) if cfg.last_batch == "drop" else math.ceil(steps)
             if self.steps < 1:
@@ -112,6 +119,10 @@ class Loader:
             self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
         self._digests: dict = {}
         self.epoch, self.step = 0, 0
+        # the iteration rule (__iter__): where the next iter() starts, when set by construction,
+        # set_epoch or load_state_dict (_loaded); _iter_id names the newest iteration
+        self._next_start: tuple[int, int] | None = (0, 0)
+        self._loaded, self._iter_id = False, 0
         self.skipped: dict[str, int] = {}
         self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
         self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
@@ -202,7 +213,7 @@ class Loader:
         if self.geometry is not None:
             pos = self.geometry.rank_positions(self.rank)
             return [s.global_index_at(epoch, pos) for s in self.streams]
-        return [s.index_at(epoch, np.arange(len(s))) for s in self.streams]
+        return [s.index_at(epoch, np.arange(s.real)) for s in self.streams]  # evaluation: no padding
 
     def positions(self, step: int, epoch: int | None = None) -> np.ndarray:
         """int64 global positions this rank consumes at ``step`` (training; evaluation: this
@@ -211,6 +222,15 @@ class Loader:
             return self.geometry.positions(int(step), self.rank)
         n = self._last_size if step == self.steps - 1 else self.config.batch_size
         return int(step) * self.config.batch_size + np.arange(n, dtype=np.int64)
+
+    def valid(self, step: int) -> np.ndarray:
+        """bool [n] for this rank's batch ``step``: False marks a padding repeat (evaluation with
+        ``last_batch`` "pad", or a rank with fewer samples when ``W`` does not divide the split),
+        so that metrics count every sample exactly once over all ranks. All True in training."""
+        pos = self.positions(step)
+        if self.geometry is not None:
+            return np.ones(len(pos), bool)
+        return pos < self.streams[0].real
 
     def plan(self, step: int | None = None, epoch: int | None = None) -> dict:
         """What this rank's batch at ``step`` of ``epoch`` (default: the next one) is made of,
@@ -261,22 +281,20 @@ class Loader:
         return self.steps
 
     def _check_not_iterating(self, what: str) -> None:
-        """A live iteration keeps reading the stream it started with: changing the epoch or
-        state under it would make ``state_dict`` describe another stream (resume diverges)."""
-        owner = getattr(self, "_iter_owner", None)
-        if owner is not None and owner.is_alive():
-            raise RuntimeError(f"Loader.{what} during an iteration (epoch {self.epoch}, step {self.step} of "
-                               f"{self.steps}): finish the epoch or close the iterator first (e.g. leave the for "
-                               "loop), then call it before the next iter(loader)")
+        """Before the epoch or state changes (:func:`fastcas.loading.iteration.supersede`):
+        RuntimeError while another thread iterates; an iterator this thread left open is
+        superseded."""
+        iteration.supersede(self, what)
 
     def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` at its first step at the next ``iter(loader)``. RuntimeError during
-        an iteration (call it between epochs)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if int(epoch) != self.epoch:
-            self._check_not_iterating(f"set_epoch({int(epoch)})")
-            self.epoch, self.step = int(epoch), 0
+        """The next ``iter(loader)`` starts ``epoch`` at its first step, also when ``epoch`` is
+        the current one or has just finished; unless a state was just loaded
+        (:meth:`load_state_dict`) whose next batch is in ``epoch``: then it resumes at the loaded
+        position (trainers call ``set_epoch`` after restoring a checkpoint). An iteration of
+        ``epoch`` still open in this thread goes on (Lightning starts one before it calls
+        ``set_epoch``); one of another epoch is superseded. RuntimeError while another thread
+        iterates."""
+        iteration.set_epoch(self, epoch)
 
     # what must match to continue a stream mid-epoch; the second group only matters mid-epoch
     def state_dict(self) -> dict:
@@ -288,8 +306,10 @@ class Loader:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``, saved by this loader or by one at another world size and
         per-rank batch with the same global batch (training); ValueError naming what differs
-        otherwise (:func:`fastcas.loading.resume.load_state_dict`)."""
+        otherwise (:func:`fastcas.loading.resume.load_state_dict`). The next ``iter(loader)``
+        starts there (an evaluation loader too, once: e.g. a long scoring pass resumed)."""
         resume.load_state_dict(self, state)
+        self._next_start, self._loaded = (self.epoch, self.step), True
 
     # -- iteration ---------------------------------------------------------------------------
     def _source_config(self, epoch: int, step: int) -> SourceConfig:
@@ -395,10 +415,14 @@ class Loader:
         return True
 
     def __iter__(self):
-        """Batches of this epoch from the next step on. With ``prefetch > 0`` the pipeline is
-        run and each batch finished (mixed, targets) on a background thread, ``prefetch``
-        batches ahead of the consumer (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own
-        stream); the training thread only takes finished batches."""
+        """The batches of one pass, like a ``DataLoader``; where it starts is the rule of
+        :mod:`fastcas.loading.iteration`: evaluation always at its first batch; training at
+        the first step of the epoch set by ``set_epoch`` (or construction), else of the next
+        epoch; after ``load_state_dict`` at the loaded position, once. A newer iteration
+        supersedes one this thread left open (resuming that one raises RuntimeError). With
+        ``prefetch > 0`` the pipeline is run and each batch finished (mixed, targets) on a
+        background thread, ``prefetch`` batches ahead of the consumer
+        (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own stream)."""
         from fastcas.loading.prefetch import Prefetcher
 
         me = threading.current_thread()
@@ -408,17 +432,18 @@ class Loader:
                 raise RuntimeError(f"this Loader is already being iterated by thread {owner.name!r}; a Loader "
                                    "serves one consumer: build one Loader per thread (or per rank)")
             self._iter_owner = me
+            self._iter_id += 1
+            mine = self._iter_id
         try:
-            yield from self._iterate(Prefetcher)
+            yield from self._iterate(Prefetcher, mine)
         finally:
             with _ITER_LOCK:
-                if getattr(self, "_iter_owner", None) is me:
+                if self._iter_id == mine:
                     self._iter_owner = None
 
-    def _iterate(self, Prefetcher):
+    def _iterate(self, Prefetcher, mine: int):
         self._stop_stage()  # an earlier iterator still alive: its producer must not share the pipeline
-        if self.step >= self.steps:  # a finished epoch: the next one starts
-            self.epoch, self.step = self.epoch + 1, 0
+        iteration.begin(self)
         if self.backend.pipe is None or self._pipe_at != (self.epoch, self.step):
             self._build()
         start, stage = self.step, None
@@ -430,6 +455,12 @@ class Loader:
             for batch in stage if stage is not None else self._produce(start):
                 self.step += 1
                 yield batch
+                if self._iter_id != mine:
+                    raise RuntimeError(iteration.SUPERSEDED)
+        except Exception:
+            if self._iter_id == mine:  # a failure (e.g. WorkerDiedError), not a break: the next iter() retries
+                self._next_start = (self.epoch, self.step)
+            raise
         finally:
             if stage is not None:
                 stage.close()
@@ -456,6 +487,19 @@ class Loader:
         self._pipe_at = (epoch + 1, 0)
 
     def _finish(self, out, step: int | None = None):
+        """Pipeline outputs of ``step`` -> ``(images, targets)``, or ``(images, targets, valid)``
+        with ``valid_mask`` (bool [n] on the images' device, :meth:`valid`)."""
+        step = self.step if step is None else step
+        images, targets = self._images_targets(out, step)
+        if not self.config.valid_mask:
+            return images, targets
+        import torch
+
+        from fastcas.loading import pipeline
+
+        return images, targets, pipeline.to_device(torch.from_numpy(self.valid(step)), images.device)
+
+    def _images_targets(self, out, step: int):
         """Pipeline outputs of ``step`` -> ``(images, targets)`` on the images' device, with no
         host synchronisation: host outputs (labels, the skipped column) and the host-drawn
         mixing parameters cross to the device once each, pinned and non-blocking
@@ -466,7 +510,6 @@ class Loader:
         from fastcas.loading import pipeline
 
         cfg = self.config
-        step = self.step if step is None else step
         n = self._last_size if step == self.steps - 1 else cfg.batch_size
         out = self._layout.named(out, "pipeline")
         skipped = out["skipped"][:n].reshape(-1).numpy()  # a host output: no device round trip
@@ -484,10 +527,8 @@ class Loader:
         if cfg.channels_last:
             images = images.permute(0, 3, 1, 2)
         kind = cfg.mix_kind
-        if kind is None:
-            if cfg.label_smoothing:
-                return images, self._smooth(labels)
-            return images, labels
+        if kind is None:  # one target shape per `targets` setting, whatever the mixing
+            return images, (labels if cfg.target_kind == "hard" else self._smooth(labels))
         from fastcas import mix
 
         # every parameter is keyed by the samples' global positions (fastcas.sampling.geometry)
@@ -544,6 +585,7 @@ class Loader:
         return mix.make_params_at(kind, cfg.seed, epoch, positions, size, size, alpha=alpha, prob=prob, **extra, **opts)
 
     def _smooth(self, labels):
+        """float32 [n, K]: one-hot rows, smoothed by ``label_smoothing`` (0: exactly one-hot)."""
         import torch
 
         s = self.config.label_smoothing

@@ -21,16 +21,25 @@ from fastcas.loading.screen import jpeg_tables_error
 
 
 class SequentialIndex:
-    """Evaluation order: rank ``r`` takes samples ``r, r + W, r + 2W, ...`` of ``[0, n)``."""
+    """Evaluation order, as torch's ``DistributedSampler`` without shuffling: rank ``r`` takes
+    samples ``r, r + W, r + 2W, ...`` of ``[0, n)``. Every rank has ``len() = ceil(n / W)``
+    positions, so all ranks take equally many batches; a position past ``n`` (at most one per
+    rank) wraps to the start of the split and is padding: ``real`` counts this rank's positions
+    before it."""
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1):
         self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
 
     def __len__(self) -> int:
+        return -(-self.n // self.world_size)
+
+    @property
+    def real(self) -> int:
+        """This rank's samples before padding (positions ``[0, real)`` are each read once)."""
         return max(0, -(-(self.n - self.rank) // self.world_size))
 
     def index_at(self, epoch: int, positions) -> np.ndarray:
-        return self.rank + np.asarray(positions, np.int64) * self.world_size
+        return (self.rank + np.asarray(positions, np.int64) * self.world_size) % max(self.n, 1)
 
 
 @dataclass(frozen=True)

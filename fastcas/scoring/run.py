@@ -57,6 +57,7 @@ def iter_batches(dataset, *, batch_size: int, image_size: int, rank: int, world_
         for images, _ in loader:
             idx = positions[k : k + len(images)]
             k += len(images)
+            images = images[: len(idx)]  # a rank's last batch may end in a padding repeat (equal batch counts)
             x = images.float() * std.to(images.device) + mean.to(images.device)
             sizes = np.array([jpeg_size(loader.reader[int(i)].data) for i in idx])
             yield idx, x.clamp(0, 1), sizes
@@ -83,7 +84,7 @@ def rank_batches(n: int, batch_size: int, rank: int, world_size: int, decoder: s
         from fastcas.loading.source import SequentialIndex
 
         seq = SequentialIndex(n, rank, world_size)
-        pos = seq.index_at(0, np.arange(len(seq)))
+        pos = seq.index_at(0, np.arange(seq.real))  # no padding: every sample is scored once
         return [pos[i : i + batch_size] for i in range(0, len(pos), batch_size)]
     starts = range(rank * batch_size, n, world_size * batch_size)
     return [np.arange(s, min(s + batch_size, n), dtype=np.int64) for s in starts]

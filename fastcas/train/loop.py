@@ -241,15 +241,15 @@ def evaluate(model, loader, train_counts, cfg: TrainConfig, dist: _Dist, val_cas
     n = len(loader.reader)
     pred = np.zeros(n)  # per global sample, filled by the rank that owns it, summed over ranks
     seen = np.zeros(n)
-    positions = loader.sampler_indices(loader.epoch)[0]
-    k = 0
+    order = loader.streams[0]  # the rank's samples (fastcas.loading.source.SequentialIndex)
     with torch.no_grad():
-        for images, labels in loader:
-            logits = model(images)
-            idx = positions[k : k + len(labels)]
-            pred[idx] = logits.argmax(1).cpu().numpy()
+        for batch in loader:  # (images, labels) or, with valid_mask, (images, labels, valid)
+            step = loader.step - 1  # the batch just yielded
+            # every rank yields as many batches; padding repeats (valid False) are not counted
+            keep = loader.valid(step)
+            idx = order.index_at(loader.epoch, loader.positions(step))[keep]
+            pred[idx] = model(batch[0]).argmax(1).cpu().numpy()[keep]
             seen[idx] = 1
-            k += len(labels)
     pred, seen = dist.all_sum(pred), dist.all_sum(seen)
     model.train()
     if not np.array_equal(seen, np.ones(n)):  # else a sample no rank evaluated would count as class 0

@@ -60,7 +60,7 @@ def _run_epochs(tmp_path, ds, gets: list, cache_max_bytes: int, py_workers: int,
         cache = tmp_path / f"{name}{rank}"
         loader = Loader(ds, BATCH, rank=rank, world_size=2, mode="streaming", shuffle_buffer=3, image_size=16,
                         py_workers=py_workers, device="cpu", cache_dir=str(cache), cache_max_bytes=cache_max_bytes,
-                        seed=3)
+                        seed=3, targets="hard")
         before: set = set()
         for epoch in (0, 1):
             gets.clear()

@@ -39,7 +39,8 @@ def test_eval_batches_follow_the_shards(ds):
 
 def test_weighted_stream_delivers_the_samplers_labels(ds):
     r = ShardReader(ds)
-    loader = Loader(ds, 8, weights="cmo", image_size=16, epoch_length=400, py_workers=1, seed=3, device="cpu")
+    loader = Loader(ds, 8, weights="cmo", image_size=16, epoch_length=400, py_workers=1, seed=3, device="cpu",
+                    targets="hard")
     labels = torch.cat([b[1] for b in collect(loader)]).numpy()
     expected = r.labels[loader.sampler_indices(0)[0]][: len(labels)]
     assert np.array_equal(labels, expected)

@@ -123,7 +123,7 @@ def recover(mixed: torch.Tensor, plain: torch.Tensor, k: int, blend: bool):
 @pytest.mark.parametrize("kind", ["cutmix", "fmix", "saliencymix", "mixup"])
 def test_mixed_targets_match_the_measured_region(ds, kind):
     kw = dict(image_size=16, epoch_length=32, seed=3, py_workers=0, device="cpu")
-    plain = collect(Loader(ds, 8, **kw))
+    plain = collect(Loader(ds, 8, targets="hard", **kw))  # class ids to build the expected rows
     mixed = collect(Loader(ds, 8, mix=kind, alpha=1.0, **kw))
     assert len(plain) == len(mixed) == 4
     fractions = []
@@ -143,7 +143,7 @@ def test_mixed_targets_match_the_measured_region(ds, kind):
 
 def test_mix_prob_zero_one_and_half(ds):
     kw = dict(image_size=8, epoch_length=192, seed=4, py_workers=0, device="cpu")
-    plain = collect(Loader(ds, 16, **kw))
+    plain = collect(Loader(ds, 16, targets="hard", **kw))
     xp, yp = cat(plain, 0), cat(plain, 1)
     none = collect(Loader(ds, 16, mix="mixup", mix_prob=0.0, **kw))
     assert torch.equal(cat(none, 0), xp)
@@ -190,7 +190,7 @@ def test_mix_options_reach_the_mixer(ds):
 
 def test_label_smoothing_without_mixing(ds):
     kw = dict(image_size=16, epoch_length=16, seed=6, py_workers=0, device="cpu")
-    (xp, yp), _ = collect(Loader(ds, 8, **kw))
+    (xp, yp), _ = collect(Loader(ds, 8, targets="hard", **kw))
     (xs, ts), _ = collect(Loader(ds, 8, label_smoothing=0.2, **kw))
     assert torch.equal(xs, xp) and ts.dtype == torch.float32 and ts.shape == (8, NUM_CLASSES)
     expected = torch.full((8, NUM_CLASSES), 0.2 / NUM_CLASSES)
@@ -243,7 +243,7 @@ def test_cas_weights_follow_scores_to_the_power_b(ds):
     scores = 1.0 + (np.arange(len(r)) % 5) + 3.0 * r.labels  # differs within and across classes
     b = 2.0
     loader = Loader(ds, 16, weights="cas", scores=scores, b=b, image_size=8, epoch_length=640, py_workers=0,
-                    seed=9, device="cpu")
+                    seed=9, device="cpu", targets="hard")
     labels = torch.cat([y for _, y in loader]).numpy()
     assert len(labels) == 640
     w = scores ** b

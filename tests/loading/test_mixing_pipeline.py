@@ -69,6 +69,7 @@ def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds, kw):
             break
     state = loader.state_dict()
     assert state["step"] == 3
+    loader.load_state_dict(state)  # (a bare iter() after a break starts the next epoch: issue 34)
     got += _epoch(loader)  # the same loader: rebuilt at the step consumed, not produced
     fresh = _loader(ds, prefetch=2, **kw)
     fresh.load_state_dict(state)
@@ -122,7 +123,7 @@ def test_mixed_targets_match_the_pasted_fraction(ds):
     """The loader's targets put lam on the background label where lam is the fraction of pixels
     that are still the background's (the partner of position g is g ^ 1)."""
     loader = _loader(ds, mix="cutmix", prefetch=2, alpha=1.0)
-    plain = _epoch(_loader(ds, mix=None, prefetch=0))
+    plain = _epoch(_loader(ds, mix=None, prefetch=0, targets="hard"))
     for step, (x, t) in enumerate(_epoch(loader)):
         bg, y = plain[step]
         partner = mixing.pair_partner(loader.positions(step))
@@ -170,17 +171,22 @@ def test_no_host_sync_per_step_on_the_gpu(ds, kind):
 
 def test_a_second_iteration_stops_the_first_producer(ds):
     """An iterator still alive when the loader is iterated again: its prefetch thread must stop
-    (never two threads driving one pipeline), and the new iteration continues where the
-    consumer was."""
-    whole = _epoch(_loader(ds, mix="cutmix", prefetch=2))
+    (never two threads driving one pipeline), the new iteration starts the next epoch (until
+    issue 34 it continued the half epoch) and the old iterator raises instead of going on."""
+    ref = _loader(ds, mix="cutmix", prefetch=2)
+    _epoch(ref)
+    epoch1 = _epoch(ref)
     loader = _loader(ds, mix="cutmix", prefetch=3)
     first = iter(loader)
-    got = [tuple(t.clone() for t in next(first)) for _ in range(2)]
+    for _ in range(2):
+        next(first)
     stage = loader._stage
-    got += _epoch(loader)  # `first` is still referenced here
+    got = _epoch(loader)  # `first` is still referenced here
     assert not stage._thread.is_alive()
-    assert len(got) == len(whole)
-    for (xa, ya), (xb, yb) in zip(whole, got):
+    assert loader.epoch == 1 and len(got) == len(epoch1)
+    for (xa, ya), (xb, yb) in zip(epoch1, got):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(first)
     loader.close()
     del first

@@ -29,7 +29,7 @@ def test_each_rank_reads_only_its_shards_with_the_manifest_labels(ds):
     r = ShardReader(ds)
     seen = set()
     for rank in (0, 1):
-        loader = Loader(ds, 4, rank=rank, world_size=2, seed=2, **KW)
+        loader = Loader(ds, 4, rank=rank, world_size=2, seed=2, targets="hard", **KW)
         sampler = loader.streams[0].sampler
         mine = set(int(s) for s in sampler.shards_of_rank(0))
         idx = loader.sampler_indices(0)[0]
@@ -76,7 +76,7 @@ def test_mid_epoch_resume_gives_the_identical_remaining_stream(ds):
 def test_resume_at_another_world_size_is_shard_granular(ds):
     """2 ranks x 4 -> 1 rank x 8 (same global batch): the remaining steps come from shards not
     fully emitted before the save."""
-    kw = dict(KW, epoch_length=48, seed=5)
+    kw = dict(KW, epoch_length=48, seed=5, targets="hard")
     old = [Loader(ds, 4, rank=rk, world_size=2, **kw) for rk in (0, 1)]
     for ld in old:
         collect(ld, n=4)

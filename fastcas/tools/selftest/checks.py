@@ -229,7 +229,8 @@ def labels_of(run: Run, step: int) -> tuple[np.ndarray, np.ndarray | None]:
         c = run.calls[step]
         two = "foreground_weights" in CONFIGS[run.name]
         return c["y_bg"].reshape(-1), (c["y_fg"].reshape(-1) if two else None)
-    return run.targets[step].reshape(-1), None
+    t = run.targets[step]  # soft (one-hot) targets of an unmixed training loader: their argmax
+    return (t.argmax(1) if t.ndim == 2 else t).reshape(-1), None
 
 
 def check_keys_labels(reader, runs: dict, half: str, reference: dict | None = None) -> Check:
@@ -381,7 +382,7 @@ def check_handoff(dataset, device: str, half: str, cfg: SelftestConfig) -> Check
             stack.callback(loader.close)
             return next(iter(loader))
         x, t = first("cutmix")
-        y_x, y = first("weighted")
+        y_x, y = first("weighted", targets="hard")  # int64 class ids (a training loader's default is soft)
         h, _ = first("weighted", dtype="float16", channels_last=True)
     for what, v in (("mixed images", x), ("targets", t), ("images", y_x), ("labels", y), ("fp16 images", h)):
         seen[what] = {"dtype": str(v.dtype), "shape": list(v.shape), "device": str(v.device)}
