@@ -11,11 +11,12 @@ def add_arguments(p) -> None:
 
     p.add_argument("dataset", help="dataset directory or manifest (e.g. demo-data/photo-corpus)")
     p.add_argument("--loaders", default="fastcas,torchvision,dali-plain,decode-only",
-                   help=f"comma-separated, from {', '.join(LOADERS)}")
+                   help=f"comma-separated, from {', '.join(LOADERS)}; 'all': fastcas, torchvision, dali-plain "
+                   "and every peer (a peer not installed is skipped with the reason)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="fastcas: DALI python source workers")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count() or 2,
-                   help="torchvision: DataLoader worker processes (default: all cores)")
+                   help="torchvision and the peers: DataLoader worker processes or threads (default: all cores)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--mix", choices=MIXES, default="cutmix")
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from fastcas.core.io import atomic_write_json
     from fastcas.tools.machine import machine_info
-    from fastcas.tools.bench import BenchConfig, goals, run_bench
+    from fastcas.tools.bench import BenchConfig, format_table, goals, run_bench
     from fastcas.cli._device import require_device
 
     require_device(args.device)
@@ -42,20 +43,12 @@ def run(args) -> int:
                       seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, device=args.device)
     res = run_bench(cfg)
     rows, dev = res["rows"], res["device"]
-    print(f"{'loader':<16} {'img/s':>9} {'min':>9} {'max':>9} {'x torchvision':>14} {'x dali-plain':>13} "
-          f"{'paired':>7} {'train-thread ms/batch':>22}   ({dev}, batch {cfg.batch_size}, {cfg.image_size}px, "
-          f"mix {cfg.mix}, weights {cfg.weights})")
-    for r in rows:
-        tv = f"{r['ratio_vs_torchvision']:.2f}" if r["ratio_vs_torchvision"] else "-"
-        dp = f"{r['ratio_vs_dali_plain']:.2f}" if r.get("ratio_vs_dali_plain") else "-"
-        pr = f"{r['paired_ratio_vs_dali_plain']:.2f}" if r.get("paired_ratio_vs_dali_plain") else "-"
-        print(f"{r['loader']:<16} {r['images_per_s']:>9.1f} {r['min']:>9.1f} {r['max']:>9.1f} {tv:>14} {dp:>13} "
-              f"{pr:>7} {r['train_thread_ms_per_batch']:>22.2f}")
-    print("(x dali-plain: ratio of the medians; paired: median over rounds of each round's ratio)")
+    print(format_table(res, cfg))
     gl = goals(rows, dev, cfg.mix)
     for g in gl:
         print(f"goal: {g['goal']}: {g['value']:.2f} -> {'met' if g['met'] else 'MISSED'}")
-    payload = {"benchmark": "loader", "machine": machine_info(), "config": cfg.__dict__, "rows": rows, "goals": gl}
+    payload = {"benchmark": "loader", "machine": machine_info(), "config": cfg.__dict__, "rows": rows, "goals": gl,
+               **{k: res[k] for k in ("skipped", "checks", "load_average", "others_cores")}}
     if args.json_out:
         atomic_write_json(args.json_out, payload)
     if args.plot:
@@ -64,11 +57,17 @@ def run(args) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar([r["loader"] for r in rows], [r["images_per_s"] for r in rows],
+        names = [r["loader"] for r in rows]
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        ax.bar(names, [r["images_per_s"] for r in rows],
                yerr=[[r["images_per_s"] - r["min"] for r in rows], [r["max"] - r["images_per_s"] for r in rows]])
-        ax.set_ylabel("images / s")
-        ax.set_title(f"{dev}: batch {cfg.batch_size}, {cfg.image_size}px, mix {cfg.mix}")
+        ax.set_ylabel("images / s (median, min-max)")
+        ax2.bar(names, [r["cpu_ms_per_image"] for r in rows], color="tab:orange")
+        ax2.set_ylabel("CPU ms / image (all processes)")
+        for a in (ax, ax2):
+            a.tick_params(axis="x", labelrotation=40, labelsize=8)
+        fig.suptitle(f"{dev}: batch {cfg.batch_size}, {cfg.image_size}px, mix {cfg.mix}; "
+                     f"{payload['machine']['cpu']} x{payload['machine']['cores']}, {payload['machine']['date']}", fontsize=9)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=90)
         plt.close(fig)
