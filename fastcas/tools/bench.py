@@ -24,8 +24,8 @@ work a loader does on the training thread is time the model cannot use.
 Each round also reads the CPU seconds of this process tree from ``/proc`` (every thread of
 this process and of every live worker process: :mod:`fastcas.tools.proctime`), so each loader
 gets CPU ms per image from all its processes, and the cores other processes on the machine
-used meanwhile; between rounds the tree is left to go idle (the previous loader refilling its
-queues) before the next round starts. Each loader's first batch is checked (shape, dtype,
+used meanwhile; after each round the tree is left to go idle (the loader refilling its queues,
+billed to it) before the next round starts. Each loader's first batch is checked (shape, dtype,
 value range: :func:`fastcas.tools.peers.check_batch`).
 """
 from __future__ import annotations
@@ -149,21 +149,29 @@ def _start(cfg: BenchConfig, device: str) -> tuple[dict, dict, dict]:
     return iters, checks, skipped
 
 
-def _settle(max_s: float = 3.0, idle_cores: float = 0.1, step: float = 0.2) -> None:
+def settle_tree(max_s: float = 3.0, idle_cores: float = 0.1, step: float = 0.25) -> tuple[float, float]:
     """Waits (at most ``max_s``) until this process tree uses under ``idle_cores``: the loader
-    just timed refills its queues after its round, which must not be billed to the next one."""
-    t_end = time.perf_counter() + max_s
+    just timed is refilling its queues. Returns (the tree's CPU seconds then, the CPU seconds
+    the polling itself cost this thread, to be taken off)."""
+    t_end, own = time.perf_counter() + max_s, time.thread_time()
     c = tree_cpu_seconds()
     while time.perf_counter() < t_end:
         time.sleep(step)  # polling /proc, not synchronising with a thread
         c, before = tree_cpu_seconds(), c
         if c - before < idle_cores * step:
-            return
+            break
+    return c, time.thread_time() - own
 
 
 def _time_round(it, cfg: BenchConfig, sync) -> dict:
     """One timed round of one loader: images/s, CPU ms per image of the whole process tree,
-    the consuming thread's ms per batch, the cores other processes used meanwhile."""
+    the consuming thread's ms per batch, the cores other processes used meanwhile.
+
+    Every loader keeps batches in flight (prefetch queues), full when a round starts, so its
+    CPU is read from the round's start until the tree is idle again after it: the round's own
+    images plus refilling the queues to where they started, i.e. exactly the work of the
+    images it delivered. The rate is the round's own (a full queue at the start is a few
+    percent free for every loader alike)."""
     sync()
     p0, m0 = tree_cpu_seconds(), machine_cpu_seconds()
     t0, c0, n = time.perf_counter(), time.thread_time(), 0
@@ -172,9 +180,10 @@ def _time_round(it, cfg: BenchConfig, sync) -> dict:
         n += cfg.batch_size
     sync()
     wall, thread = time.perf_counter() - t0, time.thread_time() - c0
-    p1, m1 = tree_cpu_seconds(), machine_cpu_seconds()
-    return {"rate": n / wall, "cpu_ms": 1e3 * (p1 - p0) / n, "thread_ms": 1e3 * thread * cfg.batch_size / n,
-            "others": max(0.0, (m1 - m0) - (p1 - p0)) / wall}
+    p_round, m1 = tree_cpu_seconds(), machine_cpu_seconds()
+    p1, polling = settle_tree()
+    return {"rate": n / wall, "cpu_ms": 1e3 * (p1 - p0 - polling) / n, "thread_ms": 1e3 * thread * cfg.batch_size / n,
+            "others": max(0.0, (m1 - m0) - (p_round - p0)) / wall}
 
 
 def run_bench(cfg: BenchConfig) -> dict:
@@ -193,9 +202,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     load_start = load_average()
     iters, checks, skipped = _start(cfg, device)
     rounds: dict[str, list[dict]] = {n: [] for n in iters}
+    settle_tree()  # every queue full before the first round
     for _ in range(cfg.rounds):
         for name, it in iters.items():
-            _settle()
             rounds[name].append(_time_round(it, cfg, sync))
     rows = [_row(name, rounds) for name in rounds]
     others = [r["others"] for rs in rounds.values() for r in rs]
