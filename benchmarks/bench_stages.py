@@ -14,9 +14,10 @@ children (the external source's worker process):
     + normalise        crop_mirror_normalize to float32 CHW: fastcas.loading.pipeline.build_pipeline
     Loader             the whole Loader (to_torch, label/skip handling, prefetch thread)
 
-and, with CutMix, ``build_pipeline`` and the Loader with the paste in the graph. Two variants
-show options: the whole image decoded (``decoders.image``) instead of the ROI, and the source
-run in the main thread (``py_workers=0``, no worker process). The difference between
+and, with CutMix, ``build_pipeline`` and the Loader with the paste in the graph. Variants show
+options: the whole image decoded (``decoders.image``) instead of the ROI, the resize without the
+flip folded into its ROI or without antialiasing, and the source run in the main thread
+(``py_workers=0``, no worker process). The difference between
 consecutive rows is that stage's cost.
 
     python benchmarks/bench_stages.py DATASET [--seconds 4] [--rounds 3] [--out DIR]
@@ -44,7 +45,8 @@ def _self_cpu() -> float:
 
 def _reduced(source, pcfg, upto: str):
     """fastcas's graph (``fastcas.loading.pipeline.build_pipeline``, one stream, no mixing) cut
-    after stage ``upto``: "ipc", "decode", "full-decode", "resize"."""
+    after stage ``upto``: "ipc", "decode", "full-decode", "resize", or resize without the flip's
+    ROI ("resize-noflip") or without antialiasing ("resize-noaa")."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
@@ -71,9 +73,12 @@ def _reduced(source, pcfg, upto: str):
                                       axis_names="WH")
         if upto == "decode":
             return img, label
+        if upto == "resize-noflip":
+            return fn.resize(img, size=[S, S]), label
         lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
         hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
-        return fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True), label
+        return fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True,
+                         antialias=upto != "resize-noaa"), label
 
     p = pipe()
     p.build()
@@ -102,6 +107,8 @@ def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
     out["build_pipeline, CutMix in the graph"] = build_pipeline(src_mix, pcfg).run
     out["Loader, CutMix"] = iter(cutmix).__next__
     out["variant: whole-image decode instead of ROI"] = _reduced(src, pcfg, "full-decode").run
+    out["variant: resize without the flip's right-to-left ROI"] = _reduced(src, pcfg, "resize-noflip").run
+    out["variant: resize (+ flip) with antialias=False"] = _reduced(src, pcfg, "resize-noaa").run
     out["variant: build_pipeline, source in the main thread"] = build_pipeline(
         src, dataclasses.replace(pcfg, py_workers=0)).run
     return out

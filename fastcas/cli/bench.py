@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from fastcas.core.io import atomic_write_json
     from fastcas.tools.machine import machine_info
-    from fastcas.tools.bench import BenchConfig, format_table, goals, run_bench
+    from fastcas.tools.bench import BenchConfig, format_table, goals, plot_result, run_bench
     from fastcas.cli._device import require_device
 
     require_device(args.device)
@@ -52,23 +52,5 @@ def run(args) -> int:
     if args.json_out:
         atomic_write_json(args.json_out, payload)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = [r["loader"] for r in rows]
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-        ax.bar(names, [r["images_per_s"] for r in rows],
-               yerr=[[r["images_per_s"] - r["min"] for r in rows], [r["max"] - r["images_per_s"] for r in rows]])
-        ax.set_ylabel("images / s (median, min-max)")
-        ax2.bar(names, [r["cpu_ms_per_image"] for r in rows], color="tab:orange")
-        ax2.set_ylabel("CPU ms / image (all processes)")
-        for a in (ax, ax2):
-            a.tick_params(axis="x", labelrotation=40, labelsize=8)
-        fig.suptitle(f"{dev}: batch {cfg.batch_size}, {cfg.image_size}px, mix {cfg.mix}; "
-                     f"{payload['machine']['cpu']} x{payload['machine']['cores']}, {payload['machine']['date']}", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=90)
-        plt.close(fig)
+        plot_result(payload, args.plot)
     return 0

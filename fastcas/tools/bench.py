@@ -279,3 +279,29 @@ def format_table(res: dict, cfg: BenchConfig) -> str:
     lines.append(f"load average at start {la.get('start')}, end {la.get('end')}; other processes used a median "
                  f"{f(res.get('others_cores'))} cores during the rounds")
     return "\n".join(lines)
+
+
+def plot_result(payload: dict, path: str) -> None:
+    """A PNG of one stored ``fastcas bench`` JSON: images/s (median, min-max) and CPU ms per
+    image of each loader, titled with the machine, date and load average."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cfg, m = payload["rows"], payload["config"], payload["machine"]
+    names = [r["loader"] for r in rows]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax.bar(names, [r["images_per_s"] for r in rows],
+           yerr=[[r["images_per_s"] - r["min"] for r in rows], [r["max"] - r["images_per_s"] for r in rows]])
+    ax.set_ylabel("images / s (median, min-max)")
+    ax2.bar(names, [r.get("cpu_ms_per_image") or 0 for r in rows], color="tab:orange")
+    ax2.set_ylabel("CPU ms / image (all processes)")
+    for a in (ax, ax2):
+        a.tick_params(axis="x", labelrotation=40, labelsize=8)
+    load = (payload.get("load_average") or {}).get("start")
+    fig.suptitle(f"batch {cfg['batch_size']}, {cfg['image_size']}px, mix {cfg['mix']}; {m['cpu']} x{m['cores']}, "
+                 f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {m['date']}; load average {load}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
