@@ -17,7 +17,9 @@ children (the external source's worker process):
 and, with CutMix, ``build_pipeline`` and the Loader with the paste in the graph. Variants show
 options: the whole image decoded (``decoders.image``) instead of the ROI, the resize without the
 flip folded into its ROI or without antialiasing, and the source run in the main thread
-(``py_workers=0``, no worker process). The difference between
+(``py_workers=0``, no worker process), the ROI decode with libjpeg-turbo's fast IDCT; and,
+as references for a torch CPU backend, torchvision's whole-image decode, its uint8 resize of
+the same kind of crops and a per-batch normalise (one torch thread, CPU of this thread). The difference between
 consecutive rows is that stage's cost.
 
     python benchmarks/bench_stages.py DATASET [--seconds 4] [--rounds 3] [--out DIR]
@@ -45,8 +47,9 @@ def _self_cpu() -> float:
 
 def _reduced(source, pcfg, upto: str):
     """fastcas's graph (``fastcas.loading.pipeline.build_pipeline``, one stream, no mixing) cut
-    after stage ``upto``: "ipc", "decode", "full-decode", "resize", or resize without the flip's
-    ROI ("resize-noflip") or without antialiasing ("resize-noaa")."""
+    after stage ``upto``: "ipc", "decode", "full-decode", "resize", or the ROI decode with
+    libjpeg-turbo's fast IDCT ("decode-fast-idct"), or resize without the flip's ROI
+    ("resize-noflip") or without antialiasing ("resize-noaa")."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
@@ -70,8 +73,8 @@ def _reduced(source, pcfg, upto: str):
         if upto == "full-decode":
             return fn.decoders.image(jpeg, device="cpu", output_type=types.RGB), label
         img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device="cpu", output_type=types.RGB,
-                                      axis_names="WH")
-        if upto == "decode":
+                                      axis_names="WH", use_fast_idct=upto == "decode-fast-idct")
+        if upto in ("decode", "decode-fast-idct"):
             return img, label
         if upto == "resize-noflip":
             return fn.resize(img, size=[S, S]), label
@@ -83,6 +86,50 @@ def _reduced(source, pcfg, upto: str):
     p = pipe()
     p.build()
     return p
+
+
+def _torch_references(dataset: str, batch: int, size: int, rounds: int = 3) -> list[dict]:
+    """CPU ms per image, on this thread with one torch thread, of what a torch CPU backend would
+    do instead of DALI's operators: ``torchvision.io.decode_jpeg`` of whole images (one call per
+    batch) and a v2 ``resize`` of uint8 crops (antialiased) to S x S, on the same crops fastcas
+    decodes; and one normalise to float32 per batch."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    from fastcas.dataset.reader import ShardReader
+    from fastcas.tools.peers import rrc_window
+    from fastcas.core.rng import generator
+
+    reader, threads = ShardReader(dataset), torch.get_num_threads()
+    rng = generator(0, 0x57A9E)
+    raw = [torch.frombuffer(bytearray(reader[int(i)].data), dtype=torch.uint8)
+           for i in rng.integers(0, len(reader), 4 * batch)]
+    torch.set_num_threads(1)
+    try:
+        imgs = decode_jpeg(raw, mode=ImageReadMode.RGB)
+        crops = [im[:, t:t + h, l:l + w] for im in imgs for t, l, h, w in [rrc_window(rng, im.shape[2], im.shape[1])]]
+        u8 = torch.stack([F.resize(c, [size, size], antialias=True) for c in crops[:batch]])
+        mean, std = torch.tensor([123.7, 116.3, 103.5]).view(1, 3, 1, 1), torch.tensor([58.4, 57.1, 57.4]).view(1, 3, 1, 1)
+        jobs = {"reference: torchvision.io.decode_jpeg, whole image (1 torch thread)": (lambda: decode_jpeg(raw, mode=ImageReadMode.RGB), len(raw)),
+                "reference: torchvision v2 resize of uint8 crops, antialias (1 torch thread)":
+                    (lambda: [F.resize(c, [size, size], antialias=True) for c in crops], len(crops)),
+                "reference: torch normalise uint8 -> float32, per batch (1 torch thread)":
+                    (lambda: u8.float().sub_(mean).div_(std), batch)}
+        rows = []
+        for name, (job, n) in jobs.items():
+            job()
+            ms = []
+            for _ in range(rounds):
+                c0, k = time.thread_time(), 0
+                while time.thread_time() - c0 < 1.0:
+                    job()
+                    k += n
+                ms.append(1e3 * (time.thread_time() - c0) / k)
+            rows.append({"variant": name, "cpu_ms_per_image": statistics.median(ms), "cpu_ms_rounds": ms})
+        return rows
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
@@ -109,6 +156,7 @@ def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
     out["variant: whole-image decode instead of ROI"] = _reduced(src, pcfg, "full-decode").run
     out["variant: resize without the flip's right-to-left ROI"] = _reduced(src, pcfg, "resize-noflip").run
     out["variant: resize (+ flip) with antialias=False"] = _reduced(src, pcfg, "resize-noaa").run
+    out["variant: ROI decode with use_fast_idct=True"] = _reduced(src, pcfg, "decode-fast-idct").run
     out["variant: build_pipeline, source in the main thread"] = build_pipeline(
         src, dataclasses.replace(pcfg, py_workers=0)).run
     return out
@@ -154,6 +202,7 @@ def main(argv=None) -> int:
                      "cpu_ms_rounds": [r["cpu"] for r in rs]})
         if stage:
             prev = cpu
+    rows += _torch_references(a.dataset, a.batch_size, a.image_size, a.rounds)
     print_table(rows, ["variant", "images_per_s", "cpu_ms_per_image", "main_process_ms", "worker_process_ms",
                        "stage_ms"], title=f"fastcas CPU per image by stage ({a.rounds} x {a.seconds:g} s, "
                                           f"load average {load_start})")
