@@ -1,6 +1,7 @@
 """The peers inside ``fastcas bench``: each installed one runs briefly on tiny data and its
 output is checked; a peer not installed is skipped with the reason; CPU is counted over the
 whole process tree, live worker processes included."""
+import re
 import resource
 import subprocess
 import sys
@@ -122,3 +123,26 @@ def test_tree_cpu_seconds_counts_a_live_child_that_getrusage_misses():
         child.wait()
     assert used >= 0.29 and ru_used == 0.0
     assert np.isfinite(tree_cpu_seconds(child.pid + 10**7))  # a pid that does not exist: 0, no error
+
+
+def test_cli_bench_loaders_all_prints_one_table_and_stores_machine_versions_load_and_a_png(tiny, tmp_path, capsys):
+    pytest.importorskip("nvidia.dali")
+    import json
+
+    from fastcas.cli import main
+
+    out = tmp_path / "peers.json"
+    assert main(["bench", str(tiny), "--loaders", "all", "--mix", "cutmix", "--seconds", "0.2", "--rounds", "1",
+                 "--warmup", "1", "--batch-size", str(B), "--image-size", str(S), "--baseline-workers", "1",
+                 "--device", "cpu", "--json", str(out), "--plot", str(tmp_path / "peers.png")]) == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    ran = [r["loader"] for r in res["rows"]]
+    assert sorted(ran + list(res["skipped"])) == sorted(ALL)
+    assert all(f"skipped {n}: " in text for n in res["skipped"])
+    assert all(re.search(rf"^{re.escape(n)} +[0-9.]+ ", text, re.M) for n in ran)
+    assert "CPU ms/img" in text and "load average at start" in text
+    m = res["machine"]
+    assert m["cores"] and m["date"] and m["versions"]["torch"] and len(res["load_average"]["start"]) == 3
+    assert res["config"]["loaders"] == list(ALL) and set(res["checks"]) == set(ran)
+    assert (tmp_path / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
