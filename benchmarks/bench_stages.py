@@ -17,7 +17,8 @@ children (the external source's worker process):
 and, with CutMix, ``build_pipeline`` and the Loader with the paste in the graph. Variants show
 options: the whole image decoded (``decoders.image``) instead of the ROI, the resize without the
 flip folded into its ROI or without antialiasing, and the source run in the main thread
-(``py_workers=0``, no worker process), the ROI decode with libjpeg-turbo's fast IDCT; and,
+(``py_workers=0``, no worker process), the ROI decode with libjpeg-turbo's fast IDCT, DALI's
+ROI decode followed by torchvision's resize and one normalise per batch (a candidate design); and,
 as references for a torch CPU backend, torchvision's whole-image decode, its uint8 resize of
 the same kind of crops and a per-batch normalise (one torch thread, CPU of this thread). The difference between
 consecutive rows is that stage's cost.
@@ -132,6 +133,29 @@ def _torch_references(dataset: str, batch: int, size: int, rounds: int = 3) -> l
         torch.set_num_threads(threads)
 
 
+def _hybrid(pipe, size: int):
+    """One batch of a candidate design: DALI's ROI decode (pipeline ``pipe``), then each uint8
+    crop resized by torchvision (antialiased) and the batch normalised once, on this thread."""
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    from fastcas.tools.peers import _normalise
+
+    def run():
+        crops = pipe.run()[0]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # torch's spinning OpenMP workers would bill DALI's threads' waits
+        try:
+            # HWC views of DALI's buffers as CHW (channels-last strides: torch's uint8 fast path)
+            out = [F.resize(torch.from_numpy(np.asarray(crops[i])).permute(2, 0, 1), [size, size], antialias=True)
+                   for i in range(len(crops))]
+            return _normalise(torch.stack(out))
+        finally:
+            torch.set_num_threads(threads)
+    return run
+
+
 def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
     """{name: a callable giving one batch}, in stage order; built once (start-up excluded)."""
     import dataclasses
@@ -157,6 +181,8 @@ def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
     out["variant: resize without the flip's right-to-left ROI"] = _reduced(src, pcfg, "resize-noflip").run
     out["variant: resize (+ flip) with antialias=False"] = _reduced(src, pcfg, "resize-noaa").run
     out["variant: ROI decode with use_fast_idct=True"] = _reduced(src, pcfg, "decode-fast-idct").run
+    out["variant: DALI ROI decode, then torch resize + normalise on the main thread"] = _hybrid(
+        _reduced(src, pcfg, "decode"), size)
     out["variant: build_pipeline, source in the main thread"] = build_pipeline(
         src, dataclasses.replace(pcfg, py_workers=0)).run
     return out
