@@ -19,7 +19,9 @@ def add_arguments(p) -> None:
                    help="torchvision and the peers: DataLoader worker processes or threads (default: all cores)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--mix", choices=MIXES, default="cutmix")
+    p.add_argument("--mix", default="cutmix",
+                   help=f"one of {', '.join(MIXES)}, or several comma-separated (e.g. none,cutmix: one run per mix, "
+                   "then one table of all; --json/--plot then need {{mix}} in the path)")
     p.add_argument("--weights", choices=["uniform", "cas", "cmo"], default="uniform")
     p.add_argument("--scores", help="score file for --weights cas")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per loader per round")
@@ -33,24 +35,34 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from fastcas.core.io import atomic_write_json
     from fastcas.tools.machine import machine_info
-    from fastcas.tools.bench import BenchConfig, format_table, goals, plot_result, run_bench
+    from fastcas.tools.bench import BenchConfig, format_mixes, format_table, goals, plot_result, run_bench
     from fastcas.cli._device import require_device
 
     require_device(args.device)
-    cfg = BenchConfig(dataset=args.dataset, loaders=tuple(x.strip() for x in args.loaders.split(",") if x.strip()),
-                      batch_size=args.batch_size, workers=args.workers, baseline_workers=args.baseline_workers, threads=args.threads,
-                      image_size=args.image_size, mix=args.mix, weights=args.weights, scores=args.scores,
-                      seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, device=args.device)
-    res = run_bench(cfg)
-    rows, dev = res["rows"], res["device"]
-    print(format_table(res, cfg))
-    gl = goals(rows, dev, cfg.mix)
-    for g in gl:
-        print(f"goal: {g['goal']}: {g['value']:.2f} -> {'met' if g['met'] else 'MISSED'}")
-    payload = {"benchmark": "loader", "machine": machine_info(), "config": cfg.__dict__, "rows": rows, "goals": gl,
-               **{k: res[k] for k in ("skipped", "checks", "load_average", "others_cores")}}
-    if args.json_out:
-        atomic_write_json(args.json_out, payload)
-    if args.plot:
-        plot_result(payload, args.plot)
+    mixes = [m.strip() for m in args.mix.split(",") if m.strip()]
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot)):
+        if path and len(mixes) > 1 and "{mix}" not in path:
+            raise ValueError(f"{flag} {path}: --mix names {len(mixes)} mixes; put {{mix}} in the path")
+    cfgs = [BenchConfig(dataset=args.dataset, loaders=tuple(x.strip() for x in args.loaders.split(",") if x.strip()),
+                        batch_size=args.batch_size, workers=args.workers, baseline_workers=args.baseline_workers,
+                        threads=args.threads, image_size=args.image_size, mix=mix, weights=args.weights,
+                        scores=args.scores, seconds=args.seconds, rounds=args.rounds, warmup=args.warmup,
+                        device=args.device) for mix in mixes]  # every mix validated before any run
+    results = {}
+    for cfg in cfgs:
+        res = run_bench(cfg)
+        rows, dev = res["rows"], res["device"]
+        print(format_table(res, cfg))
+        gl = goals(rows, dev, cfg.mix)
+        for g in gl:
+            print(f"goal: {g['goal']}: {g['value']:.2f} -> {'met' if g['met'] else 'MISSED'}")
+        payload = {"benchmark": "loader", "machine": machine_info(), "config": cfg.__dict__, "rows": rows, "goals": gl,
+                   **{k: res[k] for k in ("skipped", "checks", "load_average", "others_cores")}}
+        if args.json_out:
+            atomic_write_json(args.json_out.replace("{mix}", cfg.mix), payload)
+        if args.plot:
+            plot_result(payload, args.plot.replace("{mix}", cfg.mix))
+        results[cfg.mix] = res
+    if len(results) > 1:
+        print(format_mixes(results))
     return 0

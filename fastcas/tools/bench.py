@@ -281,6 +281,27 @@ def format_table(res: dict, cfg: BenchConfig) -> str:
     return "\n".join(lines)
 
 
+def format_mixes(results: dict) -> str:
+    """One table of several :func:`run_bench` results ``{mix: result}``: per loader and mix,
+    images/s median (min-max), paired ratio to fastcas and CPU ms per image."""
+    order = list(dict.fromkeys(r["loader"] for res in results.values()
+                               for r in sorted(res["rows"], key=lambda r: -r["images_per_s"])))
+    head = "| loader | " + " | ".join(f"{m}: img/s (min-max) | x fastcas | CPU ms/img" for m in results) + " |"
+    lines = [head, "|---|" + "---|---|---|" * len(results)]
+    for name in order:
+        cells = []
+        for res in results.values():
+            r = next((r for r in res["rows"] if r["loader"] == name), None)
+            if r is None:
+                cells += ["-", "-", "-"]
+                continue
+            paired = r["paired_ratio_vs_fastcas"]
+            cells += [f"{r['images_per_s']:.0f} ({r['min']:.0f}-{r['max']:.0f})",
+                      "-" if paired is None else f"{paired:.2f}", f"{r['cpu_ms_per_image']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_result(payload: dict, path: str) -> None:
     """A PNG of one stored ``fastcas bench`` JSON: images/s (median, min-max) and CPU ms per
     image of each loader, titled with the machine, date and load average."""

@@ -146,3 +146,22 @@ def test_cli_bench_loaders_all_prints_one_table_and_stores_machine_versions_load
     assert m["cores"] and m["date"] and m["versions"]["torch"] and len(res["load_average"]["start"]) == 3
     assert res["config"]["loaders"] == list(ALL) and set(res["checks"]) == set(ran)
     assert (tmp_path / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_several_mixes_runs_each_and_prints_one_table_of_all(tiny, tmp_path, capsys):
+    pytest.importorskip("nvidia.dali")
+    import json
+
+    from fastcas.cli import main
+
+    base = ["bench", str(tiny), "--loaders", "fastcas,timm", "--mix", "none,cutmix", "--seconds", "0.2",
+            "--rounds", "1", "--warmup", "1", "--batch-size", str(B), "--image-size", str(S),
+            "--baseline-workers", "1", "--device", "cpu"]
+    assert main(base + ["--json", str(tmp_path / "one.json")]) == 2
+    assert "--json" in capsys.readouterr().err and not (tmp_path / "one.json").exists()
+    assert main(base + ["--json", str(tmp_path / "p-{mix}.json")]) == 0
+    text = capsys.readouterr().out
+    assert "| loader | none: img/s (min-max) | x fastcas | CPU ms/img | cutmix: img/s (min-max) |" in text
+    assert re.search(r"^\| fastcas \| [0-9]+ \([0-9]+-[0-9]+\) \| 1\.00 \| [0-9.]+ \| [0-9]+ ", text, re.M)
+    for mix in ("none", "cutmix"):
+        assert json.loads((tmp_path / f"p-{mix}.json").read_text())["config"]["mix"] == mix
