@@ -320,9 +320,10 @@ def plot_result(payload: dict, path: str) -> None:
     ax2.set_ylabel("CPU ms / image (all processes)")
     for a in (ax, ax2):
         a.tick_params(axis="x", labelrotation=40, labelsize=8)
-    load = (payload.get("load_average") or {}).get("start")
+    la, others = payload.get("load_average") or {}, payload.get("others_cores")
     fig.suptitle(f"batch {cfg['batch_size']}, {cfg['image_size']}px, mix {cfg['mix']}; {m['cpu']} x{m['cores']}, "
-                 f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {m['date']}; load average {load}", fontsize=9)
+                 f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {m['date']}; load average {la.get('start')} -> "
+                 f"{la.get('end')}, other processes {'?' if others is None else f'{others:.2f}'} cores", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
