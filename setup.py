@@ -63,6 +63,9 @@ EXTRAS = {
     # object-store backends for remote shards (http(s):// needs nothing extra)
     "s3": ["s3fs>=2023.1"],
     "gcs": ["gcsfs>=2023.1"],
+    # the peers `fastcas bench --loaders all` runs (spdl needs FFmpeg 4-9 shared libraries;
+    # ffcv is not listed: its build needs OpenCV and libturbojpeg development files)
+    "bench": ["timm>=1.0", "torchdata>=0.11", "spdl>=0.8"],
 }
 
 setup(

@@ -36,7 +36,8 @@ def _versions() -> dict:
     from importlib import metadata
 
     names = ["fastcas", "numpy", "torch", "torchvision", "nvidia-dali-cuda130", "cupy-cuda13x",
-             "numba", "numba-cuda", "pillow", "webdataset", "open_clip_torch", "timm", "kornia"]
+             "numba", "numba-cuda", "pillow", "webdataset", "open_clip_torch", "timm", "kornia",
+             "torchdata", "spdl", "spdl_io", "ffcv"]
     out = {}
     for n in names:
         try:
