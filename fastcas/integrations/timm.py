@@ -235,8 +235,8 @@ def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_tra
         if train_set is not None:
             opts["class_names"] = train_set
     num_classes = len(dataset.class_names())
-    if is_training:
-        opts.update(_mix_options(collate_fn, num_classes))
+    if is_training:  # without mixing timm's losses take class ids (int64 [B]); with it soft [B, K]
+        opts.update(_mix_options(collate_fn, num_classes) if collate_fn is not None else {"targets": "hard"})
     elif collate_fn is not None:
         raise ValueError("an evaluation loader takes no collate_fn (no mixing in evaluation)")
     return TimmLoader(Loader(dataset.path, batch_size, **opts), dataset, soft=collate_fn is not None, options=opts)
