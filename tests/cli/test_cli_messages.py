@@ -193,8 +193,10 @@ def test_bench_prints_no_internal_goal_lines(tmp_path, capsys, monkeypatch):
     import fastcas.tools.bench as B
 
     row = {"loader": "fastcas", "images_per_s": 10.0, "min": 9.0, "max": 11.0, "ratio_vs_torchvision": 0.5,
-           "train_thread_ms_per_batch": 1.0}
-    monkeypatch.setattr(B, "run_bench", lambda cfg: {"rows": [row], "device": "cpu"})
+           "train_thread_ms_per_batch": 1.0, "paired_ratio_vs_fastcas": 1.0, "cpu_ms_per_image": 2.0,
+           "paired_cpu_ratio_vs_fastcas": 1.0, "paired_ratio_vs_dali_plain": None}
+    monkeypatch.setattr(B, "run_bench", lambda cfg: {"rows": [row], "device": "cpu", "skipped": {}, "checks": {},
+                                                     "load_average": None, "others_cores": None})
     monkeypatch.setattr(B, "goals", lambda rows, dev, mix: [{"goal": "fastcas >= 1.5x torchvision", "value": 0.5,
                                                              "met": False}])
     assert main(["bench", str(tmp_path), "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
