@@ -182,7 +182,7 @@ class Loader:
         import warnings
 
         from fastcas.core.errors import ClassMassShiftWarning
-        from fastcas.dataset.derived import cached_array
+        from fastcas.dataset.derived import cached_array, check_vector
         from fastcas.sampling.classmass import class_mass_message, class_mass_shift
 
         keys = ("tv", "head", "head_before", "head_after", "tail_classes", "tail_before", "tail_after")
@@ -190,7 +190,7 @@ class Loader:
             shift = class_mass_shift(self.reader.labels, np.diff(cdf, prepend=0.0))
             return np.array([shift[k] for k in keys], np.float64)
 
-        values = cached_array(self.reader, f"classmass-{wd}", build)
+        values = cached_array(self.reader, f"classmass-{wd}", build, lambda a: check_vector(a, len(keys)))
         shift = {k: (int(v) if k in ("head", "tail_classes") else float(v)) for k, v in zip(keys, values)}
         msg = class_mass_message(shift, name, self.reader.class_names)
         if msg:
