@@ -102,6 +102,11 @@ class TorchvisionBackend:
     def reset(self) -> None:
         self._it = iter(self.pipe)
 
+    def worker_pids(self) -> list[int]:
+        return []  # DataLoader workers are not watched
+
+    kill_workers = None  # nothing to kill: DataLoader times out its own workers
+
     def decode_probe(self):
         return None  # PIL raises at the failing sample itself: nothing to quarantine
 

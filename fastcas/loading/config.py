@@ -219,12 +219,12 @@ class LoaderConfig:
             raise ValueError("mode='streaming' is for training (evaluation already reads shards in order)")
         self.transforms  # noqa: B018 - validates the transform options (a ValueError naming the option)
         check_window(self.mix_start_epoch, self.mix_stop_epoch)
+        checks.check_batch_timeout(self.batch_timeout, self.prefetch)
 
     @property
     def transforms(self) -> AugmentPolicy:
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` of ``augment`` and the transform options."""
         return AugmentPolicy.create(self.augment, **{k: getattr(self, k) for k in TRANSFORM_OPTIONS})
-        checks.check_batch_timeout(self.batch_timeout, self.prefetch)
 
     @property
     def target_kind(self) -> str:

@@ -38,7 +38,8 @@ from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
 from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.layout import BatchLayout
-from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
+from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_skipped
+from fastcas.sampling.protocol import SequentialIndex
 
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 
@@ -75,6 +76,7 @@ class Loader:
         # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
         self.backend = DaliBackend() if backend is None else backend
         self._stage = None  # the prefetch thread of the current iteration
+        self._iter_owner: threading.Thread | None = None  # the thread iterating (guarded by _ITER_LOCK)
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
@@ -427,7 +429,7 @@ class Loader:
 
         me = threading.current_thread()
         with _ITER_LOCK:  # one consumer at a time: two threads would share one pipeline and position
-            owner = getattr(self, "_iter_owner", None)
+            owner = self._iter_owner
             if owner is not None and owner is not me and owner.is_alive():
                 raise RuntimeError(f"this Loader is already being iterated by thread {owner.name!r}; a Loader "
                                    "serves one consumer: build one Loader per thread (or per rank)")
@@ -600,13 +602,12 @@ class Loader:
         stage = self._stage
         if stage is not None and stage._thread is not threading.current_thread():
             self._stage = None
-            stage.close(stuck=getattr(self.backend, "kill_workers", None))
+            stage.close(stuck=self.backend.kill_workers)
 
     def worker_pids(self) -> list[int]:
         """The pids of the DALI source worker processes of the current pipeline ([] before the
         first batch, after :meth:`close`, with ``py_workers=0`` or another backend)."""
-        pids = getattr(self.backend, "worker_pids", None)
-        return pids() if pids is not None else []
+        return self.backend.worker_pids()
 
     def _timeout_error(self, seconds: float):
         """No batch within ``batch_timeout``: the error names each worker's pid and /proc state."""
@@ -619,7 +620,8 @@ class Loader:
         self._stop_stage()
         self.backend.close()
         self._pipe_at = None
-        cache = getattr(self.__dict__.get("reader"), "cache", None)
+        reader = self.__dict__.get("reader")  # None: construction failed before the reader existed
+        cache = None if reader is None else reader.cache
         if cache is not None:  # the workers are gone with their pins: trim the cache to its limit
             cache.release()
 

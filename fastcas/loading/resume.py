@@ -4,10 +4,9 @@ the same global batch; streaming mode: each stream's StreamingSampler state). Fu
 loader (``self``), so :mod:`fastcas.loading.loader` keeps only construction and iteration."""
 from __future__ import annotations
 
-import numpy as np
-
 from fastcas.loading import checks
 from fastcas.sampling.geometry import check_same, digest
+from fastcas.sampling.protocol import weights_digest
 
 STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
            "global_batch", "last_batch", "train")
@@ -18,8 +17,7 @@ def config_digest(self) -> dict:
     cfg = self.config
     if "dataset" not in self._digests:
         self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
-        self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
-                                           for s in self.streams], cfg.b, cfg.r)
+        self._digests["weights"] = weights_digest(self.streams, cfg.b, cfg.r)
     return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
             "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
             "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
@@ -41,9 +39,7 @@ def _streaming_keys(cfg) -> dict:
 def legacy_weights_digest(self) -> str:
     """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
     computed only to accept an older checkpoint."""
-    parts = [("sequential" if not hasattr(s, "_cdf") else
-              digest("uniform", s.n) if s._cdf is None else digest(np.asarray(s._cdf))) for s in self.streams]
-    return digest(parts, self.config.b, self.config.r)
+    return digest([s.legacy_digest() for s in self.streams], self.config.b, self.config.r)
 
 def state_dict(self) -> dict:
     """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
@@ -54,7 +50,7 @@ def state_dict(self) -> dict:
     position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
     extra = {}
     if self.config.mode == "streaming":  # each stream's StreamingSampler state (fastcas.loading.streams)
-        extra["streaming"] = [s.state_dict(self.epoch, self.step * self.config.batch_size) for s in self.streams]
+        extra["streaming"] = [s.state(self.epoch, self.step * self.config.batch_size) for s in self.streams]
     return {"mode": self.config.mode, **extra, "epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
             "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
             "global_batch": self.world_size * self.config.batch_size, "config": config_digest(self),
@@ -106,7 +102,7 @@ def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), step
         if cfg.mode == "streaming":
             for stream, saved_stream in zip(self.streams, state["streaming"]):
-                stream.load(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
+                stream.restore(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
             self.close()  # the pipeline's source carries the streams: rebuild
     self.skipped = dict(state.get("skipped", {}))
     quarantine = set()

@@ -18,28 +18,7 @@ from fastcas.loading.augment import augment_key
 from fastcas.core.errors import CorruptSampleError
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
-
-
-class SequentialIndex:
-    """Evaluation order, as torch's ``DistributedSampler`` without shuffling: rank ``r`` takes
-    samples ``r, r + W, r + 2W, ...`` of ``[0, n)``. Every rank has ``len() = ceil(n / W)``
-    positions, so all ranks take equally many batches; a position past ``n`` (at most one per
-    rank) wraps to the start of the split and is padding: ``real`` counts this rank's positions
-    before it."""
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
-
-    def __len__(self) -> int:
-        return -(-self.n // self.world_size)
-
-    @property
-    def real(self) -> int:
-        """This rank's samples before padding (positions ``[0, real)`` are each read once)."""
-        return max(0, -(-(self.n - self.rank) // self.world_size))
-
-    def index_at(self, epoch: int, positions) -> np.ndarray:
-        return (self.rank + np.asarray(positions, np.int64) * self.world_size) % max(self.n, 1)
+from fastcas.sampling.protocol import SequentialIndex  # noqa: F401 (its former home; fastcas.scoring imports it here)
 
 
 @dataclass(frozen=True)
@@ -111,6 +90,10 @@ class SourceConfig:
 
 
 class SampleSource:
+    # the sample index each :meth:`fetch` returned, appended while a list (fastcas.loading.faults
+    # finds which sample each slot of a failed batch got); None: not recorded
+    trace: list | None = None
+
     def __init__(self, config: SourceConfig):
         self.config = config
         self._reader = None
@@ -171,9 +154,8 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
-            trace = getattr(self, "_trace", None)
-            if trace is not None:  # fastcas.loading.faults records which sample each slot got
-                trace.append(i)
+            if self.trace is not None:  # fastcas.loading.faults records which sample each slot got
+                self.trace.append(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
@@ -181,8 +163,7 @@ class SampleSource:
         """Streaming mode over remote shards: pin the shards this batch and the batches sibling
         workers may still compute read (every stream's), before any read, then download the
         new ones in order on a background thread. Exact-mode samplers have no shard window."""
-        windows = [w(epoch, g) for w in (getattr(s, "shard_window", None) for s in self.config.streams)
-                   if w is not None]
+        windows = [w for w in (s.shard_window(epoch, g) for s in self.config.streams) if w is not None]
         if windows:
             self.reader.hold(set().union(*(hold for hold, _ in windows)))
             todo = [s for _, fetch in windows for s in fetch]

@@ -240,7 +240,7 @@ def test_switch_draws_one_kind_per_batch(textured):
 def test_schedule_mixes_only_inside_its_window(textured, in_pipeline):
     kw = dict(image_size=16, epoch_length=8, seed=2, mix_in_pipeline=in_pipeline, **CPU)
     loader = Loader(textured, 4, mix="cutmix", mix_prob=1.0, mix_start_epoch=1, mix_stop_epoch=2, **kw)
-    plain = Loader(textured, 4, **kw)
+    plain = Loader(textured, 4, targets="hard", **kw)  # class ids to one-hot below (training defaults to soft)
     for epoch in range(3):
         loader.set_epoch(epoch)
         plain.set_epoch(epoch)
