@@ -42,18 +42,11 @@ from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_s
 from fastcas.sampling.protocol import SequentialIndex
 
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
+from fastcas.mix.kinds import KINDS as MIX_KINDS
 
 
 _ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
 STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)
-
-
-def _saliency_method(mix_options: dict) -> str:
-    """SaliencyMix's saliency method, aliases resolved (:data:`fastcas.mix.saliency.ALIASES`)."""
-    from fastcas.mix.saliency import ALIASES
-
-    name = mix_options.get("saliency", "finegrained")
-    return ALIASES.get(name, name)
 
 
 class Loader:
@@ -266,16 +259,11 @@ class Loader:
             partner = None if ns == 2 else mix.pair_partner(pos)
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
-            if kind == "saliencymix":
-                from fastcas.loading.mixsched import mix_at
+            from fastcas.loading.mixsched import mix_at
 
-                c, S = self.config, self.config.image_size
-                _, alpha, prob, _ = mix_at(c, epoch, step)
-                drawn, mixed, _ = mix.params.saliency_draws(c.seed, epoch, pos, S, S, alpha, prob,
-                                                          c.mix_options.get("mode", "elem"))
-                res.update(params=None, drawn=drawn, mixed=mixed)
-            else:
-                res["params"] = self._mix_params(epoch, pos, self.config.image_size, step)
+            name, alpha, prob, opts = mix_at(self.config, epoch, step)
+            res.update(MIX_KINDS[name].plan_params(self.config.seed, epoch, pos, self.config.image_size, alpha=alpha,
+                                                   prob=prob, options=opts))
         return res
 
     # -- epochs and state ------------------------------------------------------------------
@@ -334,15 +322,11 @@ class Loader:
         opts = cfg.mix_options
         if not self.backend.mixes_in_graph:
             return None  # e.g. the torchvision baseline: mixed by torch after it, like every other mix
-        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind is not None):
             return None
         if cfg.transforms.reprob > 0:
             return None  # erasing comes before mixing (timm's order): each stream erased, then mixed by torch
-        if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
-            return None  # soft masks blend: torch after the pipeline
-        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or _saliency_method(opts) != "finegrained"):
-            # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
-            # pipeline's images are on the device, where torch computes the same boxes
+        if not MIX_KINDS[cfg.mix_kind].in_graph(opts, self.device):  # e.g. soft FMix masks, GPU SaliencyMix
             return None
         return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
                          mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0),
@@ -557,19 +541,12 @@ class Loader:
     def _device_params(self, epoch: int, positions, size: int, fg, to_dev, step: int):
         """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
         from fastcas.loading import mixsched
-        from fastcas.mix import device as mix_device
 
         cfg = self.config
         kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
-        if kind == "saliencymix":
-            from fastcas.mix.graph_ops import pixels_u8
-
-            # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
-            # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
-            policy = cfg.transforms
-            return mix_device.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, policy.mean, policy.std),
-                                     alpha=alpha, prob=prob, to_device=to_dev, **opts)
-        return mix_device.on_device(self._mix_params(epoch, positions, size, step, device=fg.device), to_dev)
+        policy = cfg.transforms
+        return MIX_KINDS[kind].device_params(cfg.seed, epoch, positions, size, fg, alpha=alpha, prob=prob, options=opts,
+                                             to_device=to_dev, mean=policy.mean, std=policy.std)
 
     def _mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):
         """Mixing parameters of the samples at global ``positions`` (batch ``step``), keyed by

@@ -29,6 +29,7 @@ from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host o
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loading.source import SampleSource
 from fastcas.loading.transforms import EVAL_CROP_PCT, INTERPOLATIONS
+from fastcas.mix.kinds import KINDS as MIX_KINDS
 
 EVAL_CROP_FRACTION = EVAL_CROP_PCT  # the default crop_pct (fastcas.loading.transforms)
 
@@ -176,8 +177,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
         if paste:
             args = {k: raw[k] for k in layout.paste}
             lam, bg = args.pop("lam"), images[0][0]
-            kind = source.config.paste.kind
-            if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
+            graph = MIX_KINDS[source.config.paste.kind].graph  # how the graph mixes it (fastcas.mix.kinds)
+            if graph == "saliency_box":  # the box from the foreground's saliency peak (CPU graph only)
                 if gpu:
                     raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
                                      "take host images); a GPU loader computes the boxes with torch after it")
@@ -187,7 +188,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 # the unmixed sample's paste arguments in, the box's out: then pasted like CutMix's
                 args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], lam,
                                                                 args.pop("half"), centre)
-            if kind in ("cutmix", "saliencymix"):
+            if graph in ("box", "saliency_box"):
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
                 anchors = args.pop("anchors")
                 mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,

@@ -18,6 +18,8 @@ from fastcas.loading.augment import augment_key
 from fastcas.core.errors import CorruptSampleError
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
+from fastcas.mix.kinds import KINDS as MIX_KINDS
+from fastcas.mix.kinds import PASTE_KINDS
 from fastcas.sampling.protocol import SequentialIndex  # noqa: F401 (its former home; fastcas.scoring imports it here)
 
 
@@ -46,8 +48,8 @@ class PasteSpec:
         return self.prob if on else 0.0
 
     def __post_init__(self):
-        if self.kind not in ("cutmix", "fmix", "saliencymix"):
-            raise ValueError(f"mixing inside the pipeline takes cutmix, fmix or saliencymix, got {self.kind!r}")
+        if self.kind not in PASTE_KINDS:
+            raise ValueError(f"mixing inside the pipeline takes {', '.join(PASTE_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -218,23 +220,9 @@ class SampleSource:
         mixed)``. Only the step's real samples
         pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
         and is dropped)."""
-        from fastcas import mix  # the parameter generators only (pure functions of keys)
-
         c, p = self.config, self.config.paste
-        if p.kind == "saliencymix":
-            return self._saliency(epoch, local, g)
-        opts = {"decay": p.decay} if p.kind == "fmix" else {}
-        params = mix.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob_at(epoch),
-                                  mode=p.mode, **opts)
-        partner = self._partner(local, g)
-        out = {"lam": params.lam.reshape(-1, 1)}
-        if p.kind == "cutmix":
-            out["in_ids"], out["anchors"], out["shapes"] = mix.paste_args(params.boxes, p.size, p.size, partner)
-        else:
-            # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
-            out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
-            if partner is not None:
-                out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        out = MIX_KINDS[p.kind].source_outputs(c.seed, epoch, g, size=p.size, alpha=p.alpha, prob=p.prob_at(epoch),
+                                               mode=p.mode, decay=p.decay, partner=self._partner(local, g))
         return {k: out[k] for k in self.layout.paste}  # two streams: no in-batch partner ids
 
     def _partner(self, local: np.ndarray, g: np.ndarray):
@@ -248,26 +236,6 @@ class SampleSource:
             return None
         n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
         return np.concatenate([mix.pair_partner(g[:n]), np.arange(n, len(g))])
-
-    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> dict:
-        """SaliencyMix's outputs (see :meth:`_paste`): the draws of
-        :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste`` arguments."""
-        from fastcas import mix
-        from fastcas.mix.params import saliency_draws
-
-        c, p = self.config, self.config.paste
-        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob_at(epoch), p.mode)
-        partner = self._partner(local, g)
-        ids = np.arange(len(g)) if partner is None else partner
-        if p.mode == "batch":  # one box for the batch: the first foreground's peak
-            ids = np.full(len(g), ids[0] if len(g) else 0)
-        need = np.zeros((len(g), 1), np.int32)  # only the peaks some mixed sample's box is centred on
-        need[ids[mixed], 0] = 1
-        in_ids, anchors, shapes = mix.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
-        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need, "anchors": anchors,
-               "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
-               "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
-        return {k: out[k] for k in self.layout.paste}
 
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .params import MixParams, saliency_draws
+from .params import MixParams, clip_box, saliency_draws
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,7 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
         cy, cx = cy.expand(b), cx.expand(b)
     half = to_device(torch.from_numpy(np.ascontiguousarray(halves.T)))
     keep = to_device(torch.from_numpy(mixed))
-    y0 = torch.clamp(cy - half[0], 0, height)
-    y1 = torch.clamp(cy + half[0], 0, height)
-    x0 = torch.clamp(cx - half[1], 0, width)
-    x1 = torch.clamp(cx + half[1], 0, width)
-    boxes = torch.stack([y0, x0, y1, x1], dim=1) * keep[:, None]
+    boxes = torch.stack(clip_box(torch, cy, cx, half[0], half[1], height, width), dim=1) * keep[:, None]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     lam = 1.0 - area.to(torch.float64) / float(height * width)
     return DeviceParams("saliencymix", height, width, lam, mixed, boxes=boxes.to(torch.int32), drawn=drawn)

@@ -126,15 +126,22 @@ def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
     return (height * rat).astype(np.int64), (width * rat).astype(np.int64)
 
 
+def clip_box(xp, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
+    """The box rule of CutMix and SaliencyMix, once for any array module ``xp`` with ``clip``
+    (``numpy``, ``torch``): ``(y0, x0, y1, x1)``, the box ``[cy - half_h, cy + half_h) x [cx -
+    half_w, cx + half_w)`` clipped to the image (clovaai rule: the unclipped box spans ``2 * half``
+    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. (The DALI graph's
+    Numba operator, :func:`fastcas.mix.graph_ops.saliency_paste`, spells the same rule on scalars:
+    Numba cannot take a module; tests/mix/test_graph_ops.py checks the two agree.)"""
+    return (xp.clip(cy - half_h, 0, height), xp.clip(cx - half_w, 0, width),
+            xp.clip(cy + half_h, 0, height), xp.clip(cx + half_w, 0, width))
+
+
 def boxes_at(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
              height: int, width: int) -> np.ndarray:
     """Boxes centred at (cy, cx) with half-sizes ``cut // 2`` on both sides, clipped to the image
-    (clovaai rule: the unclipped box spans ``2 * (cut // 2)`` pixels). int32 ``[B, 4]``."""
-    y0 = np.clip(cy - cut_h // 2, 0, height)
-    y1 = np.clip(cy + cut_h // 2, 0, height)
-    x0 = np.clip(cx - cut_w // 2, 0, width)
-    x1 = np.clip(cx + cut_w // 2, 0, width)
-    return np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
+    (:func:`clip_box`). int32 ``[B, 4]``."""
+    return np.stack(clip_box(np, cy, cx, cut_h // 2, cut_w // 2, height, width), axis=1).astype(np.int32)
 
 
 def box_lam(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
