@@ -202,8 +202,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fastcas.mix import fmix
-    from fastcas.mix import make_params_at
+    from fastcas.mix import fmix, make_params_at
 
     torch.set_num_threads(1)
     b, h, w, d, r = args.batch, args.size, args.size, args.decay, args.repeat

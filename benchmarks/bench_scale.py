@@ -183,7 +183,7 @@ def replicate_manifest(src: Path, dst: Path, k: int, tars: Path) -> None:
     import hashlib
     import shutil
 
-    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns
+    from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter
 
     if (dst / "manifest.json").exists():
         return

@@ -48,11 +48,11 @@ def _scoring(ds, fn, *, batch_size, image_size, decoder, device) -> tuple[float,
 def main(argv=None) -> int:
     import torch
 
+    from fastcas.dataset.reader import ShardReader
+    from fastcas.dataset.shards import ShardWriterConfig, write_shards
     from fastcas.scoring.pixel import PixelEncoder
     from fastcas.scoring.run import decode_batch, rank_batches
     from fastcas.tools.demo.data import corpus_samples
-    from fastcas.dataset.reader import ShardReader
-    from fastcas.dataset.shards import ShardWriterConfig, write_shards
 
     p = base_parser(__doc__)
     p.add_argument("--images", type=int, default=512)

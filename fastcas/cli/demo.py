@@ -28,9 +28,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from fastcas.cli.info import format_summary, summary
-    from fastcas.tools.demo.run import DemoConfig, run_demo
-    from fastcas.tools.demo.data import build_demo_data
     from fastcas.dataset.reader import ShardReader
+    from fastcas.tools.demo.data import build_demo_data
+    from fastcas.tools.demo.run import DemoConfig, run_demo
 
     data = build_demo_data(args.root, corpus_size=args.corpus_size, seed=args.seed,
                            fashion_mnist=args.fashion_mnist, overwrite=args.rebuild, progress=not args.no_progress)

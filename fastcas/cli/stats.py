@@ -94,8 +94,8 @@ def run(args) -> int:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    from fastcas.core.io import atomic_write_bytes, atomic_write_json
     from fastcas.cli.info import summary
+    from fastcas.core.io import atomic_write_bytes, atomic_write_json
     from fastcas.dataset.reader import ShardReader
     from fastcas.dataset.scorefile import random_weights_warning, read_scores
     from fastcas.scoring.cas import attribute_frequencies, cas_subsets, class_statistics, sampling_statistics

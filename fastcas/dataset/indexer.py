@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
-from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
+from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset import imagehdr
 from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import ShardCache, is_url, refuse_credentials
 from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
@@ -376,7 +376,7 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
     import shutil
     import tempfile
 
-    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns, install, open_view
+    from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, install, open_view
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

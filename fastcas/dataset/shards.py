@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset import imagehdr
 from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, ManifestView, install, open_view
 from fastcas.dataset.wdsindex import Member, format_index
 

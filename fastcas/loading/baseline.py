@@ -12,7 +12,6 @@ import gc
 import io
 from types import SimpleNamespace
 
-
 from fastcas.loading.loader import Loader
 from fastcas.loading.source import SampleSource
 

@@ -8,17 +8,18 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.dataset.fetch import RemoteOptions
+from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.loading import checks
-from fastcas.mix.params import KINDS as MIX_KINDS
-from fastcas.mix.kinds import KINDS as MIX_KIND_OBJECTS
-from fastcas.mix.params import MODES
-from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
-from fastcas.sampling.weights import PLAN_NAMES
-from fastcas.sampling.geometry import LAST_BATCH
 from fastcas.loading.mixsched import check_window
 from fastcas.loading.transforms import AugmentPolicy
+from fastcas.mix.kinds import KINDS as MIX_KIND_OBJECTS
+from fastcas.mix.params import KINDS as MIX_KINDS
+from fastcas.mix.params import MODES
+from fastcas.sampling.geometry import LAST_BATCH
+from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
+from fastcas.sampling.weights import PLAN_NAMES
+
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);

@@ -31,19 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import checks, iteration, resume, workers
-from fastcas.sampling.geometry import StreamGeometry
 from fastcas.dataset.reader import ShardReader
-from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
-from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
+from fastcas.loading import checks, iteration, resume, workers
 from fastcas.loading.backends import DaliBackend
+from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_skipped
-from fastcas.sampling.protocol import SequentialIndex
-
-from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 from fastcas.mix.kinds import KINDS as MIX_KINDS
-
+from fastcas.sampling.geometry import StreamGeometry
+from fastcas.sampling.protocol import SequentialIndex
+from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
 
 _ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
 STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastcas.core.errors import CorruptSampleError
 from fastcas.dataset import imagehdr
 from fastcas.loading.augment import augment_key
-from fastcas.core.errors import CorruptSampleError
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
 from fastcas.mix.kinds import KINDS as MIX_KINDS

@@ -175,10 +175,9 @@ def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank
 def from_loader(loader, name: str, stream: int) -> StreamIndex:
     """The StreamIndex of weights ``name`` for ``loader``'s rank (its CDF is the one exact mode
     would sample from: :func:`fastcas.sampling.shared.shared_cdf`)."""
+    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
     from fastcas.sampling.geometry import StreamGeometry
     from fastcas.sampling.shared import shared_cdf
-
-    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
 
     cfg, reader = loader.config, loader.reader
     num = cfg.epoch_length or len(reader)

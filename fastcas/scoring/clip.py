@@ -52,8 +52,9 @@ class VisualDictionary:
 
     def save(self, path) -> None:
         """``path`` (.npz: keys + embedded meta) and ``path`` with suffix .json (meta, hash)."""
-        from fastcas.core.io import atomic_open, atomic_write_json
         import json
+
+        from fastcas.core.io import atomic_open, atomic_write_json
 
         arrays = {f"key_{p:02d}": k for p, k in enumerate(self.keys)}
         info = {**self.meta, "mode": self.mode, "primaries": self.primaries, "hash": self.digest(),

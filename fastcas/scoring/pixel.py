@@ -40,6 +40,7 @@ import numpy as np
 
 from fastcas.scoring.bins import fixed_bins
 from fastcas.scoring.primaries import MEASURES, PRIMARIES, UNMEASURABLE
+
 FOREGROUND_DELTA = 0.15
 RING = 2
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.sampling import weights as sample_weights
 from fastcas.core.io import atomic_write_bytes, atomic_write_json
+from fastcas.sampling import weights as sample_weights
 from fastcas.train.metrics import accuracy_report
 from fastcas.train.models import MODELS
 

@@ -143,8 +143,8 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     """Write ``OUT/monitor-epochNNN.json`` / ``.png`` for ``loader``'s draws of ``epoch``
     (this rank's share; one entry per stream: background, and foreground for two-stream
     recipes). ``scores``: the score file, for the per-attribute tables."""
-    from fastcas.sampling import weights as sample_weights
     from fastcas.core.io import atomic_write_bytes, atomic_write_json
+    from fastcas.sampling import weights as sample_weights
 
     cfg, reader = loader.config, loader.reader
     att = score_attributes(scores) if isinstance(scores, (str, Path)) and scores else {}

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fastcas.train.models import MODELS
-
 from fastcas.cli import main
+from fastcas.train.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from fastcas.dataset.indexer import IndexConfig, index_dataset
 from fastcas.dataset.reader import ShardReader
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 from fastcas.dataset.wdsindex import parse_index
-from tests.helpers import jpeg_bytes
 from tests.dataset.test_imagehdr import _bomb, _exif_jpeg
+from tests.helpers import jpeg_bytes
 
 
 def png_bytes(seed, size=(36, 28), fmt="PNG"):

@@ -73,7 +73,7 @@ def test_a_stopped_worker_raises_naming_pid_and_state_then_closes_cleanly(ds, wo
     out = json.loads(p.stdout.strip().splitlines()[-1])
     pid = out["pids"][0]
     assert len(out["pids"]) == workers and out["stuck"] == [pid]
-    assert f"no batch within batch_timeout=1 s" in out["message"]
+    assert "no batch within batch_timeout=1 s" in out["message"]
     assert f"DALI source worker pid {pid} is T (stopped)" in out["message"]
     assert out["threads"] == [] and out["worker_pids_after_close"] == [] and out["alive"] == []
     assert out["after"] == 4

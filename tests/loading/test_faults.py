@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 from fastcas import Loader  # noqa: E402
-from fastcas.loading.augment import jpeg_size  # noqa: E402
 from fastcas.core.errors import CorruptSampleError  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.loading.augment import jpeg_size  # noqa: E402
 from tests.helpers import jpeg_bytes, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali

@@ -7,10 +7,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 from fastcas import Loader  # noqa: E402
-from fastcas.sampling import weights as sample_weights  # noqa: E402
-from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
+from fastcas.sampling import weights as sample_weights  # noqa: E402
 from tests.helpers import collect, jpeg_bytes, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastcas.sampling import weights as sample_weights
-from fastcas.train.monitor import drawn_report, format_report
 from fastcas.sampling.sampler import WeightedSampler
+from fastcas.train.monitor import drawn_report, format_report
 
 LABELS = np.repeat(np.arange(4), [600, 250, 100, 50])
 ATTRS = np.stack([np.arange(len(LABELS)) % 3, (np.arange(len(LABELS)) * 7) % 5 == 0], 1).astype(np.int64)

@@ -6,7 +6,6 @@ from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.sampling.sampler import WeightedSampler
 
-
 G = 8  # the global batch of every elastic comparison
 
 

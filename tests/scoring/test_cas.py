@@ -2,9 +2,17 @@
 import numpy as np
 import pytest
 
-from fastcas.train.metrics import accuracy_report, shot_groups
 from fastcas.dataset.scorefile import ScoreTable, read_scores, write_scores
-from fastcas.scoring.cas import attribute_frequencies, cas, cas_subsets, cas_scores, fit_ranks, sampling_statistics, subset_indices
+from fastcas.scoring.cas import (
+    attribute_frequencies,
+    cas,
+    cas_scores,
+    cas_subsets,
+    fit_ranks,
+    sampling_statistics,
+    subset_indices,
+)
+from fastcas.train.metrics import accuracy_report, shot_groups
 
 
 def test_cas_is_the_sum_of_within_class_frequency_ranks():

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("torch")
 
 from fastcas.cli import main  # noqa: E402
-from fastcas.train.rundir import RESUMABLE_CHANGES, claim_run_dir, config_changes  # noqa: E402
 from fastcas.train.loop import TrainConfig  # noqa: E402
+from fastcas.train.rundir import RESUMABLE_CHANGES, claim_run_dir, config_changes  # noqa: E402
 from tests.helpers import make_dataset  # noqa: E402
 
 

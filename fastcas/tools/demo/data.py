@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core.rng import generator
-from fastcas.dataset.ingest import (FASHION_MNIST_CLASSES, encode_jpeg, fashion_mnist_samples,
-                            load_fashion_mnist)
+from fastcas.dataset.ingest import FASHION_MNIST_CLASSES, encode_jpeg, fashion_mnist_samples, load_fashion_mnist
 from fastcas.dataset.lt import lt_indices
 from fastcas.dataset.shards import MANIFEST, RawSample, ShardWriterConfig, write_shards
 
