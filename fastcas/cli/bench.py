@@ -37,10 +37,22 @@ def run(args) -> int:
 
     require_device(args.device)
     require_scores(args.weights, args.scores)
-    cfg = BenchConfig(dataset=args.dataset, loaders=tuple(x.strip() for x in args.loaders.split(",") if x.strip()),
-                      batch_size=args.batch_size, workers=args.workers, baseline_workers=args.baseline_workers, threads=args.threads,
-                      image_size=args.image_size, mix=args.mix, weights=args.weights, scores=args.scores,
-                      seconds=args.seconds, rounds=args.rounds, warmup=args.warmup, device=args.device)
+    cfg = BenchConfig(
+        dataset=args.dataset,
+        loaders=tuple(x.strip() for x in args.loaders.split(",") if x.strip()),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        baseline_workers=args.baseline_workers,
+        threads=args.threads,
+        image_size=args.image_size,
+        mix=args.mix,
+        weights=args.weights,
+        scores=args.scores,
+        seconds=args.seconds,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        device=args.device,
+    )
     res = run_bench(cfg)
     rows, dev = res["rows"], res["device"]
     print(f"{'loader':<16} {'img/s':>9} {'min':>9} {'max':>9} {'x torchvision':>14} {'x dali-plain':>13} "

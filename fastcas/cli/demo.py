@@ -45,7 +45,17 @@ def run(args) -> int:
             print(format_summary(summary(ShardReader(path))))
     if args.data_only:
         return 0
-    run_demo(DemoConfig(train=str(train), val=str(val), out=args.out,
-                        corpus=str(data.corpus) if data.corpus else None, epochs=args.epochs,
-                        epoch_length=args.epoch_length, seeds=args.seeds, model=args.model, progress=not args.no_progress))
+    run_demo(
+        DemoConfig(
+            train=str(train),
+            val=str(val),
+            out=args.out,
+            corpus=str(data.corpus) if data.corpus else None,
+            epochs=args.epochs,
+            epoch_length=args.epoch_length,
+            seeds=args.seeds,
+            model=args.model,
+            progress=not args.no_progress,
+        )
+    )
     return 0

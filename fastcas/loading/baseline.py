@@ -84,7 +84,8 @@ class TorchvisionBackend:
         source = SampleSource(dataclasses.replace(source.config, offset=0))
         ds = Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         if cfg.py_workers:
-            gc.collect()  # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
+            # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
+            gc.collect()
         self.pipe = torch.utils.data.DataLoader(
             ds, batch_size=cfg.batch_size, sampler=range(start, len(ds)), num_workers=cfg.py_workers,
             persistent_workers=False, prefetch_factor=4 if cfg.py_workers else None,

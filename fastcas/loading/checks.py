@@ -133,8 +133,13 @@ def check_option_types(cfg) -> None:
             check_int_option(name, value, lo, hi, why)
     for name, (lo, hi, lo_open, hi_open) in NUMBER_OPTIONS.items():
         value = getattr(cfg, name)
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
-            and np.isfinite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+        ok = (
+            isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_))
+            and np.isfinite(value)
+            and (lo < value if lo_open else lo <= value)
+            and (value < hi if hi_open else value <= hi)
+        )
         if not ok:
             span = f"> {lo:g} and <= {hi:g}" if lo_open else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise ValueError(f"{name} must be {span}, got {value!r}")

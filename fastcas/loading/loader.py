@@ -80,7 +80,9 @@ class Loader:
         labels = np.asarray(self.reader.labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
-            raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
+            raise ValueError(
+                f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)"
+            )
         checks.check_rank(rank, world_size)  # rank=0.5 is not rank 0
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
@@ -109,7 +111,9 @@ class Loader:
             if self.steps < 1:
                 raise ValueError(f"batch_size {cfg.batch_size} is larger than this rank's {per_rank} samples per "
                                  "epoch with last_batch='drop'")
-            self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+            self._last_size = (
+                per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+            )
         self._digests: dict = {}
         self.epoch, self.step = 0, 0
         # the iteration rule (__iter__): where the next iter() starts, when set by construction,
@@ -129,7 +133,9 @@ class Loader:
             self.config.weights, self.config.foreground_weights)
         if scores is None:
             if needs:
-                raise ValueError("weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)")
+                raise ValueError(
+                    "weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)"
+                )
             return None
         if isinstance(scores, (str, os.PathLike)):
             from fastcas.dataset.derived import score_column
@@ -245,11 +251,17 @@ class Loader:
         ns = len(self.streams)
         indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
                    for s in self.streams]
-        res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
-               "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
-               "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
-               "windows": [out[f"windows{s}"] for s in range(ns)], "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)],
-               "augment": [{f: out[f"{f}{s}"] for f in source.layout.extras} for s in range(ns)]}
+        res = {
+            "epoch": epoch,
+            "step": step,
+            "positions": pos,
+            "indices": indices,
+            "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
+            "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
+            "windows": [out[f"windows{s}"] for s in range(ns)],
+            "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)],
+            "augment": [{f: out[f"{f}{s}"] for f in source.layout.extras} for s in range(ns)],
+        }
         kind = self.config.mix_kind
         if kind:
             from fastcas import mix
@@ -375,7 +387,9 @@ class Loader:
         bad = []
         try:
             for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
-                bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+                bad = [
+                    (i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine
+                ]
                 if bad:
                     break
         except Exception:  # the batch cannot even be recomputed: report the original error

@@ -130,7 +130,11 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                   "float64": types.FLOAT64}
 
     policy = source.config.policy  # fastcas.loading.transforms.AugmentPolicy: every transform option
-    interp = {} if policy.interpolation == "linear" else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
+    interp = (
+        {}
+        if policy.interpolation == "linear"
+        else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
+    )
     train = source.config.train
 
     def normalise(img, mirror=0, extra=None):
@@ -290,8 +294,14 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
         field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
     keep = fn.erase(types.Constant(ones, layout=layout), anchor=rect[0:2], shape=rect[2:4], axis_names="HW",
                     fill_value=0.0)
-    noise = fn.slice(types.Constant(field, layout=layout), extra["efill"][3:5], types.Constant(np.array([S, S], np.float32)),
-                     axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    noise = fn.slice(
+        types.Constant(field, layout=layout),
+        extra["efill"][3:5],
+        types.Constant(np.array([S, S], np.float32)),
+        axis_names="HW",
+        normalized_anchor=False,
+        normalized_shape=False,
+    )
     if cfg.device == "cuda":  # operands beside GPU images (the rectangle and offsets stay host arguments)
         keep, noise = keep.gpu(), noise.gpu()
     if cfg.dtype == "float16":  # the blend in float32 (DALI's arithmetic does not mix float16 and float32)
@@ -331,8 +341,15 @@ def _make_graph_op(name: str):
         "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
         "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
     }[name]
-    return NumbaFunction(run_fn=getattr(graph_ops, name), setup_fn=getattr(graph_ops, name + "_setup"), out_types=spec[0],
-                         in_types=spec[1], outs_ndim=spec[2], ins_ndim=spec[3], device="cpu")
+    return NumbaFunction(
+        run_fn=getattr(graph_ops, name),
+        setup_fn=getattr(graph_ops, name + "_setup"),
+        out_types=spec[0],
+        in_types=spec[1],
+        outs_ndim=spec[2],
+        ins_ndim=spec[3],
+        device="cpu",
+    )
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,

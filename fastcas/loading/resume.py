@@ -18,14 +18,25 @@ def config_digest(self) -> dict:
     if "dataset" not in self._digests:
         self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
         self._digests["weights"] = weights_digest(self.streams, cfg.b, cfg.r)
-    return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
-            "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
-            "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
-            "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
-            "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
-            "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options),
-            "transforms": repr(cfg.transforms), "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}",
-            **_streaming_keys(cfg)}
+    return {
+        "dataset": self._digests["dataset"],
+        "seed": cfg.seed,
+        "weights": cfg.weights,
+        "foreground_weights": cfg.foreground_weights,
+        "weights_digest": self._digests["weights"],
+        "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader),
+        "last_batch": cfg.last_batch,
+        "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
+        "train": cfg.train,
+        "image_size": cfg.image_size,
+        "mix": cfg.mix_kind,
+        "alpha": cfg.alpha,
+        "mix_prob": cfg.mix_prob,
+        "mix_options": dict(cfg.mix_options),
+        "transforms": repr(cfg.transforms),
+        "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}",
+        **_streaming_keys(cfg),
+    }
 
 
 def _streaming_keys(cfg) -> dict:
@@ -51,11 +62,21 @@ def state_dict(self) -> dict:
     extra = {}
     if self.config.mode == "streaming":  # each stream's StreamingSampler state (fastcas.loading.streams)
         extra["streaming"] = [s.state(self.epoch, self.step * self.config.batch_size) for s in self.streams]
-    return {"mode": self.config.mode, **extra, "epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
-            "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
-            "global_batch": self.world_size * self.config.batch_size, "config": config_digest(self),
-            "skipped": dict(self.skipped),
-            "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
+    return {
+        "mode": self.config.mode,
+        **extra,
+        "epoch": self.epoch,
+        "step": self.step,
+        "position": position,
+        "seed": self.config.seed,
+        "rank": self.rank,
+        "world_size": self.world_size,
+        "batch_size": self.config.batch_size,
+        "global_batch": self.world_size * self.config.batch_size,
+        "config": config_digest(self),
+        "skipped": dict(self.skipped),
+        "quarantine": sorted(self.reader.keys[i] for i in self._quarantine),
+    }
 
 def load_state_dict(self, state: dict) -> None:
     """Continue from ``state``, saved by this loader or by one at another world size and

@@ -138,7 +138,9 @@ class SampleSource:
             i = (index + probe) % n
             try:
                 if i in self.config.quarantine:
-                    raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
+                    raise CorruptSampleError(
+                        f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i]
+                    )
                 sample = reader[i]
                 # the displayed size: the decoder applies EXIF orientation, so windows are drawn on it
                 try:
@@ -199,8 +201,14 @@ class SampleSource:
             else:
                 windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
                 flip = np.zeros((n, 1), np.int32)
-            outs.update({f"jpegs{s}": [f[0] for f in fetched], f"labels{s}": np.array([[f[1]] for f in fetched], np.int64),
-                         f"windows{s}": windows, f"flips{s}": flip})
+            outs.update(
+                {
+                    f"jpegs{s}": [f[0] for f in fetched],
+                    f"labels{s}": np.array([[f[1]] for f in fetched], np.int64),
+                    f"windows{s}": windows,
+                    f"flips{s}": flip,
+                }
+            )
             skipped.append([f[3] for f in fetched])
         if c.paste is not None:
             outs.update(self._paste(epoch, positions, positions if g is None else g))

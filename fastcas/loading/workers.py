@@ -64,8 +64,10 @@ def describe_exit(pid, exitcode) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = {signal.SIGKILL: " (out of memory? see `dmesg`)",
-                signal.SIGBUS: " (a memory-mapped shard was truncated or rewritten while being read?)"}.get(-exitcode, "")
+        hint = {
+            signal.SIGKILL: " (out of memory? see `dmesg`)",
+            signal.SIGBUS: " (a memory-mapped shard was truncated or rewritten while being read?)",
+        }.get(-exitcode, "")
         return f"pid {pid} killed by {name}{hint}"
     return f"pid {pid} exited with status {exitcode}"
 

@@ -2,7 +2,8 @@
 
 Parameters are drawn on the host from an explicit ``numpy.random.Generator``
 (:func:`make_params`) or from the samples' global stream positions (:func:`make_params_at`),
-and applied by a NumPy reference, torch ops, or Numba CUDA kernels (:func:`apply`); :func:`mix` does both and returns soft targets. See ``fastcas/mix/params.py``
+and applied by a NumPy reference, torch ops, or Numba CUDA kernels (:func:`apply`); :func:`mix` does both and returns
+soft targets. See ``fastcas/mix/params.py``
 for the conventions (lam = kept-background fraction, boxes ``(y0, x0, y1, x1)`` half-open).
 """
 from .api import apply, check_images, mix, soft_targets, targets_from_lam

@@ -125,7 +125,7 @@ def apply_torch(params: MixParams, bg, fg):
     """Vectorised torch apply on the tensors' device (CPU or CUDA); returns a new tensor."""
     import torch
 
-    dev, (b, c, h, w) = bg.device, bg.shape
+    dev, (b, _, h, w) = bg.device, bg.shape
     if params.boxes is not None:
         bx = torch.as_tensor(params.boxes, device=dev)
         rows = torch.arange(h, device=dev).view(1, h)

@@ -17,7 +17,8 @@ world size the granularity is the SHARD: shards that every old rank had emitted 
 skipped, the remaining shards are dealt to the new ranks, and samples of shards that were
 partly emitted when the state was saved (the shard each old rank was reading and those with
 samples still in its shuffle buffer) are read again from their start; the remaining number of
-draws is kept (each new rank pads or trims its share, as at the start of an epoch). Loading replays the old ranks' streams up to the saved point (host integers only). Reading
+draws is kept (each new rank pads or trims its share, as at the start of an epoch). Loading replays the old ranks'
+streams up to the saved point (host integers only). Reading
 shards sequentially is the point of this mode, so it does not offer the exact sample-level
 elasticity of :class:`fastcas.sampling.sampler.WeightedSampler`.
 """

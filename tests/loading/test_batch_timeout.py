@@ -53,7 +53,8 @@ it.close()
 loader.close()
 out["threads"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
 out["worker_pids_after_close"] = loader.worker_pids()
-out["alive"] = [p for p in pids if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+out["alive"] = [p for p in pids
+                if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
 # the loader still works: iterating again rebuilds the pipeline at the step it stopped at
 again = iter(loader)
 out["after"] = len(next(again)[1])

@@ -178,7 +178,9 @@ def test_brightness_jitter_scales_each_sample_by_its_drawn_factor(flat):
 @pytest.mark.parametrize("remode", ["const", "rand", "pixel"])
 def test_random_erasing_fills_exactly_the_drawn_rectangle(flat, remode):
     S = 16
-    loader = Loader(flat, 4, image_size=S, reprob=0.75, remode=remode, epoch_length=16, mean=MEAN, std=STD, seed=4, **CPU)
+    loader = Loader(
+        flat, 4, image_size=S, reprob=0.75, remode=remode, epoch_length=16, mean=MEAN, std=STD, seed=4, **CPU
+    )
     policy = loader.config.transforms
     field = torch.from_numpy(policy.noise_field(loader.config.seed, S)).permute(2, 0, 1)
     plain = ((torch.tensor(FLAT) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)).float()[:, None, None]

@@ -51,7 +51,10 @@ def test_sample_cli_report_with_attributes(tmp_path, capsys):
 
     make_dataset(tmp_path / "ds", counts=(12, 6, 3), size=(32, 24))
     s = tmp_path / "s.parquet"
-    assert main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(s), "--no-progress", "--batch-size", "8"]) == 0
+    assert (
+        main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(s), "--no-progress", "--batch-size", "8"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["sample", str(tmp_path / "ds"), "--weights", "cas", "--scores", str(s), "--num-samples", "2000",
                  "--out", str(tmp_path / "i.npy"), "--report"]) == 0

@@ -1,4 +1,6 @@
-"""Stream geometry: the weighted sampler as a DataLoader sampler resumes at another world size; partial and padded last steps."""
+"""Stream geometry: the weighted sampler as a DataLoader sampler resumes at another world size; partial and padded last
+steps."""
+
 import numpy as np
 import pytest
 

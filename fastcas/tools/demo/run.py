@@ -124,7 +124,9 @@ def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: in
     for name in ("uniform", "cas"):
         w = sample_weights.make(name, reader.labels, scores=t.cas)
         drawn = WeightedSampler(w, n, seed=seed).indices(0)
-        out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"]["rare attribute"]
+        out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"][
+            "rare attribute"
+        ]
     return out
 
 
