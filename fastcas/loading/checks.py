@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from fastcas.sampling.geometry import check_same
+
 WHERE = "Loader.load_state_dict"
 
 
@@ -46,8 +48,6 @@ def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys
     refused instead of silently continuing another stream. A state without ``config`` (written
     by hand, e.g. ``{"epoch", "step", "seed"}``) has nothing to compare. ``legacy_digest(loader)``:
     the weights digest of fastcas before O(1) digests, accepted too."""
-    from fastcas.sampling.geometry import check_same
-
     if "step" not in state:
         raise ValueError(f"{WHERE}: the state has no 'step' (an evaluation loader, or a state without "
                          "'position', continues at its step)")

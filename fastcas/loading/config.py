@@ -3,6 +3,7 @@
 stays about one concern."""
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 
@@ -259,8 +260,6 @@ _OPTION_HINTS = {
 def check_option_names(options: dict) -> None:
     """A TypeError naming each unknown option and what fastcas calls it (``num_workers`` ->
     ``py_workers``), instead of the dataclass's bare "unexpected keyword argument"."""
-    import difflib
-
     valid = [f.name for f in fields(LoaderConfig) if f.name != "batch_size"]
     unknown = [k for k in options if k not in valid]
     if not unknown:

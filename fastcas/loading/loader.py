@@ -27,20 +27,32 @@ import dataclasses
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from fastcas import mix
+from fastcas.core.errors import ClassMassShiftWarning, CorruptSampleError, FastcasError
+from fastcas.dataset.classes import check_same_classes
+from fastcas.dataset.derived import cached_array, check_vector, score_column
 from fastcas.dataset.reader import ShardReader
-from fastcas.loading import checks, iteration, resume, workers
+from fastcas.loading import checks, iteration, mixsched, pipeline, resume, workers
+from fastcas.loading import streams as streaming
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
+from fastcas.loading.faults import undecodable
 from fastcas.loading.layout import BatchLayout
+from fastcas.loading.mixsched import mix_at
+from fastcas.loading.prefetch import Prefetcher
 from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_skipped
 from fastcas.mix.kinds import KINDS as MIX_KINDS
+from fastcas.sampling.classmass import class_mass_message, class_mass_shift
 from fastcas.sampling.geometry import StreamGeometry
+from fastcas.sampling.plan import PlanSampler
 from fastcas.sampling.protocol import SequentialIndex
 from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.sampling.shared import shared_cdf, shared_concentration
 from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
 
 _ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
@@ -74,7 +86,6 @@ class Loader:
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
         self.num_classes = self.reader.num_classes
         if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
-            from fastcas.dataset.classes import check_same_classes
 
             check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
         labels = np.asarray(self.reader.labels)
@@ -138,8 +149,6 @@ class Loader:
                 )
             return None
         if isinstance(scores, (str, os.PathLike)):
-            from fastcas.dataset.derived import score_column
-
             # joined by key once per node, then a memory-mapped column shared by every process
             cas, self._scores_id = score_column(self.reader, scores)
             return cas
@@ -153,11 +162,9 @@ class Loader:
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
         if name in PLAN_NAMES:  # the importance-sampling paper's resampled set: its length is the epoch's
-            from fastcas.sampling.plan import PlanSampler
 
             plan = make_plan(name, self.reader.labels, seed=cfg.seed, threshold=cfg.threshold)
             return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
-        from fastcas.sampling.shared import shared_cdf, shared_concentration
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
@@ -167,8 +174,6 @@ class Loader:
         # the weights' concentration: computed once per node beside the shared CDF
         msg = concentration_message(shared_concentration(self.reader, cdf, wd), self.reader.keys, f"weights {name!r}")
         if msg:
-            import warnings
-
             warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
         if name == "cas":
             self._warn_class_mass(name, cdf, wd)
@@ -178,12 +183,6 @@ class Loader:
         """ClassMassShiftWarning (and a line in ``self.notes``) when weights ``name`` move the
         class distribution of the draws (:mod:`fastcas.sampling.classmass`); the class masses
         are computed once per node and cached beside the CDF."""
-        import warnings
-
-        from fastcas.core.errors import ClassMassShiftWarning
-        from fastcas.dataset.derived import cached_array, check_vector
-        from fastcas.sampling.classmass import class_mass_message, class_mass_shift
-
         keys = ("tv", "head", "head_before", "head_after", "tail_classes", "tail_before", "tail_after")
         def build():
             shift = class_mass_shift(self.reader.labels, np.diff(cdf, prepend=0.0))
@@ -202,8 +201,6 @@ class Loader:
             return (SequentialIndex(len(self.reader), self.rank, self.world_size),)
         names = [cfg.weights] + ([cfg.foreground_weights] if cfg.foreground_weights else [])
         if cfg.mode == "streaming":
-            from fastcas.loading import streams as streaming
-
             return tuple(streaming.from_loader(self, name, s) for s, name in enumerate(names))
         return tuple(self._sampler(name, s) for s, name in enumerate(names))
 
@@ -264,12 +261,9 @@ class Loader:
         }
         kind = self.config.mix_kind
         if kind:
-            from fastcas import mix
-
             partner = None if ns == 2 else mix.pair_partner(pos)
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
-            from fastcas.loading.mixsched import mix_at
 
             name, alpha, prob, opts = mix_at(self.config, epoch, step)
             res.update(MIX_KINDS[name].plan_params(self.config.seed, epoch, pos, self.config.image_size, alpha=alpha,
@@ -369,11 +363,6 @@ class Loader:
         """After a failed batch: find the samples DALI cannot decode (fastcas.loading.faults). strict:
         raise naming key and shard; else quarantine them, rebuild at this step, return True.
         False when no sample is to blame (the error is not a decode error)."""
-        import warnings
-
-        from fastcas.core.errors import CorruptSampleError, FastcasError
-        from fastcas.loading.faults import undecodable
-
         if self._built is None or self.backend.built is None or isinstance(exc, FastcasError):
             return False  # fastcas's own errors already say what failed
         probe = self.backend.decode_probe()
@@ -421,8 +410,6 @@ class Loader:
         ``prefetch > 0`` the pipeline is run and each batch finished (mixed, targets) on a
         background thread, ``prefetch`` batches ahead of the consumer
         (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own stream)."""
-        from fastcas.loading.prefetch import Prefetcher
-
         me = threading.current_thread()
         with _ITER_LOCK:  # one consumer at a time: two threads would share one pipeline and position
             owner = self._iter_owner
@@ -493,8 +480,6 @@ class Loader:
             return images, targets
         import torch
 
-        from fastcas.loading import pipeline
-
         return images, targets, pipeline.to_device(torch.from_numpy(self.valid(step)), images.device)
 
     def _images_targets(self, out, step: int):
@@ -504,8 +489,6 @@ class Loader:
         (:func:`fastcas.loading.pipeline.to_device`); pixel-dependent parameters (SaliencyMix boxes) are
         computed there (:mod:`fastcas.mix.device`); labels were range-checked at construction."""
         import torch
-
-        from fastcas.loading import pipeline
 
         cfg = self.config
         n = self._last_size if step == self.steps - 1 else cfg.batch_size
@@ -527,7 +510,6 @@ class Loader:
         kind = cfg.mix_kind
         if kind is None:  # one target shape per `targets` setting, whatever the mixing
             return images, (labels if cfg.target_kind == "hard" else self._smooth(labels))
-        from fastcas import mix
 
         # every parameter is keyed by the samples' global positions (fastcas.sampling.geometry)
         positions = self.positions(step)[:n]
@@ -552,8 +534,6 @@ class Loader:
 
     def _device_params(self, epoch: int, positions, size: int, fg, to_dev, step: int):
         """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
-        from fastcas.loading import mixsched
-
         cfg = self.config
         kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
         policy = cfg.transforms
@@ -565,9 +545,6 @@ class Loader:
         (seed, epoch, position) only; the kind (``mixup_cutmix``) and whether the epoch mixes
         at all by (seed, epoch, step) (:func:`fastcas.loading.mixsched.mix_at`). ``device``: FMix
         masks are built where the images are, from noise drawn on the host."""
-        from fastcas import mix
-        from fastcas.loading import mixsched
-
         cfg = self.config
         if step is None:  # the global step holding these positions (steps are global_batch apart)
             pos = np.asarray(positions, np.int64).reshape(-1)

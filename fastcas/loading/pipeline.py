@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
+from fastcas.core.errors import GPU_EXTRAS, missing
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loading.source import SampleSource
 from fastcas.loading.transforms import EVAL_CROP_PCT, INTERPOLATIONS
@@ -64,8 +65,6 @@ def require_dali() -> None:
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
-        from fastcas.core.errors import GPU_EXTRAS, missing
-
         raise missing("fastcas.Loader (its DALI pipeline)", "NVIDIA DALI",
                       GPU_EXTRAS + "; fastcas.TorchvisionLoader runs without it") from None
 
@@ -333,7 +332,7 @@ def _make_graph_op(name: str):
     from nvidia.dali import types
     from nvidia.dali.plugin.numba import NumbaFunction
 
-    from fastcas.mix import graph_ops
+    from fastcas.mix import graph_ops  # noqa: PLC0415 (lazy: graph_ops loads numba)
 
     i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
     spec = {  # out_types, in_types, outs_ndim, ins_ndim

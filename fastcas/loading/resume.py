@@ -5,6 +5,7 @@ loader (``self``), so :mod:`fastcas.loading.loader` keeps only construction and 
 from __future__ import annotations
 
 from fastcas.loading import checks
+from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
 from fastcas.sampling.geometry import check_same, digest
 from fastcas.sampling.protocol import weights_digest
 
@@ -43,7 +44,6 @@ def _streaming_keys(cfg) -> dict:
     """Streaming mode's shuffle buffer orders the epoch: mid-epoch it must match."""
     if cfg.mode != "streaming":
         return {}
-    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
 
     return {"shuffle_buffer": DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer}
 

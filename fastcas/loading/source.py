@@ -13,11 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastcas import mix
 from fastcas.core.errors import CorruptSampleError
 from fastcas.dataset import imagehdr
+from fastcas.dataset.reader import ShardReader
 from fastcas.loading.augment import augment_key
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
+from fastcas.loading.transforms import AugmentPolicy
+from fastcas.loading.workers import arm_if_child_of, spawn_parent_hint
 from fastcas.mix.kinds import KINDS as MIX_KINDS
 from fastcas.mix.kinds import PASTE_KINDS
 from fastcas.sampling.protocol import SequentialIndex  # noqa: F401 (its former home; fastcas.scoring imports it here)
@@ -86,8 +90,6 @@ class SourceConfig:
     @property
     def policy(self):
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` (the default when ``augment`` is None)."""
-        from fastcas.loading.transforms import AugmentPolicy
-
         return AugmentPolicy() if self.augment is None else self.augment
 
 
@@ -101,13 +103,9 @@ class SampleSource:
         self._reader = None
 
     def __getstate__(self):
-        from fastcas.loading.workers import spawn_parent_hint
-
         return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
 
     def __setstate__(self, state):
-        from fastcas.loading.workers import arm_if_child_of
-
         state = dict(state)
         hint = state.pop("_parent", None)
         self.__dict__.update(state)
@@ -116,8 +114,6 @@ class SampleSource:
     @property
     def reader(self):
         if self._reader is None:
-            from fastcas.dataset.reader import ShardReader
-
             self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
                                        cache_max_bytes=self.config.cache_max_bytes, remote=self.config.remote)
         return self._reader
@@ -237,8 +233,6 @@ class SampleSource:
         """In-batch partners (local indices int64 [B]) of one stream's step, or None for two
         streams: the step's real samples pair by :func:`fastcas.mix.pair_partner`, padding with
         itself."""
-        from fastcas import mix
-
         c = self.config
         if len(c.streams) != 1:
             return None

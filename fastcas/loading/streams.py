@@ -23,7 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from fastcas.core.rng import derive_key
+from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
+from fastcas.sampling.geometry import StreamGeometry
 from fastcas.sampling.protocol import IndexSampler
+from fastcas.sampling.shared import shared_cdf
 from fastcas.sampling.streaming import StreamingSampler
 
 PURPOSE = 0x5C  # the purpose key mixed into a second (foreground) stream's seed
@@ -175,10 +178,6 @@ def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank
 def from_loader(loader, name: str, stream: int) -> StreamIndex:
     """The StreamIndex of weights ``name`` for ``loader``'s rank (its CDF is the one exact mode
     would sample from: :func:`fastcas.sampling.shared.shared_cdf`)."""
-    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
-    from fastcas.sampling.geometry import StreamGeometry
-    from fastcas.sampling.shared import shared_cdf
-
     cfg, reader = loader.config, loader.reader
     num = cfg.epoch_length or len(reader)
     if num < loader.world_size:  # every rank refuses, not only the one that would draw nothing

@@ -18,6 +18,7 @@ import numpy as np
 
 from fastcas.core.rng import counter_uniform, derive_key
 
+from .device import on_device, saliency_params
 from .params import make_params_at, paste_args, saliency_draws
 from .saliency import ALIASES as SALIENCY_ALIASES
 from .saliency import METHODS as SALIENCY_METHODS
@@ -69,8 +70,6 @@ class MixKind:
                       options: dict, to_device, mean, std):
         """The parameters torch applies after the pipeline, resident on ``fg``'s device
         (:class:`fastcas.mix.device.DeviceParams`); ``fg``: the foregrounds [B, 3, S, S]."""
-        from .device import on_device
-
         params = make_params_at(self.name, seed, epoch, positions, size, size, alpha=alpha, prob=prob,
                                 device=fg.device, **options)
         return on_device(params, to_device)
@@ -172,8 +171,7 @@ class SaliencyMix(MixKind):
     def device_params(self, seed, epoch, positions, size, fg, *, alpha, prob, options, to_device, mean, std):
         """The saliency (any method) of the decoded uint8 pixels, as in the graph
         (:mod:`fastcas.mix.graph_ops`); ``options`` are exactly ``saliency`` and ``mode``."""
-        from .device import saliency_params
-        from .graph_ops import pixels_u8
+        from .graph_ops import pixels_u8  # noqa: PLC0415 (lazy: numba)
 
         return saliency_params(seed, epoch, positions, pixels_u8(fg, mean, std), alpha=alpha, prob=prob,
                                to_device=to_device, **options)

@@ -33,6 +33,8 @@ import numpy as np
 
 from fastcas.core.rng import counter_uniform, derive_key
 
+from .saliency import saliency_centres
+
 KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 MODES = ("elem", "batch")
 
@@ -198,7 +200,7 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
         return generator.integers(0, height, size=n), generator.integers(0, width, size=n)
 
     def noise(m):  # the kept low-frequency box only (the whole spectrum when nothing is dropped)
-        from .fmix import noise_shape
+        from .fmix import noise_shape  # noqa: PLC0415 (lazy: numba)
 
         return generator.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
 
@@ -216,7 +218,7 @@ def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mod
         return MixParams(kind, height, width, lam.astype(np.float64), mixed, drawn=drawn)
 
     if kind == "fmix":
-        from .fmix import masks_from_noise
+        from .fmix import masks_from_noise  # noqa: PLC0415 (lazy: numba)
 
         m = min(batch_size, 1) if mode == "batch" else batch_size
         masks, lam = masks_from_noise(noise(m), drawn, mixed, height, width, decay=decay,
@@ -233,8 +235,6 @@ def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mod
             cut_h, cut_w = cut_sizes(drawn, height, width)
             boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
     else:  # saliencymix
-        from .saliency import saliency_centres
-
         if foreground is None:
             raise ValueError("saliencymix needs the foreground images (foreground=...) for saliency")
         shape = tuple(foreground.shape)
@@ -330,7 +330,7 @@ def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, wid
                 np.minimum((ux[:n] * width).astype(np.int64), width - 1))
 
     def noise(m):
-        from .fmix import noise_at
+        from .fmix import noise_at  # noqa: PLC0415 (lazy: numba)
 
         return noise_at(seed, epoch, src[:m], height, width, decay)
 
