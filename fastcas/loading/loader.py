@@ -86,7 +86,6 @@ class Loader:
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
         self.num_classes = self.reader.num_classes
         if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
-
             check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
         labels = np.asarray(self.reader.labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -101,6 +100,25 @@ class Loader:
         self.scores = self._load_scores(scores)
         self.notes: list[str] = []  # warnings about the sampling weights, for a training log
         self.streams = self._make_streams()
+        self._set_steps()
+        self._digests: dict = {}
+        self.epoch, self.step = 0, 0
+        # the iteration rule (__iter__): where the next iter() starts, when set by construction,
+        # set_epoch or load_state_dict (_loaded); _iter_id names the newest iteration
+        self._next_start: tuple[int, int] | None = (0, 0)
+        self._loaded, self._iter_id = False, 0
+        self.skipped: dict[str, int] = {}
+        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
+        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
+        self._built: tuple[int, int] | None = None  # (epoch, step) the backend was last built at
+        self._paste = self._paste_spec()
+        self._layout = BatchLayout(len(self.streams), None if self._paste is None else self._paste.kind)
+
+    # -- construction ----------------------------------------------------------------------
+    def _set_steps(self) -> None:
+        """``geometry`` (training: one global stream, contiguous blocks per rank; evaluation: None),
+        ``steps`` per epoch and ``_last_size`` (the last step's batch on this rank)."""
+        cfg = self.config
         self.geometry = None
         if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.sampling.geometry)
             # the first stream's epoch: epoch_length, a resampling plan's length, or the dataset size
@@ -125,20 +143,7 @@ class Loader:
             self._last_size = (
                 per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
             )
-        self._digests: dict = {}
-        self.epoch, self.step = 0, 0
-        # the iteration rule (__iter__): where the next iter() starts, when set by construction,
-        # set_epoch or load_state_dict (_loaded); _iter_id names the newest iteration
-        self._next_start: tuple[int, int] | None = (0, 0)
-        self._loaded, self._iter_id = False, 0
-        self.skipped: dict[str, int] = {}
-        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
-        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
-        self._built: tuple[int, int] | None = None  # (epoch, step) the backend was last built at
-        self._paste = self._paste_spec()
-        self._layout = BatchLayout(len(self.streams), None if self._paste is None else self._paste.kind)
 
-    # -- construction ----------------------------------------------------------------------
     def _load_scores(self, scores):
         needs = "cas" in (self.config.weights, self.config.foreground_weights) or "cas-cmo" in (
             self.config.weights, self.config.foreground_weights)
@@ -162,7 +167,6 @@ class Loader:
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
         if name in PLAN_NAMES:  # the importance-sampling paper's resampled set: its length is the epoch's
-
             plan = make_plan(name, self.reader.labels, seed=cfg.seed, threshold=cfg.threshold)
             return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
 

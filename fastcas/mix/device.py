@@ -105,7 +105,6 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
         cy = torch.clamp((flat // w) * f + f // 2, max=height - 1)
         cx = torch.clamp((flat % w) * f + f // 2, max=width - 1)
     else:  # "opencv": the host loop of the reference (synchronises; an explicit choice)
-
         hy, hx = saliency_centres(img, method=method)
         cy, cx = to_device(torch.from_numpy(hy)), to_device(torch.from_numpy(hx))
     if mode == "batch":
