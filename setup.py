@@ -52,6 +52,7 @@ EXTRAS = {
         "lightning>=2.4",
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "ruff==0.17.5",  # the lint configuration in ruff.toml, run by tests/tools/test_lint.py
         # reference saliency (SaliencyMix's own method) and real sample photos
         "opencv-contrib-python-headless==5.0.0.93",
         "scikit-image>=0.24",

@@ -10,7 +10,8 @@ baseline: the whole spectrum's noise, a full-size ``irfft2``, a full sort per ro
 its host path before the symmetric products (commit c852ebb, also kept here compactly: the
 low-frequency box as two full-size float32 products per sample, ``ndarray.partition`` of each
 row, fused per sample); "after" is the installed :mod:`fastcas.mix.fmix`. A second table
-times the binary-mask blend as the loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal that blends
+times the binary-mask blend as the loader does it on the CPU (``images[perm]`` then ``apply_torch``) against a proposal
+that blends
 the in-batch pairs ``g ^ 1`` without the gather. One thread everywhere (``torch.set_num_threads(1)``,
 BLAS limited to one thread through threadpoolctl when installed, after one row with BLAS at its
 default, as in the loader); times are CPU seconds of the
@@ -184,8 +185,14 @@ def blend_rows(b, size, repeat):
     return [
         {"part": "blend: images[perm] + apply_torch (today)", "ms": cpu_ms(current, repeat)},
         {"part": "  of which images[perm] gather", "ms": cpu_ms(lambda: images[perm], repeat)},
-        {"part": "  of which the binary-mask check", "ms": cpu_ms(lambda: bool(((masks == 0) | (masks == 1)).all()), repeat)},
-        {"part": "blend: images[perm] + lerp, masks known binary", "ms": cpu_ms(lambda: torch.lerp(images, images[perm], masks[:, None]), repeat)},
+        {
+            "part": "  of which the binary-mask check",
+            "ms": cpu_ms(lambda: bool(((masks == 0) | (masks == 1)).all()), repeat),
+        },
+        {
+            "part": "blend: images[perm] + lerp, masks known binary",
+            "ms": cpu_ms(lambda: torch.lerp(images, images[perm], masks[:, None]), repeat),
+        },
         {"part": "blend: pair lerps, no gather (proposal)", "ms": cpu_ms(pairs, repeat)},
     ]
 
@@ -202,8 +209,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from fastcas.mix import fmix
-    from fastcas.mix import make_params_at
+    from fastcas.mix import fmix, make_params_at
 
     torch.set_num_threads(1)
     b, h, w, d, r = args.batch, args.size, args.size, args.decay, args.repeat
@@ -247,8 +253,11 @@ def main(argv=None) -> int:
             row.update(prev_ms=tp, vs_prev=tp / ta)
         rows.append(row)
     rows.append({"part": "total, default BLAS threads", "after_ms": default_blas})
-    print_table(rows, ["part", "before_ms", "prev_ms", "after_ms", "speedup", "vs_prev"],
-                title=f"FMix parameters, CPU ms per batch of {b} at {h}x{w}, decay {d}, box {fmix.spectrum_box(h, w, d)}")
+    print_table(
+        rows,
+        ["part", "before_ms", "prev_ms", "after_ms", "speedup", "vs_prev"],
+        title=f"FMix parameters, CPU ms per batch of {b} at {h}x{w}, decay {d}, box {fmix.spectrum_box(h, w, d)}",
+    )
     brows = blend_rows(b, args.size, r)
     print_table(brows, ["part", "ms"], title=f"binary-mask blend, CPU ms per batch of {b}x3x{h}x{w} float32")
     total = rows[-2]["after_ms"] + min(x["ms"] for x in brows if x["part"].startswith("blend"))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import base_parser, print_table, write_json  # noqa: E402
-from fastcas.tools.demo.data import corpus_samples  # noqa: E402
 from fastcas.dataset.indexer import IndexConfig, index_dataset  # noqa: E402
+from fastcas.tools.demo.data import corpus_samples  # noqa: E402
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -134,8 +134,8 @@ t2 = time.perf_counter()
 sd = loader.state_dict()
 t3 = time.perf_counter()
 mem = {"main": rollup(os.getpid()), "workers": [rollup(c) for c in children(os.getpid())]}
-res = {phase: {"torch_import_s": torch_imp, "import_s": imp, "construct_s": t1 - t0, "first_batch_s": t2 - t1, "state_dict_s": t3 - t2,
-              "batch": list(x.shape), "memory": mem}}
+res = {phase: {"torch_import_s": torch_imp, "import_s": imp, "construct_s": t1 - t0, "first_batch_s": t2 - t1,
+              "state_dict_s": t3 - t2, "batch": list(x.shape), "memory": mem}}
 loader.close()
 print(json.dumps(res))
 '''
@@ -183,7 +183,7 @@ def replicate_manifest(src: Path, dst: Path, k: int, tars: Path) -> None:
     import hashlib
     import shutil
 
-    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns
+    from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter
 
     if (dst / "manifest.json").exists():
         return

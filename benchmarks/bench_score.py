@@ -48,11 +48,11 @@ def _scoring(ds, fn, *, batch_size, image_size, decoder, device) -> tuple[float,
 def main(argv=None) -> int:
     import torch
 
+    from fastcas.dataset.reader import ShardReader
+    from fastcas.dataset.shards import ShardWriterConfig, write_shards
     from fastcas.scoring.pixel import PixelEncoder
     from fastcas.scoring.run import decode_batch, rank_batches
     from fastcas.tools.demo.data import corpus_samples
-    from fastcas.dataset.reader import ShardReader
-    from fastcas.dataset.shards import ShardWriterConfig, write_shards
 
     p = base_parser(__doc__)
     p.add_argument("--images", type=int, default=512)
@@ -78,7 +78,9 @@ def main(argv=None) -> int:
             from fastcas.scoring.clip import ClipEncoder
 
             clip = ClipEncoder(clip_model, None, device)
-            encoders.append((f"clip {clip_model} (random weights)", clip.embed_images, clip.image_size, tmp / "ds_clip"))
+            encoders.append(
+                (f"clip {clip_model} (random weights)", clip.embed_images, clip.image_size, tmp / "ds_clip")
+            )
         except ImportError:
             print("open_clip not installed: CLIP rows skipped")
         for name, fn, size, ds in encoders:
@@ -107,10 +109,22 @@ def main(argv=None) -> int:
                                   "met": ips / bare >= 0.9})
         print_table(rows, ["encoder", "path", "image_size", "images", "images_per_s", "vs_bare"],
                     title=f"CAS scoring throughput on {device}")
-        write_json("bench_score", {"images": n, "clip_images": n_clip, "batch_size": a.batch_size,
-                                   "clip_model": clip_model, "device": device, "rounds": a.rounds, "torch_threads": torch.get_num_threads(),
-                                   "corpus": "fastcas.tools.demo.data.corpus_samples (real photos, seeded crops)"},
-                   rows, a.out, goals=goals)
+        write_json(
+            "bench_score",
+            {
+                "images": n,
+                "clip_images": n_clip,
+                "batch_size": a.batch_size,
+                "clip_model": clip_model,
+                "device": device,
+                "rounds": a.rounds,
+                "torch_threads": torch.get_num_threads(),
+                "corpus": "fastcas.tools.demo.data.corpus_samples (real photos, seeded crops)",
+            },
+            rows,
+            a.out,
+            goals=goals,
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import base_parser, print_table, write_json  # noqa: E402
-from fastcas.tools.demo.data import corpus_samples  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.dataset.shards import ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.tools.demo.data import corpus_samples  # noqa: E402
 
 
 def main(argv=None) -> int:

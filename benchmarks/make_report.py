@@ -33,7 +33,9 @@ def table(rows: list[dict], cols: list[str] | None = None) -> list[str]:
 
 def machine_line(m: dict) -> str:
     v = m.get("versions", {})
-    libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "torchvision", "nvidia-dali-cuda130", "numpy", "pillow") if k in v)
+    libs = ", ".join(
+        f"{k} {v[k]}" for k in ("torch", "torchvision", "nvidia-dali-cuda130", "numpy", "pillow") if k in v
+    )
     gpu = f"{m['gpu']} (driver {m['driver']})" if m.get("gpu") else "no GPU"
     return f"{m.get('cpu')} x {m.get('cores')} cores, {gpu}; Python {m.get('python')}; {libs}; measured {m.get('date')}"
 

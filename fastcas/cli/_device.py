@@ -1,4 +1,6 @@
-"""Shared CLI checks: ``--device cuda`` without a visible GPU, CAS weights without ``--scores``: both fail before any work starts."""
+"""Shared CLI checks: ``--device cuda`` without a visible GPU, CAS weights without ``--scores``: both fail before any
+work starts."""
+
 from __future__ import annotations
 
 

@@ -33,10 +33,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from fastcas.core.io import atomic_write_json
-    from fastcas.tools.machine import machine_info
-    from fastcas.tools.bench import BenchConfig, format_mixes, format_table, goals, plot_result, run_bench
     from fastcas.cli._device import require_device, require_scores
+    from fastcas.core.io import atomic_write_json
+    from fastcas.tools.bench import BenchConfig, format_mixes, format_table, goals, plot_result, run_bench
+    from fastcas.tools.machine import machine_info
 
     require_device(args.device)
     require_scores(args.weights, args.scores)

@@ -28,9 +28,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from fastcas.cli.info import format_summary, summary
-    from fastcas.tools.demo.run import DemoConfig, run_demo
-    from fastcas.tools.demo.data import build_demo_data
     from fastcas.dataset.reader import ShardReader
+    from fastcas.tools.demo.data import build_demo_data
+    from fastcas.tools.demo.run import DemoConfig, run_demo
 
     data = build_demo_data(args.root, corpus_size=args.corpus_size, seed=args.seed,
                            fashion_mnist=args.fashion_mnist, overwrite=args.rebuild, progress=not args.no_progress)
@@ -45,7 +45,17 @@ def run(args) -> int:
             print(format_summary(summary(ShardReader(path))))
     if args.data_only:
         return 0
-    run_demo(DemoConfig(train=str(train), val=str(val), out=args.out,
-                        corpus=str(data.corpus) if data.corpus else None, epochs=args.epochs,
-                        epoch_length=args.epoch_length, seeds=args.seeds, model=args.model, progress=not args.no_progress))
+    run_demo(
+        DemoConfig(
+            train=str(train),
+            val=str(val),
+            out=args.out,
+            corpus=str(data.corpus) if data.corpus else None,
+            epochs=args.epochs,
+            epoch_length=args.epoch_length,
+            seeds=args.seeds,
+            model=args.model,
+            progress=not args.no_progress,
+        )
+    )
     return 0

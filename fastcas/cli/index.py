@@ -37,11 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from fastcas.dataset import imagehdr
-    from fastcas.dataset.indexer import IndexConfig, index_dataset
     from fastcas.cli._remote import remote_options
-    from fastcas.dataset.remote import RemoteError
+    from fastcas.dataset import imagehdr
     from fastcas.dataset.classes import class_names_of, parse_class_names
+    from fastcas.dataset.indexer import IndexConfig, index_dataset
+    from fastcas.dataset.remote import RemoteError
 
     if args.class_names and args.classes_from:
         raise ValueError("give --class-names or --classes-from, not both")

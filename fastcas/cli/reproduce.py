@@ -40,10 +40,21 @@ def run(args) -> int:
                     progress=args.progress)
     train, val = build_tint_data(args.root, seed=args.seed, fashion_mnist=args.fashion_mnist,
                                  progress=args.progress)
-    cfg = ReproduceConfig(train=str(train), val=str(val), out=args.out, arms=tuple(args.arms), seeds=args.seeds,
-                          model=args.model, epochs=args.epochs, epoch_length=args.epoch_length,
-                          batch_size=args.batch_size, image_size=args.image_size, eval_every=args.eval_every, device=args.device,
-                          progress=args.progress)
+    cfg = ReproduceConfig(
+        train=str(train),
+        val=str(val),
+        out=args.out,
+        arms=tuple(args.arms),
+        seeds=args.seeds,
+        model=args.model,
+        epochs=args.epochs,
+        epoch_length=args.epoch_length,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        eval_every=args.eval_every,
+        device=args.device,
+        progress=args.progress,
+    )
     report = run_reproduce(cfg)
     print((__import__("pathlib").Path(cfg.out) / "report.md").read_text())
     print(f"report: {cfg.out}/report.md ({report['wall_seconds'] / 60:.1f} min)")

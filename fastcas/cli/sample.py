@@ -32,11 +32,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from fastcas.sampling import weights
+    from fastcas.cli._device import require_scores
     from fastcas.core.io import atomic_open
     from fastcas.dataset.reader import ShardReader
-
-    from fastcas.cli._device import require_scores
+    from fastcas.sampling import weights
 
     require_scores(args.weights, args.scores)
     reader = ShardReader(args.dataset)
@@ -74,9 +73,9 @@ def run(args) -> int:
     print(f"wrote {len(idx)} indices ({args.weights}, {args.mode}, rank {args.rank}/{args.world_size}, "
           f"epoch {args.epoch}) to {args.out}")
     if args.report:
-        from fastcas.train.monitor import drawn_report, format_report
         from fastcas.dataset.scorefile import random_weights_warning
         from fastcas.scoring.cas import attribute_names
+        from fastcas.train.monitor import drawn_report, format_report
 
         att = {}
         if table is not None:

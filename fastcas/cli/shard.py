@@ -32,11 +32,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from fastcas.core.rng import generator
-    from fastcas.dataset.ingest import (FASHION_MNIST_CLASSES, fashion_mnist_samples, image_folder_items,
-                                list_file_items, load_fashion_mnist, samples_from_items)
-    from fastcas.dataset.shards import ShardWriterConfig, write_shards
-
     from fastcas.dataset.classes import check_same_classes, class_names_of
+    from fastcas.dataset.ingest import (
+        FASHION_MNIST_CLASSES,
+        fashion_mnist_samples,
+        image_folder_items,
+        list_file_items,
+        load_fashion_mnist,
+        samples_from_items,
+    )
+    from fastcas.dataset.shards import ShardWriterConfig, write_shards
 
     kind = args.source
     skipped: list[str] = []

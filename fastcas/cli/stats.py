@@ -9,7 +9,8 @@ style); with ``--eval`` also ``accuracy_by_cas.png`` (top-1 per CAS decile). The
 Table 1 style statistics (mean / std of the CAS of one epoch of drawn *originals*, before any
 mixing, under uniform, CAS-weighted (``--b``) and CMO (``--r``) weights; the paper's Table 1
 reports the CAS of the images after augmentation, which fastcas does not re-score), per-class
-statistics, subset sizes and thresholds, attribute frequencies, constant primaries and, for a CLIP score file made with random weights, a
+statistics, subset sizes and thresholds, attribute frequencies, constant primaries and, for a CLIP score file made with
+random weights, a
 warning that is also printed and drawn on every attribute plot.
 """
 from __future__ import annotations
@@ -94,8 +95,8 @@ def run(args) -> int:
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    from fastcas.core.io import atomic_write_bytes, atomic_write_json
     from fastcas.cli.info import summary
+    from fastcas.core.io import atomic_write_bytes, atomic_write_json
     from fastcas.dataset.reader import ShardReader
     from fastcas.dataset.scorefile import random_weights_warning, read_scores
     from fastcas.scoring.cas import attribute_frequencies, cas_subsets, class_statistics, sampling_statistics

@@ -58,8 +58,8 @@ FIELD_HELP = {
 
 
 def _choices() -> dict:
-    from fastcas.sampling import weights
     from fastcas.mix.params import KINDS
+    from fastcas.sampling import weights
     from fastcas.train.models import MODELS
 
     return {"model": list(MODELS), "weights": list(weights.NAMES), "foreground_weights": list(weights.NAMES),
@@ -136,9 +136,8 @@ def _clamp_mix_schedule(recipe: Path, overrides: dict) -> dict:
 
 
 def run(args) -> int:
-    from fastcas.train.loop import train
-
     from fastcas.cli._device import require_device, require_scores
+    from fastcas.train.loop import train
 
     cfg = config_from_args(args)
     require_device(cfg.device)

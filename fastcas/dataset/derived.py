@@ -145,4 +145,6 @@ def score_column(reader, path: str | Path) -> tuple[np.ndarray, str]:
         return read_scores(path, keys=reader.keys, labels=reader.labels).cas.astype(np.float64)
 
     n = len(reader)
-    return cached_array(reader, f"cas-{reader.digest}-{sha[:16]}", build, lambda a: check_vector(a, n, positive=True)), sha
+    return cached_array(
+        reader, f"cas-{reader.digest}-{sha[:16]}", build, lambda a: check_vector(a, n, positive=True)
+    ), sha

@@ -141,11 +141,14 @@ def verify_tar(path: str | os.PathLike) -> str | None:
                 return None if offset > 0 else "not a tar: starts with an end-of-archive block (empty archive)"
             why = _header_problem(head)
             if why:
-                return f"not a tar: {why} at byte {offset:,}" + (" (an HTML page?)" if head.lstrip()[:1] == b"<" else "")
+                return f"not a tar: {why} at byte {offset:,}" + (
+                    " (an HTML page?)" if head.lstrip()[:1] == b"<" else ""
+                )
             nbytes = _member_size(head)
             end = offset + BLOCK + nbytes
             if end > size:
-                return f"not a tar: member at byte {offset:,} needs {nbytes:,} bytes of data, the file ends at {size:,} (cut short)"
+                return (f"not a tar: member at byte {offset:,} needs {nbytes:,} bytes of data, the file ends at "
+                        f"{size:,} (cut short)")
             offset += BLOCK + -(-nbytes // BLOCK) * BLOCK
 
 

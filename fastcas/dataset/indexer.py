@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
-from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.core.errors import ShardError
+from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset import imagehdr
 from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import ShardCache, is_url, refuse_credentials
 from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
@@ -258,7 +258,9 @@ def _label_hint(sample: _Sample, config: IndexConfig, data: memoryview) -> str:
         return ""
     fields = [k for k, v in value.items() if isinstance(v, (int, str)) and not isinstance(v, bool)] \
         if isinstance(value, dict) else []
-    best = next((k for k in ("label", "cls", "class", "target", "class_id") if k in fields), fields[0] if fields else "label")
+    best = next(
+        (k for k in ("label", "cls", "class", "target", "class_id") if k in fields), fields[0] if fields else "label"
+    )
     return f"; it has a .json member: labels in JSON need --label-key json:{best}"
 
 
@@ -376,7 +378,7 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
     import shutil
     import tempfile
 
-    from fastcas.dataset.manifest import COLUMNS_DIR, ColumnWriter, Columns, install, open_view
+    from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, install, open_view
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -406,8 +408,14 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
             if bar is not None:
                 bar.set_postfix(samples=len(cols))
         if not len(cols):
-            raise ValueError(f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
-                             + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")"))
+            raise ValueError(
+                f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
+                + (
+                    f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})"
+                    if skipped
+                    else ")"
+                )
+            )
         counts = cols.class_counts
         info = cols.finish()
         keys = Columns(stage / COLUMNS_DIR, info["num_samples"]).keys
@@ -432,13 +440,22 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
         counts = np.concatenate([counts, np.zeros(len(class_names) - len(counts), np.int64)])
         content = hashlib.sha256("".join(f"{s['tar']}:{s['size']}:{s['sha256']}" for s in shards).encode()).hexdigest()
         header = {
-            "format": FORMAT_COLUMNS, "num_samples": info["num_samples"], "shards": shards,
-            "class_names": class_names, "class_counts": counts.tolist(), "label_ext": config.label_ext,
-            "image_exts": sorted(cols.exts, key=cols.exts.get), "skipped": skipped, "empty_tars": empty,
+            "format": FORMAT_COLUMNS,
+            "num_samples": info["num_samples"],
+            "shards": shards,
+            "class_names": class_names,
+            "class_counts": counts.tolist(),
+            "label_ext": config.label_ext,
+            "image_exts": sorted(cols.exts, key=cols.exts.get),
+            "skipped": skipped,
+            "empty_tars": empty,
             "content_hash": content,
             "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
-            "cache_dir": str(Path(config.cache_dir).resolve()) if config.cache_dir and any(is_url(t) for t in tars) else None,
-            "columns": info, **config.extra,
+            "cache_dir": str(Path(config.cache_dir).resolve())
+            if config.cache_dir and any(is_url(t) for t in tars)
+            else None,
+            "columns": info,
+            **config.extra,
         }
         out.mkdir(parents=True, exist_ok=True)
         ours = set()
@@ -525,8 +542,10 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
             cols[k] += v
     skipped = [s for r in results for s in r["skipped"]]
     if not results or not cols["keys"]:
-        raise ValueError(f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
-                         + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")"))
+        raise ValueError(
+            f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
+            + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")")
+        )
     labels = cols["labels"]
     if config.class_names:
         bad = next((k for k, y in zip(cols["keys"], labels) if y >= len(config.class_names)), None)
@@ -552,7 +571,9 @@ def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str])
         "content_hash": content,
         "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
         # readers default to the cache the index filled (commands without --cache-dir use it)
-        "cache_dir": str(Path(config.cache_dir).resolve()) if config.cache_dir and any(is_url(t) for t in tars) else None,
+        "cache_dir": str(Path(config.cache_dir).resolve())
+        if config.cache_dir and any(is_url(t) for t in tars)
+        else None,
         **config.extra,
     }
     out.mkdir(parents=True, exist_ok=True)

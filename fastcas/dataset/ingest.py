@@ -95,7 +95,9 @@ def load_image_bytes(path: Path) -> bytes:
     try:
         with Image.open(io.BytesIO(raw)) as im:
             if im.format == "JPEG":
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # DCT-scaled decode: checks the whole stream, 1/8 the cost
+                im.draft(
+                    "RGB", (max(1, im.width // 8), max(1, im.height // 8))
+                )  # DCT-scaled decode: checks the whole stream, 1/8 the cost
                 im.load()
                 return raw
             im.load()

@@ -119,9 +119,11 @@ def verified_counts(reader, header: dict, columns, names, *, force: bool = False
         else:
             got = columns_hash(directory, names)
             if got != want:
-                raise ShardError(f"{where}: the columns in {directory} do not match the manifest (SHA-256 {got[:16]}..., "
-                                 f"columns.hash says {want[:16]}...): a column file was changed after the manifest was "
-                                 "written; write the dataset again (`fastcas shard` / `fastcas index`)")
+                raise ShardError(
+                    f"{where}: the columns in {directory} do not match the manifest (SHA-256 {got[:16]}..., "
+                    f"columns.hash says {want[:16]}...): a column file was changed after the manifest was "
+                    "written; write the dataset again (`fastcas shard` / `fastcas index`)"
+                )
             counts = label_counts(columns.label, reader.num_classes, columns.keys, where)
             if marker is not None and _stats(directory, names) == stats:
                 with contextlib.suppress(OSError):

@@ -64,7 +64,9 @@ def resolve_manifest(path: str | Path) -> Path:
     manifest = path / MANIFEST if path.is_dir() else path
     if not manifest.exists():
         if path.is_dir():
-            raise FileNotFoundError(f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` or `fastcas index` first)")
+            raise FileNotFoundError(
+                f"{path}: no {MANIFEST} (not a fastcas dataset; run `fastcas shard` or `fastcas index` first)"
+            )
         raise FileNotFoundError(f"{path}: no such dataset or manifest")
     if path.name.lower().endswith(TAR_SUFFIXES):
         raise ValueError(f"{path} is a tar file, not a fastcas dataset: give the dataset directory (the one with "
@@ -385,7 +387,9 @@ class ShardReader:
         # The member's own tar header sits right before its data: checking its name catches
         # an index that was regenerated for a different tar.
         if offset < 512 or offset + size > len(m):
-            raise CorruptSampleError(f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i])
+            raise CorruptSampleError(
+                f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i]
+            )
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
         if self.indexed:
             expected = (f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i]
@@ -398,7 +402,9 @@ class ShardReader:
                 name = member_name(m, offset)
                 ok = name == expected
         else:
-            ok = name.split(".", 1)[0] == self.keys[i] or (member_name(m, offset) or "").split(".", 1)[0] == self.keys[i]
+            ok = (
+                name.split(".", 1)[0] == self.keys[i] or (member_name(m, offset) or "").split(".", 1)[0] == self.keys[i]
+            )
         if not ok:
             self._changed(s, i, offset, name)
         return memoryview(m)[offset : offset + size]
@@ -431,7 +437,8 @@ class ShardReader:
             yield self[i]
 
     def __repr__(self) -> str:
-        return f"ShardReader({str(self.root)!r}, samples={len(self)}, classes={self.num_classes}, shards={len(self.shard_paths)})"
+        return (f"ShardReader({str(self.root)!r}, samples={len(self)}, classes={self.num_classes}, "
+                f"shards={len(self.shard_paths)})")
 
     # -- pickling: drop the mmaps, workers re-open them ------------------------------------
     def __getstate__(self):

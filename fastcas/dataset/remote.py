@@ -80,9 +80,9 @@ def default_cache_dir() -> Path:
 
 
 def _filesystem(url: str, options: RemoteOptions):
-    import fsspec
-
     from urllib.parse import urlsplit
+
+    import fsspec
 
     protocol = url.split("://", 1)[0].lower()
     # ~/.netrc credentials for the host, unless the URL carries its own (aiohttp refuses both)

@@ -48,7 +48,9 @@ def write_scores(path, table, labels=None, cas=None, attr_ids=None, metadata=Non
 
     if not isinstance(table, ScoreTable):
         a = np.asarray(attr_ids) if attr_ids is not None else np.zeros((len(table), 0), np.int64)
-        table = ScoreTable(list(table), np.asarray(labels), np.asarray(cas), a.reshape(len(a), -1), dict(metadata or {}))
+        table = ScoreTable(
+            list(table), np.asarray(labels), np.asarray(cas), a.reshape(len(a), -1), dict(metadata or {})
+        )
     n = len(table.keys)
     if not (len(table.labels) == len(table.cas) == len(table.attrs) == n):
         raise ValueError(f"{path}: score columns differ in length (keys {n}, labels {len(table.labels)}, "
@@ -90,7 +92,8 @@ def read_scores(path, keys: list[str] | None = None, labels=None) -> ScoreTable:
     first mismatching key, and return rows in that order; with ``labels`` (the dataset's, in
     ``keys`` order) check the file's labels equal them, naming the first key that differs. A
     missing (null), NaN, infinite or fractional ``label`` or ``cas``, a key in two rows, or (with
-    ``keys``: a file used for a dataset) a CAS below 1 (a CAS is a sum of ranks, each >= 1) is a ``ValueError`` naming the file and key."""
+    ``keys``: a file used for a dataset) a CAS below 1 (a CAS is a sum of ranks, each >= 1) is a ``ValueError`` naming
+    the file and key."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -117,7 +120,11 @@ def read_scores(path, keys: list[str] | None = None, labels=None) -> ScoreTable:
     else:
         file_keys = t.column("key").to_pylist()
     attr_cols = sorted(c for c in names if c.startswith("attr_"))
-    attrs = np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1) if attr_cols else np.zeros((len(file_keys), 0), np.int64)
+    attrs = (
+        np.stack([t.column(c).to_numpy().astype(np.int64) for c in attr_cols], 1)
+        if attr_cols
+        else np.zeros((len(file_keys), 0), np.int64)
+    )
     for c in ("label", "cas"):
         _check_finite(path, c, t.column(c), file_keys)
     file_labels, cas = t.column("label").to_numpy().astype(np.int64), t.column("cas").to_numpy().astype(np.int64)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
 from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.dataset import imagehdr
 from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, ManifestView, install, open_view
 from fastcas.dataset.wdsindex import Member, format_index
 
@@ -259,9 +259,13 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
             if not len(s.data):
                 raise ValueError(f"sample {s.key!r} ({s.source}) has no image bytes")
             if not config.class_names:
-                check_class_bound(label, config.max_classes, f"sample {s.key!r}" + (f" ({s.source})" if s.source else ""))
+                check_class_bound(
+                    label, config.max_classes, f"sample {s.key!r}" + (f" ({s.source})" if s.source else "")
+                )
             if config.class_names and label >= len(config.class_names):
-                raise ValueError(f"label {label} of {s.key!r} is >= the number of class names ({len(config.class_names)})")
+                raise ValueError(
+                    f"label {label} of {s.key!r} is >= the number of class names ({len(config.class_names)})"
+                )
             if label != s.label:
                 s = RawSample(s.key, s.data, label, s.meta, s.source)
             _, members = sink.add(s)

@@ -84,9 +84,11 @@ def map_option(timm_name: str, value, accepted: set[str] | None = None) -> dict:
         return {option: tuple(value) if isinstance(value, list) else value}
     if _same(value, builtin):
         return {}
-    raise ValueError(f"timm argument {timm_name}={value!r} needs the Loader option {option!r}, which this fastcas "
-                     f"does not have (it always uses {builtin!r}): set it to {builtin!r} (for timm's train.py, the flag that "
-                     f"sets {timm_name}), or use a fastcas whose Loader takes {option}=")
+    raise ValueError(
+        f"timm argument {timm_name}={value!r} needs the Loader option {option!r}, which this fastcas "
+        f"does not have (it always uses {builtin!r}): set it to {builtin!r} (for timm's train.py, the flag that "
+        f"sets {timm_name}), or use a fastcas whose Loader takes {option}="
+    )
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ def create_dataset(name, root=None, split="validation", is_training=False, class
         if value not in (default, "", None, 0, False):
             raise ValueError(f"timm create_dataset({arg}={value!r}) has no fastcas meaning; remove it")
     if root is None:
-        raise ValueError("timm --data-dir is required: the folder holding the fastcas datasets TRAIN_SPLIT/ and VAL_SPLIT/")
+        raise ValueError(
+            "timm --data-dir is required: the folder holding the fastcas datasets TRAIN_SPLIT/ and VAL_SPLIT/"
+        )
     names = _SPLIT_ALIASES.get(split, (split,))
     found = next((Path(root) / s for s in names if (Path(root) / s / "manifest.json").exists()), None)
     if found is None:
@@ -208,12 +212,17 @@ def create_loader(dataset: FastcasDataset, input_size=224, batch_size=32, is_tra
     from fastcas.loading.loader import Loader
 
     if not isinstance(dataset, FastcasDataset):
-        raise ValueError(f"dataset must come from fastcas.integrations.timm.create_dataset, got {type(dataset).__name__}")
+        raise ValueError(
+            f"dataset must come from fastcas.integrations.timm.create_dataset, got {type(dataset).__name__}"
+        )
     accepted = _loader_options()
     opts: dict = {}
     for name in [k for k in timm_arguments if k in TIMM_OPTIONS]:
         value = timm_arguments.pop(name)
-        if name in ("scale", "ratio", "color_jitter", "auto_augment", "re_prob", "re_mode", "hflip") and not is_training:
+        if (
+            name in ("scale", "ratio", "color_jitter", "auto_augment", "re_prob", "re_mode", "hflip")
+            and not is_training
+        ):
             continue  # training augmentations: timm ignores them for evaluation too
         if name == "crop_pct" and is_training:
             continue

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
 from fastcas.core.rng import counter_uniform, derive_key
+from fastcas.dataset import imagehdr
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)

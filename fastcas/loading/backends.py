@@ -17,7 +17,10 @@ state and quarantine. Two backends:
 """
 from __future__ import annotations
 
-from fastcas.loading import workers
+import traceback
+
+from fastcas.loading import pipeline, workers
+from fastcas.loading.pipeline import DecodeProbe, PipelineConfig, build_pipeline, require_dali
 
 
 class DaliBackend:
@@ -28,8 +31,6 @@ class DaliBackend:
     mixes_in_graph = True
 
     def __init__(self):
-        from fastcas.loading.pipeline import require_dali
-
         require_dali()
         self.pipe = None
         self.watch = None
@@ -41,8 +42,6 @@ class DaliBackend:
     def build(self, source, cfg, device: str) -> None:
         """Build the graph for ``source`` (its offset is the first step) with LoaderConfig
         ``cfg`` on ``device`` ("cpu" or "cuda")."""
-        from fastcas.loading.pipeline import PipelineConfig, build_pipeline
-
         self.close()
         device_id = None
         if device == "cuda":
@@ -60,10 +59,6 @@ class DaliBackend:
 
     def run(self) -> list:
         """One batch (pipeline layout); a dead worker raises WorkerDiedError, never hangs."""
-        import traceback
-
-        from fastcas.loading import pipeline
-
         try:
             with self.watch or workers.NO_WATCH:
                 return pipeline.run(self.pipe, self.device)
@@ -94,14 +89,10 @@ class DaliBackend:
             workers.kill_processes(self.watch.processes)
 
     def reset(self) -> None:
-        from fastcas.loading import pipeline
-
         pipeline.reset(self.pipe)
 
     def decode_probe(self):
         """A host decoder with the pipeline's settings (:class:`fastcas.loading.pipeline.DecodeProbe`)."""
-        from fastcas.loading.pipeline import DecodeProbe
-
         pcfg = self.built[1]
         return DecodeProbe(pcfg.device, pcfg.device_id)
 

@@ -12,7 +12,6 @@ import gc
 import io
 from types import SimpleNamespace
 
-
 from fastcas.loading.loader import Loader
 from fastcas.loading.source import SampleSource
 
@@ -85,7 +84,8 @@ class TorchvisionBackend:
         source = SampleSource(dataclasses.replace(source.config, offset=0))
         ds = Positions(source, cfg.image_size, cfg.train, cfg.dtype)
         if cfg.py_workers:
-            gc.collect()  # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
+            # as fastcas.loading.pipeline: a forked worker must not inherit (and shut down) a dropped DALI pipeline
+            gc.collect()
         self.pipe = torch.utils.data.DataLoader(
             ds, batch_size=cfg.batch_size, sampler=range(start, len(ds)), num_workers=cfg.py_workers,
             persistent_workers=False, prefetch_factor=4 if cfg.py_workers else None,
@@ -101,6 +101,11 @@ class TorchvisionBackend:
 
     def reset(self) -> None:
         self._it = iter(self.pipe)
+
+    def worker_pids(self) -> list[int]:
+        return []  # DataLoader workers are not watched
+
+    kill_workers = None  # nothing to kill: DataLoader times out its own workers
 
     def decode_probe(self):
         return None  # PIL raises at the failing sample itself: nothing to quarantine

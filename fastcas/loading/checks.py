@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from fastcas.sampling.geometry import check_same
+
 WHERE = "Loader.load_state_dict"
 
 
@@ -46,8 +48,6 @@ def check_state_config(loader, state: dict, now: dict, stream_keys, augment_keys
     refused instead of silently continuing another stream. A state without ``config`` (written
     by hand, e.g. ``{"epoch", "step", "seed"}``) has nothing to compare. ``legacy_digest(loader)``:
     the weights digest of fastcas before O(1) digests, accepted too."""
-    from fastcas.sampling.geometry import check_same
-
     if "step" not in state:
         raise ValueError(f"{WHERE}: the state has no 'step' (an evaluation loader, or a state without "
                          "'position', continues at its step)")
@@ -133,8 +133,13 @@ def check_option_types(cfg) -> None:
             check_int_option(name, value, lo, hi, why)
     for name, (lo, hi, lo_open, hi_open) in NUMBER_OPTIONS.items():
         value = getattr(cfg, name)
-        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
-            and np.isfinite(value) and (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+        ok = (
+            isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_))
+            and np.isfinite(value)
+            and (lo < value if lo_open else lo <= value)
+            and (value < hi if hi_open else value <= hi)
+        )
         if not ok:
             span = f"> {lo:g} and <= {hi:g}" if lo_open else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise ValueError(f"{name} must be {span}, got {value!r}")

@@ -3,23 +3,24 @@
 stays about one concern."""
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.dataset.fetch import RemoteOptions
+from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.loading import checks
+from fastcas.loading.mixsched import check_window
+from fastcas.loading.transforms import AugmentPolicy
+from fastcas.mix.kinds import KINDS as MIX_KIND_OBJECTS
 from fastcas.mix.params import KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
-from fastcas.mix.saliency import ALIASES as SALIENCY_ALIASES
-from fastcas.mix.saliency import METHODS as SALIENCY_METHODS
+from fastcas.sampling.geometry import LAST_BATCH
 from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
 from fastcas.sampling.weights import PLAN_NAMES
-from fastcas.sampling.geometry import LAST_BATCH
-from fastcas.loading.mixsched import SWITCH, SWITCH_OPTIONS, check_switch_options, check_window
-from fastcas.loading.transforms import AugmentPolicy
+
 # valid ``mix_options`` keys per mix kind (see fastcas.mix.make_params): ``mode`` "elem"
 # (per-sample draws, default) or "batch" (one draw per batch); FMix ``decay`` (spectrum decay
 # power, > 0, default 3) and ``max_soft`` (soft mask ramp in [0, 0.5], default 0);
@@ -27,8 +28,7 @@ from fastcas.loading.transforms import AugmentPolicy
 # (the same through OpenCV) or "spectral" (spectral residual)
 MODES_READ = ("exact", "streaming")  # Loader modes: per-position draws, or each rank reading its shards in order
 DEFAULT_SHUFFLE_BUFFER = 4096
-MIX_OPTIONS = {"cutmix": ("mode",), "mixup": ("mode",), "fmix": ("mode", "decay", "max_soft"),
-               "saliencymix": ("mode", "saliency"), SWITCH: SWITCH_OPTIONS}
+MIX_OPTIONS = {name: kind.options for name, kind in MIX_KIND_OBJECTS.items()}  # (fastcas.mix.kinds)
 # the transform options, all None by default (= the augment policy's value; fastcas.loading.transforms)
 TRANSFORM_OPTIONS = ("mean", "std", "scale", "ratio", "interpolation", "crop_pct", "padding", "hflip",
                      "color_jitter", "auto_augment", "reprob", "remode", "erase_area", "erase_ratio")
@@ -59,16 +59,7 @@ def _check_mix_options(mix: str | None, options) -> None:
         raise ValueError(f"unknown mix_options {unknown} for mix={mix!r}; valid keys: {', '.join(MIX_OPTIONS[mix])}")
     if options.get("mode", "elem") not in MODES:
         raise ValueError(f"mix_options mode must be {' or '.join(map(repr, MODES))}, got {options['mode']!r}")
-    if options.get("saliency", "finegrained") not in (*SALIENCY_METHODS, *SALIENCY_ALIASES):
-        raise ValueError(f"mix_options saliency must be {', '.join(map(repr, SALIENCY_METHODS))}, "
-                         f"got {options['saliency']!r}")
-    if mix == SWITCH:
-        check_switch_options(options)
-    for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
-        if key in options:
-            v = options[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (key == "decay" and v <= 0):
-                raise ValueError(f"mix_options {key} must be a number in {'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
+    MIX_KIND_OBJECTS[mix].check_options(options)  # the kind's own options (fastcas.mix.kinds)
 
 
 def _check_targets(cfg) -> None:
@@ -181,8 +172,8 @@ class LoaderConfig:
         for name, value in (("weights", self.weights), ("foreground_weights", self.foreground_weights or "uniform")):
             if value not in WEIGHT_NAMES:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(WEIGHT_NAMES)}")
-        if self.mix not in (None, "none", *MIX_KINDS, SWITCH):
-            raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KINDS)}, {SWITCH}")
+        if self.mix not in (None, "none", *MIX_KIND_OBJECTS):
+            raise ValueError(f"unknown mix {self.mix!r}; expected one of none, {', '.join(MIX_KIND_OBJECTS)}")
         if self.last_batch not in LAST_BATCH:
             raise ValueError(f"unknown last_batch {self.last_batch!r}; expected one of {', '.join(LAST_BATCH)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -269,8 +260,6 @@ _OPTION_HINTS = {
 def check_option_names(options: dict) -> None:
     """A TypeError naming each unknown option and what fastcas calls it (``num_workers`` ->
     ``py_workers``), instead of the dataclass's bare "unexpected keyword argument"."""
-    import difflib
-
     valid = [f.name for f in fields(LoaderConfig) if f.name != "batch_size"]
     unknown = [k for k in options if k not in valid]
     if not unknown:

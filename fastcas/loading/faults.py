@@ -23,12 +23,12 @@ def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe) -> 
     decoder rejects alone; [] when all decode or the batch is past the end of the epoch.
     ``probe(jpeg, window)`` returns None or the error. Runs on the host, one decode each."""
     fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
-    fresh._trace = []
+    fresh.trace = []
     try:
         out = fresh.layout.named(fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx)))
     except StopIteration:
         return []
-    trace = fresh._trace
+    trace = fresh.trace
     bad, k = [], 0
     for s in range(len(source.config.streams)):
         jpegs, windows = out[f"jpegs{s}"], out[f"windows{s}"]

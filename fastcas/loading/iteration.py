@@ -29,7 +29,7 @@ def supersede(self, what: str) -> None:
     iterator of this thread left open (a loop left early whose generator is still referenced,
     as Lightning keeps one after ``limit_*_batches``) is superseded: its prefetching stops and
     resuming it raises RuntimeError."""
-    owner = getattr(self, "_iter_owner", None)
+    owner = self._iter_owner
     if owner is not None and owner.is_alive() and owner is not threading.current_thread():
         raise RuntimeError(f"Loader.{what} during an iteration by thread {owner.name!r} (epoch {self.epoch}, "
                            f"step {self.step} of {self.steps}): finish the epoch or close the iterator first, "
@@ -50,7 +50,7 @@ def set_epoch(self, epoch: int) -> None:
             self._next_start[1] >= self.steps):
         return  # the loaded position is in this epoch: resume there
     self._loaded = False
-    if getattr(self, "_iter_owner", None) is threading.current_thread() and e == self.epoch:
+    if self._iter_owner is threading.current_thread() and e == self.epoch:
         self._next_start = (e, 0)  # the open iteration is this epoch (Lightning's): the next iter() restarts it
         return
     supersede(self, f"set_epoch({e})")

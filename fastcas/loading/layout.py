@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastcas.mix.kinds import KINDS as MIX_KINDS
+from fastcas.mix.kinds import PASTE_KINDS  # the kinds the graph can mix itself
+
 STREAM_FIELDS = ("jpegs", "labels", "windows", "flips")
 EXTRA_FIELDS = ("shift", "auto", "jitter", "erase", "efill")  # AugmentPolicy.extra_fields, in this order
-PASTE_KINDS = ("cutmix", "saliencymix", "fmix")  # the kinds the graph can mix itself
 # host dtypes of the source outputs (numpy names); every other paste argument is int32
 SOURCE_DTYPES = {"jpegs": "uint8", "labels": "int64", "windows": "float32", "flips": "int32",
                  "lam": "float64", "masks": "uint8", "skipped": "int64", "shift": "float32", "auto": "int32",
@@ -60,14 +62,7 @@ class BatchLayout:
     def paste(self) -> tuple:
         """The in-graph mixing arguments, in order. One stream mixes with an in-batch partner
         (``in_ids`` / ``partner``); two take the foreground from stream 1."""
-        one = self.streams == 1
-        if self.mix is None:
-            return ()
-        if self.mix == "cutmix":
-            return (("in_ids",) if one else ()) + ("anchors", "shapes", "lam")
-        if self.mix == "saliencymix":
-            return (("in_ids",) if one else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
-        return (("partner",) if one else ()) + ("masks", "lam")
+        return () if self.mix is None else MIX_KINDS[self.mix].paste_names(self.streams)
 
     @property
     def source_names(self) -> tuple:

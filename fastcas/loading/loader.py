@@ -27,32 +27,36 @@ import dataclasses
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from fastcas.loading import checks, iteration, resume, workers
-from fastcas.sampling.geometry import StreamGeometry
+from fastcas import mix
+from fastcas.core.errors import ClassMassShiftWarning, CorruptSampleError, FastcasError
+from fastcas.dataset.classes import check_same_classes
+from fastcas.dataset.derived import cached_array, check_vector, score_column
 from fastcas.dataset.reader import ShardReader
-from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
-from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
+from fastcas.loading import checks, iteration, mixsched, pipeline, resume, workers
+from fastcas.loading import streams as streaming
 from fastcas.loading.backends import DaliBackend
-from fastcas.loading.layout import BatchLayout
-from fastcas.loading.source import PasteSpec, SampleSource, SequentialIndex, SourceConfig, warn_skipped
-
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
-
+from fastcas.loading.faults import undecodable
+from fastcas.loading.layout import BatchLayout
+from fastcas.loading.mixsched import mix_at
+from fastcas.loading.prefetch import Prefetcher
+from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_skipped
+from fastcas.mix.kinds import KINDS as MIX_KINDS
+from fastcas.sampling.classmass import class_mass_message, class_mass_shift
+from fastcas.sampling.geometry import StreamGeometry
+from fastcas.sampling.plan import PlanSampler
+from fastcas.sampling.protocol import SequentialIndex
+from fastcas.sampling.sampler import WeightedSampler, _dist_defaults
+from fastcas.sampling.shared import shared_cdf, shared_concentration
+from fastcas.sampling.weights import PLAN_NAMES, concentration_message, make_plan
 
 _ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
 STARTUP_S = 60.0  # batch_timeout allowance for an iteration's first batch (DALI loads its decoders)
-
-
-def _saliency_method(mix_options: dict) -> str:
-    """SaliencyMix's saliency method, aliases resolved (:data:`fastcas.mix.saliency.ALIASES`)."""
-    from fastcas.mix.saliency import ALIASES
-
-    name = mix_options.get("saliency", "finegrained")
-    return ALIASES.get(name, name)
 
 
 class Loader:
@@ -75,19 +79,20 @@ class Loader:
         # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
         self.backend = DaliBackend() if backend is None else backend
         self._stage = None  # the prefetch thread of the current iteration
+        self._iter_owner: threading.Thread | None = None  # the thread iterating (guarded by _ITER_LOCK)
         cfg = self.config
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
         self.num_classes = self.reader.num_classes
         if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
-            from fastcas.dataset.classes import check_same_classes
-
             check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
         labels = np.asarray(self.reader.labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = int(labels[(labels < 0) | (labels >= self.num_classes)][0])
-            raise ValueError(f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)")
+            raise ValueError(
+                f"{self.dataset}: label {bad} outside [0, {self.num_classes}) (num_classes of the manifest)"
+            )
         checks.check_rank(rank, world_size)  # rank=0.5 is not rank 0
         self.rank, self.world_size = _dist_defaults(rank, world_size)
         self.device = resolve_device(cfg.device)
@@ -95,6 +100,25 @@ class Loader:
         self.scores = self._load_scores(scores)
         self.notes: list[str] = []  # warnings about the sampling weights, for a training log
         self.streams = self._make_streams()
+        self._set_steps()
+        self._digests: dict = {}
+        self.epoch, self.step = 0, 0
+        # the iteration rule (__iter__): where the next iter() starts, when set by construction,
+        # set_epoch or load_state_dict (_loaded); _iter_id names the newest iteration
+        self._next_start: tuple[int, int] | None = (0, 0)
+        self._loaded, self._iter_id = False, 0
+        self.skipped: dict[str, int] = {}
+        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
+        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
+        self._built: tuple[int, int] | None = None  # (epoch, step) the backend was last built at
+        self._paste = self._paste_spec()
+        self._layout = BatchLayout(len(self.streams), None if self._paste is None else self._paste.kind)
+
+    # -- construction ----------------------------------------------------------------------
+    def _set_steps(self) -> None:
+        """``geometry`` (training: one global stream, contiguous blocks per rank; evaluation: None),
+        ``steps`` per epoch and ``_last_size`` (the last step's batch on this rank)."""
+        cfg = self.config
         self.geometry = None
         if cfg.train:  # one global stream, contiguous blocks per rank (fastcas.sampling.geometry)
             # the first stream's epoch: epoch_length, a resampling plan's length, or the dataset size
@@ -116,31 +140,20 @@ class Loader:
             if self.steps < 1:
                 raise ValueError(f"batch_size {cfg.batch_size} is larger than this rank's {per_rank} samples per "
                                  "epoch with last_batch='drop'")
-            self._last_size = per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
-        self._digests: dict = {}
-        self.epoch, self.step = 0, 0
-        # the iteration rule (__iter__): where the next iter() starts, when set by construction,
-        # set_epoch or load_state_dict (_loaded); _iter_id names the newest iteration
-        self._next_start: tuple[int, int] | None = (0, 0)
-        self._loaded, self._iter_id = False, 0
-        self.skipped: dict[str, int] = {}
-        self._quarantine: set[int] = set()  # indices DALI cannot decode (strict=False), see fastcas.loading.faults
-        self._pipe_at: tuple[int, int] | None = None  # (epoch, step) the pipeline yields next
-        self._built: tuple[int, int] | None = None  # (epoch, step) the backend was last built at
-        self._paste = self._paste_spec()
-        self._layout = BatchLayout(len(self.streams), None if self._paste is None else self._paste.kind)
+            self._last_size = (
+                per_rank - (self.steps - 1) * cfg.batch_size if cfg.last_batch == "partial" else cfg.batch_size
+            )
 
-    # -- construction ----------------------------------------------------------------------
     def _load_scores(self, scores):
         needs = "cas" in (self.config.weights, self.config.foreground_weights) or "cas-cmo" in (
             self.config.weights, self.config.foreground_weights)
         if scores is None:
             if needs:
-                raise ValueError("weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)")
+                raise ValueError(
+                    "weights 'cas' / 'cas-cmo' need scores= (a score file from `fastcas score` or an array)"
+                )
             return None
         if isinstance(scores, (str, os.PathLike)):
-            from fastcas.dataset.derived import score_column
-
             # joined by key once per node, then a memory-mapped column shared by every process
             cas, self._scores_id = score_column(self.reader, scores)
             return cas
@@ -154,11 +167,8 @@ class Loader:
         if name == "uniform":
             return WeightedSampler(len(self.reader), num, replacement=False, **common)
         if name in PLAN_NAMES:  # the importance-sampling paper's resampled set: its length is the epoch's
-            from fastcas.sampling.plan import PlanSampler
-
             plan = make_plan(name, self.reader.labels, seed=cfg.seed, threshold=cfg.threshold)
             return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
-        from fastcas.sampling.shared import shared_cdf, shared_concentration
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
@@ -168,8 +178,6 @@ class Loader:
         # the weights' concentration: computed once per node beside the shared CDF
         msg = concentration_message(shared_concentration(self.reader, cdf, wd), self.reader.keys, f"weights {name!r}")
         if msg:
-            import warnings
-
             warnings.warn(f"fastcas: {msg}", RuntimeWarning, stacklevel=3)
         if name == "cas":
             self._warn_class_mass(name, cdf, wd)
@@ -179,12 +187,6 @@ class Loader:
         """ClassMassShiftWarning (and a line in ``self.notes``) when weights ``name`` move the
         class distribution of the draws (:mod:`fastcas.sampling.classmass`); the class masses
         are computed once per node and cached beside the CDF."""
-        import warnings
-
-        from fastcas.core.errors import ClassMassShiftWarning
-        from fastcas.dataset.derived import cached_array, check_vector
-        from fastcas.sampling.classmass import class_mass_message, class_mass_shift
-
         keys = ("tv", "head", "head_before", "head_after", "tail_classes", "tail_before", "tail_after")
 
         def build():
@@ -204,8 +206,6 @@ class Loader:
             return (SequentialIndex(len(self.reader), self.rank, self.world_size),)
         names = [cfg.weights] + ([cfg.foreground_weights] if cfg.foreground_weights else [])
         if cfg.mode == "streaming":
-            from fastcas.loading import streams as streaming
-
             return tuple(streaming.from_loader(self, name, s) for s, name in enumerate(names))
         return tuple(self._sampler(name, s) for s, name in enumerate(names))
 
@@ -253,28 +253,26 @@ class Loader:
         ns = len(self.streams)
         indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
                    for s in self.streams]
-        res = {"epoch": epoch, "step": step, "positions": pos, "indices": indices,
-               "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
-               "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
-               "windows": [out[f"windows{s}"] for s in range(ns)], "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)],
-               "augment": [{f: out[f"{f}{s}"] for f in source.layout.extras} for s in range(ns)]}
+        res = {
+            "epoch": epoch,
+            "step": step,
+            "positions": pos,
+            "indices": indices,
+            "keys": [[self.reader.keys[int(i)] for i in idx] for idx in indices],
+            "labels": [out[f"labels{s}"].reshape(-1) for s in range(ns)],
+            "windows": [out[f"windows{s}"] for s in range(ns)],
+            "flips": [out[f"flips{s}"].reshape(-1) for s in range(ns)],
+            "augment": [{f: out[f"{f}{s}"] for f in source.layout.extras} for s in range(ns)],
+        }
         kind = self.config.mix_kind
         if kind:
-            from fastcas import mix
-
             partner = None if ns == 2 else mix.pair_partner(pos)
             res["partner"] = partner
             res["partner_keys"] = res["keys"][1] if ns == 2 else [res["keys"][0][j] for j in partner]
-            if kind == "saliencymix":
-                from fastcas.loading.mixsched import mix_at
 
-                c, S = self.config, self.config.image_size
-                _, alpha, prob, _ = mix_at(c, epoch, step)
-                drawn, mixed, _ = mix.params.saliency_draws(c.seed, epoch, pos, S, S, alpha, prob,
-                                                          c.mix_options.get("mode", "elem"))
-                res.update(params=None, drawn=drawn, mixed=mixed)
-            else:
-                res["params"] = self._mix_params(epoch, pos, self.config.image_size, step)
+            name, alpha, prob, opts = mix_at(self.config, epoch, step)
+            res.update(MIX_KINDS[name].plan_params(self.config.seed, epoch, pos, self.config.image_size, alpha=alpha,
+                                                   prob=prob, options=opts))
         return res
 
     # -- epochs and state ------------------------------------------------------------------
@@ -333,15 +331,11 @@ class Loader:
         opts = cfg.mix_options
         if not self.backend.mixes_in_graph:
             return None  # e.g. the torchvision baseline: mixed by torch after it, like every other mix
-        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind in ("cutmix", "fmix", "saliencymix")):
+        if not (cfg.train and cfg.mix_in_pipeline and cfg.mix_kind is not None):
             return None
         if cfg.transforms.reprob > 0:
             return None  # erasing comes before mixing (timm's order): each stream erased, then mixed by torch
-        if cfg.mix_kind == "fmix" and opts.get("max_soft", 0.0) > 0:
-            return None  # soft masks blend: torch after the pipeline
-        if cfg.mix_kind == "saliencymix" and (self.device != "cpu" or _saliency_method(opts) != "finegrained"):
-            # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
-            # pipeline's images are on the device, where torch computes the same boxes
+        if not MIX_KINDS[cfg.mix_kind].in_graph(opts, self.device):  # e.g. soft FMix masks, GPU SaliencyMix
             return None
         return PasteSpec(kind=cfg.mix_kind, size=cfg.image_size, alpha=cfg.alpha, prob=cfg.mix_prob,
                          mode=opts.get("mode", "elem"), decay=opts.get("decay", 3.0),
@@ -374,11 +368,6 @@ class Loader:
         """After a failed batch: find the samples DALI cannot decode (fastcas.loading.faults). strict:
         raise naming key and shard; else quarantine them, rebuild at this step, return True.
         False when no sample is to blame (the error is not a decode error)."""
-        import warnings
-
-        from fastcas.core.errors import CorruptSampleError, FastcasError
-        from fastcas.loading.faults import undecodable
-
         if self._built is None or self.backend.built is None or isinstance(exc, FastcasError):
             return False  # fastcas's own errors already say what failed
         probe = self.backend.decode_probe()
@@ -392,7 +381,9 @@ class Loader:
         bad = []
         try:
             for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
-                bad = [(i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine]
+                bad = [
+                    (i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine
+                ]
                 if bad:
                     break
         except Exception:  # the batch cannot even be recomputed: report the original error
@@ -424,11 +415,9 @@ class Loader:
         ``prefetch > 0`` the pipeline is run and each batch finished (mixed, targets) on a
         background thread, ``prefetch`` batches ahead of the consumer
         (:class:`fastcas.loading.prefetch.Prefetcher`; on CUDA on its own stream)."""
-        from fastcas.loading.prefetch import Prefetcher
-
         me = threading.current_thread()
         with _ITER_LOCK:  # one consumer at a time: two threads would share one pipeline and position
-            owner = getattr(self, "_iter_owner", None)
+            owner = self._iter_owner
             if owner is not None and owner is not me and owner.is_alive():
                 raise RuntimeError(f"this Loader is already being iterated by thread {owner.name!r}; a Loader "
                                    "serves one consumer: build one Loader per thread (or per rank)")
@@ -496,8 +485,6 @@ class Loader:
             return images, targets
         import torch
 
-        from fastcas.loading import pipeline
-
         return images, targets, pipeline.to_device(torch.from_numpy(self.valid(step)), images.device)
 
     def _images_targets(self, out, step: int):
@@ -507,8 +494,6 @@ class Loader:
         (:func:`fastcas.loading.pipeline.to_device`); pixel-dependent parameters (SaliencyMix boxes) are
         computed there (:mod:`fastcas.mix.device`); labels were range-checked at construction."""
         import torch
-
-        from fastcas.loading import pipeline
 
         cfg = self.config
         n = self._last_size if step == self.steps - 1 else cfg.batch_size
@@ -530,7 +515,6 @@ class Loader:
         kind = cfg.mix_kind
         if kind is None:  # one target shape per `targets` setting, whatever the mixing
             return images, (labels if cfg.target_kind == "hard" else self._smooth(labels))
-        from fastcas import mix
 
         # every parameter is keyed by the samples' global positions (fastcas.sampling.geometry)
         positions = self.positions(step)[:n]
@@ -555,29 +539,17 @@ class Loader:
 
     def _device_params(self, epoch: int, positions, size: int, fg, to_dev, step: int):
         """:meth:`_mix_params` resident on the images' device (:mod:`fastcas.mix.device`)."""
-        from fastcas.loading import mixsched
-        from fastcas.mix import device as mix_device
-
         cfg = self.config
         kind, alpha, prob, opts = mixsched.mix_at(cfg, epoch, step)
-        if kind == "saliencymix":
-            from fastcas.mix.graph_ops import pixels_u8
-
-            # the saliency (any method) of the decoded uint8 pixels, as in the graph (fastcas.mix.graph_ops);
-            # mix_options of saliencymix are exactly `saliency` and `mode` (validated in LoaderConfig)
-            policy = cfg.transforms
-            return mix_device.saliency_params(cfg.seed, epoch, positions, pixels_u8(fg, policy.mean, policy.std),
-                                     alpha=alpha, prob=prob, to_device=to_dev, **opts)
-        return mix_device.on_device(self._mix_params(epoch, positions, size, step, device=fg.device), to_dev)
+        policy = cfg.transforms
+        return MIX_KINDS[kind].device_params(cfg.seed, epoch, positions, size, fg, alpha=alpha, prob=prob, options=opts,
+                                             to_device=to_dev, mean=policy.mean, std=policy.std)
 
     def _mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):
         """Mixing parameters of the samples at global ``positions`` (batch ``step``), keyed by
         (seed, epoch, position) only; the kind (``mixup_cutmix``) and whether the epoch mixes
         at all by (seed, epoch, step) (:func:`fastcas.loading.mixsched.mix_at`). ``device``: FMix
         masks are built where the images are, from noise drawn on the host."""
-        from fastcas import mix
-        from fastcas.loading import mixsched
-
         cfg = self.config
         if step is None:  # the global step holding these positions (steps are global_batch apart)
             pos = np.asarray(positions, np.int64).reshape(-1)
@@ -601,13 +573,12 @@ class Loader:
         stage = self._stage
         if stage is not None and stage._thread is not threading.current_thread():
             self._stage = None
-            stage.close(stuck=getattr(self.backend, "kill_workers", None))
+            stage.close(stuck=self.backend.kill_workers)
 
     def worker_pids(self) -> list[int]:
         """The pids of the DALI source worker processes of the current pipeline ([] before the
         first batch, after :meth:`close`, with ``py_workers=0`` or another backend)."""
-        pids = getattr(self.backend, "worker_pids", None)
-        return pids() if pids is not None else []
+        return self.backend.worker_pids()
 
     def _timeout_error(self, seconds: float):
         """No batch within ``batch_timeout``: the error names each worker's pid and /proc state."""
@@ -620,7 +591,8 @@ class Loader:
         self._stop_stage()
         self.backend.close()
         self._pipe_at = None
-        cache = getattr(self.__dict__.get("reader"), "cache", None)
+        reader = self.__dict__.get("reader")  # None: construction failed before the reader existed
+        cache = None if reader is None else reader.cache
         if cache is not None:  # the workers are gone with their pins: trim the cache to its limit
             cache.release()
 

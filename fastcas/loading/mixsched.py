@@ -9,24 +9,8 @@ the same soft ``[B, K]`` shape as in mixing epochs.
 """
 from __future__ import annotations
 
-import math
-
-from fastcas.core.rng import counter_uniform, derive_key
-
-SWITCH = "mixup_cutmix"
-SWITCH_OPTIONS = ("mode", "switch_prob", "mixup_alpha", "cutmix_alpha")
-_TAG_SWITCH = 0x5C
-
-
-def check_switch_options(options: dict) -> None:
-    """ValueError for a bad ``switch_prob`` (a probability) or ``mixup_alpha`` / ``cutmix_alpha`` (> 0)."""
-    p = options.get("switch_prob", 0.5)
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-        raise ValueError(f"mix_options switch_prob must be in [0, 1] (the probability of CutMix), got {p!r}")
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        a = options.get(key, 1.0)
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not (math.isfinite(a) and a > 0):
-            raise ValueError(f"mix_options {key} must be > 0 (Beta(alpha, alpha)), got {a!r}")
+# the per-batch switch lives with the other mix kinds (fastcas.mix.kinds); names kept here for callers
+from fastcas.mix.kinds import KINDS, SWITCH, SWITCH_OPTIONS, check_switch_options, uses_cutmix  # noqa: F401
 
 
 def check_window(start, stop) -> None:
@@ -42,18 +26,9 @@ def active(cfg, epoch: int) -> bool:
     return cfg.mix_start_epoch <= int(epoch) and (stop is None or int(epoch) < stop)
 
 
-def uses_cutmix(seed: int, epoch: int, step: int, switch_prob: float) -> bool:
-    """timm's ``use_cutmix = rand() < switch_prob``, drawn from ``(seed, epoch, step)``."""
-    return bool(counter_uniform(derive_key(int(seed), _TAG_SWITCH, int(epoch)), int(step)) < switch_prob)
-
-
 def mix_at(cfg, epoch: int, step: int) -> tuple:
     """``(kind, alpha, prob, options)`` of the batch at ``step`` of ``epoch`` for a LoaderConfig
     ``cfg`` with mixing: the switch resolved to "cutmix" or "mixup" (with that kind's alpha), the
     probability 0 outside the schedule's window, ``options`` for :func:`fastcas.mix.make_params_at`."""
-    kind, alpha, opts = cfg.mix_kind, cfg.alpha, dict(cfg.mix_options)
-    if kind == SWITCH:
-        cut = uses_cutmix(cfg.seed, epoch, step, opts.pop("switch_prob", 0.5))
-        a_mix, a_cut = opts.pop("mixup_alpha", alpha), opts.pop("cutmix_alpha", alpha)
-        kind, alpha = ("cutmix", a_cut) if cut else ("mixup", a_mix)
+    kind, alpha, opts = KINDS[cfg.mix_kind].at(cfg.seed, epoch, step, cfg.alpha, cfg.mix_options)
     return kind, alpha, (cfg.mix_prob if active(cfg, epoch) else 0.0), opts

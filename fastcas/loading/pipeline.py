@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
+from fastcas.core.errors import GPU_EXTRAS, missing
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
 from fastcas.loading.source import SampleSource
 from fastcas.loading.transforms import EVAL_CROP_PCT, INTERPOLATIONS
+from fastcas.mix.kinds import KINDS as MIX_KINDS
 
 EVAL_CROP_FRACTION = EVAL_CROP_PCT  # the default crop_pct (fastcas.loading.transforms)
 
@@ -63,8 +65,6 @@ def require_dali() -> None:
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
-        from fastcas.core.errors import GPU_EXTRAS, missing
-
         raise missing("fastcas.Loader (its DALI pipeline)", "NVIDIA DALI",
                       GPU_EXTRAS + "; fastcas.TorchvisionLoader runs without it") from None
 
@@ -129,7 +129,11 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                   "float64": types.FLOAT64}
 
     policy = source.config.policy  # fastcas.loading.transforms.AugmentPolicy: every transform option
-    interp = {} if policy.interpolation == "linear" else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
+    interp = (
+        {}
+        if policy.interpolation == "linear"
+        else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
+    )
     train = source.config.train
 
     def normalise(img, mirror=0, extra=None):
@@ -176,8 +180,8 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
         if paste:
             args = {k: raw[k] for k in layout.paste}
             lam, bg = args.pop("lam"), images[0][0]
-            kind = source.config.paste.kind
-            if kind == "saliencymix":  # the box from the foreground's saliency peak (CPU graph only)
+            graph = MIX_KINDS[source.config.paste.kind].graph  # how the graph mixes it (fastcas.mix.kinds)
+            if graph == "saliency_box":  # the box from the foreground's saliency peak (CPU graph only)
                 if gpu:
                     raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
                                      "take host images); a GPU loader computes the boxes with torch after it")
@@ -187,7 +191,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
                 # the unmixed sample's paste arguments in, the box's out: then pasted like CutMix's
                 args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], lam,
                                                                 args.pop("half"), centre)
-            if kind in ("cutmix", "saliencymix"):
+            if graph in ("box", "saliency_box"):
                 # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
                 anchors = args.pop("anchors")
                 mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
@@ -289,8 +293,14 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
         field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
     keep = fn.erase(types.Constant(ones, layout=layout), anchor=rect[0:2], shape=rect[2:4], axis_names="HW",
                     fill_value=0.0)
-    noise = fn.slice(types.Constant(field, layout=layout), extra["efill"][3:5], types.Constant(np.array([S, S], np.float32)),
-                     axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    noise = fn.slice(
+        types.Constant(field, layout=layout),
+        extra["efill"][3:5],
+        types.Constant(np.array([S, S], np.float32)),
+        axis_names="HW",
+        normalized_anchor=False,
+        normalized_shape=False,
+    )
     if cfg.device == "cuda":  # operands beside GPU images (the rectangle and offsets stay host arguments)
         keep, noise = keep.gpu(), noise.gpu()
     if cfg.dtype == "float16":  # the blend in float32 (DALI's arithmetic does not mix float16 and float32)
@@ -322,7 +332,7 @@ def _make_graph_op(name: str):
     from nvidia.dali import types
     from nvidia.dali.plugin.numba import NumbaFunction
 
-    from fastcas.mix import graph_ops
+    from fastcas.mix import graph_ops  # noqa: PLC0415 (lazy: graph_ops loads numba)
 
     i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
     spec = {  # out_types, in_types, outs_ndim, ins_ndim
@@ -330,8 +340,15 @@ def _make_graph_op(name: str):
         "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
         "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
     }[name]
-    return NumbaFunction(run_fn=getattr(graph_ops, name), setup_fn=getattr(graph_ops, name + "_setup"), out_types=spec[0],
-                         in_types=spec[1], outs_ndim=spec[2], ins_ndim=spec[3], device="cpu")
+    return NumbaFunction(
+        run_fn=getattr(graph_ops, name),
+        setup_fn=getattr(graph_ops, name + "_setup"),
+        out_types=spec[0],
+        in_types=spec[1],
+        outs_ndim=spec[2],
+        ins_ndim=spec[3],
+        device="cpu",
+    )
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,

@@ -4,10 +4,10 @@ the same global batch; streaming mode: each stream's StreamingSampler state). Fu
 loader (``self``), so :mod:`fastcas.loading.loader` keeps only construction and iteration."""
 from __future__ import annotations
 
-import numpy as np
-
 from fastcas.loading import checks
+from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
 from fastcas.sampling.geometry import check_same, digest
+from fastcas.sampling.protocol import weights_digest
 
 STREAM_KEYS = ("dataset", "seed", "weights", "foreground_weights", "weights_digest", "epoch_length",
            "global_batch", "last_batch", "train")
@@ -18,32 +18,39 @@ def config_digest(self) -> dict:
     cfg = self.config
     if "dataset" not in self._digests:
         self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
-        self._digests["weights"] = digest([s._config()["weights_digest"] if hasattr(s, "_config") else "sequential"
-                                           for s in self.streams], cfg.b, cfg.r)
-    return {"dataset": self._digests["dataset"], "seed": cfg.seed, "weights": cfg.weights,
-            "foreground_weights": cfg.foreground_weights, "weights_digest": self._digests["weights"],
-            "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader), "last_batch": cfg.last_batch,
-            "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
-            "train": cfg.train, "image_size": cfg.image_size, "mix": cfg.mix_kind, "alpha": cfg.alpha,
-            "mix_prob": cfg.mix_prob, "mix_options": dict(cfg.mix_options),
-            "transforms": repr(cfg.transforms), "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}",
-            **_streaming_keys(cfg)}
+        self._digests["weights"] = weights_digest(self.streams, cfg.b, cfg.r)
+    return {
+        "dataset": self._digests["dataset"],
+        "seed": cfg.seed,
+        "weights": cfg.weights,
+        "foreground_weights": cfg.foreground_weights,
+        "weights_digest": self._digests["weights"],
+        "epoch_length": self.geometry.num_samples if self.geometry else cfg.epoch_length or len(self.reader),
+        "last_batch": cfg.last_batch,
+        "global_batch": self.geometry.global_batch if self.geometry else cfg.batch_size * self.world_size,
+        "train": cfg.train,
+        "image_size": cfg.image_size,
+        "mix": cfg.mix_kind,
+        "alpha": cfg.alpha,
+        "mix_prob": cfg.mix_prob,
+        "mix_options": dict(cfg.mix_options),
+        "transforms": repr(cfg.transforms),
+        "mix_epochs": f"{cfg.mix_start_epoch}:{cfg.mix_stop_epoch}",
+        **_streaming_keys(cfg),
+    }
 
 
 def _streaming_keys(cfg) -> dict:
     """Streaming mode's shuffle buffer orders the epoch: mid-epoch it must match."""
     if cfg.mode != "streaming":
         return {}
-    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
 
     return {"shuffle_buffer": DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer}
 
 def legacy_weights_digest(self) -> str:
     """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
     computed only to accept an older checkpoint."""
-    parts = [("sequential" if not hasattr(s, "_cdf") else
-              digest("uniform", s.n) if s._cdf is None else digest(np.asarray(s._cdf))) for s in self.streams]
-    return digest(parts, self.config.b, self.config.r)
+    return digest([s.legacy_digest() for s in self.streams], self.config.b, self.config.r)
 
 def state_dict(self) -> dict:
     """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed
@@ -54,12 +61,22 @@ def state_dict(self) -> dict:
     position = self.geometry.consumed(self.step) if self.geometry else self.step * self.config.batch_size
     extra = {}
     if self.config.mode == "streaming":  # each stream's StreamingSampler state (fastcas.loading.streams)
-        extra["streaming"] = [s.state_dict(self.epoch, self.step * self.config.batch_size) for s in self.streams]
-    return {"mode": self.config.mode, **extra, "epoch": self.epoch, "step": self.step, "position": position, "seed": self.config.seed,
-            "rank": self.rank, "world_size": self.world_size, "batch_size": self.config.batch_size,
-            "global_batch": self.world_size * self.config.batch_size, "config": config_digest(self),
-            "skipped": dict(self.skipped),
-            "quarantine": sorted(self.reader.keys[i] for i in self._quarantine)}
+        extra["streaming"] = [s.state(self.epoch, self.step * self.config.batch_size) for s in self.streams]
+    return {
+        "mode": self.config.mode,
+        **extra,
+        "epoch": self.epoch,
+        "step": self.step,
+        "position": position,
+        "seed": self.config.seed,
+        "rank": self.rank,
+        "world_size": self.world_size,
+        "batch_size": self.config.batch_size,
+        "global_batch": self.world_size * self.config.batch_size,
+        "config": config_digest(self),
+        "skipped": dict(self.skipped),
+        "quarantine": sorted(self.reader.keys[i] for i in self._quarantine),
+    }
 
 def load_state_dict(self, state: dict) -> None:
     """Continue from ``state``, saved by this loader or by one at another world size and
@@ -106,7 +123,7 @@ def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = int(state["epoch"]), step
         if cfg.mode == "streaming":
             for stream, saved_stream in zip(self.streams, state["streaming"]):
-                stream.load(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
+                stream.restore(saved_stream, self.epoch, step * cfg.batch_size, int(state["world_size"]))
             self.close()  # the pipeline's source carries the streams: rebuild
     self.skipped = dict(state.get("skipped", {}))
     quarantine = set()

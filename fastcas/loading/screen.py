@@ -154,7 +154,15 @@ def _scan_tables_error(frame: int, seg, ns: int, huff: dict) -> str | None:
         return f"invalid progressive parameters Ss={ss} Se={se} Ah={ah} Al={al}"
     for c in range(ns):
         td, ta = seg[2 + 2 * c] >> 4, seg[2 + 2 * c] & 15
-        used = [(0, td), (1, ta)] if not progressive else [(0, td)] if ss == 0 and ah == 0 else [] if ss == 0 else [(1, ta)]
+        used = (
+            [(0, td), (1, ta)]
+            if not progressive
+            else [(0, td)]
+            if ss == 0 and ah == 0
+            else []
+            if ss == 0
+            else [(1, ta)]
+        )
         for cls, index in used:
             if index >= 4 or (index >= 2 and (cls, index) not in huff):
                 return f"Huffman table 0x{index:02x} was not defined"

@@ -13,33 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastcas.dataset import imagehdr
-from fastcas.loading.augment import augment_key
+from fastcas import mix
 from fastcas.core.errors import CorruptSampleError
+from fastcas.dataset import imagehdr
+from fastcas.dataset.reader import ShardReader
+from fastcas.loading.augment import augment_key
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
-
-
-class SequentialIndex:
-    """Evaluation order, as torch's ``DistributedSampler`` without shuffling: rank ``r`` takes
-    samples ``r, r + W, r + 2W, ...`` of ``[0, n)``. Every rank has ``len() = ceil(n / W)``
-    positions, so all ranks take equally many batches; a position past ``n`` (at most one per
-    rank) wraps to the start of the split and is padding: ``real`` counts this rank's positions
-    before it."""
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
-
-    def __len__(self) -> int:
-        return -(-self.n // self.world_size)
-
-    @property
-    def real(self) -> int:
-        """This rank's samples before padding (positions ``[0, real)`` are each read once)."""
-        return max(0, -(-(self.n - self.rank) // self.world_size))
-
-    def index_at(self, epoch: int, positions) -> np.ndarray:
-        return (self.rank + np.asarray(positions, np.int64) * self.world_size) % max(self.n, 1)
+from fastcas.loading.transforms import AugmentPolicy
+from fastcas.loading.workers import arm_if_child_of, spawn_parent_hint
+from fastcas.mix.kinds import KINDS as MIX_KINDS
+from fastcas.mix.kinds import PASTE_KINDS
+from fastcas.sampling.protocol import SequentialIndex  # noqa: F401 (its former home; fastcas.scoring imports it here)
 
 
 @dataclass(frozen=True)
@@ -67,8 +52,8 @@ class PasteSpec:
         return self.prob if on else 0.0
 
     def __post_init__(self):
-        if self.kind not in ("cutmix", "fmix", "saliencymix"):
-            raise ValueError(f"mixing inside the pipeline takes cutmix, fmix or saliencymix, got {self.kind!r}")
+        if self.kind not in PASTE_KINDS:
+            raise ValueError(f"mixing inside the pipeline takes {', '.join(PASTE_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -105,24 +90,22 @@ class SourceConfig:
     @property
     def policy(self):
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` (the default when ``augment`` is None)."""
-        from fastcas.loading.transforms import AugmentPolicy
-
         return AugmentPolicy() if self.augment is None else self.augment
 
 
 class SampleSource:
+    # the sample index each :meth:`fetch` returned, appended while a list (fastcas.loading.faults
+    # finds which sample each slot of a failed batch got); None: not recorded
+    trace: list | None = None
+
     def __init__(self, config: SourceConfig):
         self.config = config
         self._reader = None
 
     def __getstate__(self):
-        from fastcas.loading.workers import spawn_parent_hint
-
         return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
 
     def __setstate__(self, state):
-        from fastcas.loading.workers import arm_if_child_of
-
         state = dict(state)
         hint = state.pop("_parent", None)
         self.__dict__.update(state)
@@ -131,8 +114,6 @@ class SampleSource:
     @property
     def reader(self):
         if self._reader is None:
-            from fastcas.dataset.reader import ShardReader
-
             self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
                                        cache_max_bytes=self.config.cache_max_bytes, remote=self.config.remote)
         return self._reader
@@ -153,7 +134,9 @@ class SampleSource:
             i = (index + probe) % n
             try:
                 if i in self.config.quarantine:
-                    raise CorruptSampleError(f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i])
+                    raise CorruptSampleError(
+                        f"sample {reader.keys[i]!r}: quarantined (DALI cannot decode it)", reader.keys[i]
+                    )
                 sample = reader[i]
                 # the displayed size: the decoder applies EXIF orientation, so windows are drawn on it
                 try:
@@ -171,9 +154,8 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
-            trace = getattr(self, "_trace", None)
-            if trace is not None:  # fastcas.loading.faults records which sample each slot got
-                trace.append(i)
+            if self.trace is not None:  # fastcas.loading.faults records which sample each slot got
+                self.trace.append(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 
@@ -181,8 +163,7 @@ class SampleSource:
         """Streaming mode over remote shards: pin the shards this batch and the batches sibling
         workers may still compute read (every stream's), before any read, then download the
         new ones in order on a background thread. Exact-mode samplers have no shard window."""
-        windows = [w(epoch, g) for w in (getattr(s, "shard_window", None) for s in self.config.streams)
-                   if w is not None]
+        windows = [w for w in (s.shard_window(epoch, g) for s in self.config.streams) if w is not None]
         if windows:
             self.reader.hold(set().union(*(hold for hold, _ in windows)))
             todo = [s for _, fetch in windows for s in fetch]
@@ -216,8 +197,14 @@ class SampleSource:
             else:
                 windows = np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1))
                 flip = np.zeros((n, 1), np.int32)
-            outs.update({f"jpegs{s}": [f[0] for f in fetched], f"labels{s}": np.array([[f[1]] for f in fetched], np.int64),
-                         f"windows{s}": windows, f"flips{s}": flip})
+            outs.update(
+                {
+                    f"jpegs{s}": [f[0] for f in fetched],
+                    f"labels{s}": np.array([[f[1]] for f in fetched], np.int64),
+                    f"windows{s}": windows,
+                    f"flips{s}": flip,
+                }
+            )
             skipped.append([f[3] for f in fetched])
         if c.paste is not None:
             outs.update(self._paste(epoch, positions, positions if g is None else g))
@@ -237,56 +224,20 @@ class SampleSource:
         mixed)``. Only the step's real samples
         pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
         and is dropped)."""
-        from fastcas import mix  # the parameter generators only (pure functions of keys)
-
         c, p = self.config, self.config.paste
-        if p.kind == "saliencymix":
-            return self._saliency(epoch, local, g)
-        opts = {"decay": p.decay} if p.kind == "fmix" else {}
-        params = mix.make_params_at(p.kind, c.seed, epoch, g, p.size, p.size, alpha=p.alpha, prob=p.prob_at(epoch),
-                                  mode=p.mode, **opts)
-        partner = self._partner(local, g)
-        out = {"lam": params.lam.reshape(-1, 1)}
-        if p.kind == "cutmix":
-            out["in_ids"], out["anchors"], out["shapes"] = mix.paste_args(params.boxes, p.size, p.size, partner)
-        else:
-            # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
-            out["masks"] = np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]
-            if partner is not None:
-                out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        out = MIX_KINDS[p.kind].source_outputs(c.seed, epoch, g, size=p.size, alpha=p.alpha, prob=p.prob_at(epoch),
+                                               mode=p.mode, decay=p.decay, partner=self._partner(local, g))
         return {k: out[k] for k in self.layout.paste}  # two streams: no in-batch partner ids
 
     def _partner(self, local: np.ndarray, g: np.ndarray):
         """In-batch partners (local indices int64 [B]) of one stream's step, or None for two
         streams: the step's real samples pair by :func:`fastcas.mix.pair_partner`, padding with
         itself."""
-        from fastcas import mix
-
         c = self.config
         if len(c.streams) != 1:
             return None
         n = len(g) if c.geometry is None else min(len(g), c.geometry.step_size(int(local[0]) // c.batch_size))
         return np.concatenate([mix.pair_partner(g[:n]), np.arange(n, len(g))])
-
-    def _saliency(self, epoch: int, local: np.ndarray, g: np.ndarray) -> dict:
-        """SaliencyMix's outputs (see :meth:`_paste`): the draws of
-        :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste`` arguments."""
-        from fastcas import mix
-        from fastcas.mix.params import saliency_draws
-
-        c, p = self.config, self.config.paste
-        _, mixed, half = saliency_draws(c.seed, epoch, g, p.size, p.size, p.alpha, p.prob_at(epoch), p.mode)
-        partner = self._partner(local, g)
-        ids = np.arange(len(g)) if partner is None else partner
-        if p.mode == "batch":  # one box for the batch: the first foreground's peak
-            ids = np.full(len(g), ids[0] if len(g) else 0)
-        need = np.zeros((len(g), 1), np.int32)  # only the peaks some mixed sample's box is centred on
-        need[ids[mixed], 0] = 1
-        in_ids, anchors, shapes = mix.paste_args(np.zeros((len(g), 4), np.int64), p.size, p.size, partner)
-        out = {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need, "anchors": anchors,
-               "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
-               "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
-        return {k: out[k] for k in self.layout.paste}
 
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""

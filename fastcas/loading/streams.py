@@ -23,6 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from fastcas.core.rng import derive_key
+from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
+from fastcas.sampling.geometry import StreamGeometry
+from fastcas.sampling.protocol import IndexSampler
+from fastcas.sampling.shared import shared_cdf
 from fastcas.sampling.streaming import StreamingSampler
 
 PURPOSE = 0x5C  # the purpose key mixed into a second (foreground) stream's seed
@@ -34,7 +38,7 @@ def stream_seed(seed: int, stream: int) -> int:
     return int(seed) if stream == 0 else int(derive_key(int(seed), PURPOSE, int(stream)) >> np.uint64(1))
 
 
-class StreamIndex:
+class StreamIndex(IndexSampler):
     """Streaming-mode sampler of one stream on one rank (see the module docstring).
 
     ``sampler``: the rank's StreamingSampler; ``geometry``: the loader's StreamGeometry;
@@ -60,8 +64,8 @@ class StreamIndex:
     def __len__(self) -> int:
         return -(-self.sampler.num_samples // self.sampler.world_size)
 
-    def _config(self) -> dict:
-        return {**self.sampler._config(), "mode": "streaming"}
+    def identity(self) -> dict:
+        return {**self.sampler.identity(), "mode": "streaming"}
 
     def set_resume(self, epoch: int, start: int, state: dict) -> None:
         """Continue ``epoch`` from local draw ``start`` with a sampler state saved at another
@@ -88,13 +92,13 @@ class StreamIndex:
             self._cache = {epoch: hit}  # one epoch at a time: a rank's plan is E / W integers
         return hit[0], hit[1]
 
-    def state_dict(self, epoch: int, consumed: int) -> dict:
+    def state(self, epoch: int, consumed: int) -> dict:
         """The StreamingSampler state after this rank's first ``consumed`` local draws of ``epoch``."""
         _, start = self.epoch_indices(epoch)
         return self._cache[epoch][2].state_dict(consumed=max(0, int(consumed) - start))
 
-    def load(self, state: dict, epoch: int, start: int, saved_world_size: int) -> None:
-        """Continue ``epoch`` at local draw ``start`` from a :meth:`state_dict` saved at
+    def restore(self, state: dict, epoch: int, start: int, saved_world_size: int) -> None:
+        """Continue ``epoch`` at local draw ``start`` from a :meth:`state` saved at
         ``saved_world_size``: at this world size the stream is a function of the keys (exact);
         at another, the sampler's shard-granular continuation (its docstring)."""
         if saved_world_size == self.sampler.world_size and state["segment"]["salt"] == 0:
@@ -174,11 +178,6 @@ def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank
 def from_loader(loader, name: str, stream: int) -> StreamIndex:
     """The StreamIndex of weights ``name`` for ``loader``'s rank (its CDF is the one exact mode
     would sample from: :func:`fastcas.sampling.shared.shared_cdf`)."""
-    from fastcas.sampling.geometry import StreamGeometry
-    from fastcas.sampling.shared import shared_cdf
-
-    from fastcas.loading.config import DEFAULT_SHUFFLE_BUFFER
-
     cfg, reader = loader.config, loader.reader
     num = cfg.epoch_length or len(reader)
     if num < loader.world_size:  # every rank refuses, not only the one that would draw nothing

@@ -132,8 +132,10 @@ class AugmentPolicy:
             except (TypeError, ValueError):
                 raise ValueError(f"{key} must be 3 numbers (RGB, in [0, 1] pixel units), got {v!r}") from None
             if len(t) != 3 or not all(math.isfinite(x) for x in t) or (key == "std" and min(t) <= 0):
-                raise ValueError(f"{key} must be 3 finite numbers (RGB, [0, 1] units){'; std > 0' if key == 'std' else ''}"
-                                 f", got {v!r}")
+                raise ValueError(
+                    f"{key} must be 3 finite numbers (RGB, [0, 1] units){'; std > 0' if key == 'std' else ''}"
+                    f", got {v!r}"
+                )
             object.__setattr__(self, key, t)
         object.__setattr__(self, "scale", _pair("scale", self.scale, 0.0, 1.0))
         if self.scale[1] <= 0:
@@ -168,7 +170,9 @@ class AugmentPolicy:
         try:
             t = tuple(float(v) for v in vals)
         except (TypeError, ValueError):
-            raise ValueError(f"color_jitter must be a number or (brightness, contrast, saturation), got {value!r}") from None
+            raise ValueError(
+                f"color_jitter must be a number or (brightness, contrast, saturation), got {value!r}"
+            ) from None
         if len(t) != 3 or min(t) < 0 or not all(math.isfinite(v) for v in t):
             raise ValueError(f"color_jitter must be >= 0 (one number or a triple), got {value!r}")
         return t if any(t) else None  # all zero: no jitter (and no jitter operator in the graph)

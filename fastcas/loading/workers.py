@@ -30,13 +30,15 @@ future DALI degrades to DALI's own behaviour rather than failing.
 """
 from __future__ import annotations
 
+import ctypes
+import importlib
 import os
 import signal
 import threading
 import time
 from multiprocessing.connection import wait as _wait_ready
 
-from fastcas.core.errors import BatchTimeoutError, WorkerDiedError
+from fastcas.core.errors import BatchTimeoutError, FastcasError, WorkerDiedError
 
 _POLL_S = 0.25
 _PR_SET_PDEATHSIG = 1
@@ -64,8 +66,10 @@ def describe_exit(pid, exitcode) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = {signal.SIGKILL: " (out of memory? see `dmesg`)",
-                signal.SIGBUS: " (a memory-mapped shard was truncated or rewritten while being read?)"}.get(-exitcode, "")
+        hint = {
+            signal.SIGKILL: " (out of memory? see `dmesg`)",
+            signal.SIGBUS: " (a memory-mapped shard was truncated or rewritten while being read?)",
+        }.get(-exitcode, "")
         return f"pid {pid} killed by {name}{hint}"
     return f"pid {pid} exited with status {exitcode}"
 
@@ -185,10 +189,6 @@ def restore_worker_error(exc: BaseException):
     match. The traceback's last line names the type (``fastcas.dataset.remote.RemoteError:``);
     a subclass of :class:`~fastcas.core.errors.FastcasError` from a ``fastcas`` module is
     rebuilt with the original message (extra attributes such as ``key`` are not carried)."""
-    import importlib
-
-    from fastcas.core.errors import FastcasError
-
     text = str(exc)
     if type(exc) is not Exception or _WORKER_TRACEBACK not in text or exc.__cause__ is None:
         return None
@@ -275,8 +275,6 @@ _lock = threading.Lock()
 
 def _prctl_pdeathsig(sig: int) -> bool:
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):

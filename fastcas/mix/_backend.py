@@ -10,9 +10,15 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
+
+from fastcas.core.errors import GPU_EXTRAS, missing
 
 from . import reference
 from .params import MixParams
@@ -50,9 +56,7 @@ def _checkout_kernels_dir():
     """``kernels/`` beside the imported ``fastcas`` package when it runs from a source checkout
     (``PYTHONPATH=<repo>``, as ``benchmarks/gpu.sh`` does), else None. An installed wheel has
     ``fastcas/kernels/`` (setup.py's ``package_dir`` mapping) and no ``setup.py`` beside it."""
-    from pathlib import Path
-
-    import fastcas
+    import fastcas  # noqa: PLC0415 (lazy: the package imports the loader, which imports this module)
 
     pkg = Path(fastcas.__file__).resolve().parent
     if (pkg / "kernels" / "__init__.py").exists():
@@ -69,10 +73,6 @@ def _import_kernels_package():
     it), and a plain checkout on ``PYTHONPATH`` with no install, where it is loaded from
     ``kernels/`` beside this ``fastcas`` (taking precedence over an editable install of another
     checkout, so the kernels always match the code calling them)."""
-    import importlib
-    import importlib.util
-    import sys
-
     root = _checkout_kernels_dir()
     if root is None or "fastcas.kernels" in sys.modules:
         return importlib.import_module("fastcas.kernels")
@@ -85,7 +85,7 @@ def _import_kernels_package():
     except BaseException:
         del sys.modules["fastcas.kernels"]
         raise
-    import fastcas
+    import fastcas  # noqa: PLC0415 (lazy: the package imports the loader, which imports this module)
 
     fastcas.kernels = mod
     return mod
@@ -96,12 +96,10 @@ def _kernels():
     try:
         from numba import cuda  # noqa: F401  (simulator honoured when NUMBA_ENABLE_CUDASIM=1)
     except ImportError:
-        from fastcas.core.errors import GPU_EXTRAS, missing
-
         raise missing("the CUDA mixing kernels", "numba-cuda", GPU_EXTRAS) from None
 
     _import_kernels_package()
-    from fastcas.kernels import box_paste, mask_blend
+    from fastcas.kernels import box_paste, mask_blend  # noqa: PLC0415 (lazy: CUDA kernels: numba)
 
     return box_paste, mask_blend
 
@@ -125,7 +123,7 @@ def apply_torch(params: MixParams, bg, fg):
     """Vectorised torch apply on the tensors' device (CPU or CUDA); returns a new tensor."""
     import torch
 
-    dev, (b, c, h, w) = bg.device, bg.shape
+    dev, (b, _, h, w) = bg.device, bg.shape
     if params.boxes is not None:
         bx = torch.as_tensor(params.boxes, device=dev)
         rows = torch.arange(h, device=dev).view(1, h)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcas.core.rng import generator as make
+
 from . import _backend
 from .params import KINDS, MixParams, check_alpha_prob, check_kind, make_params
 
@@ -147,8 +149,6 @@ def _generator(generator) -> np.random.Generator:
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)):
-        from fastcas.core.rng import generator as make
-
         return make(int(generator))
     raise ValueError(f"generator must be a numpy.random.Generator, an int seed or None, "
                      f"got {type(generator).__name__}")

@@ -21,7 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .params import MixParams, saliency_draws
+from .finegrained import finegrained_argmax
+from .params import MixParams, clip_box, saliency_draws
+from .saliency import ALIASES, _factor, saliency_centres, spectral_residual_torch
 
 
 @dataclass(frozen=True)
@@ -87,16 +89,12 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
     """
     import torch
 
-    from .saliency import ALIASES, _factor, spectral_residual_torch
-
     method = ALIASES.get(saliency, saliency)
     b, _, height, width = foreground.shape
     pos = np.asarray(positions, np.int64).reshape(-1)
     drawn, mixed, halves = saliency_draws(seed, epoch, pos, height, width, alpha, prob, mode)
     img = foreground[:1] if (mode == "batch" and b) else foreground
     if method == "finegrained":
-        from .finegrained import finegrained_argmax
-
         flat = finegrained_argmax(img)
         cy, cx = flat // width, flat % width
     elif method == "spectral":
@@ -107,19 +105,13 @@ def saliency_params(seed: int, epoch: int, positions, foreground, *, alpha: floa
         cy = torch.clamp((flat // w) * f + f // 2, max=height - 1)
         cx = torch.clamp((flat % w) * f + f // 2, max=width - 1)
     else:  # "opencv": the host loop of the reference (synchronises; an explicit choice)
-        from .saliency import saliency_centres
-
         hy, hx = saliency_centres(img, method=method)
         cy, cx = to_device(torch.from_numpy(hy)), to_device(torch.from_numpy(hx))
     if mode == "batch":
         cy, cx = cy.expand(b), cx.expand(b)
     half = to_device(torch.from_numpy(np.ascontiguousarray(halves.T)))
     keep = to_device(torch.from_numpy(mixed))
-    y0 = torch.clamp(cy - half[0], 0, height)
-    y1 = torch.clamp(cy + half[0], 0, height)
-    x0 = torch.clamp(cx - half[1], 0, width)
-    x1 = torch.clamp(cx + half[1], 0, width)
-    boxes = torch.stack([y0, x0, y1, x1], dim=1) * keep[:, None]
+    boxes = torch.stack(clip_box(torch, cy, cx, half[0], half[1], height, width), dim=1) * keep[:, None]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     lam = 1.0 - area.to(torch.float64) / float(height * width)
     return DeviceParams("saliencymix", height, width, lam, mixed, boxes=boxes.to(torch.int32), drawn=drawn)

@@ -108,7 +108,7 @@ def _numba(images):
     computes with)."""
     import torch
 
-    from ._finegrained_cpu import finegrained_batch
+    from ._finegrained_cpu import finegrained_batch  # noqa: PLC0415 (lazy: numba)
 
     x = images.detach()
     raw = x.dtype == torch.uint8

@@ -45,8 +45,10 @@ to exact ranks). Host time per batch of 32 at 224x224, decay 3, one thread, on t
 
 The spectrum noise is always drawn with NumPy on the host, for the kept box only (:func:`fmix_masks`
 from the generator it is given; :func:`noise_at` per global position, from ``(seed, epoch,
-position)`` alone), so the same parameters give the same noise on every device. (Where the box is truncated, a sample's noise is the first ``R * C * 2`` normals of
-its generator in box layout, so those masks differ from releases before the box; lam does not.) With ``device`` a CUDA torch device the FFT, sort and binarisation then run on the
+position)`` alone), so the same parameters give the same noise on every device. (Where the box is truncated, a sample's
+noise is the first ``R * C * 2`` normals of
+its generator in box layout, so those masks differ from releases before the box; lam does not.) With ``device`` a CUDA
+torch device the FFT, sort and binarisation then run on the
 device (:func:`_masks_torch`: the same truncated spectrum, zero-padded, through ``irfft2``);
 float32 FFTs of different libraries may differ in the last bits, which can move a pixel whose
 value ties the threshold, but the kept count (and so lam) is exact everywhere.

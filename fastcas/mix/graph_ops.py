@@ -98,6 +98,7 @@ def saliency_paste(anchors, shapes, lam, anchors0, shapes0, lam0, half, centre):
     lam ``= 1 - area / (H W)`` in float64, as :func:`fastcas.mix.device.saliency_params`."""
     height = shapes0[0, 0]
     width = shapes0[0, 1]
+    # fastcas.mix.params.clip_box on scalars (a Numba operator cannot take an array module)
     for i in range(2):
         for j in range(2):
             anchors[i, j] = anchors0[i, j]

@@ -33,6 +33,8 @@ import numpy as np
 
 from fastcas.core.rng import counter_uniform, derive_key
 
+from .saliency import saliency_centres
+
 KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 MODES = ("elem", "batch")
 
@@ -126,15 +128,22 @@ def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
     return (height * rat).astype(np.int64), (width * rat).astype(np.int64)
 
 
+def clip_box(xp, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
+    """The box rule of CutMix and SaliencyMix, once for any array module ``xp`` with ``clip``
+    (``numpy``, ``torch``): ``(y0, x0, y1, x1)``, the box ``[cy - half_h, cy + half_h) x [cx -
+    half_w, cx + half_w)`` clipped to the image (clovaai rule: the unclipped box spans ``2 * half``
+    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. (The DALI graph's
+    Numba operator, :func:`fastcas.mix.graph_ops.saliency_paste`, spells the same rule on scalars:
+    Numba cannot take a module; tests/mix/test_graph_ops.py checks the two agree.)"""
+    return (xp.clip(cy - half_h, 0, height), xp.clip(cx - half_w, 0, width),
+            xp.clip(cy + half_h, 0, height), xp.clip(cx + half_w, 0, width))
+
+
 def boxes_at(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
              height: int, width: int) -> np.ndarray:
     """Boxes centred at (cy, cx) with half-sizes ``cut // 2`` on both sides, clipped to the image
-    (clovaai rule: the unclipped box spans ``2 * (cut // 2)`` pixels). int32 ``[B, 4]``."""
-    y0 = np.clip(cy - cut_h // 2, 0, height)
-    y1 = np.clip(cy + cut_h // 2, 0, height)
-    x0 = np.clip(cx - cut_w // 2, 0, width)
-    x1 = np.clip(cx + cut_w // 2, 0, width)
-    return np.stack([y0, x0, y1, x1], axis=1).astype(np.int32)
+    (:func:`clip_box`). int32 ``[B, 4]``."""
+    return np.stack(clip_box(np, cy, cx, cut_h // 2, cut_w // 2, height, width), axis=1).astype(np.int32)
 
 
 def box_lam(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -191,7 +200,7 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
         return generator.integers(0, height, size=n), generator.integers(0, width, size=n)
 
     def noise(m):  # the kept low-frequency box only (the whole spectrum when nothing is dropped)
-        from .fmix import noise_shape
+        from .fmix import noise_shape  # noqa: PLC0415 (lazy: numba)
 
         return generator.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
 
@@ -209,7 +218,7 @@ def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mod
         return MixParams(kind, height, width, lam.astype(np.float64), mixed, drawn=drawn)
 
     if kind == "fmix":
-        from .fmix import masks_from_noise
+        from .fmix import masks_from_noise  # noqa: PLC0415 (lazy: numba)
 
         m = min(batch_size, 1) if mode == "batch" else batch_size
         masks, lam = masks_from_noise(noise(m), drawn, mixed, height, width, decay=decay,
@@ -226,8 +235,6 @@ def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mod
             cut_h, cut_w = cut_sizes(drawn, height, width)
             boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
     else:  # saliencymix
-        from .saliency import saliency_centres
-
         if foreground is None:
             raise ValueError("saliencymix needs the foreground images (foreground=...) for saliency")
         shape = tuple(foreground.shape)
@@ -323,7 +330,7 @@ def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, wid
                 np.minimum((ux[:n] * width).astype(np.int64), width - 1))
 
     def noise(m):
-        from .fmix import noise_at
+        from .fmix import noise_at  # noqa: PLC0415 (lazy: numba)
 
         return noise_at(seed, epoch, src[:m], height, width, decay)
 

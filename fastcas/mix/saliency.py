@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcas.core.device import array_to_device
+
+from .finegrained import finegrained_argmax
+
 METHODS = ("finegrained", "opencv", "spectral")
 ALIASES = {"spectral-residual": "spectral", "fine-grained": "finegrained"}
 _TARGET = 64
@@ -95,7 +99,6 @@ def spectral_residual_torch(images):
     local = sum(torch.roll(log_amp, (dy, dx), dims=(1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
     phase = spec / torch.clamp(amp, min=1e-30)
     sal = torch.fft.ifft2(torch.exp(log_amp - local) * phase).abs() ** 2
-    from fastcas.core.device import array_to_device
 
     taps = array_to_device(_gauss_taps(), images.device, torch.float32)  # pinned, non-blocking: no host sync
     r = len(taps) // 2
@@ -149,8 +152,6 @@ def saliency_centres(images, method: str = "finegrained") -> tuple[np.ndarray, n
     if b == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if method == "finegrained":
-        from .finegrained import finegrained_argmax
-
         flat = finegrained_argmax(images).cpu().numpy().astype(np.int64)
         return flat // width, flat % width
     if method == "opencv":

@@ -31,6 +31,7 @@ import numpy as np
 from fastcas.core import npy
 from fastcas.core.rng import counter_bits, counter_uniform, derive_key
 from fastcas.sampling.geometry import StreamGeometry, check_same, digest
+from fastcas.sampling.protocol import IndexSampler
 from fastcas.sampling.weights import check_weights
 
 _DRAW, _PERM = 0xD1, 0x9E  # purpose tags in the key derivation
@@ -86,7 +87,7 @@ class FeistelPermutation:
         return y.astype(np.int64)
 
 
-class WeightedSampler:
+class WeightedSampler(IndexSampler):
     """Weighted (or uniformly shuffled) sample indices for one rank of one global stream.
 
     Args:
@@ -248,12 +249,17 @@ class WeightedSampler:
         return np.diff(np.concatenate([[0.0], self._cdf])) / self._total
 
     # -- state -----------------------------------------------------------------------------
-    def _config(self) -> dict:
+    def identity(self) -> dict:
+        """What must match to resume this stream (seed, stream, sizes, ``weights_digest``, global batch)."""
         if "_weights_digest" not in self.__dict__:
             self._weights_digest = digest("uniform", self.n) if self._cdf is None else digest(self._cdf)
         return {"seed": self.seed, "stream": self.stream, "n": self.n, "num_samples": self.num_samples,
                 "replacement": self.replacement, "weights_digest": self._weights_digest,
                 "global_batch": self.geometry.global_batch}
+
+    def legacy_digest(self) -> str:
+        """The weights digest of fastcas before O(1) digests (a hash of every CDF value)."""
+        return digest("uniform", self.n) if self._cdf is None else digest(np.asarray(self._cdf))
 
     def state_dict(self, consumed: int | None = None) -> dict:
         """The global position consumed in the current epoch plus what must match to resume.
@@ -267,13 +273,13 @@ class WeightedSampler:
         if k < 0 or k % self.batch_size:
             raise ValueError(f"consumed must be a non-negative multiple of batch_size={self.batch_size}, got {k}")
         return {"epoch": self.epoch, "position": self.geometry.consumed(k // self.batch_size),
-                "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size, **self._config()}
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.batch_size, **self.identity()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the global stream where ``state`` stopped, at this sampler's own rank,
         world size and batch size (which may differ from the saved ones if the global batch
         is the same). A state at or past the end of its epoch starts the next epoch."""
-        check_same(state, self._config(), ("seed", "stream", "n", "weights_digest", "num_samples",
+        check_same(state, self.identity(), ("seed", "stream", "n", "weights_digest", "num_samples",
                                             "replacement", "global_batch"), "WeightedSampler.load_state_dict")
         epoch, step = int(state["epoch"]), self.geometry.step_at(state.get("position", 0))
         if step >= self.geometry.steps:

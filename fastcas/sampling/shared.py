@@ -52,5 +52,9 @@ def shared_concentration(reader, cdf: np.ndarray, d: str) -> np.ndarray:
     """:func:`fastcas.sampling.weights.concentration_stats` of the weights whose CDF is ``cdf``
     (digest ``d``, from :func:`shared_cdf`): computed by the node's first process (one pass over
     N), then 32 bytes cached beside the CDF, so later ranks do not each re-read N values."""
-    return cached_array(reader, f"ess-{d}", lambda: weights.concentration_stats(np.diff(cdf, prepend=0.0)),
-                        lambda a: check_vector(a, 4) or (None if a[0] in (0, len(cdf)) else f"n = {a[0]}, not {len(cdf)}"))
+    return cached_array(
+        reader,
+        f"ess-{d}",
+        lambda: weights.concentration_stats(np.diff(cdf, prepend=0.0)),
+        lambda a: check_vector(a, 4) or (None if a[0] in (0, len(cdf)) else f"n = {a[0]}, not {len(cdf)}"),
+    )

@@ -17,7 +17,8 @@ world size the granularity is the SHARD: shards that every old rank had emitted 
 skipped, the remaining shards are dealt to the new ranks, and samples of shards that were
 partly emitted when the state was saved (the shard each old rank was reading and those with
 samples still in its shuffle buffer) are read again from their start; the remaining number of
-draws is kept (each new rank pads or trims its share, as at the start of an epoch). Loading replays the old ranks' streams up to the saved point (host integers only). Reading
+draws is kept (each new rank pads or trims its share, as at the start of an epoch). Loading replays the old ranks'
+streams up to the saved point (host integers only). Reading
 shards sequentially is the point of this mode, so it does not offer the exact sample-level
 elasticity of :class:`fastcas.sampling.sampler.WeightedSampler`.
 """
@@ -152,7 +153,7 @@ class StreamingSampler:
         return self.iter_epoch(self.epoch)
 
     # -- state: exact at the same world size, shard granularity at another -------------------
-    def _config(self) -> dict:
+    def identity(self) -> dict:
         return {"seed": self.seed, "num_samples": self.num_samples, "shuffle_buffer": self.shuffle_buffer,
                 "shards_digest": digest(self.starts), "weights_digest": digest(self.p)}
 
@@ -162,7 +163,7 @@ class StreamingSampler:
         k = self._yielded if consumed is None else int(consumed)
         r = self._resume
         seg = r["segment"] if r is not None and r["epoch"] == self.epoch else self._segment(self.epoch)
-        return {"epoch": self.epoch, "consumed": k, "world_size": self.world_size, "segment": seg, **self._config()}
+        return {"epoch": self.epoch, "consumed": k, "world_size": self.world_size, "segment": seg, **self.identity()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue an epoch. At the saved world size: exactly (the same streams, skipping what
@@ -170,7 +171,7 @@ class StreamingSampler:
         had fully emitted are done; the rest of the epoch's draws (``left - W * consumed``) come
         from the other shards, dealt round-robin to the new ranks, so a shard that was partly
         emitted when the state was saved is read again from its start."""
-        check_same(state, self._config(), tuple(self._config()), "StreamingSampler.load_state_dict")
+        check_same(state, self.identity(), tuple(self.identity()), "StreamingSampler.load_state_dict")
         epoch, k, w_old, seg = int(state["epoch"]), int(state["consumed"]), int(state["world_size"]), state["segment"]
         left = seg["left"] - w_old * k
         if left <= 0 or k >= self._segment_len(seg, w_old):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastcas.core.rng import generator
+
 NAMES = ("uniform", "cas", "cmo", "cmo-effective", "cmo-per-class", "oversample", "undersample", "cas-cmo",
          "oversample-expected", "undersample-expected")
 #: weights that are an epoch plan (a list of indices per epoch), not per-draw probabilities
@@ -238,8 +240,6 @@ def make_plan(name: str, labels, *, seed: int = 0, threshold: float | None = Non
     ``(seed, labels, threshold)``. The plan is fixed for the whole run, as in the paper's code
     (the resampled set is written once, ``oversampled_rainforest.csv``, and read every epoch);
     :class:`fastcas.sampling.plan.PlanSampler` shuffles it per epoch."""
-    from fastcas.core.rng import generator
-
     if name not in PLAN_NAMES:
         raise ValueError(f"{name!r} is not a plan; plans: {', '.join(PLAN_NAMES)}")
     rng = generator(int(seed), _PLAN_TAG, PLAN_NAMES.index(name))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 CAS_SPLITS = (("low", 0.3), ("middle", 0.3), ("high", 0.4))
 
 

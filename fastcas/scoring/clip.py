@@ -3,7 +3,8 @@
 For each secondary value, embed the prompt "The photo is {value}." with CLIP's text tower;
 its *key* is the image embedding from an anchor pool most similar to that text (top-1 as in
 the paper; mean of the top-k as an option). The paper's pool is ImageNet-21K; fastcas's
-default pool is the scored dataset itself (``fastcas score --anchors`` picks another). An image's secondary for a primary is the key
+default pool is the scored dataset itself (``fastcas score --anchors`` picks another). An image's secondary for a
+primary is the key
 with the highest cosine similarity to its embedding. Text-only matching (compare images with
 the text embeddings directly) is the ablation. The dictionary is saved (``.npz`` + hash) and
 reused, so training and validation sets are described by the same keys.
@@ -52,8 +53,9 @@ class VisualDictionary:
 
     def save(self, path) -> None:
         """``path`` (.npz: keys + embedded meta) and ``path`` with suffix .json (meta, hash)."""
-        from fastcas.core.io import atomic_open, atomic_write_json
         import json
+
+        from fastcas.core.io import atomic_open, atomic_write_json
 
         arrays = {f"key_{p:02d}": k for p, k in enumerate(self.keys)}
         info = {**self.meta, "mode": self.mode, "primaries": self.primaries, "hash": self.digest(),

@@ -122,8 +122,8 @@ def _encode(cfg, dataset, features, image_size, rank, world, work, enc=None) -> 
 
 
 def _base_meta(cfg, reader, image_size) -> dict:
-    from fastcas.scoring.vocabulary import load_vocabulary, vocabulary_digest
     from fastcas.scoring.run import _resolve_decoder
+    from fastcas.scoring.vocabulary import load_vocabulary, vocabulary_digest
 
     vocab = load_vocabulary()
     return {"vocabulary_version": vocab["version"], "vocabulary_hash": vocabulary_digest(vocab),

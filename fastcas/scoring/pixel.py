@@ -40,6 +40,7 @@ import numpy as np
 
 from fastcas.scoring.bins import fixed_bins
 from fastcas.scoring.primaries import MEASURES, PRIMARIES, UNMEASURABLE
+
 FOREGROUND_DELTA = 0.15
 RING = 2
 
@@ -126,9 +127,18 @@ def measure(images) -> np.ndarray:
     count = _count_components(fg.cpu().numpy(), 0.01 * H * W)
     to = lambda t: t.double().cpu().numpy()
     cols = {
-        "color": to(colour), "texture": to(fine), "pattern": to(pattern), "shape": to(elong), "size": to(size),
-        "lighting": to(flat(luma).std(1)), "brightness": to(flat(luma).mean(1)), "background": to(luma[:, ring].mean(1)),
-        "count": count, "occlusion": to(occl), "style": to(colourful), "orientation": to(angle),
+        "color": to(colour),
+        "texture": to(fine),
+        "pattern": to(pattern),
+        "shape": to(elong),
+        "size": to(size),
+        "lighting": to(flat(luma).std(1)),
+        "brightness": to(flat(luma).mean(1)),
+        "background": to(luma[:, ring].mean(1)),
+        "count": count,
+        "occlusion": to(occl),
+        "style": to(colourful),
+        "orientation": to(angle),
         "position in frame": to(centre),
     }
     return np.stack([cols[p] for p in PRIMARIES], 1)

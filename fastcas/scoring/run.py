@@ -81,7 +81,7 @@ def rank_batches(n: int, batch_size: int, rank: int, world_size: int, decoder: s
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad split: batch_size={batch_size}, rank={rank}, world_size={world_size}")
     if _resolve_decoder(decoder) == "dali":
-        from fastcas.loading.source import SequentialIndex
+        from fastcas.sampling.protocol import SequentialIndex
 
         seq = SequentialIndex(n, rank, world_size)
         pos = seq.index_at(0, np.arange(seq.real))  # no padding: every sample is scored once

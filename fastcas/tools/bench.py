@@ -86,8 +86,8 @@ class _DaliPlain:
     """DALI's sequential webdataset reader with DALI's own random crop/flip (or decode only)."""
 
     def __init__(self, cfg: BenchConfig, device: str, decode_only: bool):
-        from fastcas.loading.pipeline import build_reader_pipeline
         from fastcas.dataset.reader import ShardReader
+        from fastcas.loading.pipeline import build_reader_pipeline
 
         self.pipe = build_reader_pipeline(ShardReader(cfg.dataset), batch_size=cfg.batch_size,
                                           image_size=cfg.image_size, num_threads=cfg.threads, device=device,

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.sampling import weights as sample_weights
 from fastcas.core.io import atomic_write_bytes, atomic_write_json
+from fastcas.sampling import weights as sample_weights
 from fastcas.train.metrics import accuracy_report
 from fastcas.train.models import MODELS
 
@@ -99,7 +99,9 @@ class TrainConfig:
         if self.loss_beta is not None and not 0 <= self.loss_beta < 1:
             raise ValueError(f"loss_beta must be in [0, 1), got {self.loss_beta!r}")
         if self.loss_weights not in sample_weights.LOSS_WEIGHTS:
-            raise ValueError(f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(sample_weights.LOSS_WEIGHTS)}")
+            raise ValueError(
+                f"unknown loss weights {self.loss_weights!r}; expected one of {', '.join(sample_weights.LOSS_WEIGHTS)}"
+            )
         for name in ("epochs", "batch_size", "checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -278,7 +280,9 @@ def _save_report(out: Path, epoch: int, report: dict, class_names) -> None:
     ax[0].bar(range(len(pc)), pc)
     ax[0].set_title(f"per-class top-1 (epoch {epoch})")
     ax[0].set_xlabel("class (training order)")
-    groups = [g for g in ("top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high") if report.get(g) is not None]
+    groups = [
+        g for g in ("top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high") if report.get(g) is not None
+    ]
     ax[1].bar(groups, [report[g] for g in groups])
     ax[1].set_ylim(0, 1)
     ax[1].set_title("accuracy by group")
@@ -368,7 +372,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
         model = model.to(memory_format=torch.channels_last)
     net = model
     if dist.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if dist.device == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if dist.device == "cuda" else None
+        )
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     amp_dtype = _amp_dtype(cfg, dist.device)
     use_amp = amp_dtype is not None
@@ -459,8 +465,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
             if dist.rank == 0:
                 _save_report(out, epoch, report, reader.class_names)
                 write_metrics_line(out / "metrics.jsonl", {k: v for k, v in report.items() if k != "per_class"})
-                print(f"epoch {epoch}: " + " ".join(f"{g} {_r4(report.get(g))}" for g in ("top1", "many", "medium", "few"))
-                      + f" loss {loss.item():.3f}", flush=True)
+                print(
+                    f"epoch {epoch}: "
+                    + " ".join(f"{g} {_r4(report.get(g))}" for g in ("top1", "many", "medium", "few"))
+                    + f" loss {loss.item():.3f}",
+                    flush=True,
+                )
         elif val is None and dist.rank == 0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             print(f"epoch {epoch}: loss {loss.item():.3f} (no --val: no evaluation)", flush=True)
         if dist.rank == 0:  # drawn vs target per class / attribute value (fastcas.train.monitor)

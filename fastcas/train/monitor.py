@@ -52,7 +52,11 @@ def drawn_report(labels, drawn, weights, *, class_names=None, attrs=None, primar
     exp = np.array([c["expected_count"] for c in classes])
     obs = np.array([c["drawn_count"] for c in classes])
     keep = exp > 0
-    chi2 = float(stats.chisquare(obs[keep], exp[keep] * obs.sum() / exp[keep].sum()).pvalue) if keep.sum() > 1 and len(d) else None
+    chi2 = (
+        float(stats.chisquare(obs[keep], exp[keep] * obs.sum() / exp[keep].sum()).pvalue)
+        if keep.sum() > 1 and len(d)
+        else None
+    )
     rep = {"samples": int(len(y)), "draws": int(len(d)), "ess": float(w.sum() ** 2 / (w ** 2).sum()),
            "distinct": int(len(np.unique(d))), "class_chi2_p": chi2, "classes": classes,
            "max_class_deviation": float(max(abs(c["drawn"] - c["target"]) for c in classes))}
@@ -99,8 +103,12 @@ def plot_report(rep: dict, title: str = "drawn vs target") -> bytes:
     import matplotlib.pyplot as plt
 
     atts = rep.get("attributes", [])[:8]
-    fig, axes = plt.subplots(1 + (len(atts) + 3) // 4, 4 if atts else 1, figsize=(12 if atts else 7, 3 + 2.2 * ((len(atts) + 3) // 4)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1 + (len(atts) + 3) // 4,
+        4 if atts else 1,
+        figsize=(12 if atts else 7, 3 + 2.2 * ((len(atts) + 3) // 4)),
+        squeeze=False,
+    )
     gs = axes[0, 0].get_gridspec()
     for ax in axes[0]:
         ax.remove()
@@ -143,8 +151,8 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     """Write ``OUT/monitor-epochNNN.json`` / ``.png`` for ``loader``'s draws of ``epoch``
     (this rank's share; one entry per stream: background, and foreground for two-stream
     recipes). ``scores``: the score file, for the per-attribute tables."""
-    from fastcas.sampling import weights as sample_weights
     from fastcas.core.io import atomic_write_bytes, atomic_write_json
+    from fastcas.sampling import weights as sample_weights
 
     cfg, reader = loader.config, loader.reader
     att = score_attributes(scores) if isinstance(scores, (str, Path)) and scores else {}

@@ -20,7 +20,8 @@ written to ``OUT``:
    :class:`~fastcas.train.loop.TrainConfig` field may differ only if it is in
    :data:`RESUMABLE_CHANGES`: ``epochs``, ``max_steps``, ``eval_every``, ``checkpoint_every``,
    ``val``, ``val_scores``, ``many``, ``few``, ``out``, ``py_workers``, ``num_threads``,
-   ``device``, ``amp``, ``channels_last``, ``progress``, the remote timeouts and retries, ``batch_size`` (only with the same global batch,
+   ``device``, ``amp``, ``channels_last``, ``progress``, the remote timeouts and retries, ``batch_size`` (only with the
+   same global batch,
    below) and ``train`` (only with the same dataset content hash). Any other difference
    (model, image size, weights, mixing, seed, schedule, ...) refuses the resume and lists
    every changed field as ``name: saved -> new``. Fields added to TrainConfig later are

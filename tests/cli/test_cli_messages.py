@@ -1,4 +1,7 @@
-"""CLI messages: --device cuda without a GPU is a CLI error, help texts list choices and explain flags, only rank 0 prints the final line; issue 34's messages say what to do (tar paths, --scores, recipes, option names, --label-key, --max-steps, broken pipes, bench goals)."""
+"""CLI messages: --device cuda without a GPU is a CLI error, help texts list choices and explain flags, only rank 0
+prints the final line; issue 34's messages say what to do (tar paths, --scores, recipes, option names, --label-key,
+--max-steps, broken pipes, bench goals)."""
+
 import re
 import subprocess
 import sys
@@ -6,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fastcas.train.models import MODELS
-
 from fastcas.cli import main
+from fastcas.train.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,8 +42,12 @@ def test_device_cuda_without_gpu_is_a_cli_error(tmp_path, capsys, cmd, monkeypat
 def test_train_help_lists_choices_and_explains_flags(capsys):
     pytest.importorskip("torch")
     text = _help(capsys, "train")
-    for choice in ("--model {" + ",".join(MODELS) + "}", "--weights {uniform,cas,cmo,",
-                   "--mix {none,cutmix,fmix,saliencymix,mixup}", "--loss-weights {none,inverse,effective,upweight-low}"):
+    for choice in (
+        "--model {" + ",".join(MODELS) + "}",
+        "--weights {uniform,cas,cmo,",
+        "--mix {none,cutmix,fmix,saliencymix,mixup}",
+        "--loss-weights {none,inverse,effective,upweight-low}",
+    ):
         assert choice in text, choice
     for flag, words in (("--many MANY", "more than MANY training images"), ("--few FEW", "fewer than FEW"),
                         ("--mix-start MIX_START", "no mixing before this epoch"),

@@ -1,4 +1,6 @@
-"""Import hygiene: `import fastcas` loads no heavy library; every fastcas import points down the layer stack, with no circles."""
+"""Import hygiene: `import fastcas` loads no heavy library; every fastcas import points down the layer stack, with no
+circles."""
+
 import ast
 import subprocess
 import sys
@@ -6,10 +8,13 @@ from pathlib import Path
 
 
 def test_import_fastcas_loads_no_heavy_libraries():
-    code = ("import sys, fastcas, fastcas.sampling.weights, fastcas.sampling.sampler, fastcas.dataset.reader, fastcas.dataset.shards,"
-            " fastcas.dataset.classes, fastcas.integrations;"
-            "heavy = [m for m in ('torch', 'nvidia.dali', 'cupy', 'numba') if m in sys.modules];"
-            "print(','.join(heavy))")
+    code = (
+        "import sys, fastcas, fastcas.sampling.weights, fastcas.sampling.sampler, fastcas.dataset.reader,"
+        " fastcas.dataset.shards,"
+        " fastcas.dataset.classes, fastcas.integrations;"
+        "heavy = [m for m in ('torch', 'nvidia.dali', 'cupy', 'numba') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -75,7 +75,10 @@ def test_first_difference_sentences():
     assert first_difference(["a", "b"], ["a", "b"]) is None
     assert first_difference(["a", "b", "c"], ["a", "b"]) == \
         "2 classes here, 3 in the training set (first unmatched: class 2, 'c' in the training set only)"
-    assert first_difference(["a"], ["a", "z"]) == "2 classes here, 1 in the training set (first unmatched: class 1, 'z' here)"
+    assert (
+        first_difference(["a"], ["a", "z"])
+        == "2 classes here, 1 in the training set (first unmatched: class 1, 'z' here)"
+    )
     with pytest.raises(ValueError, match="VAL: its class_names differ .* class 0 is 'x' here but 'a'"):
         check_same_classes(["a"], ["x"], what="VAL")
 
@@ -104,5 +107,7 @@ def test_index_takes_class_names_as_a_comma_list_or_from_the_training_set(tmp_pa
     assert main(["index", str(tmp_path / "wds"), "--out", str(tmp_path / "a"), "--class-names", "ant,bee,dog"]) == 0
     r = ShardReader(tmp_path / "a")
     assert r.class_names == ["ant", "bee", "dog"] and r.labels.tolist() == [2, 0]
-    assert main(["index", str(tmp_path / "wds"), "--out", str(tmp_path / "b"), "--classes-from", str(tmp_path / "a")]) == 0
+    assert (
+        main(["index", str(tmp_path / "wds"), "--out", str(tmp_path / "b"), "--classes-from", str(tmp_path / "a")]) == 0
+    )
     assert ShardReader(tmp_path / "b").class_names == ["ant", "bee", "dog"]

@@ -1,4 +1,6 @@
-"""High-bit-depth images (16-bit PNG, 32-bit int and float TIFF) are scaled to 8 bits, not clipped, by the shard writer and `fastcas shard`."""
+"""High-bit-depth images (16-bit PNG, 32-bit int and float TIFF) are scaled to 8 bits, not clipped, by the shard writer
+and `fastcas shard`."""
+
 import io
 
 import numpy as np

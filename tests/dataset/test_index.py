@@ -12,8 +12,8 @@ from fastcas.dataset.indexer import IndexConfig, index_dataset
 from fastcas.dataset.reader import ShardReader
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 from fastcas.dataset.wdsindex import parse_index
-from tests.helpers import jpeg_bytes
 from tests.dataset.test_imagehdr import _bomb, _exif_jpeg
+from tests.helpers import jpeg_bytes
 
 
 def png_bytes(seed, size=(36, 28), fmt="PNG"):
@@ -208,7 +208,10 @@ def test_commands_accept_an_indexed_dataset(tmp_path, capsys):
     assert len(np.load(tmp_path / "i.npy")) == 6
     assert main(["score", str(tmp_path / "idx"), "--out", str(tmp_path / "s.parquet"), "--device", "cpu",
                  "--decoder", "dali", "--batch-size", "4", "--workers", "0"]) == 0
-    assert main(["stats", str(tmp_path / "idx"), "--scores", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "st")]) == 0
+    assert (
+        main(["stats", str(tmp_path / "idx"), "--scores", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "st")])
+        == 0
+    )
 
 
 @pytest.mark.dali
@@ -233,7 +236,9 @@ def test_command_like_sources_run_nothing_and_are_refused(tmp_path, source):
     from fastcas.dataset.indexer import index_dataset
 
     marker = tmp_path / "ran"
-    with pytest.raises((FileNotFoundError, ValueError, OSError), match=r"(?i)not found|no such|no tar|unsupported|scheme|exist"):
+    with pytest.raises(
+        (FileNotFoundError, ValueError, OSError), match=r"(?i)not found|no such|no tar|unsupported|scheme|exist"
+    ):
         index_dataset([source.format(m=marker)], tmp_path / "out")
     assert not marker.exists()
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -145,7 +145,9 @@ def test_changed_shard_is_a_clear_error(tmp_path, served):
     with pytest.raises(ShardChangedError, match=r"a-000000\.tar: shard changed on the server: SHA-256"):
         ShardReader(tmp_path / "remote", cache_dir=tmp_path / "c1")[0]
     tar.write_bytes(bytes(data) + b"\0" * 512)
-    with pytest.raises(ShardChangedError, match=r"a-000000\.tar: shard changed on the server: [0-9,]+ bytes, the manifest recorded"):
+    with pytest.raises(
+        ShardChangedError, match=r"a-000000\.tar: shard changed on the server: [0-9,]+ bytes, the manifest recorded"
+    ):
         ShardReader(tmp_path / "remote", cache_dir=tmp_path / "c2")[0]
     assert not [p for p in (tmp_path / "c2").iterdir() if p.suffix == ".tar"]
     # through the loader (strict=False) it is not skipped silently: the error surfaces

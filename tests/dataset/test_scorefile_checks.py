@@ -46,7 +46,9 @@ def test_ordinary_long_tailed_weights_do_not_warn():
     counts = np.maximum(1, (1000 * 0.97 ** np.arange(100)).astype(int))  # imbalance ~ 20
     labels = np.repeat(np.arange(100), counts)
     for name in ("cmo", "uniform"):
-        assert sample_weights.concentration_warning(sample_weights.make(name, labels, scores=None, b=1.2, r=1.0)) is None
+        assert (
+            sample_weights.concentration_warning(sample_weights.make(name, labels, scores=None, b=1.2, r=1.0)) is None
+        )
     rng = np.random.default_rng(0)
     assert sample_weights.concentration_warning(rng.integers(20, 200, 1000).astype(float) ** 1.2) is None
 

@@ -336,8 +336,12 @@ def test_the_input_listing_is_flat_arrays_and_shuffles_vectorised(tmp_path):
             (tmp_path / "in" / c / n).write_bytes(b"")
     items, classes = image_folder_items(tmp_path / "in")
     assert isinstance(items, ItemList) and classes == ["cat", "dog"] and len(items) == 4
-    want = [Item(tmp_path / "in" / "cat" / "a.png", 0, "cat_a"), Item(tmp_path / "in" / "cat" / "b.jpg", 0, "cat_b"),
-            Item(tmp_path / "in" / "cat" / "ü ñ.jpg", 0, "cat____"), Item(tmp_path / "in" / "dog" / "x.jpeg", 1, "dog_x")]
+    want = [
+        Item(tmp_path / "in" / "cat" / "a.png", 0, "cat_a"),
+        Item(tmp_path / "in" / "cat" / "b.jpg", 0, "cat_b"),
+        Item(tmp_path / "in" / "cat" / "ü ñ.jpg", 0, "cat____"),
+        Item(tmp_path / "in" / "dog" / "x.jpeg", 1, "dog_x"),
+    ]
     assert list(items) == want and items[3] == want[3]
     order = np.array([2, 0, 3, 1])
     assert list(items.take(order)) == [want[i] for i in order]

@@ -11,7 +11,9 @@ L = pytest.importorskip("lightning")
 class _Tiny(L.LightningModule):
     def __init__(self, num_classes):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, num_classes))
+        self.net = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, num_classes)
+        )
         self.seen, self.val_seen = [], 0
 
     def training_step(self, batch, _):

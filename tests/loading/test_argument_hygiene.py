@@ -94,7 +94,9 @@ def test_a_key_that_is_not_utf8_names_the_key_column():
     keys.source = "ds/manifest.cols/key_bytes.npy"
     assert keys[0] == "a0"
     for get in (lambda: keys[1], lambda: keys[0:3], lambda: list(keys)):
-        with pytest.raises(ShardError, match=r"ds/manifest.cols/key_bytes\.npy: key 1 \(b'\\xff1'\) is not valid UTF-8"):
+        with pytest.raises(
+            ShardError, match=r"ds/manifest.cols/key_bytes\.npy: key 1 \(b'\\xff1'\) is not valid UTF-8"
+        ):
             get()
 
 

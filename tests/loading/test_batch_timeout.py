@@ -53,7 +53,8 @@ it.close()
 loader.close()
 out["threads"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
 out["worker_pids_after_close"] = loader.worker_pids()
-out["alive"] = [p for p in pids if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+out["alive"] = [p for p in pids
+                if os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
 # the loader still works: iterating again rebuilds the pipeline at the step it stopped at
 again = iter(loader)
 out["after"] = len(next(again)[1])
@@ -73,7 +74,7 @@ def test_a_stopped_worker_raises_naming_pid_and_state_then_closes_cleanly(ds, wo
     out = json.loads(p.stdout.strip().splitlines()[-1])
     pid = out["pids"][0]
     assert len(out["pids"]) == workers and out["stuck"] == [pid]
-    assert f"no batch within batch_timeout=1 s" in out["message"]
+    assert "no batch within batch_timeout=1 s" in out["message"]
     assert f"DALI source worker pid {pid} is T (stopped)" in out["message"]
     assert out["threads"] == [] and out["worker_pids_after_close"] == [] and out["alive"] == []
     assert out["after"] == 4

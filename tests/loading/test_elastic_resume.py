@@ -1,4 +1,6 @@
-"""Elastic exact resume through the Loader: one global stream per epoch, resumable at any world size, bad states name what differs."""
+"""Elastic exact resume through the Loader: one global stream per epoch, resumable at any world size, bad states name
+what differs."""
+
 import numpy as np
 import pytest
 
@@ -133,7 +135,9 @@ def test_bad_states_name_what_differs(ds, scores, tmp_path):
 
     with pytest.raises(ValueError, match=r"seed"):
         load(ds, 4, scores=scores, rank=0, world_size=2, **{**base, "seed": 12})
-    with pytest.raises(ValueError, match=r"global_batch \(saved 8, now 12 = batch_size 4 x world size 3\); .* per-rank batch of 8 / 3"):
+    with pytest.raises(
+        ValueError, match=r"global_batch \(saved 8, now 12 = batch_size 4 x world size 3\); .* per-rank batch of 8 / 3"
+    ):
         load(ds, 4, scores=scores, rank=0, world_size=3, **base)
     with pytest.raises(ValueError, match=r"weights_digest"):
         load(ds, 8, scores=scores + 1, **base)
@@ -160,7 +164,9 @@ def test_bad_states_name_what_differs(ds, scores, tmp_path):
     s = WeightedSampler(sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=4)
     st = s.state_dict(consumed=8)
     with pytest.raises(ValueError, match=r"global_batch \(saved 8, now 6\)"):
-        WeightedSampler(sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=3).load_state_dict(st)
+        WeightedSampler(
+            sample_weights.cmo(ShardReader(ds).labels), 100, seed=1, world_size=2, rank=0, batch_size=3
+        ).load_state_dict(st)
     with pytest.raises(ValueError, match=r"weights_digest"):
         WeightedSampler(np.ones(45), 100, seed=1, world_size=2, rank=0, batch_size=4).load_state_dict(st)
     with pytest.raises(ValueError, match=r"multiple of batch_size=4"):
@@ -232,8 +238,12 @@ def test_streaming_resume_exact_at_the_same_world_size_and_shard_granular_at_ano
         before = np.concatenate([f[:k] for f in full])
         c0 = saver.counts(0)
         # shards the old ranks had finished are not read again; every other drawn sample still comes
-        unfinished = [s_ for s_ in range(15) if np.bincount(before, minlength=750)[saver.starts[s_]:saver.starts[s_ + 1]].sum()
-                      < c0[saver.starts[s_]:saver.starts[s_ + 1]].sum()]
+        unfinished = [
+            s_
+            for s_ in range(15)
+            if np.bincount(before, minlength=750)[saver.starts[s_] : saver.starts[s_ + 1]].sum()
+            < c0[saver.starts[s_] : saver.starts[s_ + 1]].sum()
+        ]
         assert set(np.unique(shard)) <= set(unfinished) and len(unfinished) < 15
     with pytest.raises(ValueError, match="seed"):
         StreamingSampler(counts, w, seed=3).load_state_dict(state)

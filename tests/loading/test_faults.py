@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 from fastcas import Loader  # noqa: E402
-from fastcas.loading.augment import jpeg_size  # noqa: E402
 from fastcas.core.errors import CorruptSampleError  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.loading.augment import jpeg_size  # noqa: E402
 from tests.helpers import jpeg_bytes, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali
@@ -293,21 +293,27 @@ def test_shard_truncated_in_place_raises_naming_the_shard(tmp_path):
 
 
 # -- 10. options validated at construction ---------------------------------------------------------
-@pytest.mark.parametrize("options, match", [
-    (dict(label_smoothing=2), r"label_smoothing must be in \[0, 1\), got 2"),
-    (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
-    (dict(py_workers=-1), r"py_workers must be >= 0, got -1"),
-    (dict(batch_size=2.5), r"batch_size must be an integer, got 2\.5"),
-    (dict(image_size=4), r"image_size must be >= 8, got 4"),
-    (dict(image_size=32.0), r"image_size must be an integer"),
-    (dict(num_threads=0), r"num_threads must be >= 1, got 0"),
-    (dict(dtype="int8"), r"dtype must be 'float32' or 'float16', got 'int8'"),
-    (dict(alpha=0), r"alpha must be > 0"),
-    (dict(mix="cutmix", mix_options={"decay": 3}), r"unknown mix_options \['decay'\] for mix='cutmix'; valid keys: mode"),
-    (dict(mix="fmix", mix_options={"max_soft": 0.7}), r"max_soft must be a number in \[0, 0\.5\]"),
-    (dict(mix="saliencymix", mix_options={"mode": "pixel"}), r"mode must be 'elem' or 'batch'"),
-    (dict(mix_options={"mode": "batch"}), r"mix_options \['mode'\] given without mix="),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(label_smoothing=2), r"label_smoothing must be in \[0, 1\), got 2"),
+        (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+        (dict(py_workers=-1), r"py_workers must be >= 0, got -1"),
+        (dict(batch_size=2.5), r"batch_size must be an integer, got 2\.5"),
+        (dict(image_size=4), r"image_size must be >= 8, got 4"),
+        (dict(image_size=32.0), r"image_size must be an integer"),
+        (dict(num_threads=0), r"num_threads must be >= 1, got 0"),
+        (dict(dtype="int8"), r"dtype must be 'float32' or 'float16', got 'int8'"),
+        (dict(alpha=0), r"alpha must be > 0"),
+        (
+            dict(mix="cutmix", mix_options={"decay": 3}),
+            r"unknown mix_options \['decay'\] for mix='cutmix'; valid keys: mode",
+        ),
+        (dict(mix="fmix", mix_options={"max_soft": 0.7}), r"max_soft must be a number in \[0, 0\.5\]"),
+        (dict(mix="saliencymix", mix_options={"mode": "pixel"}), r"mode must be 'elem' or 'batch'"),
+        (dict(mix_options={"mode": "batch"}), r"mix_options \['mode'\] given without mix="),
+    ],
+)
 def test_loader_options_are_validated_at_construction(ds, options, match):
     batch_size = options.pop("batch_size", 4)
     with pytest.raises(ValueError, match=match):

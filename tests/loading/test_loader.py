@@ -7,10 +7,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nvidia.dali")
 
 from fastcas import Loader  # noqa: E402
-from fastcas.sampling import weights as sample_weights  # noqa: E402
-from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
 from fastcas.dataset.reader import ShardReader  # noqa: E402
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  # noqa: E402
+from fastcas.loading.baseline import TorchvisionLoader  # noqa: E402
+from fastcas.sampling import weights as sample_weights  # noqa: E402
 from tests.helpers import collect, jpeg_bytes, make_dataset  # noqa: E402
 
 pytestmark = pytest.mark.dali
@@ -49,7 +49,9 @@ def test_weighted_stream_delivers_the_samplers_labels(ds):
 
 
 def test_mid_epoch_resume_gives_identical_batches(ds):
-    kw = dict(weights="cmo", image_size=16, epoch_length=48, seed=5, py_workers=0, mix="cutmix", alpha=1.0, device="cpu")
+    kw = dict(
+        weights="cmo", image_size=16, epoch_length=48, seed=5, py_workers=0, mix="cutmix", alpha=1.0, device="cpu"
+    )
     full = Loader(ds, 8, **kw)
     reference = collect(full)
     assert len(reference) == 6
@@ -69,7 +71,9 @@ def test_mid_epoch_resume_gives_identical_batches(ds):
 
 
 def test_mixed_targets_are_soft_and_sum_to_one(ds):
-    loader = Loader(ds, 8, image_size=16, epoch_length=16, mix="cutmix", py_workers=0, label_smoothing=0.1, device="cpu")
+    loader = Loader(
+        ds, 8, image_size=16, epoch_length=16, mix="cutmix", py_workers=0, label_smoothing=0.1, device="cpu"
+    )
     for images, targets in loader:
         assert targets.shape == (8, 4) and targets.dtype == torch.float32
         torch.testing.assert_close(targets.sum(1), torch.ones(8))

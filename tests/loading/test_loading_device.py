@@ -1,4 +1,6 @@
-"""Loading on a device, checked on the CPU: the parallel source keeps every worker busy, workers spawn once CUDA is initialised, the pipeline gets the start method, prefetch and device id, the baseline pins memory for GPU copies."""
+"""Loading on a device, checked on the CPU: the parallel source keeps every worker busy, workers spawn once CUDA is
+initialised, the pipeline gets the start method, prefetch and device id, the baseline pins memory for GPU copies."""
+
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -56,9 +56,16 @@ def test_batches_are_finished_off_the_training_thread(ds, monkeypatch):
     assert set(where) == {threading.get_ident()}
 
 
-@pytest.mark.parametrize("kw", [{"mix": "fmix"}, {"mix": "saliencymix"}, {"mix": "saliencymix", "mix_in_pipeline": False},
-                                {"mix": "saliencymix", "foreground_weights": "cmo"}],
-                         ids=["fmix", "saliencymix", "saliencymix-torch", "saliencymix-cmo"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"mix": "fmix"},
+        {"mix": "saliencymix"},
+        {"mix": "saliencymix", "mix_in_pipeline": False},
+        {"mix": "saliencymix", "foreground_weights": "cmo"},
+    ],
+    ids=["fmix", "saliencymix", "saliencymix-torch", "saliencymix-cmo"],
+)
 def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds, kw):
     whole = _epoch(_loader(ds, prefetch=2, **kw))
     loader = _loader(ds, prefetch=3, **kw)

@@ -178,7 +178,9 @@ def test_brightness_jitter_scales_each_sample_by_its_drawn_factor(flat):
 @pytest.mark.parametrize("remode", ["const", "rand", "pixel"])
 def test_random_erasing_fills_exactly_the_drawn_rectangle(flat, remode):
     S = 16
-    loader = Loader(flat, 4, image_size=S, reprob=0.75, remode=remode, epoch_length=16, mean=MEAN, std=STD, seed=4, **CPU)
+    loader = Loader(
+        flat, 4, image_size=S, reprob=0.75, remode=remode, epoch_length=16, mean=MEAN, std=STD, seed=4, **CPU
+    )
     policy = loader.config.transforms
     field = torch.from_numpy(policy.noise_field(loader.config.seed, S)).permute(2, 0, 1)
     plain = ((torch.tensor(FLAT) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)).float()[:, None, None]
@@ -240,7 +242,7 @@ def test_switch_draws_one_kind_per_batch(textured):
 def test_schedule_mixes_only_inside_its_window(textured, in_pipeline):
     kw = dict(image_size=16, epoch_length=8, seed=2, mix_in_pipeline=in_pipeline, **CPU)
     loader = Loader(textured, 4, mix="cutmix", mix_prob=1.0, mix_start_epoch=1, mix_stop_epoch=2, **kw)
-    plain = Loader(textured, 4, targets="hard", **kw)  # class ids: the reference one-hot rows below
+    plain = Loader(textured, 4, targets="hard", **kw)  # class ids to one-hot below (training defaults to soft)
     for epoch in range(3):
         loader.set_epoch(epoch)
         plain.set_epoch(epoch)

@@ -96,6 +96,14 @@ def test_every_transform_option_is_documented():
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "loader-options.md").read_text()
     names = {f.name for f in fields(AugmentPolicy)} - {"name"} | set(TRANSFORM_OPTIONS)
-    names |= {"augment", "mix_start_epoch", "mix_stop_epoch", "mixup_cutmix", "switch_prob", "mixup_alpha", "cutmix_alpha"}
+    names |= {
+        "augment",
+        "mix_start_epoch",
+        "mix_stop_epoch",
+        "mixup_cutmix",
+        "switch_prob",
+        "mixup_alpha",
+        "cutmix_alpha",
+    }
     missing = sorted(n for n in names if f"`{n}`" not in text)
     assert not missing, f"not in docs/loader-options.md: {missing}"

@@ -67,9 +67,13 @@ EXPLICIT = dict(augment="imagenet", mean=(0.485, 0.456, 0.406), std=(0.229, 0.22
                 auto_augment=None, mix_start_epoch=0, mix_stop_epoch=None)
 
 
-@pytest.mark.parametrize("name,kw", [("train", dict(epoch_length=12)), ("eval", dict(train=False, last_batch="partial"))])
+@pytest.mark.parametrize(
+    "name,kw", [("train", dict(epoch_length=12)), ("eval", dict(train=False, last_batch="partial"))]
+)
 def test_explicit_default_options_give_the_pinned_stream(ds, name, kw):
-    loader = Loader(ds, 4 if name == "train" else 5, image_size=16, seed=3, py_workers=0, device="cpu", **kw, **EXPLICIT)
+    loader = Loader(
+        ds, 4 if name == "train" else 5, image_size=16, seed=3, py_workers=0, device="cpu", **kw, **EXPLICIT
+    )
     assert stream_digest(loader) == PINNED[name]
 
 

@@ -4,7 +4,6 @@ one pipeline rebuild, with no worker left for close() to wait out (issue 36, ite
 import io
 import warnings
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -25,7 +25,8 @@ spec = importlib.util.spec_from_file_location("k", sys.argv[1])
 k = importlib.util.module_from_spec(spec); spec.loader.exec_module(k)
 for dt in (types.uint8, types.float16, types.float32):
     img = types.Array(dt, 4, "A")
-    for name, extra in (("mask_blend", types.Array(types.float32, 3, "A")), ("lam_blend", types.Array(types.float32, 1, "A"))):
+    for name, extra in (("mask_blend", types.Array(types.float32, 3, "A")),
+                        ("lam_blend", types.Array(types.float32, 1, "A"))):
         ptx, _ = cuda.compile_ptx(getattr(k, name).py_func, (img, img, img, extra, types.boolean), cc=(8, 0))
         print(name, dt, "fma" if "fma." in ptx else "no-fma", "mul.rn" if "mul.rn.f32" in ptx else "")
 """

@@ -13,11 +13,11 @@ from PIL import Image
 from fastcas import Loader
 from fastcas import mix as mixing
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
-from fastcas.tools.demo.data import shipped_photos
 from fastcas.mix import graph_ops
 from fastcas.mix.finegrained import finegrained_argmax
-from fastcas.mix.params import boxes_at, box_lam
+from fastcas.mix.params import box_lam, boxes_at
 from fastcas.mix.reference import apply_numpy
+from fastcas.tools.demo.data import shipped_photos
 
 centre_fn = njit(graph_ops.saliency_centre)  # what DALI's numba_function compiles, called directly
 paste_fn = njit(graph_ops.saliency_paste)

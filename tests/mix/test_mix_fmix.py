@@ -7,8 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fastcas.mix import make_params_at
-from fastcas.mix import fmix
+from fastcas.mix import fmix, make_params_at
 
 
 def _power(h, w, decay):

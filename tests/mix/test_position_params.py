@@ -1,4 +1,6 @@
-"""Mixing parameters are functions of the stream position: partners, draws and FMix noise do not depend on the batch or the device."""
+"""Mixing parameters are functions of the stream position: partners, draws and FMix noise do not depend on the batch or
+the device."""
+
 import numpy as np
 import pytest
 from scipy import stats

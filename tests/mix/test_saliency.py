@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from fastcas.core.rng import generator
-from fastcas.tools.demo.data import shipped_photos
 from fastcas.mix.finegrained import finegrained_saliency
 from fastcas.mix.params import make_params
 from fastcas.mix.saliency import finegrained_map, saliency_centres
+from fastcas.tools.demo.data import shipped_photos
 
 cv2 = pytest.importorskip("cv2")
 

@@ -98,9 +98,10 @@ def test_cpu_default_is_the_numba_twin_and_backends_are_validated(monkeypatch):
 
 def test_numba_equals_opencv_on_real_photos():
     cv2 = pytest.importorskip("cv2")  # noqa: F841
-    from fastcas.tools.demo.data import shipped_photos
-    from fastcas.mix.saliency import finegrained_map
     from PIL import Image
+
+    from fastcas.mix.saliency import finegrained_map
+    from fastcas.tools.demo.data import shipped_photos
 
     paths = shipped_photos()[:12]
     if len(paths) < 4:

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from fastcas.dataset.scorefile import read_scores
 from fastcas.scoring.bins import MIN_SHARE, PixelBins, fit_bins, fit_edges, fixed_bins
 from fastcas.scoring.primaries import PRIMARIES
-from fastcas.dataset.scorefile import read_scores
 
 
 def test_fit_edges_quantiles_and_min_share():

@@ -38,7 +38,9 @@ def test_cmo_per_class_is_the_explicit_literal_option():
     w = sample_weights.make("cmo-per-class", LABELS, r=1.0)
     p, _ = _class_pvalue(w, 1.0 / COUNTS)
     assert p > 1e-3
-    np.testing.assert_allclose(sample_weights.cmo_class_probabilities(COUNTS, 1.0, per="class"), (1 / COUNTS) / (1 / COUNTS).sum())
+    np.testing.assert_allclose(
+        sample_weights.cmo_class_probabilities(COUNTS, 1.0, per="class"), (1 / COUNTS) / (1 / COUNTS).sum()
+    )
     with pytest.raises(ValueError, match="per must be"):
         sample_weights.cmo(LABELS, per="klass")
 

@@ -61,8 +61,24 @@ def _score_tinted(tmp_path, images, labels, tints):
                for i in range(len(labels))]
     write_shards(samples, tmp_path / "ds", ShardWriterConfig(shard_size=1000, class_names=tuple(
         f"c{k}" for k in range(int(labels.max()) + 1))))
-    assert main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(tmp_path / "s.parquet"), "--no-progress",
-                 "--image-size", "28", "--batch-size", "128"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--device",
+                "cpu",
+                str(tmp_path / "ds"),
+                "--out",
+                str(tmp_path / "s.parquet"),
+                "--no-progress",
+                "--image-size",
+                "28",
+                "--batch-size",
+                "128",
+            ]
+        )
+        == 0
+    )
     return read_scores(tmp_path / "s.parquet", keys=[s.key for s in samples])
 
 

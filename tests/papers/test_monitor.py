@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastcas.sampling import weights as sample_weights
-from fastcas.train.monitor import drawn_report, format_report
 from fastcas.sampling.sampler import WeightedSampler
+from fastcas.train.monitor import drawn_report, format_report
 
 LABELS = np.repeat(np.arange(4), [600, 250, 100, 50])
 ATTRS = np.stack([np.arange(len(LABELS)) % 3, (np.arange(len(LABELS)) * 7) % 5 == 0], 1).astype(np.int64)
@@ -51,7 +51,10 @@ def test_sample_cli_report_with_attributes(tmp_path, capsys):
 
     make_dataset(tmp_path / "ds", counts=(12, 6, 3), size=(32, 24))
     s = tmp_path / "s.parquet"
-    assert main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(s), "--no-progress", "--batch-size", "8"]) == 0
+    assert (
+        main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(s), "--no-progress", "--batch-size", "8"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["sample", str(tmp_path / "ds"), "--weights", "cas", "--scores", str(s), "--num-samples", "2000",
                  "--out", str(tmp_path / "i.npy"), "--report"]) == 0

@@ -78,10 +78,31 @@ def test_score_summary_flags_random_clip_weights(tmp_path, capsys):
 
     (tmp_path / "clip.json").write_text(json.dumps(TINY_CLIP))
     make_dataset(tmp_path / "ds", counts=(4, 3), size=(32, 24))
-    assert main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(tmp_path / "c.parquet"), "--encoder", "clip",
-                 "--model", str(tmp_path / "clip.json"), "--batch-size", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--device",
+                "cpu",
+                str(tmp_path / "ds"),
+                "--out",
+                str(tmp_path / "c.parquet"),
+                "--encoder",
+                "clip",
+                "--model",
+                str(tmp_path / "clip.json"),
+                "--batch-size",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "RANDOM weights" in cap.err and "'warning'" in cap.out
     # a pixel score has no such warning
-    assert main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(tmp_path / "p.parquet"), "--no-progress"]) == 0
+    assert (
+        main(["score", "--device", "cpu", str(tmp_path / "ds"), "--out", str(tmp_path / "p.parquet"), "--no-progress"])
+        == 0
+    )
     assert "RANDOM" not in capsys.readouterr().err

@@ -1,11 +1,12 @@
-"""Stream geometry: the weighted sampler as a DataLoader sampler resumes at another world size; partial and padded last steps."""
+"""Stream geometry: the weighted sampler as a DataLoader sampler resumes at another world size; partial and padded last
+steps."""
+
 import numpy as np
 import pytest
 
 from fastcas.sampling import weights as sample_weights
 from fastcas.sampling.geometry import StreamGeometry
 from fastcas.sampling.sampler import WeightedSampler
-
 
 G = 8  # the global batch of every elastic comparison
 

@@ -118,8 +118,8 @@ def test_pixel_foreground_measurements():
 # -- decode path and split ----------------------------------------------------------------
 def test_torchvision_decode_batch_sizes(dataset):
     pytest.importorskip("torchvision")
-    from fastcas.scoring.run import decode_batch
     from fastcas.dataset.reader import ShardReader
+    from fastcas.scoring.run import decode_batch
 
     r = ShardReader(dataset)
     images, sizes = decode_batch([r[i].data for i in range(3)], 48)

@@ -2,9 +2,17 @@
 import numpy as np
 import pytest
 
-from fastcas.train.metrics import accuracy_report, shot_groups
 from fastcas.dataset.scorefile import ScoreTable, read_scores, write_scores
-from fastcas.scoring.cas import attribute_frequencies, cas, cas_subsets, cas_scores, fit_ranks, sampling_statistics, subset_indices
+from fastcas.scoring.cas import (
+    attribute_frequencies,
+    cas,
+    cas_scores,
+    cas_subsets,
+    fit_ranks,
+    sampling_statistics,
+    subset_indices,
+)
+from fastcas.train.metrics import accuracy_report, shot_groups
 
 
 def test_cas_is_the_sum_of_within_class_frequency_ranks():
@@ -143,7 +151,25 @@ def test_score_cli_single_and_split_over_ranks_agree(tmp_path):
 
     make_dataset(tmp_path / "ds", counts=(7, 5, 3), size=(40, 30))
     one = tmp_path / "one.parquet"
-    assert main(["score", str(tmp_path / "ds"), "--out", str(one), "--batch-size", "4", "--workers", "0", "--decoder", "dali", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(tmp_path / "ds"),
+                "--out",
+                str(one),
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+                "--decoder",
+                "dali",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     parts = []
     for r in range(2):
         part = tmp_path / f"part{r}.parquet"
@@ -169,8 +195,16 @@ def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
 
     make_dataset(tmp_path / "ds", counts=(6, 6), size=(40, 30))
     enc = PixelEncoder()
-    full_i, full_f = scoring_run.encode_dataset(tmp_path / "ds", enc.encode, batch_size=2, chunk_batches=2, progress=False,
-                                      py_workers=0, decoder="dali", device="cpu")
+    full_i, full_f = scoring_run.encode_dataset(
+        tmp_path / "ds",
+        enc.encode,
+        batch_size=2,
+        chunk_batches=2,
+        progress=False,
+        py_workers=0,
+        decoder="dali",
+        device="cpu",
+    )
     calls = {"n": 0}
 
     def flaky(images, sizes):
@@ -185,8 +219,17 @@ def test_interrupted_scoring_resumes_from_chunks(tmp_path, monkeypatch):
                          py_workers=0, decoder="dali", device="cpu")
     assert len(list(work.glob("*.npz"))) == 1  # one complete chunk survived
     calls["n"] = 10
-    i, f = scoring_run.encode_dataset(tmp_path / "ds", flaky, batch_size=2, chunk_batches=2, work_dir=work, progress=False,
-                            py_workers=0, decoder="dali", device="cpu")
+    i, f = scoring_run.encode_dataset(
+        tmp_path / "ds",
+        flaky,
+        batch_size=2,
+        chunk_batches=2,
+        work_dir=work,
+        progress=False,
+        py_workers=0,
+        decoder="dali",
+        device="cpu",
+    )
     assert calls["n"] == 10 + 4  # only the 4 missing batches were encoded again
     assert np.array_equal(i, full_i) and np.array_equal(f, full_f)
 

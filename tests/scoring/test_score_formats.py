@@ -162,8 +162,8 @@ def no_decoding(monkeypatch):
 
 
 def test_a_huge_header_is_refused_before_decoding_naming_the_sample(tmp_path, bomb_dataset, no_decoding, capsys):
-    from fastcas.scoring.run import encode_dataset
     from fastcas.scoring.pixel import PixelEncoder
+    from fastcas.scoring.run import encode_dataset
 
     with pytest.raises(CorruptSampleError, match=r"sample 'k03' in .*bomb/ds: image declares 60000x60000 = "
                                                  r"3,600,000,000 pixels, over the limit of 178,956,970") as info:
@@ -182,8 +182,8 @@ def test_a_huge_header_is_refused_before_decoding_naming_the_sample(tmp_path, bo
 
 
 def test_the_png_header_bomb_is_refused_too(tmp_path, bomb_dataset, no_decoding):
-    from fastcas.scoring.run import decode_batch
     from fastcas.dataset.reader import ShardReader
+    from fastcas.scoring.run import decode_batch
 
     r = ShardReader(bomb_dataset)
     j = list(r.keys).index("k05")

@@ -1,11 +1,12 @@
-"""README and docs pages: benchmark commands name their stored results, the CLI table lists every command, every relative link resolves; examples: the plain-loop example's --steps limits the whole run."""
+"""README and docs pages: benchmark commands name their stored results, the CLI table lists every command, every
+relative link resolves; examples: the plain-loop example's --steps limits the whole run."""
+
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,8 +23,13 @@ def _setup_requirements() -> dict:
             elif name == "CUDA":
                 found.update(ast.literal_eval(node.value))
             elif name == "EXTRAS":
-                found.update({ast.literal_eval(k): ast.literal_eval(v) for k, v in zip(node.value.keys, node.value.values)
-                              if k is not None})
+                found.update(
+                    {
+                        ast.literal_eval(k): ast.literal_eval(v)
+                        for k, v in zip(node.value.keys, node.value.values)
+                        if k is not None
+                    }
+                )
     return found
 
 
@@ -57,7 +62,9 @@ sys.meta_path.insert(0, _Block())
 def test_without_the_extras_the_package_imports_and_names_the_extra(tmp_path):
     """No DALI, CuPy, numba-cuda or open_clip: import fastcas, shard/read a dataset, the torchvision
     baseline and torch mixing work; a Loader, the CUDA kernels and CLIP name the extra to install."""
-    code = _BLOCK + rf"""
+    code = (
+        _BLOCK
+        + rf"""
 import pytest, torch
 import fastcas
 from fastcas.core.errors import MissingDependencyError
@@ -68,7 +75,8 @@ b = next(iter(fastcas.TorchvisionLoader(r, 4, image_size=16, device="cpu", py_wo
 assert b[0].shape == (4, 3, 16, 16)
 x = torch.rand(4, 3, 8, 8)
 fastcas.mix.mix("cutmix", x, x.flip(0), torch.arange(4), torch.arange(4).flip(0), num_classes=4, alpha=1.0, generator=0)
-with pytest.raises(MissingDependencyError, match=r"fastcas.Loader .* needs NVIDIA DALI, which is not installed: pip install 'fastcas\[cu13\]' .*'fastcas\[cu12\]'"):
+with pytest.raises(MissingDependencyError, match=r"fastcas.Loader .* needs NVIDIA DALI, which is not installed: "
+                                                r"pip install 'fastcas\[cu13\]' .*'fastcas\[cu12\]'"):
     fastcas.Loader(r, 4, device="cpu")
 from fastcas.mix import _backend
 with pytest.raises(ImportError, match=r"CUDA mixing kernels needs numba-cuda.*fastcas\[cu13\]"):
@@ -78,6 +86,7 @@ with pytest.raises(ImportError, match=r"needs open_clip_torch, which is not inst
     clip.resolve_model("ViT-B-32")
 print("ok")
 """
+    )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stdout[-2000:] + p.stderr[-3000:]

@@ -2,7 +2,6 @@
 its configuration refuses unknown arms."""
 import json
 
-import numpy as np
 import pytest
 
 from fastcas.tools.reproduce.report import GROUPS, write_report

@@ -15,11 +15,17 @@ from fastcas import cli
 from fastcas.core.rng import generator
 from fastcas.mix import make_params
 from fastcas.mix.reference import apply_numpy
-from fastcas.tools.selftest.checks import (Run, SelftestConfig, check_identical, check_keys_labels,
-                                     check_mix_reference)
-from fastcas.tools.selftest.gpu import (DECODER_MAD_LEVELS, check_decoder, check_host_sync, check_mix_params,
-                                  classify_syncs, record_syncs, to_levels)
+from fastcas.tools.selftest.checks import Run, SelftestConfig, check_identical, check_keys_labels, check_mix_reference
 from fastcas.tools.selftest.env import class_counts, hw_decoder, make_dataset
+from fastcas.tools.selftest.gpu import (
+    DECODER_MAD_LEVELS,
+    check_decoder,
+    check_host_sync,
+    check_mix_params,
+    classify_syncs,
+    record_syncs,
+    to_levels,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 B, S = 4, 12
@@ -239,10 +245,10 @@ def test_cli_cpu_half_passes_and_reports_the_gpu_half_skipped(tmp_path):
 def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatch, capsys, where):
     """The same one-row-too-tall CutMix box planted in DALI's paste (graph) or in the torch
     path after the pipeline (torch): either alone fails mix-reference."""
-    from fastcas.tools.selftest import run as selftest
-    from fastcas.loading.loader import Loader
     from fastcas import mix
+    from fastcas.loading.loader import Loader
     from fastcas.mix import _backend
+    from fastcas.tools.selftest import run as selftest
 
     apply_torch = _backend.apply_torch
 

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 
 from fastcas.cli import main  # noqa: E402
 from fastcas.train.rundir import CheckpointError, claim_run_dir, load_checkpoint  # noqa: E402
-from tests.train.test_rundir import cfg_for  # noqa: E402
 from tests.helpers import make_dataset  # noqa: E402
+from tests.train.test_rundir import cfg_for  # noqa: E402
 
 
 class _Payload:

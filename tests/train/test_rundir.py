@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("torch")
 
 from fastcas.cli import main  # noqa: E402
-from fastcas.train.rundir import RESUMABLE_CHANGES, claim_run_dir, config_changes  # noqa: E402
 from fastcas.train.loop import TrainConfig  # noqa: E402
+from fastcas.train.rundir import RESUMABLE_CHANGES, claim_run_dir, config_changes  # noqa: E402
 from tests.helpers import make_dataset  # noqa: E402
 
 
@@ -190,7 +190,9 @@ def test_train_twice_into_one_out_resume_and_overwrite(tmp_path, capsys, monkeyp
     monkeypatch.setattr(T, "_loaders", loaders)
     assert tried == [1]
     out = capsys.readouterr().out
-    assert re.search(r"epoch 0: top1 \d\.\d{4} many (\d\.\d{4}|-) medium (\d\.\d{4}|-) few (\d\.\d{4}|-) loss", out), out
+    assert re.search(r"epoch 0: top1 \d\.\d{4} many (\d\.\d{4}|-) medium (\d\.\d{4}|-) few (\d\.\d{4}|-) loss", out), (
+        out
+    )
     with pytest.raises(ValueError, match="is not empty"):
         train(cfg)
     with pytest.raises(ValueError, match="the configuration differs .*mix: 'none' -> 'cutmix'"):

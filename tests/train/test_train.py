@@ -52,10 +52,10 @@ def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe, monkeypatch
     their scores, and the saved model is the recipe's architecture."""
     import numpy as np
 
-    from fastcas.loading.loader import Loader
-    from fastcas.train.models import build_model
     from fastcas.dataset.reader import ShardReader
     from fastcas.dataset.scorefile import ScoreTable, write_scores
+    from fastcas.loading.loader import Loader
+    from fastcas.train.models import build_model
 
     full = TrainConfig.from_file(RECIPES / f"{recipe}.json", train=str(data / "train"))
     # CMO's window (plain for mix_start epochs, plain again for the last mix_end) shrunk to one plain
@@ -132,8 +132,8 @@ def evaluate_saved_model(model_path, model_name, val_dir):
     """Independent single-process evaluation: (top1, per_class) of a saved state dict over the
     whole validation set, in order (labels from the manifest, not from the loader)."""
     from fastcas import Loader
-    from fastcas.train.models import build_model
     from fastcas.dataset.reader import ShardReader
+    from fastcas.train.models import build_model
 
     r = ShardReader(val_dir)
     model = build_model(model_name, r.num_classes)

@@ -1,4 +1,6 @@
-"""Training on a device, checked on the CPU: a GPU-written checkpoint restores the RNG on the host, bf16 autocast where supported, only the pipeline in use stays alive."""
+"""Training on a device, checked on the CPU: a GPU-written checkpoint restores the RNG on the host, bf16 autocast where
+supported, only the pipeline in use stays alive."""
+
 import weakref
 
 import numpy as np

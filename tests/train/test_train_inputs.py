@@ -106,7 +106,9 @@ def test_cas_weights_moving_class_mass_print_a_warning_line_in_train(tmp_path, c
     r = ShardReader(tmp_path / "train")
     labels = np.asarray(r.labels)
     scores = tmp_path / "s.parquet"
-    write_scores(scores, ScoreTable(r.keys, r.labels, np.where(labels == 0, 30, 6), np.zeros((len(r), 1), np.int64), {}))
+    write_scores(
+        scores, ScoreTable(r.keys, r.labels, np.where(labels == 0, 30, 6), np.zeros((len(r), 1), np.int64), {})
+    )
     with pytest.warns(ClassMassShiftWarning, match="head class 'c0'"):
         rc = main(["train", str(tmp_path / "train"), "--weights", "cas", "--scores", str(scores), "--out",
                    str(tmp_path / "run"), "--device", "cpu", "--py-workers", "0", "--batch-size", "4",

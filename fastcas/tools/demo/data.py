@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core.rng import generator
-from fastcas.dataset.ingest import (FASHION_MNIST_CLASSES, encode_jpeg, fashion_mnist_samples,
-                            load_fashion_mnist)
+from fastcas.dataset.ingest import FASHION_MNIST_CLASSES, encode_jpeg, fashion_mnist_samples, load_fashion_mnist
 from fastcas.dataset.lt import lt_indices
 from fastcas.dataset.shards import MANIFEST, RawSample, ShardWriterConfig, write_shards
 
@@ -120,10 +119,19 @@ def build_demo_data(root: str | Path, *, corpus_size: int = 5000, seed: int = 0,
         keep = lt_indices(labels, imbalance_ratio, seed)
         # Stored in a seeded random order so sequential (streaming) reads are class-mixed.
         keep = keep[generator(seed, 0x5A).permutation(len(keep))]
-        write_shards(fashion_mnist_samples(images, labels, "fmtrain", keep), train,
-                     ShardWriterConfig(shard_size=2000, prefix="train", overwrite=True, class_names=names,
-                                       extra={"source": {"dataset": "fashion-mnist/train", "imbalance_ratio": imbalance_ratio, "seed": seed}}),
-                     progress=progress, total=len(keep))
+        write_shards(
+            fashion_mnist_samples(images, labels, "fmtrain", keep),
+            train,
+            ShardWriterConfig(
+                shard_size=2000,
+                prefix="train",
+                overwrite=True,
+                class_names=names,
+                extra={"source": {"dataset": "fashion-mnist/train", "imbalance_ratio": imbalance_ratio, "seed": seed}},
+            ),
+            progress=progress,
+            total=len(keep),
+        )
         vimages, vlabels = load_fashion_mnist(fashion_mnist, "test")
         write_shards(fashion_mnist_samples(vimages, vlabels, "fmtest"), val,
                      ShardWriterConfig(shard_size=2000, prefix="val", overwrite=True, class_names=names,

@@ -67,7 +67,8 @@ def recipes(cfg: DemoConfig) -> dict:
 def score(dataset: str, out: Path, reference: Path | None, image_size: int, py_workers: int,
           device: str = "auto", progress: bool = True) -> Path:
     """Pixel-encoder CAS scores (the ``fastcas score`` job; reused when present)."""
-    from fastcas.scoring.job import ScoreConfig, score as run_score
+    from fastcas.scoring.job import ScoreConfig
+    from fastcas.scoring.job import score as run_score
 
     if not out.exists():
         run_score(ScoreConfig(dataset=dataset, out=str(out), encoder="pixel", batch_size=256, image_size=image_size,
@@ -80,8 +81,8 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
     """int64 [N] top-1 predictions of the saved model on ``dataset``, in dataset order."""
     import torch
 
-    from fastcas.loading.loader import Loader
     from fastcas.loading.config import resolve_device
+    from fastcas.loading.loader import Loader
     from fastcas.train.models import build_model
 
     device = resolve_device(tc.device)
@@ -105,12 +106,12 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
 def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: int = 0) -> dict | None:
     """On tinted data: within-class AUC of CAS for the rare tints, and their share of one
     epoch of draws under uniform vs CAS weights (fastcas.train.monitor). None without tints."""
+    from fastcas.dataset.reader import ShardReader
+    from fastcas.dataset.scorefile import read_scores
     from fastcas.sampling import weights as sample_weights
+    from fastcas.sampling.sampler import WeightedSampler
     from fastcas.tools.demo.tint import RARE, load_tints, within_class_auc
     from fastcas.train.monitor import drawn_report
-    from fastcas.dataset.reader import ShardReader
-    from fastcas.sampling.sampler import WeightedSampler
-    from fastcas.dataset.scorefile import read_scores
 
     reader = ShardReader(train)
     tints = load_tints(train, reader.keys)
@@ -123,7 +124,9 @@ def attribute_check(train: str, scores: Path, epoch_length: int | None, seed: in
     for name in ("uniform", "cas"):
         w = sample_weights.make(name, reader.labels, scores=t.cas)
         drawn = WeightedSampler(w, n, seed=seed).indices(0)
-        out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"]["rare attribute"]
+        out["draws"][name] = drawn_report(reader.labels, drawn, w, groups={"rare attribute": rare})["groups"][
+            "rare attribute"
+        ]
     return out
 
 
@@ -192,9 +195,9 @@ def _plot(results: dict, path: Path) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from fastcas.tools.demo.tint import RARE, load_tints
     from fastcas.dataset.reader import ShardReader
     from fastcas.dataset.scorefile import read_scores
+    from fastcas.tools.demo.tint import RARE, load_tints
     from fastcas.train.loop import TrainConfig, train
 
     out = Path(cfg.out)

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-
 # Mixed pixels vs the NumPy reference: boxes are copies (exact); blends may differ by one
 # rounding of the products (FMA contraction in the CUDA kernels): |d| <= MIX_ULP ulp(max(|bg|, |fg|)).
 MIX_ULP = 1

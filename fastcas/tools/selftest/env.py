@@ -211,9 +211,9 @@ def make_dataset(out: str | Path, samples: int = 240, seed: int = 0, *, overwrit
     :func:`class_counts`. A pure function of ``(samples, seed)``."""
     from PIL import Image
 
-    from fastcas.tools.demo.data import shipped_photos
     from fastcas.dataset.ingest import encode_jpeg
     from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
+    from fastcas.tools.demo.data import shipped_photos
 
     try:
         photos = [Image.open(p).convert("RGB") for p in shipped_photos(min_side=200)[:12]]

@@ -15,8 +15,16 @@ import warnings
 import numpy as np
 
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
-from fastcas.tools.selftest.checks import (TARGET_ATOL, Check, Run, SelftestConfig, _check_calls, _same_params,
-                                     _verdict, make_loader)
+from fastcas.tools.selftest.checks import (
+    TARGET_ATOL,
+    Check,
+    Run,
+    SelftestConfig,
+    _check_calls,
+    _same_params,
+    _verdict,
+    make_loader,
+)
 
 # nvJPEG (GPU) and libjpeg-turbo (CPU) differ in IDCT rounding and chroma upsampling: a few
 # levels at edges, about one on average. Bound: mean |GPU - CPU| per batch on the 0..255 scale.

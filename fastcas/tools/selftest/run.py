@@ -23,11 +23,31 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcas.tools.selftest.checks import (CONFIGS, GPU_CHECKS, MIX_ULP, TARGET_ATOL, Check, SelftestConfig, SelftestError,
-                                     _need, check_handoff, check_identical, check_keys_labels, check_mix_reference,
-                                     check_resume, check_throughput, collect)
-from fastcas.tools.selftest.gpu import DECODER_MAD_LEVELS, EXPECTED_SYNCS, check_decoder, check_host_sync, check_mix_params
+from fastcas.tools.selftest.checks import (
+    CONFIGS,
+    GPU_CHECKS,
+    MIX_ULP,
+    TARGET_ATOL,
+    Check,
+    SelftestConfig,
+    SelftestError,
+    _need,
+    check_handoff,
+    check_identical,
+    check_keys_labels,
+    check_mix_reference,
+    check_resume,
+    check_throughput,
+    collect,
+)
 from fastcas.tools.selftest.env import environment, format_environment, make_dataset
+from fastcas.tools.selftest.gpu import (
+    DECODER_MAD_LEVELS,
+    EXPECTED_SYNCS,
+    check_decoder,
+    check_host_sync,
+    check_mix_params,
+)
 
 __all__ = ["Check", "SelftestConfig", "SelftestError", "resolve_device", "run_selftest"]
 

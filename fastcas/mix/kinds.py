@@ -1,0 +1,223 @@
+"""One object per mix kind: what the loader asks of a kind, in one place per kind.
+
+Each :class:`MixKind` owns its ``mix_options`` keys and their checks, whether (and how) the DALI
+graph can mix it on a device, the source outputs of in-graph mixing (the host-drawn arguments of
+the graph's operators, by name), the parameters shown by ``Loader.plan()`` and those applied by
+torch after the pipeline. :data:`KINDS` maps ``mix=`` names to the objects; the loader
+(:mod:`fastcas.loading`) looks a kind up there instead of comparing strings. Adding a kind is a
+subclass here (plus its parameter draws in :mod:`fastcas.mix.params` when it draws new ones).
+
+Every draw is the position-keyed one of :func:`fastcas.mix.params.make_params_at` /
+:func:`~fastcas.mix.params.saliency_draws`; these objects only route to them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastcas.core.rng import counter_uniform, derive_key
+
+from .device import on_device, saliency_params
+from .params import make_params_at, paste_args, saliency_draws
+from .saliency import ALIASES as SALIENCY_ALIASES
+from .saliency import METHODS as SALIENCY_METHODS
+
+SWITCH = "mixup_cutmix"
+SWITCH_OPTIONS = ("mode", "switch_prob", "mixup_alpha", "cutmix_alpha")
+_TAG_SWITCH = 0x5C
+
+
+class MixKind:
+    """A mix kind (see the module docstring). ``options``: its valid ``mix_options`` keys.
+    ``graph``: how the DALI graph mixes it ("box": ``multi_paste`` of a host-drawn box;
+    "saliency_box": the box around the foreground's saliency peak, found in the graph;
+    "mask": a bitwise select by a uint8 mask), or None when only torch mixes it."""
+
+    name = ""
+    options: tuple = ("mode",)
+    graph: str | None = None
+
+    def check_options(self, options: dict) -> None:
+        """ValueError for a bad value of one of this kind's own options (``mode`` is checked by the caller)."""
+
+    def at(self, seed: int, epoch: int, step: int, alpha: float, options: dict) -> tuple:
+        """``(kind name, alpha, options)`` of the batch at ``step`` (a kind that is one kind: itself)."""
+        return self.name, alpha, dict(options)
+
+    def in_graph(self, options: dict, device: str) -> bool:
+        """Whether the DALI graph can mix this kind with ``options`` on ``device`` ("cpu" | "cuda")."""
+        return self.graph is not None
+
+    def paste_names(self, streams: int) -> tuple:
+        """Names of the source outputs of in-graph mixing, in order (one stream mixes with an
+        in-batch partner: ``in_ids`` / ``partner``; two take the foreground from stream 1)."""
+        return ()
+
+    def source_outputs(self, seed: int, epoch: int, g: np.ndarray, *, size: int, alpha: float, prob: float,
+                       mode: str, decay: float, partner) -> dict:
+        """In-graph mixing outputs of one batch at global positions ``g`` (see
+        :meth:`fastcas.loading.source.SampleSource.batch`), by name."""
+        raise ValueError(f"mix {self.name!r} is not mixed inside the pipeline")
+
+    def plan_params(self, seed: int, epoch: int, positions, size: int, *, alpha: float, prob: float,
+                    options: dict) -> dict:
+        """``Loader.plan()``'s mixing entries: ``params`` (:class:`fastcas.mix.MixParams`)."""
+        return {"params": make_params_at(self.name, seed, epoch, positions, size, size, alpha=alpha, prob=prob,
+                                         **options)}
+
+    def device_params(self, seed: int, epoch: int, positions, size: int, fg, *, alpha: float, prob: float,
+                      options: dict, to_device, mean, std):
+        """The parameters torch applies after the pipeline, resident on ``fg``'s device
+        (:class:`fastcas.mix.device.DeviceParams`); ``fg``: the foregrounds [B, 3, S, S]."""
+        params = make_params_at(self.name, seed, epoch, positions, size, size, alpha=alpha, prob=prob,
+                                device=fg.device, **options)
+        return on_device(params, to_device)
+
+    def __repr__(self) -> str:
+        return f"MixKind({self.name!r})"
+
+
+class MixUp(MixKind):
+    name = "mixup"
+
+
+class CutMix(MixKind):
+    name = "cutmix"
+    graph = "box"
+
+    def paste_names(self, streams: int) -> tuple:
+        return (("in_ids",) if streams == 1 else ()) + ("anchors", "shapes", "lam")
+
+    def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
+        params = make_params_at(self.name, seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode)
+        out = {"lam": params.lam.reshape(-1, 1)}
+        out["in_ids"], out["anchors"], out["shapes"] = paste_args(params.boxes, size, size, partner)
+        return out
+
+
+class FMix(MixKind):
+    name = "fmix"
+    options = ("mode", "decay", "max_soft")
+    graph = "mask"
+
+    def check_options(self, options: dict) -> None:
+        for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
+            if key in options:
+                v = options[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or (
+                        key == "decay" and v <= 0):
+                    raise ValueError(f"mix_options {key} must be a number in "
+                                     f"{'(0, inf)' if key == 'decay' else '[0, 0.5]'}, got {v!r}")
+
+    def in_graph(self, options: dict, device: str) -> bool:
+        return options.get("max_soft", 0.0) <= 0  # soft masks blend: torch after the pipeline
+
+    def paste_names(self, streams: int) -> tuple:
+        return (("partner",) if streams == 1 else ()) + ("masks", "lam")
+
+    def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
+        params = make_params_at(self.name, seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode,
+                                decay=decay)
+        # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
+        out = {"lam": params.lam.reshape(-1, 1),
+               "masks": np.negative((np.asarray(params.masks) > 0.5).view(np.uint8))[..., None]}
+        if partner is not None:
+            out["partner"] = partner.astype(np.int32).reshape(-1, 1)
+        return out
+
+
+class SaliencyMix(MixKind):
+    name = "saliencymix"
+    options = ("mode", "saliency")
+    graph = "saliency_box"
+
+    def check_options(self, options: dict) -> None:
+        if options.get("saliency", "finegrained") not in (*SALIENCY_METHODS, *SALIENCY_ALIASES):
+            raise ValueError(f"mix_options saliency must be {', '.join(map(repr, SALIENCY_METHODS))}, "
+                             f"got {options['saliency']!r}")
+
+    def in_graph(self, options: dict, device: str) -> bool:
+        # the fine-grained saliency runs as a DALI Numba operator on host images; a GPU
+        # pipeline's images are on the device, where torch computes the same boxes
+        name = options.get("saliency", "finegrained")
+        return device == "cpu" and SALIENCY_ALIASES.get(name, name) == "finegrained"
+
+    def paste_names(self, streams: int) -> tuple:
+        return (("in_ids",) if streams == 1 else ()) + ("centre_ids", "need", "anchors", "shapes", "lam", "half")
+
+    def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
+        """The draws of :func:`fastcas.mix.params.saliency_draws` and the unmixed ``multi_paste``
+        arguments; ``centre_ids``: whose saliency peak centres each box (the partner, the
+        foreground stream's own sample, or in batch mode the first sample's); ``need``: 1 where
+        some mixed sample's box is centred on this sample's peak (the graph computes only those)."""
+        _, mixed, half = saliency_draws(seed, epoch, g, size, size, alpha, prob, mode)
+        ids = np.arange(len(g)) if partner is None else partner
+        if mode == "batch":  # one box for the batch: the first foreground's peak
+            ids = np.full(len(g), ids[0] if len(g) else 0)
+        need = np.zeros((len(g), 1), np.int32)
+        need[ids[mixed], 0] = 1
+        in_ids, anchors, shapes = paste_args(np.zeros((len(g), 4), np.int64), size, size, partner)
+        return {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need,
+                "anchors": anchors, "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
+                "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
+
+    def plan_params(self, seed, epoch, positions, size, *, alpha, prob, options) -> dict:
+        """SaliencyMix needs pixels for its boxes: ``params`` None, the pixel-free ``drawn`` / ``mixed``."""
+        drawn, mixed, _ = saliency_draws(seed, epoch, positions, size, size, alpha, prob,
+                                         options.get("mode", "elem"))
+        return {"params": None, "drawn": drawn, "mixed": mixed}
+
+    def device_params(self, seed, epoch, positions, size, fg, *, alpha, prob, options, to_device, mean, std):
+        """The saliency (any method) of the decoded uint8 pixels, as in the graph
+        (:mod:`fastcas.mix.graph_ops`); ``options`` are exactly ``saliency`` and ``mode``."""
+        from .graph_ops import pixels_u8  # noqa: PLC0415 (lazy: numba)
+
+        return saliency_params(seed, epoch, positions, pixels_u8(fg, mean, std), alpha=alpha, prob=prob,
+                               to_device=to_device, **options)
+
+
+def uses_cutmix(seed: int, epoch: int, step: int, switch_prob: float) -> bool:
+    """timm's ``use_cutmix = rand() < switch_prob``, drawn from ``(seed, epoch, step)``."""
+    return bool(counter_uniform(derive_key(int(seed), _TAG_SWITCH, int(epoch)), int(step)) < switch_prob)
+
+
+def check_switch_options(options: dict) -> None:
+    """ValueError for a bad ``switch_prob`` (a probability) or ``mixup_alpha`` / ``cutmix_alpha`` (> 0)."""
+    p = options.get("switch_prob", 0.5)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"mix_options switch_prob must be in [0, 1] (the probability of CutMix), got {p!r}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        a = options.get(key, 1.0)
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not (math.isfinite(a) and a > 0):
+            raise ValueError(f"mix_options {key} must be > 0 (Beta(alpha, alpha)), got {a!r}")
+
+
+class Switch(MixKind):
+    """timm's per-batch switch between MixUp and CutMix: :meth:`at` resolves it for one step."""
+
+    name = SWITCH
+    options = SWITCH_OPTIONS
+
+    def check_options(self, options: dict) -> None:
+        check_switch_options(options)
+
+    def at(self, seed: int, epoch: int, step: int, alpha: float, options: dict) -> tuple:
+        """``(kind name, alpha, options)`` of the batch at ``step``: CutMix with probability
+        ``switch_prob`` (keyed by ``(seed, epoch, step)``), each with its own alpha."""
+        opts = dict(options)
+        cut = uses_cutmix(seed, epoch, step, opts.pop("switch_prob", 0.5))
+        a_mix, a_cut = opts.pop("mixup_alpha", alpha), opts.pop("cutmix_alpha", alpha)
+        return ("cutmix", a_cut, opts) if cut else ("mixup", a_mix, opts)
+
+
+KINDS: dict[str, MixKind] = {k.name: k for k in (CutMix(), FMix(), SaliencyMix(), MixUp(), Switch())}
+PASTE_KINDS = tuple(name for name, k in KINDS.items() if k.graph is not None)  # the graph can mix these
+
+
+def get(name: str) -> MixKind:
+    """The kind of ``mix=`` ``name``; ValueError naming the accepted ones."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown mix kind {name!r}; accepted kinds: {', '.join(KINDS)}") from None
