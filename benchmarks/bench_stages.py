@@ -98,9 +98,9 @@ def _torch_references(dataset: str, batch: int, size: int, rounds: int = 3) -> l
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import functional as F
 
+    from fastcas.core.rng import generator
     from fastcas.dataset.reader import ShardReader
     from fastcas.tools.peers import rrc_window
-    from fastcas.core.rng import generator
 
     reader, threads = ShardReader(dataset), torch.get_num_threads()
     rng = generator(0, 0x57A9E)
@@ -109,10 +109,12 @@ def _torch_references(dataset: str, batch: int, size: int, rounds: int = 3) -> l
     torch.set_num_threads(1)
     try:
         imgs = decode_jpeg(raw, mode=ImageReadMode.RGB)
-        crops = [im[:, t:t + h, l:l + w] for im in imgs for t, l, h, w in [rrc_window(rng, im.shape[2], im.shape[1])]]
+        crops = [im[:, t:t + h, x:x + w] for im in imgs for t, x, h, w in [rrc_window(rng, im.shape[2], im.shape[1])]]
         u8 = torch.stack([F.resize(c, [size, size], antialias=True) for c in crops[:batch]])
-        mean, std = torch.tensor([123.7, 116.3, 103.5]).view(1, 3, 1, 1), torch.tensor([58.4, 57.1, 57.4]).view(1, 3, 1, 1)
-        jobs = {"reference: torchvision.io.decode_jpeg, whole image (1 torch thread)": (lambda: decode_jpeg(raw, mode=ImageReadMode.RGB), len(raw)),
+        mean = torch.tensor([123.7, 116.3, 103.5]).view(1, 3, 1, 1)
+        std = torch.tensor([58.4, 57.1, 57.4]).view(1, 3, 1, 1)
+        jobs = {"reference: torchvision.io.decode_jpeg, whole image (1 torch thread)":
+                    (lambda: decode_jpeg(raw, mode=ImageReadMode.RGB), len(raw)),
                 "reference: torchvision v2 resize of uint8 crops, antialias (1 torch thread)":
                     (lambda: [F.resize(c, [size, size], antialias=True) for c in crops], len(crops)),
                 "reference: torch normalise uint8 -> float32, per batch (1 torch thread)":
