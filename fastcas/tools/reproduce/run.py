@@ -36,9 +36,9 @@ class ReproduceConfig:
     parts: tuple = ("importance", "cmo", "cas")  # cheap first; CMO before CAS (its n >= 5 matters most)
     seeds: int = 5            # cmo and cas parts
     is_seeds: int = 10        # importance part
-    cmo_epochs: int = 6       # passes over Fashion-MNIST-LT (14,886 images, 117 steps of 128)
-    cas_epochs: int = 8
-    cas_per_class: int = 300  # balanced tinted / rotated sets: images a class
+    cmo_epochs: int = 3       # passes over Fashion-MNIST-LT (14,886 images, 117 steps of 128)
+    cas_epochs: int = 5
+    cas_per_class: int = 200  # balanced tinted / rotated sets: images a class
     is_epochs: int = 20
     batch_size: int = 128
     workers: int = 2
