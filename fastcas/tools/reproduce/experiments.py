@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from fastcas.tools.reproduce.groups import attr_groups, class_groups
+
 CUTMIX_CMO = dict(mix="cutmix", alpha=1.0, mix_prob=0.5, mix_mode="batch", strict_window=True)
 CUTMIX_CAS = dict(mix="cutmix", alpha=0.2, mix_prob=0.5, mix_mode="batch")  # CAS paper: alpha 0.2
 
@@ -50,26 +52,6 @@ COMPARISONS = {
 }
 GROUPS = {"cmo": ("top1", "many", "medium", "few"), "cas": ("top1", "rare_attr", "common_attr"),
           "importance": ("top1", "low", "many")}
-MANY, FEW = 1000, 200  # Fashion-MNIST-LT has 60..6000 images a class (4 many, 3 medium, 3 few classes)
-
-
-def class_groups(pred, y, counts) -> dict:
-    """top1 and mean per-class accuracy over many (> MANY), medium and few (< FEW) classes."""
-    pred, y, counts = np.asarray(pred), np.asarray(y), np.asarray(counts)
-    acc = np.array([float((pred[y == k] == k).mean()) if (y == k).any() else np.nan for k in range(len(counts))])
-    out = {"top1": float((pred == y).mean())}
-    for name, m in (("many", counts > MANY), ("medium", (counts <= MANY) & (counts >= FEW)), ("few", counts < FEW)):
-        out[name] = float(np.nanmean(acc[m])) if m.any() else None
-    return out
-
-
-def attr_groups(pred, y, rare) -> dict:
-    pred, y, rare = np.asarray(pred), np.asarray(y), np.asarray(rare, bool)
-    ok = pred == y
-    return {"top1": float(ok.mean()), "rare_attr": float(ok[rare].mean()) if rare.any() else None,
-            "common_attr": float(ok[~rare].mean()) if (~rare).any() else None}
-
-
 def _weights(name: str, d: dict, seed: int):
     from fastcas.sampling import weights as W
     from fastcas.tools.reproduce.data import oracle, placebo

@@ -70,7 +70,7 @@ def run_importance(arm: str, seed: int, d: dict, cfg) -> dict:
     import torch
 
     from fastcas.sampling import weights as W
-    from fastcas.tools.reproduce.experiments import class_groups
+    from fastcas.tools.reproduce.groups import class_groups
 
     if arm not in ARMS:
         raise ValueError(f"unknown importance-sampling arm {arm!r}; expected one of {ARMS}")

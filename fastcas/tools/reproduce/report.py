@@ -110,7 +110,15 @@ def markdown(report: dict) -> str:
              "paired-t interval], * = the interval excludes 0. All numbers on the *test* half.", ""]
     for part, rep in report["parts"].items():
         groups, summary = _groups(part), rep["summary"]
-        lines += [f"## {TITLES[part]}", "", "| arm | n | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        lines += [f"## {TITLES[part]}", ""]
+        if part == "cas" and report.get("attribute_check"):
+            for key, c in report["attribute_check"].items():
+                sh = c["rare_share"]
+                lines.append(f"- {'tint (rare tints 2, 3)' if key == 'tint' else 'rotation (negative control)'}: "
+                             f"within-class AUC of CAS {c['auc']:.3f}; rare images' share of the draws: uniform "
+                             f"{sh['uniform']:.3f}, CAS {sh['cas']:.3f}, placebo {sh['placebo']:.3f}, oracle {sh['oracle']:.3f}")
+            lines.append("")
+        lines += ["| arm | n | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
         lines += [f"| {a} | {row[groups[0]]['n']} | " + " | ".join(_pm(row[g]) for g in groups) + " |"
                   for a, row in summary.items()]
         lines += ["", "| comparison | seeds | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]

@@ -80,21 +80,22 @@ def slug(arm: str, seed: int) -> str:
     return "-".join(p for p in s.split("-") if p) + f"-seed{seed}"
 
 
-def prepare(cfg: ReproduceConfig) -> dict:
-    """The parts' data in memory (see :mod:`.data`), CAS scores included."""
+def prepare(cfg: ReproduceConfig, parts=None) -> dict:
+    """The data of ``parts`` (default ``cfg.parts``) in memory (see :mod:`.data`), CAS scores included."""
     from fastcas.tools.reproduce import data as D
 
+    parts = cfg.parts if parts is None else parts
     src = D.load(cfg.fashion_mnist, cfg.limit)
     out: dict = {}
     lt = D.lt_data(src, 100.0, cfg.data_seed)
-    if "cmo" in cfg.parts:
+    if "cmo" in parts:
         out["lt"] = lt
-    if "cas" in cfg.parts:
+    if "cas" in parts:
         for key, fn in (("tint", D.tinted_data), ("rot", D.rotated_data)):
             d = fn(src, cfg.cas_per_class, seed=cfg.data_seed)
             d["cas"] = D.cas_of(d["x"], d["y"])
             out[key] = d
-    if "importance" in cfg.parts:
+    if "importance" in parts:
         from fastcas.tools.reproduce.importance import feature_data
 
         out["importance"] = feature_data(lt)
@@ -140,7 +141,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     t0 = time.time()
     todo = [t for t in tasks(cfg) if _stored(cfg, *t) is None]
     if todo:
-        data = prepare(cfg)
+        data = prepare(cfg, {t[0] for t in todo})  # only the parts that still have runs to train
         print(f"data ready in {time.time() - t0:.0f} s; {len(todo)} runs to train", flush=True)
         with ProcessPoolExecutor(cfg.workers, mp.get_context("spawn"), initializer=_init, initargs=(data,)) as pool:
             for part, arm, seed, res in pool.map(_task, [(*t, cfg) for t in todo]):
@@ -150,7 +151,27 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                 print(f"{part:10s} {arm:26s} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()
                                                                         if v is not None)
                       + f" ({res['seconds']:.0f} s)", flush=True)
-    return write_report(Path(cfg.out), collect(cfg), {"config": asdict(cfg), "wall_seconds": time.time() - t0})
+    meta = {"config": asdict(cfg), "wall_seconds": time.time() - t0}
+    if "cas" in cfg.parts:
+        meta["attribute_check"] = attribute_check(cfg)
+    return write_report(Path(cfg.out), collect(cfg), meta)
+
+
+def attribute_check(cfg: ReproduceConfig) -> dict:
+    """Per CAS data set ("tint", "rot"): the within-class AUC of CAS for the rare attribute and the
+    rare images' expected share of the draws under each arm's weights (exact, no draws; the
+    placebo's with seed 0)."""
+    from fastcas.tools.demo.tint import within_class_auc
+    from fastcas.tools.reproduce.experiments import _weights
+
+    out = {}
+    for key, d in prepare(cfg, ("cas",)).items():
+        row = {"auc": within_class_auc(d["cas"], d["y"], d["rare"]), "rare_share": {}}
+        for name in ("uniform", "cas", "placebo", "oracle"):
+            w = _weights(name, d, 0)
+            row["rare_share"][name] = float(w[d["rare"]].sum() / w.sum())
+        out[key] = row
+    return out
 
 
 def collect(cfg: ReproduceConfig) -> dict:
@@ -168,9 +189,3 @@ def collect(cfg: ReproduceConfig) -> dict:
         for key, val in (("runs", r["metrics"]), ("curves", r.get("curve", [])), ("seconds", r["seconds"])):
             p[key].setdefault(arm, {})[str(seed)] = val
     return out
-
-
-def _np_default(o):  # pragma: no cover - json fallback for numpy scalars
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o))
