@@ -110,3 +110,15 @@ def test_config_refuses_unknown_parts_and_zero_seeds():
         ReproduceConfig(parts=("cmo", "mixup"))
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         ReproduceConfig(seeds=0)
+
+
+def test_papers_page_splices_the_generated_report_between_its_markers():
+    from fastcas.tools.reproduce.report import BEGIN, END, splice_papers
+
+    page = f"# P\n\nintro\n{BEGIN}\nold table\n{END}\n\n## 2. next\n"
+    out = splice_papers(page, "# fastcas reproduce\n\n## CMO\n\n| a |\n\n![curves](curves.png)\n")
+    assert "old table" not in out and "### CMO" in out and "](papers/curves.png)" in out
+    assert out.startswith("# P\n\nintro\n") and out.endswith(f"{END}\n\n## 2. next\n")
+    assert splice_papers(out, "# x\n\nnew\n").count("new") == 1
+    with pytest.raises(ValueError, match="markers"):
+        splice_papers("no markers", "# x\n")

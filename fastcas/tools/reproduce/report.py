@@ -180,3 +180,18 @@ def write_report(out: Path, parts: dict, meta: dict) -> dict:
         plot_curves(parts["cmo"]["curves"], out / "curves.png")
     (out / "report.md").write_text(markdown(report))
     return report
+
+
+BEGIN, END = "<!-- reproduce report: begin (generated from report.md) -->", "<!-- reproduce report: end -->"
+
+
+def splice_papers(page: str, report_md: str, image_dir: str = "papers/") -> str:
+    """``page`` (docs/papers.md) with the text between :data:`BEGIN` and :data:`END` replaced by
+    ``report_md`` (its title dropped, headings one level down, images under ``image_dir``)."""
+    if BEGIN not in page or END not in page:
+        raise ValueError(f"the page has no {BEGIN!r} ... {END!r} markers")
+    body = report_md.split("\n", 1)[1].strip() if report_md.startswith("# ") else report_md.strip()
+    body = "\n".join(("#" + ln) if ln.startswith("## ") else ln for ln in body.splitlines())
+    body = body.replace("](curves.png)", f"]({image_dir}curves.png)")
+    head, rest = page.split(BEGIN, 1)
+    return head + BEGIN + "\n\n" + body + "\n\n" + END + rest.split(END, 1)[1]
