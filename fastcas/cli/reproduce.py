@@ -12,6 +12,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fashion-mnist", default=None, help="directory with Fashion-MNIST idx files")
     p.add_argument("--parts", nargs="+", default=list(d.parts), choices=list(PARTS),
                    help="which comparisons (default all: " + ", ".join(PARTS) + ")")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="only these arms (e.g. CE for a longer convergence run); default every arm of the parts")
     p.add_argument("--seeds", type=int, default=d.seeds, help=f"seeds of the cmo and cas parts (default {d.seeds})")
     p.add_argument("--is-seeds", type=int, default=d.is_seeds, help=f"seeds of the importance part (default {d.is_seeds})")
     p.add_argument("--cmo-epochs", type=int, default=d.cmo_epochs, help=f"default {d.cmo_epochs}")
@@ -38,7 +40,8 @@ def run(args) -> int:
     cfg = ReproduceConfig(fashion_mnist=args.fashion_mnist, out=args.out, parts=tuple(args.parts), seeds=args.seeds,
                           is_seeds=args.is_seeds, cmo_epochs=args.cmo_epochs, cas_epochs=args.cas_epochs,
                           cas_per_class=args.cas_per_class, is_epochs=args.is_epochs, batch_size=args.batch_size,
-                          workers=args.workers, data_seed=args.seed, resume=not args.no_resume)
+                          workers=args.workers, data_seed=args.seed, resume=not args.no_resume,
+                          arms=tuple(args.arms) if args.arms else None)
     report = run_reproduce(cfg)
     print((Path(cfg.out) / "report.md").read_text())
     print(f"report: {cfg.out}/report.md ({report['wall_seconds'] / 60:.1f} min)")

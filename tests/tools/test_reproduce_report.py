@@ -122,3 +122,11 @@ def test_papers_page_splices_the_generated_report_between_its_markers():
     assert splice_papers(out, "# x\n\nnew\n").count("new") == 1
     with pytest.raises(ValueError, match="markers"):
         splice_papers("no markers", "# x\n")
+
+
+def test_arms_restrict_the_tasks_and_unknown_arms_are_refused():
+    cfg = ReproduceConfig(parts=("cmo", "cas"), arms=("CE", "CutMix"), seeds=2)
+    assert tasks(cfg) == [("cmo", "CE", 0), ("cmo", "CutMix", 0), ("cmo", "CE", 1), ("cmo", "CutMix", 1),
+                          ("cas", "CutMix", 0), ("cas", "CutMix", 1)]
+    with pytest.raises(ValueError, match="unknown arms"):
+        ReproduceConfig(arms=("CE", "Mixup"))

@@ -44,6 +44,7 @@ class ReproduceConfig:
     workers: int = 2
     data_seed: int = 0
     limit: int | None = None  # tests: the first LIMIT images of every class only
+    arms: tuple | None = None  # only these arms (of any part); None: every arm
     resume: bool = True
 
     def __post_init__(self):
@@ -55,6 +56,14 @@ class ReproduceConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         object.__setattr__(self, "parts", tuple(self.parts))
+        if self.arms is not None:
+            from fastcas.tools.reproduce.experiments import ARMS
+            from fastcas.tools.reproduce.importance import ARMS as IS_ARMS
+
+            known = {a for p in ARMS.values() for a in p} | set(IS_ARMS)
+            if not self.arms or set(self.arms) - known:
+                raise ValueError(f"unknown arms {sorted(set(self.arms) - known)}; expected some of {sorted(known)}")
+            object.__setattr__(self, "arms", tuple(self.arms))
 
     def settings(self, part: str) -> dict:
         """What a task's result depends on (a stored result is reused only if these match)."""
@@ -69,7 +78,7 @@ def tasks(cfg: ReproduceConfig) -> list[tuple[str, str, int]]:
 
     out = []
     for part in cfg.parts:
-        arms = IS_ARMS if part == "importance" else tuple(ARMS[part])
+        arms = [a for a in (IS_ARMS if part == "importance" else ARMS[part]) if cfg.arms is None or a in cfg.arms]
         n = cfg.is_seeds if part == "importance" else cfg.seeds
         out += [(part, a, s) for s in range(n) for a in arms]
     return out
