@@ -104,7 +104,8 @@ def curve_table(curves: dict, arm: str, groups=("top1", "few")) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# fastcas reproduce", "", f"Wall time of this call {report['wall_seconds'] / 60:.1f} min; "
+    lines = ["# fastcas reproduce", "", f"Wall time of this call {report['wall_seconds'] / 60:.1f} min ("
+             f"{report.get('trained', '?')} runs trained, {report.get('reused', 0)} stored runs reused); "
              f"sum of the runs' own times {report['run_seconds'] / 60:.1f} min (over {report['config']['workers']} "
              "workers). Mean ± sd over seeds; paired differences = treatment - control per seed, mean [95% "
              "paired-t interval], * = the interval excludes 0. All numbers on the *test* half.", ""]

@@ -160,7 +160,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                 print(f"{part:10s} {arm:26s} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()
                                                                         if v is not None)
                       + f" ({res['seconds']:.0f} s)", flush=True)
-    meta = {"config": asdict(cfg), "wall_seconds": time.time() - t0}
+    meta = {"config": asdict(cfg), "wall_seconds": time.time() - t0, "trained": len(todo),
+            "reused": len(tasks(cfg)) - len(todo)}
     if "cas" in cfg.parts:
         meta["attribute_check"] = attribute_check(cfg)
     return write_report(Path(cfg.out), collect(cfg), meta)
