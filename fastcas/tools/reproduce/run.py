@@ -20,8 +20,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fastcas.core.io import atomic_write_json
 
 PARTS = ("cmo", "cas", "importance")
