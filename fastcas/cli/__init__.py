@@ -31,7 +31,8 @@ COMMANDS: dict[str, str] = {
 # One-line help without importing the command module (kept in step by a test).
 SUMMARY: dict[str, str] = {
     "demo": "build the embedded demo data and run the end-to-end demo",
-    "reproduce": "train the papers' comparisons on the demo data, several seeds, paired differences",
+    "reproduce": "the papers' comparisons with controls (CMO, CAS + placebo/oracle, importance sampling), "
+                 "paired by seed",
     "shard": "write WebDataset shards + DALI indexes + manifest from images",
     "index": "index existing WebDataset tars (local or URLs) without rewriting them",
     "convert": "convert a dataset's JSON manifest to memory-mapped columns (or back)",

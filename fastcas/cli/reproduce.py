@@ -1,28 +1,31 @@
 """``fastcas reproduce``: the papers' comparisons trained on Fashion-MNIST-LT-tint, paired by seed."""
 from __future__ import annotations
 
-HELP = "train the papers' comparisons on the demo data, several seeds, paired differences"
+HELP = "the papers' comparisons with controls (CMO, CAS + placebo/oracle, importance sampling), paired by seed"
 
 
 def add_arguments(p) -> None:
-    from fastcas.tools.reproduce.run import ARMS, ReproduceConfig
+    from fastcas.tools.reproduce.run import PARTS, ReproduceConfig
 
-    d = ReproduceConfig(train="", val="")
-    p.add_argument("--root", default="demo-data", help="where the demo datasets live (default ./demo-data)")
+    d = ReproduceConfig()
     p.add_argument("--out", default=d.out, help=f"report directory (default {d.out})")
     p.add_argument("--fashion-mnist", default=None, help="directory with Fashion-MNIST idx files")
-    p.add_argument("--arms", nargs="+", default=list(d.arms), choices=list(ARMS), metavar="ARM",
-                   help="recipes to train (default all: " + ", ".join(ARMS) + ")")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"training seeds 0..N-1 (default {d.seeds})")
-    p.add_argument("--model", default=d.model, help=f"default {d.model}")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--epoch-length", type=int, default=d.epoch_length, help="draws per epoch")
+    p.add_argument("--parts", nargs="+", default=list(d.parts), choices=list(PARTS),
+                   help="which comparisons (default all: " + ", ".join(PARTS) + ")")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="only these arms (e.g. CE for a longer convergence run); default every arm of the parts")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"seeds of the cmo and cas parts (default {d.seeds})")
+    p.add_argument("--is-seeds", type=int, default=d.is_seeds,
+                   help=f"seeds of the importance part (default {d.is_seeds})")
+    p.add_argument("--cmo-epochs", type=int, default=d.cmo_epochs, help=f"default {d.cmo_epochs}")
+    p.add_argument("--cas-epochs", type=int, default=d.cas_epochs, help=f"default {d.cas_epochs}")
+    p.add_argument("--cas-per-class", type=int, default=d.cas_per_class, help=f"default {d.cas_per_class}")
+    p.add_argument("--is-epochs", type=int, default=d.is_epochs, help=f"default {d.is_epochs}")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--image-size", type=int, default=d.image_size, help="training size in px (scores stay at 28)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="validation curve every N epochs")
-    p.add_argument("--device", default=d.device, help="cpu (default), cuda or auto")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"training processes, one thread each (default {d.workers})")
     p.add_argument("--seed", type=int, default=0, help="data seed")
-    p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--no-resume", action="store_true", help="retrain runs already stored under OUT/runs")
     p.add_argument("--attributes", action="store_true",
                    help="instead: the attribute-kind table (within-class CAS AUC of rare inverted, colour-cast, "
                    "blurred, ... Fashion-MNIST images at rare shares 2/5/10%%) -> OUT/attributes.{json,md}")
@@ -30,33 +33,19 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from fastcas.tools.demo.data import build_demo_data
-    from fastcas.tools.demo.tint import build_tint_data
+    from pathlib import Path
+
     from fastcas.tools.reproduce.run import ReproduceConfig, run_reproduce
 
     if args.attributes:
         return _attributes(args)
-    build_demo_data(args.root, corpus_size=0, seed=args.seed, fashion_mnist=args.fashion_mnist,
-                    progress=args.progress)
-    train, val = build_tint_data(args.root, seed=args.seed, fashion_mnist=args.fashion_mnist,
-                                 progress=args.progress)
-    cfg = ReproduceConfig(
-        train=str(train),
-        val=str(val),
-        out=args.out,
-        arms=tuple(args.arms),
-        seeds=args.seeds,
-        model=args.model,
-        epochs=args.epochs,
-        epoch_length=args.epoch_length,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        eval_every=args.eval_every,
-        device=args.device,
-        progress=args.progress,
-    )
+    cfg = ReproduceConfig(fashion_mnist=args.fashion_mnist, out=args.out, parts=tuple(args.parts), seeds=args.seeds,
+                          is_seeds=args.is_seeds, cmo_epochs=args.cmo_epochs, cas_epochs=args.cas_epochs,
+                          cas_per_class=args.cas_per_class, is_epochs=args.is_epochs, batch_size=args.batch_size,
+                          workers=args.workers, data_seed=args.seed, resume=not args.no_resume,
+                          arms=tuple(args.arms) if args.arms else None)
     report = run_reproduce(cfg)
-    print((__import__("pathlib").Path(cfg.out) / "report.md").read_text())
+    print((Path(cfg.out) / "report.md").read_text())
     print(f"report: {cfg.out}/report.md ({report['wall_seconds'] / 60:.1f} min)")
     return 0
 

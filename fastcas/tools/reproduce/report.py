@@ -1,9 +1,10 @@
-"""The reproduction's report: summary (mean ± sd over seeds), paired differences, markdown, plots.
+"""The reproduction's report: per part, mean ± sd over seeds, paired differences, markdown, plots.
 
-Input ``state`` (see :func:`fastcas.tools.reproduce.run.run_reproduce`): ``runs`` arm -> seed ->
-group -> accuracy (float in [0, 1] or None), ``curves`` arm -> seed -> list of metrics.jsonl
-rows, ``seconds`` arm -> seed -> wall seconds, plus ``config`` and ``attribute_check``.
-Seeds may be ints or their JSON strings; a comparison pairs the seeds both arms have.
+Input ``parts`` (see :func:`fastcas.tools.reproduce.run.collect`): part -> {"runs": arm -> seed
+-> group -> accuracy (float or None), "curves": arm -> seed -> list of {"epoch", group...} on the
+dev half, "seconds": arm -> seed -> wall seconds}. Seeds are JSON strings; a comparison pairs
+the seeds both arms have. Everything in report.json's "summary" and "comparisons" is
+recomputed from its "parts" (a test does so).
 """
 from __future__ import annotations
 
@@ -15,43 +16,49 @@ import numpy as np
 from fastcas.core.io import atomic_write_bytes, atomic_write_json
 from fastcas.tools.reproduce.stats import mean_sd, paired_difference
 
-GROUPS = ("top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high", "rare_attr")
-# (treatment, control, the groups the paper says should rise)
-COMPARISONS = (
-    ("CE + CMO", "CE", ("few", "top1")),            # CMO paper, Table 9's direction
-    ("CE + CAS", "CE", ("cas_high", "rare_attr")),
-    ("CutMix + CAS", "CutMix", ("cas_high", "rare_attr")),  # CAS paper, Table 2
-    ("FMix + CAS", "FMix", ("cas_high", "rare_attr")),
-    ("SaliencyMix + CAS", "SaliencyMix", ("cas_high", "rare_attr")),
-)
+TITLES = {"cmo": "CMO on Fashion-MNIST-LT (ratio 100, 28 px, CIFAR augmentation)",
+          "cas": "CAS with controls (class-balanced tinted set; rotation = negative control)",
+          "importance": "Importance-sampling schemes on frozen features"}
 
 
-def summarise(runs: dict) -> dict:
+def _pairs(part: str):
+    from fastcas.tools.reproduce.experiments import COMPARISONS
+    from fastcas.tools.reproduce.importance import COMPARISONS as IS
+
+    return IS if part == "importance" else COMPARISONS[part]
+
+
+def _groups(part: str):
+    from fastcas.tools.reproduce.experiments import GROUPS
+
+    return GROUPS[part]
+
+
+def summarise(runs: dict, groups) -> dict:
     """arm -> group -> {"mean", "sd", "n"} over the seeds the arm has."""
     out = {}
     for arm, by_seed in runs.items():
         out[arm] = {}
-        for g in GROUPS:
+        for g in groups:
             vals = [r.get(g) for r in by_seed.values()]
             m, s = mean_sd(vals)
             out[arm][g] = {"mean": m, "sd": s, "n": sum(v is not None for v in vals)}
     return out
 
 
-def comparisons(runs: dict, pairs=None) -> list[dict]:
-    """For each (treatment, control, expected groups) whose arms both ran: per group the
-    paired difference over the seeds both have (:func:`paired_difference`)."""
+def comparisons(runs: dict, pairs, groups) -> list[dict]:
+    """Per (treatment, control, expected) whose arms both ran: per group the paired difference
+    over the seeds both have (:func:`paired_difference`)."""
     rows = []
-    for treat, ctrl, expected in (COMPARISONS if pairs is None else pairs):
+    for treat, ctrl, expected in pairs:
         if treat not in runs or ctrl not in runs:
-            continue
-        seeds = sorted(set(map(str, runs[treat])) & set(map(str, runs[ctrl])), key=int)
-        if not seeds:
             continue
         a = {str(k): v for k, v in runs[treat].items()}
         b = {str(k): v for k, v in runs[ctrl].items()}
-        diffs = {g: paired_difference([a[s].get(g) for s in seeds], [b[s].get(g) for s in seeds])
-                 for g in GROUPS}
+        seeds = sorted(set(a) & set(b), key=int)
+        if not seeds:
+            continue
+        diffs = {g: paired_difference([a[s].get(g) for s in seeds], [b[s].get(g) for s in seeds]) for g in groups}
         rows.append({"treatment": treat, "control": ctrl, "expected": list(expected), "seeds": seeds,
                      "groups": diffs})
     return rows
@@ -68,53 +75,62 @@ def _diff(d) -> str:
         return "-"
     if d["t_low"] is None:
         return f"{d['mean']:+.3f}"
-    star = " *" if d["exceeds_noise"] else ""
-    return f"{d['mean']:+.3f} [{d['t_low']:+.3f}, {d['t_high']:+.3f}]{star}"
+    return f"{d['mean']:+.3f} [{d['t_low']:+.3f}, {d['t_high']:+.3f}]" + (" *" if d["exceeds_noise"] else "")
 
 
-def markdown(report: dict) -> str:
-    cfg, summary, comps = report["config"], report["summary"], report["comparisons"]
-    shown = [g for g in GROUPS if any(summary[a][g]["mean"] is not None for a in summary)]
-    lines = ["# fastcas reproduce", "",
-             f"{cfg['model']}, {cfg['epochs']} epochs of {cfg['epoch_length'] or 'all'} draws, batch "
-             f"{cfg['batch_size']}, {cfg['image_size']} px, lr {cfg['lr']} cosine, wd {cfg['weight_decay']}; "
-             f"mean ± sd over seeds (n per arm below); wall time {report['wall_seconds'] / 60:.1f} min.", ""]
-    check = report.get("attribute_check")
-    if check:
-        d = check["draws"]
-        lines += [f"CAS (pixel encoder) finds the rare attribute: within-class AUC {check['auc']:.3f}; share of "
-                  f"draws uniform {d['uniform']['drawn']:.4f}, CAS weights {d['cas']['drawn']:.4f} "
-                  f"(target {d['cas']['target']:.4f}).", ""]
-    lines += ["| recipe | n | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
-    for arm, row in summary.items():
-        if not row["top1"]["n"]:
-            continue  # not run (a stopped run, or not among --arms)
-        lines.append(f"| {arm} | {row['top1']['n']} | " + " | ".join(_pm(row[g]) for g in shown) + " |")
-    lines += ["", "Paired differences (treatment - control, per seed), mean [95% paired-t interval]; "
-              "* = the interval excludes 0 (exceeds the seed spread).", "",
-              "| comparison | seeds | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
-    for c in comps:
-        lines.append(f"| {c['treatment']} - {c['control']} | {len(c['seeds'])} | "
-                     + " | ".join(_diff(c["groups"][g]) for g in shown) + " |")
-    lines += ["", verdict(comps), "", "![curves](curves.png)", "", "![groups](groups.png)", ""]
+def verdict(c: dict) -> str:
+    parts = []
+    for g in c["expected"] or list(c["groups"])[:2]:
+        d = c["groups"][g]
+        if d["mean"] is None or d["t_low"] is None:
+            parts.append(f"{g}: too few seeds")
+        elif d["exceeds_noise"]:
+            parts.append(f"{g} {'rises' if d['mean'] > 0 else 'falls'} by {d['mean']:+.3f} beyond the seed spread")
+        else:
+            parts.append(f"{g} {d['mean']:+.3f}, within the seed spread")
+    return f"- {c['treatment']} vs {c['control']}: " + "; ".join(parts) + "."
+
+
+def curve_table(curves: dict, arm: str, groups=("top1", "few")) -> str:
+    """One line per epoch: the mean over seeds of ``groups`` on the dev half."""
+    rows = [r for rs in curves.get(arm, {}).values() for r in rs]
+    if not rows:
+        return ""
+    lines = ["| epoch | " + " | ".join(f"dev {g}" for g in groups) + " |", "|---|" + "---|" * len(groups)]
+    for e in sorted({r["epoch"] for r in rows}):
+        vals = [np.mean([r[g] for r in rows if r["epoch"] == e and r.get(g) is not None] or [np.nan]) for g in groups]
+        lines.append(f"| {e + 1} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     return "\n".join(lines)
 
 
-def verdict(comps: list[dict]) -> str:
-    """One sentence per comparison on the groups its paper says should rise."""
-    out = []
-    for c in comps:
-        parts = []
-        for g in c["expected"]:
-            d = c["groups"][g]
-            if d["mean"] is None or d["t_low"] is None:
-                parts.append(f"{g}: too few seeds")
-            elif d["exceeds_noise"]:
-                parts.append(f"{g} {'rises' if d['mean'] > 0 else 'falls'} by {d['mean']:+.3f} beyond the seed spread")
-            else:
-                parts.append(f"{g} {d['mean']:+.3f}, within the seed spread")
-        out.append(f"- {c['treatment']} vs {c['control']}: " + "; ".join(parts) + ".")
-    return "\n".join(out)
+def markdown(report: dict) -> str:
+    lines = ["# fastcas reproduce", "", f"Wall time of this call {report['wall_seconds'] / 60:.1f} min ("
+             f"{report.get('trained', '?')} runs trained, {report.get('reused', 0)} stored runs reused); "
+             f"sum of the runs' own times {report['run_seconds'] / 60:.1f} min (over {report['config']['workers']} "
+             "workers). Mean ± sd over seeds; paired differences = treatment - control per seed, mean [95% "
+             "paired-t interval], * = the interval excludes 0. All numbers on the *test* half.", ""]
+    for part, rep in report["parts"].items():
+        groups, summary = _groups(part), rep["summary"]
+        lines += [f"## {TITLES[part]}", ""]
+        if part == "cas" and report.get("attribute_check"):
+            for key, c in report["attribute_check"].items():
+                sh = c["rare_share"]
+                lines.append(f"- {'tint (rare tints 2, 3)' if key == 'tint' else 'rotation (negative control)'}: "
+                             f"within-class AUC of CAS {c['auc']:.3f}; rare images' share of the draws: uniform "
+                             f"{sh['uniform']:.3f}, CAS {sh['cas']:.3f}, placebo {sh['placebo']:.3f}, "
+                             f"oracle {sh['oracle']:.3f}")
+            lines.append("")
+        lines += ["| arm | n | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        lines += [f"| {a} | {row[groups[0]]['n']} | " + " | ".join(_pm(row[g]) for g in groups) + " |"
+                  for a, row in summary.items()]
+        lines += ["", "| comparison | seeds | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        lines += [f"| {c['treatment']} - {c['control']} | {len(c['seeds'])} | "
+                  + " | ".join(_diff(c["groups"][g]) for g in groups) + " |" for c in rep["comparisons"]]
+        lines += [""] + [verdict(c) for c in rep["comparisons"]] + [""]
+        if part == "cmo" and "CE" in rep["curves"]:
+            lines += ["CE convergence (dev half, mean over seeds):", "", curve_table(rep["curves"], "CE"), "",
+                      "![curves](curves.png)", ""]
+    return "\n".join(lines)
 
 
 def _save(fig, path: Path) -> None:
@@ -127,7 +143,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_curves(curves: dict, path: Path) -> None:
-    """Validation top-1 and few-shot accuracy against epoch, mean over seeds, one line per arm."""
+    """Dev top-1 and few-shot accuracy against epoch, mean over seeds, one line per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,52 +152,49 @@ def plot_curves(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for arm, by_seed in curves.items():
         rows = [r for rs in by_seed.values() for r in rs]
-        if not rows:  # an arm that has not run yet
+        if not rows:
             continue
         epochs = sorted({r["epoch"] for r in rows})
         for ax, g in zip(axes, ("top1", "few")):
-            ys = [np.mean([r[g] for r in rows if r["epoch"] == e and r[g] is not None] or [np.nan]) for e in epochs]
+            ys = [np.mean([r[g] for r in rows if r["epoch"] == e and r.get(g) is not None] or [np.nan]) for e in epochs]
             ax.plot([e + 1 for e in epochs], ys, marker="o", label=arm)
     for ax, g in zip(axes, ("top1", "few")):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"validation {g}")
+        ax.set_ylabel(f"dev {g}")
         ax.set_ylim(0, 1)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
 
 
-def plot_groups(summary: dict, path: Path) -> None:
-    """Grouped bars: accuracy per group, one bar per arm, error bars = sd over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 3.6))
-    arms = [a for a in summary if summary[a]["top1"]["n"]]  # arms that have run
-    width = 0.8 / max(len(arms), 1)
-    x = np.arange(len(GROUPS))
-    for i, arm in enumerate(arms):
-        m = [summary[arm][g]["mean"] or 0 for g in GROUPS]
-        s = [summary[arm][g]["sd"] or 0 for g in GROUPS]
-        ax.bar(x + i * width, m, width, yerr=s, capsize=2, label=arm)
-    ax.set_xticks(x + 0.4 - width / 2, GROUPS, rotation=20)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("top-1")
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def write_report(out: Path, state: dict) -> dict:
-    """``state`` + summary + comparisons -> OUT/report.json, report.md, curves.png, groups.png."""
+def write_report(out: Path, parts: dict, meta: dict) -> dict:
+    """``parts`` + summaries + comparisons -> OUT/report.json, report.md, curves.png."""
     out = Path(out)
-    report = dict(state)
-    report["summary"] = summarise(state["runs"])
-    report["comparisons"] = comparisons(state["runs"])
+    out.mkdir(parents=True, exist_ok=True)
+    report = dict(meta)
+    report["parts"] = {}
+    for part, p in parts.items():
+        g = _groups(part)
+        report["parts"][part] = {**p, "summary": summarise(p["runs"], g),
+                                 "comparisons": comparisons(p["runs"], _pairs(part), g)}
+    report["run_seconds"] = float(sum(s for p in parts.values() for by in p["seconds"].values() for s in by.values()))
     atomic_write_json(out / "report.json", report)
-    plot_curves(state.get("curves", {}), out / "curves.png")
-    plot_groups(report["summary"], out / "groups.png")
+    if "cmo" in parts:
+        plot_curves(parts["cmo"]["curves"], out / "curves.png")
     (out / "report.md").write_text(markdown(report))
     return report
+
+
+BEGIN, END = "<!-- reproduce report: begin (generated from report.md) -->", "<!-- reproduce report: end -->"
+
+
+def splice_papers(page: str, report_md: str, image_dir: str = "papers/") -> str:
+    """``page`` (docs/papers.md) with the text between :data:`BEGIN` and :data:`END` replaced by
+    ``report_md`` (its title dropped, headings one level down, images under ``image_dir``)."""
+    if BEGIN not in page or END not in page:
+        raise ValueError(f"the page has no {BEGIN!r} ... {END!r} markers")
+    body = report_md.split("\n", 1)[1].strip() if report_md.startswith("# ") else report_md.strip()
+    body = "\n".join(("#" + ln) if ln.startswith("## ") else ln for ln in body.splitlines())
+    body = body.replace("](curves.png)", f"]({image_dir}curves.png)")
+    head, rest = page.split(BEGIN, 1)
+    return head + BEGIN + "\n\n" + body + "\n\n" + END + rest.split(END, 1)[1]

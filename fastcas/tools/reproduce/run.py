@@ -1,25 +1,17 @@
-"""``fastcas reproduce``: the papers' comparisons with trained models, several seeds, paired statistics.
+"""``fastcas reproduce``: the papers' comparisons with controls, trained in memory, paired by seed.
 
-Data: Fashion-MNIST-LT-tint (:mod:`fastcas.tools.demo.tint`, real Fashion-MNIST images, class
-ratio 100, a controlled rare attribute inside every class, validation balanced over it),
-scored with the pixel encoder (:func:`fastcas.tools.demo.run.score`). Every arm is trained by
-:func:`fastcas.train.loop.train` with the same model, schedule and budget; only the recipe
-differs. For each seed s (the model initialisation and the data streams' key) every arm is
-trained once, so the comparisons are paired by seed (:mod:`fastcas.tools.reproduce.stats`).
+Three parts (:mod:`fastcas.tools.reproduce.experiments`): ``cmo`` (CE / CutMix / CMO /
+class-balanced resampling on Fashion-MNIST-LT, ratio 100, 28 px, CIFAR augmentation), ``cas``
+(CutMix vs CutMix + CAS vs a within-class placebo vs oracle weights on a class-balanced tinted
+set, and a rotation attribute as negative control) and ``importance`` (the importance-sampling
+paper's undersample / oversample plans and loss up-weighting on frozen features).
+Evaluation: Fashion-MNIST's test set split per class into a ``dev`` half (curves only) and a
+``test`` half (every reported number; nothing is chosen on it).
 
-Arms and the settings each paper's reference code used (where the text and the code disagree,
-the code that produced the tables is the reference, see /work/shared/REFERENCES.md):
-
-* CE; CE + CMO: uniform background stream + foreground stream with per-sample weight 1/n_k
-  (naver-ai/cmo ``get_weighted_sampler``, class-balanced), CutMix paste, Beta(1, 1), p = 0.5,
-  mixing only while ``mix_start <= epoch < epochs - mix_end`` (the code's start/end_data_aug,
-  scaled to the short schedule);
-* CE + CAS: CAS weights r**b, b = 1.2, no mixing;
-* CutMix / FMix / SaliencyMix, each with uniform or CAS weights: alpha = 0.2 (CAS paper, Sec.
-  "Experiments"), p = 0.5 (the CIFAR setting of the SaliencyMix code; the paper does not state p).
-
-Output (``OUT``): ``report.json`` (config, every arm x seed result, curves, summary, paired
-differences), ``report.md``, ``curves.png``, ``groups.png``; per run ``ARM-seedS/``.
+Every (part, arm, seed) is one task; ``workers`` processes (one torch thread each) run them,
+seed by seed, so a run cut short has whole comparisons for its first seeds. Each finished task
+is written to ``OUT/runs/PART/ARM-seedS.json`` with its settings; a later call with the same
+settings reuses it (``resume``). The report (:mod:`.report`) is rebuilt from those files.
 """
 from __future__ import annotations
 
@@ -28,141 +20,180 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from fastcas.core.io import atomic_write_json
-from fastcas.tools.reproduce.report import COMPARISONS, GROUPS, write_report  # noqa: F401 (COMPARISONS re-exported)
 
-_MIX = dict(alpha=0.2, mix_prob=0.5)
-ARMS = {
-    "CE": dict(weights="uniform", mix="none"),
-    "CE + CMO": dict(weights="uniform", foreground_weights="cmo", mix="cutmix", alpha=1.0, mix_prob=0.5),
-    "CE + CAS": dict(weights="cas", b=1.2, mix="none"),
-    "CutMix": dict(weights="uniform", mix="cutmix", **_MIX),
-    "CutMix + CAS": dict(weights="cas", b=1.2, mix="cutmix", **_MIX),
-    "FMix": dict(weights="uniform", mix="fmix", **_MIX),
-    "FMix + CAS": dict(weights="cas", b=1.2, mix="fmix", **_MIX),
-    "SaliencyMix": dict(weights="uniform", mix="saliencymix", **_MIX),
-    "SaliencyMix + CAS": dict(weights="cas", b=1.2, mix="saliencymix", **_MIX),
-}
+PARTS = ("cmo", "cas", "importance")
 
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    """One reproduction run. ``arms`` names keys of :data:`ARMS` (all by default)."""
+    """One reproduction. Defaults: the budgeted run (<= 90 min on a 2-core CPU, 2 workers)."""
 
-    train: str
-    val: str
+    fashion_mnist: str | None = None
     out: str = "build/reproduce"
-    arms: tuple = tuple(ARMS)
-    seeds: int = 3
-    model: str = "resnet8"
-    epochs: int = 8
-    epoch_length: int | None = 4096
+    parts: tuple = ("importance", "cmo", "cas")  # cheap first; CMO before CAS (its n >= 5 matters most)
+    seeds: int = 5            # cmo and cas parts
+    is_seeds: int = 10        # importance part
+    cmo_epochs: int = 3       # passes over Fashion-MNIST-LT (14,886 images, 117 steps of 128)
+    cas_epochs: int = 5
+    cas_per_class: int = 200  # balanced tinted / rotated sets: images a class
+    is_epochs: int = 20
     batch_size: int = 128
-    image_size: int = 28      # training and evaluation size (Fashion-MNIST is 28 px)
-    score_size: int = 28      # CAS scoring size: the native resolution, whatever the training size
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    eval_every: int = 2       # validation curve points (epochs); the last epoch is always evaluated
-    many: int = 1000          # Fashion-MNIST-LT has 60..6000 images a class (same thresholds as the demo)
-    few: int = 200
-    py_workers: int = 1
-    device: str = "cpu"
-    progress: bool = False
+    workers: int = 2
+    data_seed: int = 0
+    limit: int | None = None  # tests: the first LIMIT images of every class only
+    arms: tuple | None = None  # only these arms (of any part); None: every arm
+    resume: bool = True
 
     def __post_init__(self):
-        unknown = [a for a in self.arms if a not in ARMS]
-        if unknown:
-            raise ValueError(f"unknown arms {unknown}; expected some of {list(ARMS)}")
-        if not self.arms:
-            raise ValueError("arms must name at least one arm")
-        for name in ("seeds", "epochs", "batch_size", "eval_every"):
+        bad = [p for p in self.parts if p not in PARTS]
+        if bad or not self.parts:
+            raise ValueError(f"parts must be some of {PARTS}, got {list(self.parts)}")
+        for name in ("seeds", "is_seeds", "cmo_epochs", "cas_epochs", "cas_per_class", "is_epochs",
+                     "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        object.__setattr__(self, "arms", tuple(self.arms))
+        object.__setattr__(self, "parts", tuple(self.parts))
+        if self.arms is not None:
+            from fastcas.tools.reproduce.experiments import ARMS
+            from fastcas.tools.reproduce.importance import ARMS as IS_ARMS
 
-    def cmo_window(self) -> tuple[int, int]:
-        """(mix_start, mix_end) for CMO: the reference's 3 + 3 of 200 epochs, scaled, at least 0."""
-        k = max(0, round(self.epochs * 3 / 200))
-        return k, k
+            known = {a for p in ARMS.values() for a in p} | set(IS_ARMS)
+            if not self.arms or set(self.arms) - known:
+                raise ValueError(f"unknown arms {sorted(set(self.arms) - known)}; expected some of {sorted(known)}")
+            object.__setattr__(self, "arms", tuple(self.arms))
+
+    def settings(self, part: str) -> dict:
+        """What a task's result depends on (a stored result is reused only if these match)."""
+        keys = {"cmo": ("cmo_epochs",), "cas": ("cas_epochs", "cas_per_class"), "importance": ("is_epochs",)}[part]
+        return {k: getattr(self, k) for k in keys + ("batch_size", "data_seed", "limit", "fashion_mnist")}
 
 
-# Arms trained together seed by seed, block after block: a run cut short still has whole
-# comparisons with every seed (rather than every comparison with fewer seeds). The CAS paper's
-# Table 2 pair (CutMix vs CutMix + CAS) comes first, then the CMO paper's.
-BLOCKS = (("CutMix", "CutMix + CAS"), ("CE", "CE + CMO", "CE + CAS"), ("FMix", "FMix + CAS"),
-          ("SaliencyMix", "SaliencyMix + CAS"))
+def tasks(cfg: ReproduceConfig) -> list[tuple[str, str, int]]:
+    """(part, arm, seed) in training order: seed-major inside each part, parts in ``cfg.parts`` order."""
+    from fastcas.tools.reproduce.experiments import ARMS
+    from fastcas.tools.reproduce.importance import ARMS as IS_ARMS
 
-
-def schedule(arms, seeds: int) -> list[tuple[str, int]]:
-    """(arm, seed) in training order: for each block of :data:`BLOCKS`, seed 0's arms, seed 1's, ..."""
-    order = []
-    for block in BLOCKS:
-        chosen = [a for a in block if a in arms]
-        order += [(a, s) for s in range(seeds) for a in chosen]
-    return order
+    out = []
+    for part in cfg.parts:
+        arms = [a for a in (IS_ARMS if part == "importance" else ARMS[part]) if cfg.arms is None or a in cfg.arms]
+        n = cfg.is_seeds if part == "importance" else cfg.seeds
+        out += [(part, a, s) for s in range(n) for a in arms]
+    return out
 
 
 def slug(arm: str, seed: int) -> str:
-    return arm.lower().replace(" + ", "-").replace(" ", "-") + f"-seed{seed}"
+    s = "".join(c if c.isalnum() else "-" for c in arm.lower())
+    return "-".join(p for p in s.split("-") if p) + f"-seed{seed}"
 
 
-def _curve(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    keep = ("epoch", "top1", "many", "medium", "few", "cas_low", "cas_middle", "cas_high", "seconds")
-    return [{k: r.get(k) for k in keep} for r in map(json.loads, path.read_text().splitlines()) if r]
+def prepare(cfg: ReproduceConfig, parts=None) -> dict:
+    """The data of ``parts`` (default ``cfg.parts``) in memory (see :mod:`.data`), CAS scores included."""
+    from fastcas.tools.reproduce import data as D
+
+    parts = cfg.parts if parts is None else parts
+    src = D.load(cfg.fashion_mnist, cfg.limit)
+    out: dict = {}
+    lt = D.lt_data(src, 100.0, cfg.data_seed)
+    if "cmo" in parts:
+        out["lt"] = lt
+    if "cas" in parts:
+        for key, fn in (("tint", D.tinted_data), ("rot", D.rotated_data)):
+            d = fn(src, cfg.cas_per_class, seed=cfg.data_seed)
+            d["cas"] = D.cas_of(d["x"], d["y"])
+            out[key] = d
+    if "importance" in parts:
+        from fastcas.tools.reproduce.importance import feature_data
+
+        out["importance"] = feature_data(lt)
+    return out
+
+
+_DATA: dict = {}
+
+
+def _init(data: dict) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: the machine is shared
+    _DATA.update(data)
+
+
+def _task(args) -> tuple:
+    from fastcas.tools.reproduce.experiments import run_one
+
+    part, arm, seed, cfg = args
+    return part, arm, seed, run_one(part, arm, seed, _DATA, cfg)
+
+
+def _path(cfg, part, arm, seed) -> Path:
+    return Path(cfg.out) / "runs" / part / (slug(arm, seed) + ".json")
+
+
+def _stored(cfg, part, arm, seed) -> dict | None:
+    p = _path(cfg, part, arm, seed)
+    if not (cfg.resume and p.exists()):
+        return None
+    r = json.loads(p.read_text())
+    return r if r.get("settings") == cfg.settings(part) else None
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
-    """Train every arm x seed in :func:`schedule` order, evaluate, and rewrite the report after
-    every run (a run stopped early leaves a valid report). Returns the report dict."""
-    from fastcas.dataset.reader import ShardReader
-    from fastcas.dataset.scorefile import read_scores
-    from fastcas.tools.demo.run import _evaluate, attribute_check, predict, score
-    from fastcas.tools.demo.tint import RARE, load_tints
-    from fastcas.train.loop import TrainConfig, train
+    """Run every task not stored yet, then write the report; returns the report dict."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    train_scores = score(cfg.train, out / "train-scores.parquet", None, cfg.score_size, cfg.py_workers,
-                         cfg.device, cfg.progress)
-    val_scores = score(cfg.val, out / "val-scores.parquet", train_scores, cfg.score_size, cfg.py_workers,
-                       cfg.device, cfg.progress)
-    check = attribute_check(cfg.train, train_scores, cfg.epoch_length)
-    vreader, treader = ShardReader(cfg.val), ShardReader(cfg.train)
-    vcas = read_scores(val_scores, keys=vreader.keys).cas
-    vt = load_tints(cfg.val, vreader.keys)
-    rare = np.isin(vt, RARE) if vt is not None else None
-    runs: dict = {arm: {} for arm in cfg.arms}
-    curves: dict = {arm: {} for arm in cfg.arms}
-    seconds: dict = {arm: {} for arm in cfg.arms}
-    start, end = cfg.cmo_window()
-    report: dict = {}
-    for arm, seed in schedule(cfg.arms, cfg.seeds):
-        opts = dict(ARMS[arm])
-        if opts.get("foreground_weights") == "cmo":
-            opts.update(mix_start=start, mix_end=end)
-        d = out / slug(arm, seed)
-        tc = TrainConfig(train=cfg.train, val=cfg.val, out=str(d), model=cfg.model, epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, image_size=cfg.image_size, lr=cfg.lr,
-                         weight_decay=cfg.weight_decay, scores=str(train_scores), val_scores=str(val_scores),
-                         epoch_length=cfg.epoch_length, many=cfg.many, few=cfg.few, eval_every=cfg.eval_every,
-                         py_workers=cfg.py_workers, checkpoint_every=10**6, seed=seed, progress=cfg.progress,
-                         device=cfg.device, **opts)
-        print(f"== {arm} (seed {seed})", flush=True)
-        t0 = time.time()
-        train(tc, overwrite=True)  # the reproduction owns its run directories
-        pred = predict(d / "model.pt", tc, cfg.val)
-        np.save(d / "predictions.npy", pred)
-        rep = _evaluate(vreader.labels, pred, treader.class_counts, vcas, rare, cfg)
-        atomic_write_json(d / "eval.json", rep)
-        runs[arm][seed] = {g: rep.get(g) for g in GROUPS}
-        curves[arm][seed] = _curve(d / "metrics.jsonl")
-        seconds[arm][seed] = time.time() - t0
-        report = write_report(out, {"config": asdict(cfg), "attribute_check": check, "runs": runs,
-                                    "curves": curves, "seconds": seconds,
-                                    "wall_seconds": time.time() - t_start})
-    return report
+    from fastcas.tools.reproduce.report import write_report
+
+    t0 = time.time()
+    todo = [t for t in tasks(cfg) if _stored(cfg, *t) is None]
+    if todo:
+        data = prepare(cfg, {t[0] for t in todo})  # only the parts that still have runs to train
+        print(f"data ready in {time.time() - t0:.0f} s; {len(todo)} runs to train", flush=True)
+        with ProcessPoolExecutor(cfg.workers, mp.get_context("spawn"), initializer=_init, initargs=(data,)) as pool:
+            for part, arm, seed, res in pool.map(_task, [(*t, cfg) for t in todo]):
+                res.update(part=part, arm=arm, seed=seed, settings=cfg.settings(part))
+                atomic_write_json(_path(cfg, part, arm, seed), res)
+                m = res["metrics"]
+                print(f"{part:10s} {arm:26s} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in m.items()
+                                                                        if v is not None)
+                      + f" ({res['seconds']:.0f} s)", flush=True)
+    meta = {"config": asdict(cfg), "wall_seconds": time.time() - t0, "trained": len(todo),
+            "reused": len(tasks(cfg)) - len(todo)}
+    if "cas" in cfg.parts:
+        meta["attribute_check"] = attribute_check(cfg)
+    return write_report(Path(cfg.out), collect(cfg), meta)
+
+
+def attribute_check(cfg: ReproduceConfig) -> dict:
+    """Per CAS data set ("tint", "rot"): the within-class AUC of CAS for the rare attribute and the
+    rare images' expected share of the draws under each arm's weights (exact, no draws; the
+    placebo's with seed 0)."""
+    from fastcas.tools.demo.tint import within_class_auc
+    from fastcas.tools.reproduce.experiments import _weights
+
+    out = {}
+    for key, d in prepare(cfg, ("cas",)).items():
+        row = {"auc": within_class_auc(d["cas"], d["y"], d["rare"]), "rare_share": {}}
+        for name in ("uniform", "cas", "placebo", "oracle"):
+            w = _weights(name, d, 0)
+            row["rare_share"][name] = float(w[d["rare"]].sum() / w.sum())
+        out[key] = row
+    return out
+
+
+def collect(cfg: ReproduceConfig) -> dict:
+    """part -> {"runs": arm -> seed -> metrics, "curves": arm -> seed -> curve, "seconds": ...}."""
+    out = {}
+    for part, arm, seed in tasks(cfg):
+        r = _stored(cfg, part, arm, seed) if cfg.resume else None
+        if r is None and _path(cfg, part, arm, seed).exists():
+            r = json.loads(_path(cfg, part, arm, seed).read_text())
+            if r.get("settings") != cfg.settings(part):
+                continue
+        if r is None:
+            continue
+        p = out.setdefault(part, {"runs": {}, "curves": {}, "seconds": {}})
+        for key, val in (("runs", r["metrics"]), ("curves", r.get("curve", [])), ("seconds", r["seconds"])):
+            p[key].setdefault(arm, {})[str(seed)] = val
+    return out
