@@ -273,7 +273,9 @@ def test_planted_bugs_fail_the_selftest_with_a_nonzero_exit(tmp_path, monkeypatc
     if where == "torch":
         monkeypatch.setattr(_backend, "apply_torch", off_by_one)
     else:
-        monkeypatch.setattr(mix, "paste_args", off_by_one_paste)
+        from fastcas.mix import kinds
+
+        monkeypatch.setattr(kinds, "paste_args", off_by_one_paste)  # where the CutMix/CMO kinds call it
     monkeypatch.setattr(Loader, "load_state_dict", forgetful)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, also on one
     monkeypatch.setattr(selftest, "check_throughput", lambda *a: selftest.Check("throughput", "cpu", "PASS"))
