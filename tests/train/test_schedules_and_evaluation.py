@@ -156,8 +156,8 @@ def test_recipe_schedules_follow_their_description(recipe):
         assert _lr_at(cfg, E - 1e-9) == pytest.approx(0, abs=1e-9)
 
 
-def test_warm_up_and_step_schedules_reach_the_optimiser(data, tmp_path, monkeypatch):
-    """The rate the optimiser steps with, recorded from inside SGD.step."""
+def _record_sgd_rates(monkeypatch) -> list:
+    """The learning rate of every SGD.step, in order (recorded from inside the optimiser)."""
     seen = []
     orig = torch.optim.SGD.step
 
@@ -166,6 +166,12 @@ def test_warm_up_and_step_schedules_reach_the_optimiser(data, tmp_path, monkeypa
         return orig(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    return seen
+
+
+def test_warm_up_and_step_schedules_reach_the_optimiser(data, tmp_path, monkeypatch):
+    """The rate the optimiser steps with, recorded from inside SGD.step."""
+    seen = _record_sgd_rates(monkeypatch)
     cfg = small(data, tmp_path / "lr", epochs=4, schedule="step", step_epochs=(2, 3), warmup_epochs=1, lr=0.2)
     train(cfg)
     assert len(seen) == 8  # 2 steps an epoch
@@ -178,14 +184,7 @@ def test_warm_up_and_step_schedules_reach_the_optimiser(data, tmp_path, monkeypa
 def test_reference_warm_up_and_step_factors_reach_the_optimiser(data, tmp_path, monkeypatch):
     """warmup_per='epoch' (lr * (e + 1) / W, constant within the epoch) and step factors relative
     to lr (x0.01 then x0.0001, as the CIFAR-LT reference), recorded from inside SGD.step."""
-    seen = []
-    orig = torch.optim.SGD.step
-
-    def spy(self, *a, **k):
-        seen.append(self.param_groups[0]["lr"])
-        return orig(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    seen = _record_sgd_rates(monkeypatch)
     cfg = small(data, tmp_path / "lr", epochs=5, schedule="step", step_epochs=(3, 4), step_factors=(0.01, 0.0001),
                 warmup_epochs=2, warmup_per="epoch", lr=0.2)
     train(cfg)
