@@ -45,7 +45,7 @@ from fastcas.loading.faults import undecodable
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.mixsched import mix_at
 from fastcas.loading.prefetch import Prefetcher
-from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, warn_skipped
+from fastcas.loading.source import PasteSpec, SampleSource, SourceConfig, stream_indices, warn_skipped
 from fastcas.mix.kinds import KINDS as MIX_KINDS
 from fastcas.sampling.classmass import class_mass_message, class_mass_shift
 from fastcas.sampling.geometry import StreamGeometry
@@ -251,8 +251,8 @@ class Loader:
         source = SampleSource(dataclasses.replace(self._source_config(epoch, 0), paste=None))  # params come below
         out = source.layout.named(source.batch(epoch, step * self.config.batch_size + np.arange(n, dtype=np.int64)))
         ns = len(self.streams)
-        indices = [s.global_index_at(epoch, pos) if self.geometry is not None else s.index_at(epoch, pos)
-                   for s in self.streams]
+        indices = stream_indices(self.streams, epoch, pos if self.geometry is None else None,
+                                 None if self.geometry is None else pos)
         res = {
             "epoch": epoch,
             "step": step,

@@ -27,6 +27,16 @@ from fastcas.mix.kinds import PASTE_KINDS
 from fastcas.sampling.protocol import SequentialIndex  # noqa: F401 (its former home; fastcas.scoring imports it here)
 
 
+def stream_indices(streams, epoch: int, local: np.ndarray, g: np.ndarray | None) -> list[np.ndarray]:
+    """Per stream, int64 [n] sample indices of one batch: training reads global positions ``g``
+    of the epoch's one stream; evaluation (``g`` None) this rank's ``local`` positions, which
+    wrap at the rank's ``len()`` (padding repeats its first samples, DistributedSampler's rule).
+    The one rule the source and :meth:`fastcas.loading.loader.Loader.plan` both use."""
+    if g is None:
+        return [s.index_at(epoch, np.asarray(local, np.int64) % len(s)) for s in streams]
+    return [s.global_index_at(epoch, g) for s in streams]
+
+
 @dataclass(frozen=True)
 class PasteSpec:
     """Mixing inside the DALI graph (:mod:`fastcas.loading.pipeline`): the source draws each sample's
@@ -181,11 +191,7 @@ class SampleSource:
         g = None if c.geometry is None else c.geometry.local_to_global(positions, c.rank)
         if g is not None and self.reader.cache is not None:
             self._hold_shards(epoch, g)
-        for s, sampler in enumerate(c.streams):
-            if g is None:
-                indices = sampler.index_at(epoch, positions % len(sampler))
-            else:
-                indices = sampler.global_index_at(epoch, g)
+        for s, (sampler, indices) in enumerate(zip(c.streams, stream_indices(c.streams, epoch, positions, g))):
             fetched = [self.fetch(int(i)) for i in indices]
             key = augment_key(c.seed, epoch, s)
             n = len(positions)

@@ -77,3 +77,29 @@ def test_fastcas_sample_writes_one_pass_over_the_plan(data, tmp_path, capsys):
     assert np.bincount(labels[idx], minlength=4).tolist() == [5, 5, 4, 2]  # min(n_k, 5), no repeats
     assert len(np.unique(idx)) == len(idx)
     assert "wrote 16 indices (undersample" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def one_per_class(tmp_path_factory):
+    """13 samples, one per class: a hard target names the sample delivered (by its label)."""
+    d = tmp_path_factory.mktemp("plans") / "d13"
+    make_dataset(d, counts=(1,) * 13, shard_size=5, size=(16, 12))
+    return d
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_evaluation_plan_names_the_samples_delivered_when_the_world_size_does_not_divide_the_split(
+        one_per_class, world_size):
+    # N=13 over W ranks in batches of 4: the last batch of each rank is padded past ceil(13 / W)
+    # positions; the plan's indices (padding slots included) are the samples the batch holds
+    for rank in range(world_size):
+        ld = Loader(one_per_class, 4, train=False, last_batch="pad", rank=rank, world_size=world_size,
+                    device="cpu", image_size=8, py_workers=0, num_threads=1)
+        label_of = np.asarray(ld.reader.labels)
+        assert sorted(label_of.tolist()) == list(range(13))  # one sample per label
+        delivered = [b[1].tolist() for b in ld]
+        plans = [ld.plan(step, epoch=0) for step in range(len(ld))]
+        ld.close()
+        assert len(delivered) == len(ld) == 2 and sum(len(b) for b in delivered) == 8
+        assert [label_of[p["indices"][0]].tolist() for p in plans] == delivered, f"rank {rank} of {world_size}"
+        assert [p["labels"][0].tolist() for p in plans] == delivered
