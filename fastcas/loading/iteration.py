@@ -1,7 +1,7 @@
 """The Loader's iteration rule, as a ``DataLoader`` (issue 34): where each ``iter(loader)``
 starts, :meth:`~fastcas.loading.loader.Loader.set_epoch`, and an iterator left open being
-superseded. Functions of the loader (``self``), as :mod:`fastcas.loading.resume`, so
-:mod:`fastcas.loading.loader` keeps construction and batches.
+superseded. Functions of the loader (``self``), run on its consumer thread (the iteration rule
+is the consumer's: the runner and finisher never read it).
 
 Where an iteration starts (at its first ``next()``), :func:`begin`:
 
@@ -38,7 +38,7 @@ def supersede(self, what: str) -> None:
         with LOCK:
             self._iter_id += 1
             self._iter_owner = None
-        self._stop_stage()
+        self._stop_producer()
 
 
 def set_epoch(self, epoch: int) -> None:

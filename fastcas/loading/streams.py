@@ -175,25 +175,28 @@ def make_stream(reader, p: np.ndarray, num: int, *, seed: int, stream: int, rank
     return StreamIndex(sampler, geometry, behind=behind)
 
 
-def from_loader(loader, name: str, stream: int) -> StreamIndex:
-    """The StreamIndex of weights ``name`` for ``loader``'s rank (its CDF is the one exact mode
-    would sample from: :func:`fastcas.sampling.shared.shared_cdf`)."""
-    cfg, reader = loader.config, loader.reader
+def from_options(cfg, reader, name: str, stream: int, *, rank: int, world_size: int, scores=None,
+                 scores_id=None) -> StreamIndex:
+    """The StreamIndex of weights ``name`` for ``rank`` of a Loader with LoaderConfig ``cfg``
+    over ``reader`` (its CDF is the one exact mode would sample from:
+    :func:`fastcas.sampling.shared.shared_cdf`)."""
     num = cfg.epoch_length or len(reader)
-    if num < loader.world_size:  # every rank refuses, not only the one that would draw nothing
+    if num < world_size:  # every rank refuses, not only the one that would draw nothing
         raise ValueError(f"mode='streaming' with {num} samples per epoch (epoch_length) and world size "
-                         f"{loader.world_size}: some ranks would draw no sample; use epoch_length >= world size")
+                         f"{world_size}: some ranks would draw no sample; use epoch_length >= world size")
     p = np.ones(len(reader))
     if name != "uniform":
-        cdf, _ = shared_cdf(reader, name, scores=loader.scores, scores_id=loader._scores_id, b=cfg.b, r=cfg.r)
+        cdf, _ = shared_cdf(reader, name, scores=scores, scores_id=scores_id, b=cfg.b, r=cfg.r)
         if cdf is not None:
             p = np.diff(np.asarray(cdf, np.float64), prepend=0.0)
-    geometry = StreamGeometry(num, loader.world_size, cfg.batch_size, cfg.last_batch)
+    geometry = StreamGeometry(num, world_size, cfg.batch_size, cfg.last_batch)
     buf = DEFAULT_SHUFFLE_BUFFER if cfg.shuffle_buffer is None else cfg.shuffle_buffer
-    # DALI's parallel source has up to max(py_workers, prefetch, 1) batches in flight
-    # (fastcas.loading.pipeline.source_prefetch), one per worker, so a sibling worker lags by
-    # fewer batches than that (kept whole as a margin); one worker (or none) has no sibling
+    # DALI's parallel source has max(py_workers, DALI's queue depth) batches in flight, one per
+    # worker (fastcas.loading.pipeline.source_prefetch); the queue depth (2) is not the Loader's
+    # `prefetch` (finished batches ahead of the consumer). Only py_workers > 1 has a sibling
+    # worker to lag behind, and then the batches in flight are py_workers; the Loader's
+    # `prefetch` widens the held window further as a margin (kept: changing it moves no sample)
     in_flight = max(cfg.py_workers, cfg.prefetch, 1)
     behind = in_flight * cfg.batch_size if cfg.py_workers > 1 else 0
-    return make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=loader.rank,
-                       world_size=loader.world_size, shuffle_buffer=buf, geometry=geometry, behind=behind)
+    return make_stream(reader, p, num, seed=cfg.seed, stream=stream, rank=rank,
+                       world_size=world_size, shuffle_buffer=buf, geometry=geometry, behind=behind)

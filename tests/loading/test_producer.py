@@ -1,11 +1,11 @@
-"""The prefetching stage: order, bounded look-ahead, errors, early stop, off-thread work."""
+"""The producer thread (the Loader option prefetch is its depth): order, look-ahead, errors, early stop."""
 import threading
 import time
 
 import pytest
 import torch
 
-from fastcas.loading.prefetch import Prefetcher
+from fastcas.loading.producer import Producer
 
 
 def _counting(n, log):
@@ -18,7 +18,7 @@ def _counting(n, log):
 
 def test_order_and_work_on_another_thread():
     log = []
-    got = [int(b[1]) for b in Prefetcher(_counting(7, log), depth=2, device="cpu")]
+    got = [int(b[1]) for b in Producer(_counting(7, log), depth=2, device="cpu")]
     assert got == list(range(7))
     assert {t for _, _, t in log} == {log[0][2]} and log[0][2] != threading.get_ident()
 
@@ -31,7 +31,7 @@ def test_look_ahead_is_bounded_by_depth():
             made.append(i)
             yield (i,)
 
-    p = Prefetcher(produce, depth=3, device="cpu")
+    p = Producer(produce, depth=3, device="cpu")
     it = iter(p)
     next(it)
     time.sleep(0.3)  # let the producer run as far as it may
@@ -48,7 +48,7 @@ def test_producer_error_is_raised_on_the_consumer_at_its_batch():
 
     seen = []
     with pytest.raises(KeyError, match="k7"):
-        for b in Prefetcher(produce, depth=2, device="cpu"):
+        for b in Producer(produce, depth=2, device="cpu"):
             seen.append(b[0])
     assert seen == [1, 2]
 
@@ -60,7 +60,7 @@ def test_early_stop_ends_the_producer_thread():
             yield (i,)
             i += 1
 
-    p = Prefetcher(produce, depth=2, device="cpu")
+    p = Producer(produce, depth=2, device="cpu")
     for b in p:
         if b[0] == 3:
             break
@@ -70,8 +70,8 @@ def test_early_stop_ends_the_producer_thread():
 
 def test_bad_depth_and_second_iteration():
     with pytest.raises(ValueError, match="prefetch depth must be >= 1, got 0"):
-        Prefetcher(lambda: iter(()), depth=0, device="cpu")
-    p = Prefetcher(lambda: iter([(1,)]), device="cpu")
+        Producer(lambda: iter(()), depth=0, device="cpu")
+    p = Producer(lambda: iter([(1,)]), device="cpu")
     assert list(p) == [(1,)]
     with pytest.raises(RuntimeError, match="iterated once"):
         list(p)
@@ -82,7 +82,7 @@ def test_cuda_batches_are_ready_on_the_consumer_stream():
     def produce():
         for i in range(5):
             x = torch.full((1 << 20,), float(i), device="cuda")
-            yield (x * 2 + 1,)  # work queued on the prefetcher's stream
+            yield (x * 2 + 1,)  # work queued on the producer's stream
 
-    for i, (x,) in enumerate(Prefetcher(produce, depth=2, device="cuda")):
+    for i, (x,) in enumerate(Producer(produce, depth=2, device="cuda")):
         assert torch.all(x == 2 * i + 1).item()

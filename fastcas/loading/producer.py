@@ -1,7 +1,10 @@
-"""A prefetching stage: batches are finished (mixed, targets built) off the training thread.
+"""The producer thread: batches are run and finished (mixed, targets built) off the training thread.
 
-    for batch in Prefetcher(produce, depth=2, device="cuda"):   # produce: an iterator factory
+    for batch in Producer(produce, depth=2, device="cuda"):   # produce: an iterator factory
         ...
+
+The Loader's ``prefetch`` option (finished batches ahead of the consumer) is ``depth``; this
+module is the only place that thread is started (named ``fastcas-producer``).
 
 ``produce()`` runs on one background thread and yields finished batches (tuples of torch
 tensors); at most ``depth`` of them wait in a queue, so the producer works ``depth`` batches
@@ -14,7 +17,7 @@ and of NVIDIA's DeepLearningExamples ``data_prefetcher``: the stream and event s
 torch's own, so the same code runs on CPU (no streams, no events) and on the GPU.
 
 Errors raised by the producer are re-raised on the consumer thread, at the batch where they
-happened. Closing the prefetcher (or dropping the iterator early) stops the producer after the
+happened. Closing the producer (or dropping the iterator early) stops the producer after the
 batch it is working on; :attr:`produced` and :attr:`consumed` say how far each side got.
 """
 from __future__ import annotations
@@ -31,7 +34,7 @@ class _Failure:
         self.exc = exc
 
 
-class Prefetcher:
+class Producer:
     """Iterate over ``produce()`` with the producer on a background thread.
 
     produce: a zero-argument callable returning an iterator of batches (tuples/lists of tensors
@@ -60,7 +63,7 @@ class Prefetcher:
         if self.cuda:
             import torch
 
-            # one side stream per prefetcher; created here so it belongs to the caller's device
+            # one side stream per producer; created here so it belongs to the caller's device
             self._stream = torch.cuda.Stream()
 
     # -- producer side -------------------------------------------------------------------
@@ -102,8 +105,8 @@ class Prefetcher:
     # -- consumer side -------------------------------------------------------------------
     def __iter__(self):
         if self._thread is not None:
-            raise RuntimeError("a Prefetcher can be iterated once")
-        self._thread = threading.Thread(target=self._run, name="fastcas-prefetch", daemon=True)
+            raise RuntimeError("a Producer can be iterated once")
+        self._thread = threading.Thread(target=self._run, name="fastcas-producer", daemon=True)
         self._thread.start()
         try:
             while True:
@@ -134,7 +137,7 @@ class Prefetcher:
 
         current = torch.cuda.current_stream()
         current.wait_event(event)  # device-side wait, the host goes on
-        for t in batch if isinstance(batch, (tuple, list)) else (batch,):
+        for t in _flat(batch):
             if isinstance(t, torch.Tensor) and t.is_cuda:
                 t.record_stream(current)
 
@@ -157,3 +160,12 @@ class Prefetcher:
                 except queue.Empty:
                     pass
             t.join()
+
+
+def _flat(item):
+    """The leaves of nested tuples/lists (a Loader's item is ``((images, targets[, valid]), keys)``)."""
+    if isinstance(item, (tuple, list)):
+        for x in item:
+            yield from _flat(x)
+    else:
+        yield item
