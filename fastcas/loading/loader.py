@@ -43,7 +43,7 @@ from fastcas.loading.producer import Producer
 from fastcas.loading.resume import Cursor
 from fastcas.loading.runner import Runner
 from fastcas.loading.samplers import StreamFactory, load_scores
-from fastcas.loading.source import warn_skipped
+from fastcas.loading.source import SampleSource, warn_skipped
 from fastcas.sampling.sampler import _dist_defaults
 
 _ITER_LOCK = iteration.LOCK  # guards Loader._iter_owner (which thread iterates a loader)
@@ -169,6 +169,12 @@ class Loader:
         rank's local positions)."""
         return self._plan.positions(step)
 
+    def sample_source(self, epoch: int = 0, step: int = 0) -> SampleSource:
+        """The stateless per-sample source (what each DALI worker runs) of a pipeline whose first
+        batch is ``step`` of ``epoch``, with the current quarantine: to time or inspect the host
+        stage on its own (``source.batch(epoch, positions)``, named by ``source.layout``)."""
+        return SampleSource(self._plan.source_config(int(epoch), int(step), self._runner.quarantine))
+
     def valid(self, step: int) -> np.ndarray:
         """bool [n] for this rank's batch ``step``: False marks a padding repeat (evaluation with
         ``last_batch`` "pad", or a rank with fewer samples when ``W`` does not divide the split),
@@ -181,8 +187,9 @@ class Loader:
         ``positions`` int64 [n]; per stream (lists) ``indices`` int64 [n] (the samples the batch
         holds, padding included), ``keys``, ``labels`` int64 [n], ``windows`` float32 [n, 4]
         ``(x, y, w, h)`` normalised, ``flips`` int32 [n], ``augment`` (dicts of the transform
-        draws, :meth:`fastcas.loading.transforms.AugmentPolicy.draws`); and when mixing, ``partner`` (local indices of the
-        in-batch partners, or None for two-stream recipes), ``partner_keys`` and ``params``
+        draws, :meth:`fastcas.loading.transforms.AugmentPolicy.draws`); and when mixing,
+        ``partner`` (local indices of the in-batch partners, or None for two-stream recipes),
+        ``partner_keys`` and ``params``
         (:class:`fastcas.mix.MixParams`; SaliencyMix needs pixels for its boxes, so there
         ``params`` is None and ``drawn``/``mixed`` are given)."""
         epoch = self.epoch if epoch is None else int(epoch)

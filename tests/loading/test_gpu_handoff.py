@@ -81,6 +81,33 @@ def tiny(tmp_path_factory):
     return root
 
 
+class _OneBatch:
+    """A backend (the Loader's ``backend=`` seam) whose pipeline yields ``make(in_graph)``: the
+    outputs of a GPU pipeline, made by hand."""
+
+    name, mixes_in_graph = "one-batch", True
+
+    def __init__(self, make):
+        self.make, self.pipe, self.built = make, None, None
+
+    def build(self, source, cfg, device):
+        self.pipe, self.built = object(), (source, None)
+
+    def run(self):
+        return self.make(self.built[0].config.paste is not None)
+
+    def reset(self):
+        pass
+
+    def worker_pids(self):
+        return []
+
+    kill_workers = None
+
+    def close(self):
+        self.pipe = None
+
+
 @pytest.mark.parametrize("mix", [None, "mixup", "cutmix"])
 def test_labels_and_targets_follow_the_images_device(tiny, mix, monkeypatch):
     """A GPU pipeline gives images on the device and labels/skipped column on the host; labels,
@@ -100,15 +127,17 @@ def test_labels_and_targets_follow_the_images_device(tiny, mix, monkeypatch):
 
     monkeypatch.setattr(M, "soft_targets", soft_targets)
     monkeypatch.setattr(M, "targets_from_lam", targets_from_lam)
-    loader = Loader(tiny, 4, image_size=8, mix=mix, device="cpu", py_workers=0)
     images = torch.zeros(4, 3, 8, 8, device="meta")
     labels = torch.tensor([[0], [1], [0], [1]])  # host outputs of the pipeline
     skipped = torch.full((4, 1), -1)
     lam = torch.full((4, 1), 0.75, dtype=torch.float64)  # mixed in the pipeline: lam is a host output too
-    out = [images, labels, lam, skipped] if loader._paste_spec() is not None else [images, labels, skipped]
-    out_images, targets = loader._finish(out)
+    loader = Loader(tiny, 4, image_size=8, mix=mix, device="cpu", py_workers=0, prefetch=0,
+                    backend=_OneBatch(lambda in_graph: [images, labels, lam, skipped] if in_graph
+                                      else [images, labels, skipped]))
+    out_images, targets = next(iter(loader))  # the public seam: a backend that yields one batch
     assert out_images.device.type == "meta" and targets.device.type == "meta"
     if mix is not None:
         assert {k: seen[k] for k in ("y_bg", "y_fg")} == {"y_bg": "meta", "y_fg": "meta"}
-        if loader._paste_spec() is not None:  # mixed by DALI: targets from the lam that came with the batch
+        if loader.mixes_in_pipeline:  # mixed by DALI: targets from the lam that came with the batch
             assert seen["lam"] == "meta"
+    loader.close()

@@ -79,6 +79,6 @@ def test_baseline_pins_memory_for_gpu_copies(tmp_path, monkeypatch, device, pinn
     monkeypatch.setattr(torch.utils.data, "DataLoader", DL)
     # stand in for a GPU machine: 'cuda' resolves without asking torch (no GPU here)
     monkeypatch.setattr("fastcas.loading.loader.resolve_device", lambda d: "cpu" if d == "auto" else d)
-    loader = baseline.TorchvisionLoader(tmp_path / "ds", 4, image_size=8, py_workers=0, device=device)
-    loader._build()  # builds the DataLoader only; no CUDA is touched
+    loader = baseline.TorchvisionLoader(tmp_path / "ds", 4, image_size=8, py_workers=0, device=device, prefetch=0)
+    assert list(loader) == []  # builds the DataLoader (empty here) only; no CUDA is touched
     assert seen["pin_memory"] is pinned

@@ -8,6 +8,7 @@ import torch
 
 from fastcas import Loader
 from fastcas import mix as mixing
+from fastcas.loading.finisher import Finisher
 from fastcas.mix.device import on_device, saliency_params
 from tests.helpers import make_dataset
 
@@ -42,13 +43,13 @@ def test_prefetched_batches_equal_the_synchronous_ones(ds, kind):
 
 def test_batches_are_finished_off_the_training_thread(ds, monkeypatch):
     where = []
-    finish = Loader._finish
+    finish = Finisher.__call__
 
-    def spy(self, out, step=None):
+    def spy(self, out, epoch, step):
         where.append(threading.get_ident())
-        return finish(self, out, step)
+        return finish(self, out, epoch, step)
 
-    monkeypatch.setattr(Loader, "_finish", spy)
+    monkeypatch.setattr(Finisher, "__call__", spy)
     list(_loader(ds, mix="cutmix", prefetch=2))
     assert where and threading.get_ident() not in where
     where.clear()
@@ -89,10 +90,10 @@ def test_stopping_early_then_resuming_gives_the_uninterrupted_stream(ds, kw):
 
 
 def test_producer_errors_reach_the_consumer(ds, monkeypatch):
-    def broken(self, out, step=None):
+    def broken(self, out, epoch, step):
         raise RuntimeError(f"mixing failed at step {step}")
 
-    monkeypatch.setattr(Loader, "_finish", broken)
+    monkeypatch.setattr(Finisher, "__call__", broken)
     with pytest.raises(RuntimeError, match="mixing failed at step 0"):
         next(iter(_loader(ds, mix="cutmix", prefetch=2)))
 
@@ -100,8 +101,7 @@ def test_producer_errors_reach_the_consumer(ds, monkeypatch):
 @pytest.mark.parametrize("kind", ["cutmix", "fmix", "mixup"])
 def test_device_params_are_the_host_params(ds, kind):
     loader = _loader(ds, mix=kind)
-    pos = loader.positions(1)
-    host = loader._mix_params(0, pos, 24)
+    host = loader.plan(1, epoch=0)["params"]  # image_size 24
     dev = on_device(host, lambda t: t.clone()).host()
     for f in ("lam", "mixed", "boxes", "masks"):
         a, b = getattr(host, f), getattr(dev, f)
@@ -187,9 +187,10 @@ def test_a_second_iteration_stops_the_first_producer(ds):
     first = iter(loader)
     for _ in range(2):
         next(first)
-    stage = loader._stage
+    producers = [t for t in threading.enumerate() if t.name == "fastcas-producer"]
+    assert producers  # the first iteration's producer thread
     got = _epoch(loader)  # `first` is still referenced here
-    assert not stage._thread.is_alive()
+    assert not any(t.is_alive() for t in producers)
     assert loader.epoch == 1 and len(got) == len(epoch1)
     for (xa, ya), (xb, yb) in zip(epoch1, got):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -33,25 +33,26 @@ def _epoch(loader):
 
 
 def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
-    assert _loader(ds, mix="fmix")._paste_spec().kind == "fmix"
-    assert _loader(ds, mix="fmix", mix_options={"max_soft": 0.1})._paste_spec() is None
-    assert _loader(ds, mix="mixup")._paste_spec() is None
+    assert _loader(ds, mix="fmix").mixes_in_pipeline
+    assert not _loader(ds, mix="fmix", mix_options={"max_soft": 0.1}).mixes_in_pipeline
+    assert not _loader(ds, mix="mixup").mixes_in_pipeline
     # SaliencyMix: the fine-grained saliency in the graph; other saliency methods after it
-    assert _loader(ds, mix="saliencymix")._paste_spec().kind == "saliencymix"
-    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"})._paste_spec() is None
-    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"})._paste_spec() is None
-    assert _loader(ds, mix="cutmix", mix_in_pipeline=False)._paste_spec() is None
+    assert _loader(ds, mix="saliencymix").mixes_in_pipeline
+    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"}).mixes_in_pipeline
+    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"}).mixes_in_pipeline
+    assert not _loader(ds, mix="cutmix", mix_in_pipeline=False).mixes_in_pipeline
     with pytest.raises(ValueError, match="mix_in_pipeline must be True or False"):
         _loader(ds, mix_in_pipeline="yes")
 
 
-def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds):
+def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds, monkeypatch):
     """SaliencyMix's Numba operators take host images: a GPU loader (its images are on the
     device) mixes after the pipeline, while CutMix and FMix stay in the graph."""
+    # what resolve_device gives on a GPU machine (without asking torch); nothing is built here
+    monkeypatch.setattr("fastcas.loading.loader.resolve_device", lambda d: "cuda")
     for kind, in_graph in (("saliencymix", False), ("cutmix", True), ("fmix", True)):
         loader = _loader(ds, mix=kind)
-        loader.device = "cuda"  # what resolve_device gives on a GPU machine; nothing is built here
-        assert (loader._paste_spec() is not None) == in_graph, kind
+        assert loader.device == "cuda" and loader.mixes_in_pipeline == in_graph, kind
 
 
 def test_paste_args_copy_the_box_at_its_place():
@@ -80,7 +81,7 @@ def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
     kw = {"mix": kind, **CASES[case]}
     graph = _loader(ds, **kw)
     torch_ = _loader(ds, mix_in_pipeline=False, **kw)
-    assert graph._paste_spec() is not None and torch_._paste_spec() is None
+    assert graph.mixes_in_pipeline and not torch_.mixes_in_pipeline
     a, b = _epoch(graph), _epoch(torch_)
     assert len(a) == len(b) >= 5
     mixed = 0

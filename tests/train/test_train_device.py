@@ -67,21 +67,21 @@ def test_amp_dtype_prefers_bfloat16_and_is_off_on_cpu(monkeypatch):
 
 @pytest.mark.slow
 def test_trainer_closes_the_pipelines_it_is_not_using(tmp_path, monkeypatch):
-    from fastcas.loading.loader import Loader
+    from fastcas.loading.runner import Runner
 
     make_dataset(tmp_path / "train", counts=(8, 4), shard_size=8, size=(24, 20), seed=1)
     make_dataset(tmp_path / "val", counts=(2, 2), shard_size=8, size=(24, 20), seed=2)
     loaders = weakref.WeakSet()
     live_at_build = []
-    real_build = Loader._build
+    real_build = Runner.build  # each Loader's runner builds its pipeline
 
-    def build(self):
+    def build(self, epoch, step):
         loaders.add(self)
         others = [x for x in loaders if x is not self and x.backend.pipe is not None]
         live_at_build.append(len(others))
-        return real_build(self)
+        return real_build(self, epoch, step)
 
-    monkeypatch.setattr(Loader, "_build", build)
+    monkeypatch.setattr(Runner, "build", build)
     cfg = train_loop.TrainConfig(train=str(tmp_path / "train"), val=str(tmp_path / "val"), out=str(tmp_path / "run"),
                         model="resnet32", epochs=3, batch_size=4, image_size=8, epoch_length=8, py_workers=0,
                         mix="cutmix", mix_start=1, many=3, few=1, amp=False, device="cpu")
