@@ -170,7 +170,7 @@ def blend_rows(b, size, repeat):
     perm = torch.from_numpy(pair_partner(pos))
     masks = torch.from_numpy(params.masks)
 
-    def current():  # fastcas/loader.py _finish + fastcas/mix/_backend.apply_torch today
+    def current():  # fastcas/loading/finisher.py Finisher + fastcas/mix/_backend.apply_torch today
         return apply_torch(params, images, images[perm])
 
     def pairs():  # partner g ^ 1 is the other sample of the pair: two lerps, no gather

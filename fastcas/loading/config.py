@@ -85,7 +85,7 @@ class LoaderConfig:
     ``mix_options`` keys per mix (:data:`MIX_OPTIONS`): ``mode`` ("elem" | "batch") for all;
     fmix adds ``decay`` (> 0) and ``max_soft`` ([0, 0.5]); saliencymix adds ``saliency``
     ("finegrained" (default) | "opencv" | "spectral"). ``prefetch``: batches finished (mixed,
-    targets built) ahead on a background thread (:mod:`fastcas.loading.prefetch`); 0 finishes them
+    targets built) ahead on a background thread (:mod:`fastcas.loading.producer`); 0 finishes them
     on the consuming thread. ``mix_in_pipeline``: CutMix (and CMO's paste), binary FMix and, on
     CPU pipelines with the fine-grained saliency, SaliencyMix run as DALI operators inside the
     pipeline (uint8 pastes or selects before one normalisation, :mod:`fastcas.loading.pipeline`); False

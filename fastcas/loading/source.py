@@ -228,7 +228,7 @@ class SampleSource:
         ``need`` int32 [B, 1] (1 where some mixed sample's box is centred on this sample's peak:
         the graph computes only those maps) and ``half`` int32 [B, 3] ``(cut_h // 2, cut_w // 2,
         mixed)``. Only the step's real samples
-        pair up, as in :meth:`Loader._finish` (a partial last step's padding pairs with itself
+        pair up, as in :class:`fastcas.loading.finisher.Finisher` (a partial last step's padding pairs with itself
         and is dropped)."""
         c, p = self.config, self.config.paste
         out = MIX_KINDS[p.kind].source_outputs(c.seed, epoch, g, size=p.size, alpha=p.alpha, prob=p.prob_at(epoch),
@@ -248,7 +248,7 @@ class SampleSource:
     def __call__(self, info):
         """DALI entry point: a ``BatchInfo`` (batch mode, the loader) or a ``SampleInfo``."""
         c = self.config
-        if hasattr(info, "idx_in_epoch"):  # one sample
+        if hasattr(info, "idx_in_epoch"):  # one sample (DALI's SampleInfo, not a fastcas object)
             pos = info.idx_in_epoch + (c.offset if info.epoch_idx == 0 else 0)
             if pos >= c.positions:
                 raise StopIteration
@@ -270,5 +270,5 @@ def warn_skipped(keys: list[str], counts: dict) -> None:
     for k in keys:
         if k not in counts:
             warnings.warn(f"fastcas: skipped unreadable sample {k!r} (substituted the next readable one; "
-                          "pass strict=True to raise)", RuntimeWarning, stacklevel=3)
+                          "pass strict=True to raise)", RuntimeWarning, stacklevel=4)
         counts[k] = counts.get(k, 0) + 1
