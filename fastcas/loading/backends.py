@@ -96,7 +96,9 @@ class DaliBackend:
         pcfg = self.built[1]
         return DecodeProbe(pcfg.device, pcfg.device_id)
 
-    def prefetch_depth(self) -> int:
+    def queue_depth(self) -> int:
+        """Batches DALI computes ahead of the one it returns (its ``prefetch_queue_depth``; not the
+        Loader's ``prefetch``): a failed batch may be one of these."""
         return self.built[1].prefetch
 
     def close(self) -> None:

@@ -110,7 +110,7 @@ class TorchvisionBackend:
     def decode_probe(self):
         return None  # PIL raises at the failing sample itself: nothing to quarantine
 
-    def prefetch_depth(self) -> int:
+    def queue_depth(self) -> int:
         return 0
 
     def close(self) -> None:

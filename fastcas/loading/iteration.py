@@ -27,7 +27,7 @@ def supersede(self, what: str) -> None:
     """Before the epoch or state changes. Another thread's live iteration keeps reading the
     stream it started with: RuntimeError (``state_dict`` would describe another stream). An
     iterator of this thread left open (a loop left early whose generator is still referenced,
-    as Lightning keeps one after ``limit_*_batches``) is superseded: its prefetching stops and
+    as Lightning keeps one after ``limit_*_batches``) is superseded: its producer thread stops and
     resuming it raises RuntimeError."""
     owner = self._iter_owner
     if owner is not None and owner.is_alive() and owner is not threading.current_thread():

@@ -16,7 +16,7 @@ steps (a collective per batch must not hang).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def step_counts(cfg: LoaderConfig, streams: tuple, num_samples: int, world_size:
     return None, steps, (per_rank - (steps - 1) * b if cfg.last_batch == "partial" else b)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity, not a field-wise comparison of the samplers and keys
 class StepPlan:
     """Everything about step ``t`` of an epoch that needs no pixels (see the module docstring).
 
@@ -88,8 +88,8 @@ class StepPlan:
     steps: int
     last_size: int
     dataset: str
-    keys: object
-    paste: PasteSpec | None
+    keys: object = field(repr=False)
+    paste: PasteSpec | None = None
 
     def __post_init__(self):
         if self.steps < 1 or not 0 < self.last_size <= self.config.batch_size:

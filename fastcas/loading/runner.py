@@ -105,7 +105,7 @@ class Runner:
         first = at - (step0 if epoch == epoch0 else 0)
         bad = []
         try:
-            for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
+            for k in range(1 + self.backend.queue_depth()):  # the failed batch, else one DALI had queued
                 bad = [(i, why) for i, why in undecodable(source, first + k, epoch - epoch0, probe)
                        if i not in self.quarantine]
                 if bad:

@@ -55,11 +55,11 @@ class StreamIndex(IndexSampler):
         self.rank = sampler.rank
         self.resume: tuple | None = None  # (epoch, first local draw, sampler state) at another world size
         self._cache: dict = {}
-        self._prefetched: set = set()
+        self._requested: set = set()  # (epoch, shard) downloads requested in this process
         self._need = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache": {}, "_prefetched": set(), "_need": None}
+        return {**self.__dict__, "_cache": {}, "_requested": set(), "_need": None}
 
     def __len__(self) -> int:
         return -(-self.sampler.num_samples // self.sampler.world_size)
@@ -162,8 +162,8 @@ class StreamIndex(IndexSampler):
             inside |= (first <= b) & (last >= a)
         later = np.flatnonzero(first > min(hi, n - 1))[: self.ahead]
         hold = [int(s) for s in ids[inside]] + [int(s) for s in ids[later]]
-        fetch = [s for s in hold if (epoch, s) not in self._prefetched]
-        self._prefetched.update((epoch, s) for s in fetch)
+        fetch = [s for s in hold if (epoch, s) not in self._requested]
+        self._requested.update((epoch, s) for s in fetch)
         return hold, fetch
 
 
