@@ -190,7 +190,7 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
     common = dict(image_size=cfg.image_size, device=dist.device, seed=cfg.seed, rank=dist.rank, remote=cfg.remote(),
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
-    common.update(_policy_option(cfg))
+    common.update(policy_options(cfg))
     scores = cfg.scores
     plain = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
                    label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **common)
@@ -215,7 +215,7 @@ def _mix_options(cfg: TrainConfig) -> dict:
     return {"mode": "batch"} if cfg.mixing_mode == "batch" else {}
 
 
-def _policy_option(cfg: TrainConfig) -> dict:
+def policy_options(cfg: TrainConfig) -> dict:
     """Loader options for the recipe's augmentation policy (fastcas.loading.transforms): {} keeps
     the Loader's default ("imagenet"); "cifar" also takes the CIFAR mean/std, as the reference's
     ``transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))`` (naver-ai/cmo

@@ -226,3 +226,4 @@ def test_demo_writes_the_report(data, tmp_path):
     assert set(rep["results"]) == {"CutMix", "CutMix + CAS", "CE", "CE + CMO"}
     text = (tmp_path / "demo" / "report.md").read_text()
     assert "| CE + CMO |" in text and (tmp_path / "demo" / "recipes.png").exists()
+    assert "16px, cifar augmentation" in text  # the CIFAR-LT reference policy, training and evaluation

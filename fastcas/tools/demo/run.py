@@ -31,13 +31,15 @@ class DemoConfig:
     val: str
     out: str = "runs/demo"
     corpus: str | None = None
-    # 12 x 4,096 draws (384 steps) at 16 px: what 2 seeds x 4 recipes fit in ~10 minutes on two
-    # cores. A run costs ~20 s fixed plus ~3 s an epoch, and 16 px costs about what 28 px does per
-    # step there, so the budget goes into steps (at 96 steps few-shot accuracy was 0.000 for all).
+    # 12 x 4,096 draws (384 steps): what 2 seeds x 4 recipes fit in ~10 minutes on two cores (at
+    # 96 steps few-shot accuracy was 0.000 for all). Fashion-MNIST's native 28 px with the CIFAR-LT
+    # reference augmentation (pad 4 + random crop + flip, full-image evaluation; naver-ai/cmo
+    # cifar_train.py): the earlier 16 px random-resized crop destroyed these small images (CE 0.38).
     epochs: int = 12
     epoch_length: int | None = 4096
     batch_size: int = 128
-    image_size: int = 16      # training and evaluation size
+    image_size: int = 28      # training and evaluation size (Fashion-MNIST's own)
+    policy: str = "cifar"     # augmentation policy (fastcas.loading.transforms), training and evaluation
     score_size: int = 28      # CAS scoring at Fashion-MNIST's native size, whatever the training size
     model: str = "resnet8"   # a 2-core CPU trains resnet8 ~3x faster per step than resnet32: 2 seeds fit
     many: int = 1000   # Fashion-MNIST-LT has 60..6000 images a class: thresholds scaled to it
@@ -84,10 +86,12 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
     from fastcas.loading.config import resolve_device
     from fastcas.loading.loader import Loader
     from fastcas.train.models import build_model
+    from fastcas.train.loop import policy_options
 
     device = resolve_device(tc.device)
     loader = Loader(dataset, tc.batch_size, train=False, last_batch="partial", image_size=tc.image_size,
-                    device=device, py_workers=tc.py_workers, num_threads=tc.num_threads, seed=tc.seed)
+                    device=device, py_workers=tc.py_workers, num_threads=tc.num_threads, seed=tc.seed,
+                    **policy_options(tc))  # evaluated as trained: the same policy's evaluation transform
     model = build_model(tc.model, loader.num_classes).to(device)
     model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
     model.eval()
@@ -224,7 +228,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                              batch_size=cfg.batch_size, image_size=cfg.image_size, lr=0.1, weight_decay=2e-4,
                              scores=str(train_scores), epoch_length=cfg.epoch_length, many=cfg.many, few=cfg.few,
                              py_workers=cfg.py_workers, checkpoint_every=10**6, seed=seed, progress=cfg.progress,
-                             device=cfg.device, **opts)
+                             device=cfg.device, policy=cfg.policy, **opts)
             print(f"== {name} (seed {seed})", flush=True)
             train(tc, overwrite=True)  # the demo owns its run directories: a re-run replaces them
             pred = predict(out / slug / "model.pt", tc, cfg.val)
@@ -246,7 +250,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     shown = [g for g in GROUPS if any(r[g] is not None for rs in runs.values() for r in rs)]
     lines = ["# fastcas demo report", "",
              f"Train `{cfg.train}`, validation `{cfg.val}`; {cfg.model}, {cfg.epochs} epochs of "
-             f"{cfg.epoch_length or 'all'} samples, {cfg.image_size}px, batch {cfg.batch_size}, "
+             f"{cfg.epoch_length or 'all'} samples, {cfg.image_size}px, {cfg.policy} augmentation, batch {cfg.batch_size}, "
              f"{cfg.seeds} seed(s){' (mean ± sd)' if cfg.seeds > 1 else ''}. Many > {cfg.many}, few < {cfg.few} "
              "training images; CAS subsets low/middle/high = 30/30/40% of validation by CAS (pixel encoder, "
              "training-set bins)" + ("; rare_attr = validation images with a tint that is rare (<= 4%) in "
