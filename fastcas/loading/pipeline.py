@@ -22,41 +22,22 @@ import gc
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fastcas.core.device import to_device  # noqa: F401  (the hand-off of host outputs; re-exported)
 from fastcas.core.errors import GPU_EXTRAS, missing
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD
+from fastcas.loading.graph_config import DALI_TYPE_NAMES, PipelineConfig, source_prefetch
+from fastcas.loading.layout import STREAM_FIELDS
 from fastcas.loading.source import SampleSource
 from fastcas.loading.transforms import EVAL_CROP_PCT, INTERPOLATIONS
 from fastcas.mix.kinds import KINDS as MIX_KINDS
 
+__all__ = ["PipelineConfig", "source_prefetch", "build_pipeline", "build_reader_pipeline", "to_torch", "run",
+           "reset", "DecodeProbe", "require_dali", "dali_versions", "worker_start_method"]
 EVAL_CROP_FRACTION = EVAL_CROP_PCT  # the default crop_pct (fastcas.loading.transforms)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    batch_size: int
-    image_size: int = 224
-    train: bool = True
-    device: str = "cpu"           # "cpu" or "cuda"
-    device_id: int | None = None  # GPU ordinal when device == "cuda"
-    num_threads: int = 2
-    py_workers: int = 1           # 0: the source runs in the main thread
-    dtype: str = "float32"        # or "float16"
-    channels_last: bool = False
-    prefetch: int = 2
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
 
 
 def require_dali() -> None:
@@ -83,13 +64,6 @@ def dali_versions() -> dict:
     return info
 
 
-def source_prefetch(cfg: PipelineConfig) -> int:
-    """Batches the parallel external source computes ahead. In batch mode each batch is one task
-    for one worker, so fewer than ``py_workers`` batches in flight leaves workers idle (DALI's
-    default is 1)."""
-    return max(cfg.py_workers, cfg.prefetch, 1)
-
-
 def worker_start_method(gpu: bool) -> str:
     """How DALI starts the source's worker processes: ``spawn`` for a GPU pipeline and whenever
     the CUDA driver is already initialised in this process (by torch, CuPy, Numba or DALI),
@@ -99,119 +73,60 @@ def worker_start_method(gpu: bool) -> str:
     return "spawn" if gpu or backend.IsDriverInitialized() else "fork"
 
 
+@dataclass(frozen=True)
+class _Graph:
+    """What the graph fragments of one pipeline share: DALI's ``fn`` / ``types``, the
+    :class:`PipelineConfig` and the source's augmentation policy, seed and train flag. It is the
+    :class:`fastcas.mix.kinds.GraphBuilder` a mix kind's fragment is given."""
+
+    fn: Any
+    types: Any
+    cfg: PipelineConfig
+    policy: Any  # fastcas.loading.transforms.AugmentPolicy: every transform option
+    seed: int
+    train: bool
+
+    @property
+    def size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def gpu(self) -> bool:
+        return self.cfg.gpu
+
+    @property
+    def fmix_select(self) -> str:
+        return self.cfg.fmix_select
+
+    def numba(self, op):
+        return _numba_op(op)
+
+    def interp(self) -> dict:
+        name = self.policy.interpolation
+        return {} if name == "linear" else {"interp_type": getattr(self.types, INTERPOLATIONS[name])}
+
+
 def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped.
 
     With ``source.config.paste`` (mixing in the graph) the outputs are (mixed images, the labels
     of each stream, lam float64 [B, 1], skipped): each stream's resized (and flipped) uint8 HWC
-    images are mixed with the in-batch partner (one stream) or the foreground stream (two streams) —
-    CutMix: ``fn.multi_paste`` copies the partner's box; FMix (binary masks): a bitwise select
-    ``bg ^ ((bg ^ fg) & mask)`` with the partner from ``fn.permute_batch`` — then one
-    normalisation without mirror. SaliencyMix (CPU pipelines only: its Numba operators take
-    host images): a Numba operator finds each sample's saliency peak on its uint8 pixels
-    (:func:`fastcas.mix.graph_ops.saliency_centre`), ``fn.permute_batch`` gives each sample its
-    foreground's peak, a second one makes the box's ``multi_paste`` arguments and ``lam``
-    (:func:`~fastcas.mix.graph_ops.saliency_paste`), and ``fn.multi_paste`` copies the box.
-    On the CPU the FMix select is one Numba operator (:func:`fastcas.mix.graph_ops.fmix_select`,
-    the same expression). All are copies of whole pixels and normalisation is per pixel, so the
-    pixels equal ``fastcas.mix.apply`` on the normalised, flipped images, on the CPU and the GPU
-    alike (tested against the torch path on the CPU)."""
+    images are mixed by the mix kind's graph fragment (:meth:`fastcas.mix.kinds.MixKind.graph_mix`:
+    CutMix's ``fn.multi_paste`` of the partner's box, FMix's bitwise select by a binary mask,
+    SaliencyMix's box around the foreground's saliency peak found by Numba operators on CPU
+    pipelines), then one normalisation without mirror. All are copies of whole pixels and
+    normalisation is per pixel, so the pixels equal ``fastcas.mix.apply`` on the normalised,
+    flipped images, on the CPU and the GPU alike (tested against the torch path on the CPU)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    gpu = cfg.device == "cuda"
-    decoder_device = "mixed" if gpu else "cpu"
-    S = cfg.image_size
-    streams = len(source.config.streams)
-    parallel = cfg.py_workers > 0
-    layout = source.layout
-    paste = layout.mix is not None
-    dali_types = {"uint8": types.UINT8, "int32": types.INT32, "int64": types.INT64, "float32": types.FLOAT,
-                  "float64": types.FLOAT64}
+    g = _Graph(fn, types, cfg, source.config.policy, source.config.seed, source.config.train)
+    kind = None if source.layout.mix is None else MIX_KINDS[source.layout.mix]
 
-    policy = source.config.policy  # fastcas.loading.transforms.AugmentPolicy: every transform option
-    interp = (
-        {}
-        if policy.interpolation == "linear"
-        else {"interp_type": getattr(types, INTERPOLATIONS[policy.interpolation])}
-    )
-    train = source.config.train
-
-    def normalise(img, mirror=0, extra=None):
-        out = fn.crop_mirror_normalize(
-            img, crop=(S, S), mirror=mirror, mean=[255 * m for m in policy.mean],
-            std=[255 * s_ for s_ in policy.std], dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
-            output_layout="HWC" if cfg.channels_last else "CHW")
-        if extra is not None and "erase" in extra:  # random erasing, on the normalised image (timm)
-            out = _erase(out, extra, policy, source.config.seed, S, cfg, fn, types)
-        return out
-
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
-                  device_id=cfg.device_id if gpu else None, seed=1, prefetch_queue_depth=cfg.prefetch,
-                  py_num_workers=max(cfg.py_workers, 1), py_start_method=worker_start_method(gpu),
-                  exec_dynamic=True, **({"enable_conditionals": True} if train and policy.auto else {}))
+    @pipeline_def(**_pipeline_args(g))
     def pipe():
-        # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
-        raw = layout.named(fn.external_source(
-            source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
-            prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
-            dtype=[dali_types[d] for d in layout.source_dtypes()]), "source")
-        images, labels, extras = [], [], []
-        for s in range(streams):
-            jpeg, label, window, flip = (raw[f"{f}{s}"] for f in ("jpegs", "labels", "windows", "flips"))
-            extra = {f: raw[f"{f}{s}"] for f in policy.extra_fields(train)}
-            # ROI decode of the crop window (the whole image in evaluation)
-            img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device=decoder_device,
-                                          output_type=types.RGB, axis_names="WH")
-            if source.config.train:
-                # the flip is folded into the resize (its ROI runs right to left): no extra pass,
-                # and pasted pixels carry their own sample's flip
-                lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
-                hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
-                img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True, **interp)
-                img = _train_extras(img, extra, policy, S, fn, types)
-                mirror = 0
-            else:
-                shorter = policy.eval_resize(S)  # None: the whole image to S x S (cifar)
-                img = fn.resize(img, **({"size": [S, S]} if shorter is None else {"resize_shorter": shorter}), **interp)
-                mirror = flip[0]  # all 0 in evaluation; consumed, so DALI does not warn of an unused output
-            images.append((img, mirror))
-            labels.append(label)
-            extras.append(extra)
-        if paste:
-            args = {k: raw[k] for k in layout.paste}
-            lam, bg = args.pop("lam"), images[0][0]
-            graph = MIX_KINDS[source.config.paste.kind].graph  # how the graph mixes it (fastcas.mix.kinds)
-            if graph == "saliency_box":  # the box from the foreground's saliency peak (CPU graph only)
-                if gpu:
-                    raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
-                                     "take host images); a GPU loader computes the boxes with torch after it")
-                centre_op, paste_op = _graph_op("saliency_centre"), _graph_op("saliency_paste")
-                centre = centre_op(images[1][0] if streams == 2 else bg, args.pop("need"))
-                centre = fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
-                # the unmixed sample's paste arguments in, the box's out: then pasted like CutMix's
-                args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], lam,
-                                                                args.pop("half"), centre)
-            if graph in ("box", "saliency_box"):
-                # one stream: in_ids names the in-batch partner; two: input 1 is pasted into input 0
-                anchors = args.pop("anchors")
-                mixed = fn.multi_paste(*[img for img, _ in images], **args, in_anchors=anchors,
-                                       out_anchors=anchors, output_size=[S, S])
-            else:  # FMix, binary masks: bg where mask 0, fg where 255 (exact bitwise select on uint8)
-                fg = images[1][0] if streams == 2 else fn.permute_batch(bg, indices=args["partner"][0])
-                if gpu or not _FMIX_SELECT_OP:  # DALI's arithmetic operators (the GPU's select)
-                    masks = args["masks"].gpu() if gpu else args["masks"]  # an operand beside GPU images
-                    mixed = bg ^ ((bg ^ fg) & masks)
-                else:  # the same select as one vectorised Numba pass (DALI's CPU arithmetic broadcasts slowly)
-                    mixed = _graph_op("fmix_select")(bg, fg, args["masks"])
-            named = {"images0": normalise(mixed), "lam": lam, "skipped": raw["skipped"]}
-            named.update({f"labels{s}": label for s, label in enumerate(labels)})
-            return layout.pack(named, "pipeline")
-        named = {"skipped": raw["skipped"]}
-        for s, ((img, mirror), label, extra) in enumerate(zip(images, labels, extras)):
-            named.update({f"images{s}": normalise(img, mirror, extra), f"labels{s}": label})
-        return layout.pack(named, "pipeline")
+        return _graph(g, source, kind)
 
-    if parallel and worker_start_method(gpu) == "fork" and len(_NOT_FREED):
+    if cfg.py_workers > 0 and worker_start_method(cfg.gpu) == "fork" and len(_NOT_FREED):
         # a forked worker inherits every unreachable object not yet collected here; an earlier,
         # dropped DALI pipeline among them (pipelines hold reference cycles) would be shut down
         # by the worker's garbage collector, which crashes the worker (SIGSEGV): collect first.
@@ -222,6 +137,73 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     _NOT_FREED.add(p)
     p.build()
     return p
+
+
+def _pipeline_args(g: _Graph) -> dict:
+    """``pipeline_def``'s arguments (conditionals only for the AutoAugment family's coin flips)."""
+    cfg = g.cfg
+    return dict(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=cfg.device_id if cfg.gpu else None,
+                seed=1, prefetch_queue_depth=cfg.prefetch, py_num_workers=max(cfg.py_workers, 1),
+                py_start_method=worker_start_method(cfg.gpu), exec_dynamic=True,
+                **({"enable_conditionals": True} if g.train and g.policy.auto else {}))
+
+
+def _graph(g: _Graph, source: SampleSource, kind) -> tuple:
+    """The pipeline's outputs (``source.layout``'s pipeline names): the source, each stream
+    decoded and resized, then mixed by ``kind`` (a :class:`fastcas.mix.kinds.MixKind`, or None
+    when the graph does not mix) and normalised."""
+    layout, parallel = source.layout, g.cfg.py_workers > 0
+    # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
+    raw = layout.named(g.fn.external_source(
+        source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
+        prefetch_queue_depth=source_prefetch(g.cfg) if parallel else None,
+        dtype=[getattr(g.types, DALI_TYPE_NAMES[d]) for d in layout.source_dtypes()]), "source")
+    streams = [_stream(g, raw, s) for s in range(layout.streams)]
+    named = {"skipped": raw["skipped"]}
+    named.update({f"labels{s}": label for s, (_, _, label, _) in enumerate(streams)})
+    if kind is not None:
+        # the kind's own graph fragment mixes the uint8 images (fastcas.mix.kinds)
+        mixed, named["lam"] = kind.graph_mix(g, [img for img, *_ in streams], {k: raw[k] for k in layout.paste})
+        named["images0"] = _normalise(g, mixed)
+    else:
+        named.update({f"images{s}": _normalise(g, img, mirror, extra)
+                      for s, (img, mirror, _, extra) in enumerate(streams)})
+    return layout.pack(named, "pipeline")
+
+
+def _stream(g: _Graph, raw: dict, s: int) -> tuple:
+    """``(image uint8 HWC, mirror, labels, extra draws)`` of stream ``s``: the ROI decode of the
+    crop window (the whole image in evaluation), resized to S x S; in training flipped by the
+    resize's ROI and given the policy's per-sample transforms; in evaluation resized and
+    centre-cropped later by the normalisation (cifar: the whole image to S x S)."""
+    fn, types, S = g.fn, g.types, g.size
+    jpeg, label, window, flip = (raw[f"{f}{s}"] for f in STREAM_FIELDS)
+    extra = {f: raw[f"{f}{s}"] for f in g.policy.extra_fields(g.train)}
+    img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device="mixed" if g.gpu else "cpu",
+                                  output_type=types.RGB, axis_names="WH")
+    if g.train:
+        # the flip is folded into the resize (its ROI runs right to left): no extra pass, and
+        # pasted pixels carry their own sample's flip
+        lo = fn.cast(flip, dtype=types.FLOAT) * types.Constant(np.array([0.0, 1.0], np.float32))
+        hi = types.Constant(np.array([1.0, 1.0], np.float32)) - lo
+        img = fn.resize(img, size=[S, S], roi_start=lo, roi_end=hi, roi_relative=True, **g.interp())
+        return _train_extras(img, extra, g.policy, S, fn, types), 0, label, extra
+    shorter = g.policy.eval_resize(S)  # None: the whole image to S x S (cifar)
+    img = fn.resize(img, **({"size": [S, S]} if shorter is None else {"resize_shorter": shorter}), **g.interp())
+    return img, flip[0], label, extra  # mirror all 0 in evaluation; consumed, so DALI does not warn of an unused output
+
+
+def _normalise(g: _Graph, img, mirror=0, extra=None):
+    """``crop_mirror_normalize`` to S x S with the policy's mean / std, to the pipeline's dtype
+    and layout; then random erasing when the policy draws it (timm: on the normalised image)."""
+    types = g.types
+    out = g.fn.crop_mirror_normalize(
+        img, crop=(g.size, g.size), mirror=mirror, mean=[255 * m for m in g.policy.mean],
+        std=[255 * s_ for s_ in g.policy.std], dtype=types.FLOAT16 if g.cfg.dtype == "float16" else types.FLOAT,
+        output_layout="HWC" if g.cfg.channels_last else "CHW")
+    if extra is not None and "erase" in extra:
+        out = _erase(out, extra, g.policy, g.seed, g.size, g.cfg, g.fn, types)
+    return out
 
 
 def _train_extras(img, extra: dict, policy, S: int, fn, types):
@@ -310,45 +292,26 @@ def _erase(img, extra: dict, policy, seed: int, S: int, cfg, fn, types):
 
 
 _NOT_FREED: weakref.WeakSet = weakref.WeakSet()  # pipelines built by this module and not freed yet
-_GRAPH_OPS: dict = {}
-_GRAPH_OPS_LOCK = threading.Lock()  # two threads building pipelines compile each operator once
-_FMIX_SELECT_OP = True  # CPU FMix select as a Numba operator (False: DALI arithmetic, as on the GPU; for tests)
+_NUMBA_OPS: dict = {}  # fastcas.mix.graph_ops.NumbaOp -> its DALI operator
+_NUMBA_OPS_LOCK = threading.Lock()  # two threads building pipelines compile each operator once
 
 
-def _graph_op(name: str):
-    """A DALI Numba operator (CPU) running ``fastcas.mix.graph_ops.<name>`` per sample on DALI's
-    threads: ``saliency_centre`` (the saliency peak of each uint8 HWC image), ``saliency_paste``
-    (the ``multi_paste`` arguments and lam of its box) or ``fmix_select``. Built once per
-    process: DALI compiles a Numba function when its operator is constructed (seconds), and an
-    operator instance can be placed in any number of pipelines."""
-    with _GRAPH_OPS_LOCK:
-        if name not in _GRAPH_OPS:
-            _GRAPH_OPS[name] = _make_graph_op(name)
-        return _GRAPH_OPS[name]
-
-
-def _make_graph_op(name: str):
-    """Builds (compiles) the DALI Numba operator of :func:`_graph_op`."""
+def _numba_op(op):
+    """The DALI Numba operator (CPU) running ``op`` (a :class:`fastcas.mix.graph_ops.NumbaOp`:
+    e.g. the saliency peak of each uint8 HWC image, the ``multi_paste`` arguments of its box, the
+    FMix select) per sample on DALI's threads. Built once per process: DALI compiles a Numba
+    function when its operator is constructed (seconds), and an operator instance can be placed
+    in any number of pipelines."""
     from nvidia.dali import types
     from nvidia.dali.plugin.numba import NumbaFunction
 
-    from fastcas.mix import graph_ops  # noqa: PLC0415 (lazy: graph_ops loads numba)
-
-    i32, u8, f64 = types.INT32, types.UINT8, types.FLOAT64
-    spec = {  # out_types, in_types, outs_ndim, ins_ndim
-        "saliency_centre": ([i32], [u8, i32], [1], [3, 1]),
-        "saliency_paste": ([i32, i32, f64], [i32, i32, f64, i32, i32], [2, 2, 1], [2, 2, 1, 1, 1]),
-        "fmix_select": ([u8], [u8, u8, u8], [3], [3, 3, 3]),
-    }[name]
-    return NumbaFunction(
-        run_fn=getattr(graph_ops, name),
-        setup_fn=getattr(graph_ops, name + "_setup"),
-        out_types=spec[0],
-        in_types=spec[1],
-        outs_ndim=spec[2],
-        ins_ndim=spec[3],
-        device="cpu",
-    )
+    with _NUMBA_OPS_LOCK:
+        if op not in _NUMBA_OPS:
+            _NUMBA_OPS[op] = NumbaFunction(
+                run_fn=op.run, setup_fn=op.setup, outs_ndim=list(op.outs_ndim), ins_ndim=list(op.ins_ndim),
+                out_types=[getattr(types, DALI_TYPE_NAMES[t]) for t in op.out_types],
+                in_types=[getattr(types, DALI_TYPE_NAMES[t]) for t in op.in_types], device="cpu")
+        return _NUMBA_OPS[op]
 
 
 def build_reader_pipeline(reader, *, batch_size: int, image_size: int, num_threads: int, device: str,
@@ -423,13 +386,10 @@ def to_torch(tensor_list, *, copy: bool = False):
 
 
 def run(pipe, device: str | None = None) -> list:
-    """One batch as torch tensors, each where DALI produced it (:func:`to_torch`); raises
-    StopIteration at the end of the epoch. ``device`` is not consulted (outputs dispatch on
-    their type; kept for callers). Objects that are not DALI pipelines (the baseline's
-    DataLoader) give tensors already."""
-    if not hasattr(pipe, "schedule_run"):
-        return pipe.run()
-    copy = not getattr(pipe, "exec_dynamic", False)  # DALIGenericIterator's rule
+    """One batch of the DALI pipeline ``pipe`` as torch tensors, each where DALI produced it
+    (:func:`to_torch`); raises StopIteration at the end of the epoch. ``device`` is not consulted
+    (outputs dispatch on their type; kept for callers)."""
+    copy = not pipe.exec_dynamic  # DALIGenericIterator's rule
     return [to_torch(o, copy=copy) for o in pipe.run()]
 
 

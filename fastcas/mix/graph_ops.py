@@ -34,9 +34,28 @@ torch's intra-op threads); in the graph the saliency runs on DALI's threads besi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from ._finegrained_cpu import _grey_map, grey_hwc, scratch
+
+
+@dataclass(frozen=True)
+class NumbaOp:
+    """One per-sample function of this module as DALI's CPU Numba operator wants it declared:
+    ``run`` (outputs first, then inputs) and its ``setup`` (output shapes), the numpy dtype names
+    of its outputs and inputs and their dimensions. :func:`fastcas.loading.pipeline` builds (and
+    caches) the operator from it; a mix kind's graph fragment names the op it calls
+    (:mod:`fastcas.mix.kinds`)."""
+
+    run: Callable
+    setup: Callable
+    out_types: tuple
+    in_types: tuple
+    outs_ndim: tuple
+    ins_ndim: tuple
 
 
 def saliency_centre_setup(outs, ins):
@@ -169,3 +188,9 @@ def pixels_u8(images, mean, std):
     for k in range(x.shape[1]):  # Python scalars: no host-to-device copy of the statistics
         x[:, k].mul_(255.0 * float(std[k])).add_(255.0 * float(mean[k]))
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+SALIENCY_CENTRE = NumbaOp(saliency_centre, saliency_centre_setup, ("int32",), ("uint8", "int32"), (1,), (3, 1))
+SALIENCY_PASTE = NumbaOp(saliency_paste, saliency_paste_setup, ("int32", "int32", "float64"),
+                         ("int32", "int32", "float64", "int32", "int32"), (2, 2, 1), (2, 2, 1, 1, 1))
+FMIX_SELECT = NumbaOp(fmix_select, fmix_select_setup, ("uint8",), ("uint8", "uint8", "uint8"), (3,), (3, 3, 3))

@@ -13,6 +13,7 @@ Every draw is the position-keyed one of :func:`fastcas.mix.params.make_params_at
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,8 +25,34 @@ from .saliency import ALIASES as SALIENCY_ALIASES
 from .saliency import METHODS as SALIENCY_METHODS
 
 SWITCH = "mixup_cutmix"
+FMIX_SELECTS = ("auto", "numba", "arithmetic")  # how the graph selects binary FMix pixels (FMix.graph_mix)
 SWITCH_OPTIONS = ("mode", "switch_prob", "mixup_alpha", "cutmix_alpha")
 _TAG_SWITCH = 0x5C
+
+
+class GraphBuilder(Protocol):
+    """What a kind's DALI graph fragment (:meth:`MixKind.graph_mix`) is given by
+    :func:`fastcas.loading.pipeline.build_pipeline` (the only module that imports DALI: the
+    fragments here call DALI through ``fn`` / ``types`` and never import it). ``size``: S of the
+    S x S images; ``gpu``: the pipeline's images live on the GPU; ``fmix_select``: one of
+    :data:`FMIX_SELECTS`; ``numba(op)``: the DALI Numba operator (CPU) of a
+    :class:`fastcas.mix.graph_ops.NumbaOp`, built once per process."""
+
+    fn: Any
+    types: Any
+    size: int
+    gpu: bool
+    fmix_select: str
+
+    def numba(self, op) -> Any: ...
+
+
+def paste_box(g: GraphBuilder, images: list, args: dict):
+    """``fn.multi_paste`` of the box given by the paste arguments ``args`` (``in_ids`` with one
+    stream: the in-batch partner; two streams: input 1 pasted into input 0; ``anchors`` serve as
+    both in and out anchors, :func:`fastcas.mix.params.paste_args`) into uint8 HWC ``images``."""
+    anchors = args.pop("anchors")
+    return g.fn.multi_paste(*images, **args, in_anchors=anchors, out_anchors=anchors, output_size=[g.size, g.size])
 
 
 class MixKind:
@@ -58,6 +85,12 @@ class MixKind:
                        mode: str, decay: float, partner) -> dict:
         """In-graph mixing outputs of one batch at global positions ``g`` (see
         :meth:`fastcas.loading.source.SampleSource.batch`), by name."""
+        raise ValueError(f"mix {self.name!r} is not mixed inside the pipeline")
+
+    def graph_mix(self, g: GraphBuilder, images: list, args: dict) -> tuple:
+        """The DALI graph fragment of in-graph mixing: ``(mixed uint8 HWC images, lam float64
+        [B, 1])`` from each stream's resized (and flipped) uint8 HWC ``images`` (one or two) and
+        the source outputs :meth:`paste_names` by name (``args``, this kind's own dict)."""
         raise ValueError(f"mix {self.name!r} is not mixed inside the pipeline")
 
     def plan_params(self, seed: int, epoch: int, positions, size: int, *, alpha: float, prob: float,
@@ -95,6 +128,11 @@ class CutMix(MixKind):
         out["in_ids"], out["anchors"], out["shapes"] = paste_args(params.boxes, size, size, partner)
         return out
 
+    def graph_mix(self, g, images, args) -> tuple:
+        """``fn.multi_paste`` of the host-drawn box."""
+        lam = args.pop("lam")
+        return paste_box(g, images, args), lam
+
 
 class FMix(MixKind):
     name = "fmix"
@@ -125,6 +163,21 @@ class FMix(MixKind):
         if partner is not None:
             out["partner"] = partner.astype(np.int32).reshape(-1, 1)
         return out
+
+    def graph_mix(self, g, images, args) -> tuple:
+        """Binary masks: the background where the mask is 0, the foreground (the in-batch partner
+        from ``fn.permute_batch``, or stream 1) where 255, as the exact bitwise select ``bg ^ ((bg ^
+        fg) & mask)`` on uint8: DALI's arithmetic operators (the GPU's select, and ``fmix_select=
+        "arithmetic"``) or, on the CPU by default, the same expression as one Numba operator
+        (:func:`fastcas.mix.graph_ops.fmix_select`: DALI's CPU arithmetic broadcasts slowly)."""
+        bg = images[0]
+        fg = images[1] if len(images) == 2 else g.fn.permute_batch(bg, indices=args["partner"][0])
+        if g.gpu or g.fmix_select == "arithmetic":
+            masks = args["masks"].gpu() if g.gpu else args["masks"]  # an operand beside GPU images
+            return bg ^ ((bg ^ fg) & masks), args["lam"]
+        from .graph_ops import FMIX_SELECT  # noqa: PLC0415 (lazy: graph_ops loads numba)
+
+        return g.numba(FMIX_SELECT)(bg, fg, args["masks"]), args["lam"]
 
 
 class SaliencyMix(MixKind):
@@ -161,6 +214,23 @@ class SaliencyMix(MixKind):
         return {"in_ids": in_ids, "centre_ids": ids.astype(np.int32).reshape(-1, 1), "need": need,
                 "anchors": anchors, "shapes": shapes, "lam": np.ones((len(g), 1), np.float64),
                 "half": np.concatenate([half, mixed[:, None]], axis=1).astype(np.int32)}
+
+    def graph_mix(self, g, images, args) -> tuple:
+        """The box around the foreground's saliency peak (CPU pipelines: the Numba operators take
+        host images): :func:`fastcas.mix.graph_ops.saliency_centre` on the samples ``need`` marks,
+        ``fn.permute_batch`` gives each sample its foreground's peak, ``saliency_paste`` turns the
+        unmixed sample's paste arguments into the box's (and lam), then pasted like CutMix's."""
+        if g.gpu:
+            raise ValueError("SaliencyMix inside the pipeline runs on CPU pipelines only (its Numba operators "
+                             "take host images); a GPU loader computes the boxes with torch after it")
+        from .graph_ops import SALIENCY_CENTRE, SALIENCY_PASTE  # noqa: PLC0415 (lazy: graph_ops loads numba)
+
+        centre_op, paste_op = g.numba(SALIENCY_CENTRE), g.numba(SALIENCY_PASTE)
+        centre = centre_op(images[-1], args.pop("need"))  # the foreground: stream 1, or the in-batch images
+        centre = g.fn.permute_batch(centre, indices=args.pop("centre_ids")[0])
+        args["anchors"], args["shapes"], lam = paste_op(args["anchors"], args["shapes"], args.pop("lam"),
+                                                        args.pop("half"), centre)
+        return paste_box(g, images, args), lam
 
     def plan_params(self, seed, epoch, positions, size, *, alpha, prob, options) -> dict:
         """SaliencyMix needs pixels for its boxes: ``params`` None, the pixel-free ``drawn`` / ``mixed``."""
