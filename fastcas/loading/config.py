@@ -164,7 +164,8 @@ class LoaderConfig:
         if not isinstance(self.mix_in_pipeline, bool):
             raise ValueError(f"mix_in_pipeline must be True or False, got {self.mix_in_pipeline!r}")
         if self.fmix_select not in FMIX_SELECTS:
-            raise ValueError(f"fmix_select must be one of {', '.join(map(repr, FMIX_SELECTS))}, got {self.fmix_select!r}")
+            raise ValueError(f"fmix_select must be one of {', '.join(map(repr, FMIX_SELECTS))}, "
+                             f"got {self.fmix_select!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \

@@ -306,6 +306,15 @@ class AugmentPolicy:
         z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
         return z.astype(np.float32).reshape(2 * size, 2 * size, 3)
 
+    def noise_planes(self, seed: int, size: int, layout: str) -> tuple:
+        """``(noise field, ones)`` float32 in ``layout`` ("HWC" [2S, 2S, 3] / [S, S, 3] or "CHW"
+        [3, 2S, 2S] / [3, S, S], C-contiguous): :meth:`noise_field` and the all-ones plane that
+        "pixel" erasing zeroes inside the rectangle (the blend's keep mask)."""
+        field, ones = self.noise_field(seed, size), np.ones((size, size, 3), np.float32)
+        if layout == "CHW":
+            field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
+        return field, ones
+
     def baseline_supported(self) -> str | None:
         """None when the torchvision baseline reproduces this policy, else what it lacks."""
         extra = [name for name in ("cifar", "auto_augment", "color_jitter", "reprob")
