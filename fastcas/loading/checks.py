@@ -122,17 +122,19 @@ def check_int_option(name: str, value, minimum: int, maximum: int | None = None,
 def check_option_types(cfg) -> None:
     """Strict types and bounds of :class:`~fastcas.loading.config.LoaderConfig` options, before
     any other check compares them: real bools (``train="no"`` is truthy), real integers
-    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError."""
+    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError.
+    The tables above name the fields; their values come from the dataclass's own field dict."""
+    options = vars(cfg)  # LoaderConfig's fields by name (a frozen dataclass: no attribute probing)
     for name in BOOL_OPTIONS:
-        value = getattr(cfg, name)
+        value = options[name]
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     for name, (lo, hi, why) in INT_BOUNDS.items():
-        value = getattr(cfg, name)
+        value = options[name]
         if value is not None or name in ("batch_size", "prefetch", "image_size", "num_threads", "py_workers", "seed"):
             check_int_option(name, value, lo, hi, why)
     for name, (lo, hi, lo_open, hi_open) in NUMBER_OPTIONS.items():
-        value = getattr(cfg, name)
+        value = options[name]
         ok = (
             isinstance(value, (int, float, np.integer, np.floating))
             and not isinstance(value, (bool, np.bool_))

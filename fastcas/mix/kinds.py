@@ -7,7 +7,7 @@ torch after the pipeline. :data:`KINDS` maps ``mix=`` names to the objects; the 
 (:mod:`fastcas.loading`) looks a kind up there instead of comparing strings. Adding a kind is a
 subclass here (plus its parameter draws in :mod:`fastcas.mix.params` when it draws new ones).
 
-Every draw is the position-keyed one of :func:`fastcas.mix.params.make_params_at` /
+Every draw is the position-keyed one of :meth:`MixKind.params_at` (:func:`fastcas.mix.draw.make_params_at`) /
 :func:`~fastcas.mix.params.saliency_draws`; these objects only route to them.
 """
 from __future__ import annotations
@@ -20,9 +20,21 @@ import numpy as np
 from fastcas.core.rng import counter_uniform, derive_key
 
 from .device import on_device, saliency_params
-from .params import make_params_at, paste_args, saliency_draws
+from .params import (
+    Drawn,
+    MixParams,
+    box_params,
+    boxes_at,
+    check_draw,
+    cut_sizes,
+    device_of,
+    paste_args,
+    position_drawn,
+    saliency_draws,
+)
 from .saliency import ALIASES as SALIENCY_ALIASES
 from .saliency import METHODS as SALIENCY_METHODS
+from .saliency import saliency_centres
 
 SWITCH = "mixup_cutmix"
 FMIX_SELECTS = ("auto", "numba", "arithmetic")  # how the graph selects binary FMix pixels (FMix.graph_mix)
@@ -64,6 +76,24 @@ class MixKind:
     name = ""
     options: tuple = ("mode",)
     graph: str | None = None
+    draws_params = True  # False: the kind resolves to another one per batch (:meth:`at`) and draws nothing itself
+    needs_foreground = False  # the region depends on the foreground's pixels (SaliencyMix)
+
+    def region(self, d: Drawn, *, foreground, mode: str, decay: float, max_soft: float, saliency: str,
+               device) -> MixParams:
+        """The batch's :class:`~fastcas.mix.params.MixParams` from its draws ``d`` (the kind's
+        region: boxes, masks or none; ``foreground`` [B, C, H, W] for a kind that
+        ``needs_foreground``; ``device``: where FMix masks are built)."""
+        raise NotImplementedError(f"mix {self.name!r} draws no parameters itself")
+
+    def params_at(self, seed: int, epoch: int, positions, height: int, width: int, *, alpha: float = 1.0,
+                  prob: float = 1.0, foreground=None, mode: str = "elem", decay: float = 3.0, max_soft: float = 0.0,
+                  saliency: str = "finegrained", device=None) -> MixParams:
+        """This kind's :func:`fastcas.mix.draw.make_params_at`: the position-keyed draws, then :meth:`region`."""
+        alpha, prob, height, width = check_draw(alpha, prob, mode, height, width)
+        d = position_drawn(seed, epoch, positions, height, width, alpha, prob, mode, decay)
+        return self.region(d, foreground=foreground, mode=mode, decay=decay, max_soft=max_soft, saliency=saliency,
+                           device=device_of(foreground, device))
 
     def check_options(self, options: dict) -> None:
         """ValueError for a bad value of one of this kind's own options (``mode`` is checked by the caller)."""
@@ -81,6 +111,11 @@ class MixKind:
         in-batch partner: ``in_ids`` / ``partner``; two take the foreground from stream 1)."""
         return ()
 
+    def paste_dtype(self, name: str) -> str:
+        """The numpy dtype name of the source output ``name`` of :meth:`paste_names` (``lam``:
+        float64; the indices, anchors and shapes of the graph's operators: int32)."""
+        return "float64" if name == "lam" else "int32"
+
     def source_outputs(self, seed: int, epoch: int, g: np.ndarray, *, size: int, alpha: float, prob: float,
                        mode: str, decay: float, partner) -> dict:
         """In-graph mixing outputs of one batch at global positions ``g`` (see
@@ -96,14 +131,14 @@ class MixKind:
     def plan_params(self, seed: int, epoch: int, positions, size: int, *, alpha: float, prob: float,
                     options: dict) -> dict:
         """``Loader.plan()``'s mixing entries: ``params`` (:class:`fastcas.mix.MixParams`)."""
-        return {"params": make_params_at(self.name, seed, epoch, positions, size, size, alpha=alpha, prob=prob,
+        return {"params": self.params_at(seed, epoch, positions, size, size, alpha=alpha, prob=prob,
                                          **options)}
 
     def device_params(self, seed: int, epoch: int, positions, size: int, fg, *, alpha: float, prob: float,
                       options: dict, to_device, mean, std):
         """The parameters torch applies after the pipeline, resident on ``fg``'s device
         (:class:`fastcas.mix.device.DeviceParams`); ``fg``: the foregrounds [B, 3, S, S]."""
-        params = make_params_at(self.name, seed, epoch, positions, size, size, alpha=alpha, prob=prob,
+        params = self.params_at(seed, epoch, positions, size, size, alpha=alpha, prob=prob,
                                 device=fg.device, **options)
         return on_device(params, to_device)
 
@@ -114,16 +149,30 @@ class MixKind:
 class MixUp(MixKind):
     name = "mixup"
 
+    def region(self, d, **_) -> MixParams:
+        """No region: lam is the blend weight of the background (1 where unmixed)."""
+        return MixParams(self.name, d.height, d.width, np.where(d.mixed, d.drawn, 1.0).astype(np.float64), d.mixed,
+                         drawn=d.drawn)
+
 
 class CutMix(MixKind):
     name = "cutmix"
     graph = "box"
 
+    def region(self, d, *, mode, **_) -> MixParams:
+        """clovaai's box: ``cut = int(side * sqrt(1 - lam))`` at the drawn centre, clipped (batch
+        mode: the first sample's box for all)."""
+        n = 1 if mode == "batch" else len(d.drawn)
+        cy, cx = d.centres(n)
+        cut_h, cut_w = cut_sizes(d.drawn[:n], d.height, d.width)
+        boxes = boxes_at(cy, cx, cut_h, cut_w, d.height, d.width)
+        return box_params(self.name, d, np.repeat(boxes, len(d.drawn), axis=0) if mode == "batch" else boxes)
+
     def paste_names(self, streams: int) -> tuple:
         return (("in_ids",) if streams == 1 else ()) + ("anchors", "shapes", "lam")
 
     def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
-        params = make_params_at(self.name, seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode)
+        params = self.params_at(seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode)
         out = {"lam": params.lam.reshape(-1, 1)}
         out["in_ids"], out["anchors"], out["shapes"] = paste_args(params.boxes, size, size, partner)
         return out
@@ -138,6 +187,16 @@ class FMix(MixKind):
     name = "fmix"
     options = ("mode", "decay", "max_soft")
     graph = "mask"
+
+    def region(self, d, *, mode, decay, max_soft, device, **_) -> MixParams:
+        """Masks from low-frequency noise (:func:`fastcas.mix.fmix.masks_from_noise`), built on ``device``."""
+        from .fmix import masks_from_noise  # noqa: PLC0415 (lazy: numba)
+
+        b = len(d.drawn)
+        m = min(b, 1) if mode == "batch" else b
+        masks, lam = masks_from_noise(d.noise(m), d.drawn, d.mixed, d.height, d.width, decay=decay,
+                                      max_soft=max_soft, batch_mode=(mode == "batch"), device=device)
+        return MixParams(self.name, d.height, d.width, lam, d.mixed, masks=masks, drawn=d.drawn)
 
     def check_options(self, options: dict) -> None:
         for key, lo, hi in (("decay", 0.0, math.inf), ("max_soft", 0.0, 0.5)):
@@ -154,8 +213,11 @@ class FMix(MixKind):
     def paste_names(self, streams: int) -> tuple:
         return (("partner",) if streams == 1 else ()) + ("masks", "lam")
 
+    def paste_dtype(self, name: str) -> str:
+        return "uint8" if name == "masks" else super().paste_dtype(name)  # the select's bit masks
+
     def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
-        params = make_params_at(self.name, seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode,
+        params = self.params_at(seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode,
                                 decay=decay)
         # 1 -> 255 and 0 -> 0 in two cheap passes (uint8 negation wraps): the select's bit mask
         out = {"lam": params.lam.reshape(-1, 1),
@@ -184,6 +246,22 @@ class SaliencyMix(MixKind):
     name = "saliencymix"
     options = ("mode", "saliency")
     graph = "saliency_box"
+    needs_foreground = True
+
+    def region(self, d, *, foreground, mode, saliency, **_) -> MixParams:
+        """CutMix's box size centred at the foreground's saliency peak (batch mode: the first
+        foreground's peak for all)."""
+        b = len(d.drawn)
+        if foreground is None:
+            raise ValueError("saliencymix needs the foreground images (foreground=...) for saliency")
+        shape = tuple(foreground.shape)
+        if len(shape) != 4 or shape[0] != b or shape[2:] != (d.height, d.width):
+            raise ValueError(f"foreground must be [{b}, C, {d.height}, {d.width}], got {list(shape)}")
+        cy, cx = saliency_centres(foreground[:1] if (mode == "batch" and b) else foreground, method=saliency)
+        if mode == "batch":
+            cy, cx = np.repeat(cy, b), np.repeat(cx, b)
+        cut_h, cut_w = cut_sizes(d.drawn, d.height, d.width)
+        return box_params(self.name, d, boxes_at(cy, cx, cut_h, cut_w, d.height, d.width))
 
     def check_options(self, options: dict) -> None:
         if options.get("saliency", "finegrained") not in (*SALIENCY_METHODS, *SALIENCY_ALIASES):
@@ -268,6 +346,7 @@ class Switch(MixKind):
 
     name = SWITCH
     options = SWITCH_OPTIONS
+    draws_params = False
 
     def check_options(self, options: dict) -> None:
         check_switch_options(options)
@@ -283,6 +362,7 @@ class Switch(MixKind):
 
 KINDS: dict[str, MixKind] = {k.name: k for k in (CutMix(), FMix(), SaliencyMix(), MixUp(), Switch())}
 PASTE_KINDS = tuple(name for name, k in KINDS.items() if k.graph is not None)  # the graph can mix these
+PARAM_KINDS = tuple(name for name, k in KINDS.items() if k.draws_params)  # make_params draws these
 
 
 def get(name: str) -> MixKind:

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from fastcas.mix import kinds
-from fastcas.mix.params import KINDS as PARAM_KINDS
 from fastcas.mix.params import boxes_at, clip_box
 
 
 def test_every_kind_is_registered_under_its_name():
-    assert list(kinds.KINDS) == [*PARAM_KINDS, "mixup_cutmix"]
+    assert kinds.PARAM_KINDS == ("cutmix", "fmix", "saliencymix", "mixup")  # the kinds make_params draws
+    assert list(kinds.KINDS) == [*kinds.PARAM_KINDS, "mixup_cutmix"]
     assert all(k.name == name for name, k in kinds.KINDS.items())
     assert kinds.PASTE_KINDS == ("cutmix", "fmix", "saliencymix")
     with pytest.raises(ValueError, match="unknown mix kind 'blend'; accepted kinds: cutmix, fmix"):
