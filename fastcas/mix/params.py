@@ -121,14 +121,21 @@ def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
 
 
 def clip_box(xp, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
-    """The box rule of CutMix and SaliencyMix, once for any array module ``xp`` with ``clip``
+    """The box rule of CutMix and SaliencyMix for any array module ``xp`` with ``clip``
     (``numpy``, ``torch``): ``(y0, x0, y1, x1)``, the box ``[cy - half_h, cy + half_h) x [cx -
     half_w, cx + half_w)`` clipped to the image (clovaai rule: the unclipped box spans ``2 * half``
-    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. (The DALI graph's
-    Numba operator, :func:`fastcas.mix.graph_ops.saliency_paste`, spells the same rule on scalars:
-    Numba cannot take a module; tests/mix/test_graph_ops.py checks the two agree.)"""
-    return (xp.clip(cy - half_h, 0, height), xp.clip(cx - half_w, 0, width),
-            xp.clip(cy + half_h, 0, height), xp.clip(cx + half_w, 0, width))
+    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. One definition,
+    :func:`box_rule`, which the DALI graph's Numba operator compiles too."""
+    return box_rule(xp.clip, cy, cx, half_h, half_w, height, width)
+
+
+def box_rule(clip, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
+    """:func:`clip_box` over a function ``clip(value, low, high)``: ``xp.clip`` of NumPy or torch,
+    or, in :func:`fastcas.mix.graph_ops.saliency_paste` (Numba, which cannot take a module as an
+    argument but can take a jitted function), a jitted scalar clip; graph_ops compiles this very
+    function with ``numba.njit``, so the rule is written once."""
+    return (clip(cy - half_h, 0, height), clip(cx - half_w, 0, width),
+            clip(cy + half_h, 0, height), clip(cx + half_w, 0, width))
 
 
 def boxes_at(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
