@@ -173,3 +173,17 @@ def test_fmix_select_by_dali_arithmetic_as_on_the_gpu_equals_the_numba_operator(
     assert len(numba_op) == len(arithmetic) >= 5
     for (xa, ya), (xb, yb) in zip(numba_op, arithmetic):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+
+def test_fmix_select_names_a_variant_and_numba_runs_on_cpu_pipelines_only():
+    """The FMix select variant is a validated option (LoaderConfig and the pipeline's own config)."""
+    from fastcas import LoaderConfig
+    from fastcas.loading.graph_config import PipelineConfig
+
+    assert LoaderConfig(batch_size=2).fmix_select == "auto"
+    with pytest.raises(ValueError, match="fmix_select must be one of 'auto', 'numba', 'arithmetic', got 'gpu'"):
+        LoaderConfig(batch_size=2, fmix_select="gpu")
+    with pytest.raises(ValueError, match="fmix_select='numba' runs on CPU pipelines only"):
+        PipelineConfig(batch_size=2, device="cuda", fmix_select="numba")
+    assert PipelineConfig(batch_size=2, device="cpu", fmix_select="numba").fmix_select == "numba"
