@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from fastcas.mix.kinds import FMIX_SELECTS
 from fastcas.sampling.geometry import check_same
 
 WHERE = "Loader.load_state_dict"
@@ -98,6 +99,7 @@ INT_BOUNDS = {  # name: (minimum, maximum or None, why the maximum)
     "cache_max_bytes": (0, None, ""),
 }
 BOOL_OPTIONS = ("train", "strict", "channels_last", "mix_in_pipeline")
+CHOICE_OPTIONS = {"fmix_select": FMIX_SELECTS}  # name: its accepted values
 MAX_EXPONENT = 16.0  # b and r: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
 NUMBER_OPTIONS = {  # name: (low, high, low open, high open)
     "mix_prob": (0.0, 1.0, False, False),
@@ -145,6 +147,9 @@ def check_option_types(cfg) -> None:
         if not ok:
             span = f"> {lo:g} and <= {hi:g}" if lo_open else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise ValueError(f"{name} must be {span}, got {value!r}")
+    for name, choices in CHOICE_OPTIONS.items():
+        if options[name] not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {options[name]!r}")
     if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got {cfg.cache_dir!r}")
 

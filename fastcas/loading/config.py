@@ -14,7 +14,6 @@ from fastcas.dataset.imagehdr import DEFAULT_MAX_PIXELS
 from fastcas.loading import checks
 from fastcas.loading.mixsched import check_window
 from fastcas.loading.transforms import AugmentPolicy
-from fastcas.mix.kinds import FMIX_SELECTS
 from fastcas.mix.kinds import KINDS as MIX_KIND_OBJECTS
 from fastcas.mix.kinds import PARAM_KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
@@ -163,9 +162,6 @@ class LoaderConfig:
         _check_int("py_workers", self.py_workers, 0)
         if not isinstance(self.mix_in_pipeline, bool):
             raise ValueError(f"mix_in_pipeline must be True or False, got {self.mix_in_pipeline!r}")
-        if self.fmix_select not in FMIX_SELECTS:
-            raise ValueError(f"fmix_select must be one of {', '.join(map(repr, FMIX_SELECTS))}, "
-                             f"got {self.fmix_select!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {self.dtype!r}")
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
