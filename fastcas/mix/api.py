@@ -16,6 +16,7 @@ from . import _backend
 from .draw import check_kind, make_params
 from .kinds import KINDS as KIND_OBJECTS
 from .kinds import PARAM_KINDS as KINDS
+from .kinds import get as get_kind
 from .params import MixParams, check_alpha_prob
 
 IMAGE_DTYPES = {
@@ -143,7 +144,7 @@ def apply(params: MixParams, background, foreground, *, backend: str = "auto"):
     if (b, h, w) != (params.batch_size, params.height, params.width):
         raise ValueError(f"params are for B={params.batch_size} H={params.height} W={params.width}, "
                          f"images are {[b, c, h, w]}")
-    return _backend.apply(params, background, foreground, backend=backend)
+    return get_kind(params.kind).apply(params, background, foreground, backend=backend)  # (fastcas.mix.kinds)
 
 
 def _generator(generator) -> np.random.Generator:
@@ -181,7 +182,7 @@ def mix(kind, background, foreground, y_bg, y_fg, *, num_classes: int, alpha: fl
     params = make_params(kind, b, h, w, alpha=alpha, prob=prob, generator=gen,
                          foreground=foreground if KIND_OBJECTS[kind].needs_foreground else None,
                          device=dev if dev.startswith("cuda") else None, **opts)
-    images = _backend.apply(params, background, foreground, backend=backend)
+    images = KIND_OBJECTS[kind].apply(params, background, foreground, backend=backend)
     targets = soft_targets(params, y_bg, y_fg, num_classes, label_smoothing)
     return (images, targets, params) if return_params else (images, targets)
 

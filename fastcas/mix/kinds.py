@@ -19,6 +19,7 @@ import numpy as np
 
 from fastcas.core.rng import counter_uniform, derive_key
 
+from . import _backend
 from .device import on_device, saliency_params
 from .params import (
     Drawn,
@@ -85,6 +86,13 @@ class MixKind:
         region: boxes, masks or none; ``foreground`` [B, C, H, W] for a kind that
         ``needs_foreground``; ``device``: where FMix masks are built)."""
         raise NotImplementedError(f"mix {self.name!r} draws no parameters itself")
+
+    def apply(self, params, background, foreground, *, backend: str = "auto"):
+        """The mixed pixels (:func:`fastcas.mix.apply`, which validated the shapes): every kind here
+        is a box, a mask or a blend of ``params``, which the NumPy reference, torch ops and the Numba
+        CUDA kernels apply (:mod:`fastcas.mix._backend`); a kind whose pixels are none of those
+        overrides this."""
+        return _backend.apply(params, background, foreground, backend=backend)
 
     def params_at(self, seed: int, epoch: int, positions, height: int, width: int, *, alpha: float = 1.0,
                   prob: float = 1.0, foreground=None, mode: str = "elem", decay: float = 3.0, max_soft: float = 0.0,

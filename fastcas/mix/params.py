@@ -170,7 +170,10 @@ class Drawn:
     [B] (batch mode: one value repeated), and two lazy draws, called at most once each, in this
     order: ``centres(n)`` -> box centres ``(cy, cx)`` int [n] and ``noise(m)`` -> FMix spectrum
     noise float32 [m, ...] on the host (from a generator, :func:`generator_draws`, or from
-    position keys, :func:`position_drawn`)."""
+    position keys, :func:`position_drawn`). ``uniform(purpose)``: more uniforms for a kind that
+    draws something of its own (``purpose >= KIND_PURPOSES``, one per quantity): keyed by
+    ``(seed, purpose, epoch, position)`` from positions, the generator's next ones otherwise; one
+    per sample, or one for the batch in batch mode."""
 
     height: int
     width: int
@@ -178,6 +181,10 @@ class Drawn:
     mixed: np.ndarray
     centres: Callable
     noise: Callable
+    uniform: Callable  # uniform(purpose) -> float64 [n] in [0, 1): a kind's own further per-sample draws
+
+
+KIND_PURPOSES = 16  # Drawn.uniform purposes start here (0..3: the decision, lambda and centre draws)
 
 
 def check_draw(alpha, prob, mode: str, height, width) -> tuple:
@@ -216,7 +223,10 @@ def generator_draws(batch_size: int, height: int, width: int, alpha: float, prob
 
         return generator.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
 
-    return Drawn(height, width, drawn, mixed, centres, noise)
+    def uniform(purpose):
+        return generator.random(1 if mode == "batch" else int(batch_size))
+
+    return Drawn(height, width, drawn, mixed, centres, noise, uniform)
 
 
 def box_params(kind: str, d: Drawn, boxes: np.ndarray) -> MixParams:
@@ -290,7 +300,12 @@ def position_drawn(seed: int, epoch: int, positions, height: int, width: int, al
 
         return noise_at(seed, epoch, src[:m], height, width, decay)
 
-    return Drawn(height, width, drawn, mixed, centres, noise)
+    def uniform(purpose):
+        if not isinstance(purpose, int) or purpose < KIND_PURPOSES:
+            raise ValueError(f"a kind's own draws take purposes >= {KIND_PURPOSES}, got {purpose!r}")
+        return counter_uniform(derive_key(int(seed), _MIX_TAG, int(epoch), purpose), src)
+
+    return Drawn(height, width, drawn, mixed, centres, noise, uniform)
 
 
 def pair_partner(positions) -> np.ndarray:
