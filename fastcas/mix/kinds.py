@@ -1,14 +1,18 @@
 """One object per mix kind: what the loader asks of a kind, in one place per kind.
 
-Each :class:`MixKind` owns its ``mix_options`` keys and their checks, whether (and how) the DALI
-graph can mix it on a device, the source outputs of in-graph mixing (the host-drawn arguments of
-the graph's operators, by name), the parameters shown by ``Loader.plan()`` and those applied by
-torch after the pipeline. :data:`KINDS` maps ``mix=`` names to the objects; the loader
-(:mod:`fastcas.loading`) looks a kind up there instead of comparing strings. Adding a kind is a
-subclass here (plus its parameter draws in :mod:`fastcas.mix.params` when it draws new ones).
+Each :class:`MixKind` owns its ``mix_options`` keys and their checks, its region (the
+:class:`~fastcas.mix.params.MixParams` built from the kind-independent draws,
+:class:`~fastcas.mix.params.Drawn`, whose ``uniform`` serves a kind's own further draws), its
+pixels (:meth:`MixKind.apply`), whether the DALI graph can mix it on a device, the source outputs
+of in-graph mixing (the host-drawn arguments of the graph's operators, by name and dtype), its DALI
+graph fragment (:meth:`MixKind.graph_mix`, handed DALI by :mod:`fastcas.loading.pipeline`), the
+parameters shown by ``Loader.plan()`` and those applied by torch after the pipeline. :data:`KINDS`
+maps ``mix=`` names to the objects; :mod:`fastcas.mix.draw` and the loader (:mod:`fastcas.loading`)
+look a kind up there instead of comparing strings. Adding a kind is a subclass registered in
+:data:`KINDS` here (or in a module of its own, registered here), plus its tests.
 
-Every draw is the position-keyed one of :meth:`MixKind.params_at` (:func:`fastcas.mix.draw.make_params_at`) /
-:func:`~fastcas.mix.params.saliency_draws`; these objects only route to them.
+Every draw is position-keyed (:meth:`MixKind.params_at`, :func:`~fastcas.mix.params.saliency_draws`)
+or, through :func:`fastcas.mix.make_params`, from an explicit generator.
 """
 from __future__ import annotations
 
