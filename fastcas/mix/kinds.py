@@ -226,7 +226,7 @@ class FMix(MixKind):
         return (("partner",) if streams == 1 else ()) + ("masks", "lam")
 
     def paste_dtype(self, name: str) -> str:
-        return "uint8" if name == "masks" else super().paste_dtype(name)  # the select's bit masks
+        return "uint8" if name == "masks" else MixKind.paste_dtype(self, name)  # the select's bit masks
 
     def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
         params = self.params_at(seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode,
