@@ -137,7 +137,10 @@ class MixKind:
     def graph_mix(self, g: GraphBuilder, images: list, args: dict) -> tuple:
         """The DALI graph fragment of in-graph mixing: ``(mixed uint8 HWC images, lam float64
         [B, 1])`` from each stream's resized (and flipped) uint8 HWC ``images`` (one or two) and
-        the source outputs :meth:`paste_names` by name (``args``, this kind's own dict)."""
+        the source outputs :meth:`paste_names` by name (``args``, this kind's own dict). It runs
+        under DALI's autograph when the pipeline has conditionals (AutoAugment), which mishandles
+        some plain Python (inherited methods, ``super()``): build DALI nodes here, host values in
+        :meth:`source_outputs`."""
         raise ValueError(f"mix {self.name!r} is not mixed inside the pipeline")
 
     def plan_params(self, seed: int, epoch: int, positions, size: int, *, alpha: float, prob: float,
