@@ -75,13 +75,9 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     g = Graph(fn, types, cfg, c.policy, c.seed, c.train, interp, _numba_op)
     kind = None if source.layout.mix is None else MIX_KINDS[source.layout.mix]
 
-    # host-side values computed here, not in pipe(): with conditionals DALI's autograph rewrites
-    # every function pipe() calls, and it mishandles some plain methods (an inherited one, super())
-    dtypes = dali_types(types, source.layout.source_dtypes())
-
     @pipeline_def(**pipeline_args(cfg, bool(g.train and g.policy.auto), worker_start_method(cfg.gpu)))
     def pipe():
-        return _graph(g, source, kind, dtypes)
+        return _graph(g, source, kind)
 
     if cfg.py_workers > 0 and worker_start_method(cfg.gpu) == "fork" and len(_NOT_FREED):
         # a forked worker inherits every unreachable object not yet collected here; an earlier,
@@ -95,16 +91,15 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
     return p
 
 
-def _graph(g: Graph, source: SampleSource, kind, dtypes: list) -> tuple:
-    """The pipeline's outputs (``source.layout``'s pipeline names, from its source's of DALI types
-    ``dtypes``): each stream decoded and resized, mixed by ``kind`` (a
-    :class:`fastcas.mix.kinds.MixKind`; None: not in the graph), normalised."""
+def _graph(g: Graph, source: SampleSource, kind) -> tuple:
+    """The pipeline's outputs (``source.layout``'s pipeline names): each stream decoded and resized,
+    mixed by ``kind`` (a :class:`fastcas.mix.kinds.MixKind`; None: not in the graph), normalised."""
     layout, parallel = source.layout, g.cfg.py_workers > 0
     # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
     raw = layout.named(g.fn.external_source(
         source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
         prefetch_queue_depth=source_prefetch(g.cfg) if parallel else None,
-        dtype=dtypes), "source")
+        dtype=dali_types(g.types, layout.source_dtypes())), "source")
     streams = [_stream(g, raw, s) for s in range(layout.streams)]
     named = {"skipped": raw["skipped"]}
     named.update({f"labels{s}": label for s, (_, _, label, _) in enumerate(streams)})

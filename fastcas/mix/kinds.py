@@ -137,10 +137,9 @@ class MixKind:
     def graph_mix(self, g: GraphBuilder, images: list, args: dict) -> tuple:
         """The DALI graph fragment of in-graph mixing: ``(mixed uint8 HWC images, lam float64
         [B, 1])`` from each stream's resized (and flipped) uint8 HWC ``images`` (one or two) and
-        the source outputs :meth:`paste_names` by name (``args``, this kind's own dict). It runs
-        under DALI's autograph when the pipeline has conditionals (AutoAugment), which mishandles
-        some plain Python (inherited methods, ``super()``): build DALI nodes here, host values in
-        :meth:`source_outputs`."""
+        the source outputs :meth:`paste_names` by name (``args``, this kind's own dict). With
+        AutoAugment the pipeline has conditionals and DALI's autograph rewrites this function from
+        its source file (as every function the pipeline calls)."""
         raise ValueError(f"mix {self.name!r} is not mixed inside the pipeline")
 
     def plan_params(self, seed: int, epoch: int, positions, size: int, *, alpha: float, prob: float,
@@ -229,7 +228,7 @@ class FMix(MixKind):
         return (("partner",) if streams == 1 else ()) + ("masks", "lam")
 
     def paste_dtype(self, name: str) -> str:
-        return "uint8" if name == "masks" else MixKind.paste_dtype(self, name)  # the select's bit masks
+        return "uint8" if name == "masks" else super().paste_dtype(name)  # the select's bit masks
 
     def source_outputs(self, seed, epoch, g, *, size, alpha, prob, mode, decay, partner) -> dict:
         params = self.params_at(seed, epoch, g, size, size, alpha=alpha, prob=prob, mode=mode,
