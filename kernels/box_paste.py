@@ -1,7 +1,7 @@
 """Numba CUDA kernel: paste foreground boxes into background images (CutMix, SaliencyMix, CMO).
 
 Loaded only by :mod:`fastcas.mix._backend`. Never draws random numbers: the boxes come from
-:func:`fastcas.mix.params.make_params`. NumPy reference: :func:`fastcas.mix.reference.apply_boxes`.
+:func:`fastcas.mix.make_params`. NumPy reference: :func:`fastcas.mix.reference.apply_boxes`.
 
 Launch: one launch per batch; grid ``(ceil(W / TX), ceil(H / TY), B * C)``, block ``(TX, TY)``:
 one thread per output pixel of one channel, x fastest (coalesced reads and writes). Each

@@ -58,7 +58,7 @@ FIELD_HELP = {
 
 
 def _choices() -> dict:
-    from fastcas.mix.params import KINDS
+    from fastcas.mix.kinds import PARAM_KINDS as KINDS
     from fastcas.sampling import weights
     from fastcas.train.models import MODELS
 

@@ -50,7 +50,8 @@ class DaliBackend:
             device_id = torch.cuda.current_device()
         pcfg = PipelineConfig(batch_size=cfg.batch_size, image_size=cfg.image_size, train=cfg.train,
                               device=device, device_id=device_id, num_threads=cfg.num_threads,
-                              py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last)
+                              py_workers=cfg.py_workers, dtype=cfg.dtype, channels_last=cfg.channels_last,
+                              fmix_select=cfg.fmix_select)
         with workers.die_with_parent():  # workers forked here exit when this process dies
             self.pipe = build_pipeline(source, pcfg)
         self.watch = workers.WorkerWatch(self.pipe)

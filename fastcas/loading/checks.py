@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from fastcas.mix.kinds import FMIX_SELECTS
 from fastcas.sampling.geometry import check_same
 
 WHERE = "Loader.load_state_dict"
@@ -98,6 +99,7 @@ INT_BOUNDS = {  # name: (minimum, maximum or None, why the maximum)
     "cache_max_bytes": (0, None, ""),
 }
 BOOL_OPTIONS = ("train", "strict", "channels_last", "mix_in_pipeline")
+CHOICE_OPTIONS = {"fmix_select": FMIX_SELECTS}  # name: its accepted values
 MAX_EXPONENT = 16.0  # b and r: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
 NUMBER_OPTIONS = {  # name: (low, high, low open, high open)
     "mix_prob": (0.0, 1.0, False, False),
@@ -122,17 +124,19 @@ def check_int_option(name: str, value, minimum: int, maximum: int | None = None,
 def check_option_types(cfg) -> None:
     """Strict types and bounds of :class:`~fastcas.loading.config.LoaderConfig` options, before
     any other check compares them: real bools (``train="no"`` is truthy), real integers
-    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError."""
+    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError.
+    The tables above name the fields; their values come from the dataclass's own field dict."""
+    options = vars(cfg)  # LoaderConfig's fields by name (a frozen dataclass: no attribute probing)
     for name in BOOL_OPTIONS:
-        value = getattr(cfg, name)
+        value = options[name]
         if not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     for name, (lo, hi, why) in INT_BOUNDS.items():
-        value = getattr(cfg, name)
+        value = options[name]
         if value is not None or name in ("batch_size", "prefetch", "image_size", "num_threads", "py_workers", "seed"):
             check_int_option(name, value, lo, hi, why)
     for name, (lo, hi, lo_open, hi_open) in NUMBER_OPTIONS.items():
-        value = getattr(cfg, name)
+        value = options[name]
         ok = (
             isinstance(value, (int, float, np.integer, np.floating))
             and not isinstance(value, (bool, np.bool_))
@@ -143,6 +147,9 @@ def check_option_types(cfg) -> None:
         if not ok:
             span = f"> {lo:g} and <= {hi:g}" if lo_open else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise ValueError(f"{name} must be {span}, got {value!r}")
+    for name, choices in CHOICE_OPTIONS.items():
+        if options[name] not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {options[name]!r}")
     if cfg.cache_dir is not None and not isinstance(cfg.cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be a path (str or os.PathLike) or None, got {cfg.cache_dir!r}")
 

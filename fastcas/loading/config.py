@@ -15,7 +15,7 @@ from fastcas.loading import checks
 from fastcas.loading.mixsched import check_window
 from fastcas.loading.transforms import AugmentPolicy
 from fastcas.mix.kinds import KINDS as MIX_KIND_OBJECTS
-from fastcas.mix.params import KINDS as MIX_KINDS
+from fastcas.mix.kinds import PARAM_KINDS as MIX_KINDS
 from fastcas.mix.params import MODES
 from fastcas.sampling.geometry import LAST_BATCH
 from fastcas.sampling.weights import NAMES as WEIGHT_NAMES
@@ -129,6 +129,7 @@ class LoaderConfig:
     remote: RemoteOptions | None = None  # timeouts and retries for remote shards (None: the defaults)
     prefetch: int = 2
     mix_in_pipeline: bool = True
+    fmix_select: str = "auto"  # binary FMix in the graph: "auto" | "numba" (CPU) | "arithmetic" (fastcas.mix.kinds)
     mode: str = "exact"
     shuffle_buffer: int | None = None
     # transforms (docs/loader-options.md): a policy name or AugmentPolicy, and its options (None: the policy's)
@@ -215,7 +216,8 @@ class LoaderConfig:
     @property
     def transforms(self) -> AugmentPolicy:
         """The :class:`~fastcas.loading.transforms.AugmentPolicy` of ``augment`` and the transform options."""
-        return AugmentPolicy.create(self.augment, **{k: getattr(self, k) for k in TRANSFORM_OPTIONS})
+        options = vars(self)  # this frozen dataclass's fields by name
+        return AugmentPolicy.create(self.augment, **{k: options[k] for k in TRANSFORM_OPTIONS})
 
     @property
     def target_kind(self) -> str:

@@ -34,9 +34,9 @@ from fastcas.mix.kinds import PASTE_KINDS  # the kinds the graph can mix itself
 
 STREAM_FIELDS = ("jpegs", "labels", "windows", "flips")
 EXTRA_FIELDS = ("shift", "auto", "jitter", "erase", "efill")  # AugmentPolicy.extra_fields, in this order
-# host dtypes of the source outputs (numpy names); every other paste argument is int32
+# host dtypes of the source outputs (numpy names); the paste arguments' are the mix kind's (paste_dtype)
 SOURCE_DTYPES = {"jpegs": "uint8", "labels": "int64", "windows": "float32", "flips": "int32",
-                 "lam": "float64", "masks": "uint8", "skipped": "int64", "shift": "float32", "auto": "int32",
+                 "skipped": "int64", "shift": "float32", "auto": "int32",
                  "jitter": "float32", "erase": "float32", "efill": "float32"}
 
 
@@ -81,7 +81,9 @@ class BatchLayout:
         def field(name):  # "labels1" -> "labels"; paste arguments keep their name
             return name[:-1] if name[-1].isdigit() and name[:-1] in STREAM_FIELDS + EXTRA_FIELDS else name
 
-        return [SOURCE_DTYPES.get(field(n), "int32") for n in self.source_names]
+        paste = () if self.mix is None else self.paste
+        return [MIX_KINDS[self.mix].paste_dtype(n) if n in paste else SOURCE_DTYPES[field(n)]
+                for n in self.source_names]
 
     def pack(self, values: dict, which: str = "source") -> tuple:
         """``values`` (name -> output) as the positional tuple of ``which`` ("source" or

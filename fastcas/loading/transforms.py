@@ -125,8 +125,7 @@ class AugmentPolicy:
     def __post_init__(self):
         if self.name not in POLICIES:
             raise ValueError(f"unknown augment policy {self.name!r}; expected one of {', '.join(POLICIES)}")
-        for key in ("mean", "std"):
-            v = getattr(self, key)
+        for key, v in (("mean", self.mean), ("std", self.std)):
             try:
                 t = tuple(float(x) for x in v)
             except (TypeError, ValueError):
@@ -151,8 +150,7 @@ class AugmentPolicy:
             raise ValueError(f"crop_pct must be in (0, 1] or None, got {self.crop_pct!r}")
         if isinstance(self.padding, bool) or not isinstance(self.padding, (int, np.integer)) or self.padding < 0:
             raise ValueError(f"padding must be an integer >= 0, got {self.padding!r}")
-        for key in ("hflip", "reprob"):
-            v = getattr(self, key)
+        for key, v in (("hflip", self.hflip), ("reprob", self.reprob)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"{key} must be a probability in [0, 1], got {v!r}")
         object.__setattr__(self, "color_jitter", self._jitter(self.color_jitter))
@@ -306,10 +304,20 @@ class AugmentPolicy:
         z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
         return z.astype(np.float32).reshape(2 * size, 2 * size, 3)
 
+    def noise_planes(self, seed: int, size: int, layout: str) -> tuple:
+        """``(noise field, ones)`` float32 in ``layout`` ("HWC" [2S, 2S, 3] / [S, S, 3] or "CHW"
+        [3, 2S, 2S] / [3, S, S], C-contiguous): :meth:`noise_field` and the all-ones plane that
+        "pixel" erasing zeroes inside the rectangle (the blend's keep mask)."""
+        field, ones = self.noise_field(seed, size), np.ones((size, size, 3), np.float32)
+        if layout == "CHW":
+            field, ones = np.ascontiguousarray(field.transpose(2, 0, 1)), ones.transpose(2, 0, 1).copy()
+        return field, ones
+
     def baseline_supported(self) -> str | None:
         """None when the torchvision baseline reproduces this policy, else what it lacks."""
-        extra = [name for name in ("cifar", "auto_augment", "color_jitter", "reprob")
-                 if (name == "cifar" and self.name == "cifar") or (name != "cifar" and getattr(self, name))]
+        used = {"cifar": self.name == "cifar", "auto_augment": self.auto_augment, "color_jitter": self.color_jitter,
+                "reprob": self.reprob}
+        extra = [name for name, value in used.items() if value]
         if self.interpolation != "linear":
             extra.append("interpolation")
         return ", ".join(extra) or None

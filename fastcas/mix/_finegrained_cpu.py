@@ -151,11 +151,21 @@ def _image_map(img, keys, raw, nhwc, u8, g0, g1, integ, widths, gf, son, soff, s
 def _grey_map(g0, g1, integ, widths, gf, son, soff, sal):
     """The map of one grey image g0 int32 [H, W] (values 0..255; overwritten by its blurs) into
     sal int32 [H, W], scratch as :func:`_image_map`. Returns the flat index of the first
-    maximum of ``sal``."""
+    maximum of ``sal``. (Four stages, each its own njit function: the blurs, the integral, the
+    on / off sums over the scales, the normalised map; the arithmetic is unchanged.)"""
+    _blur121(g0, g1, g0)
+    _blur121(g0, g1, g0)
+    _integral(g0, integ)
+    _on_off(g0, integ, widths, gf, son, soff)
+    return _normalised_argmax(son, soff, sal)
+
+
+@njit(**_JIT)
+def _integral(g0, integ):
+    """integ float32 [H + 1, W + 1 + 2 * PAD] <- the integral image of g0 int32 [H, W], rows
+    edge-replicated by PAD columns: exact int64 running sums, each converted to float32 (as
+    torch's cumsum then ``.to``)."""
     h, w = g0.shape
-    _blur121(g0, g1, g0)
-    _blur121(g0, g1, g0)
-    # integral: exact int64 running sums, each converted to float32 (as torch's cumsum then .to)
     integ[0, :] = np.float32(0)
     col = np.zeros(w, dtype=np.int64)
     for y in range(h):
@@ -168,8 +178,15 @@ def _grey_map(g0, g1, integ, widths, gf, son, soff, sal):
             run += col[x]
             row[PAD + 1 + x] = np.float32(run)
         row[PAD + 1 + w:] = row[PAD + w]
+
+
+@njit(**_JIT)
+def _on_off(g0, integ, widths, g, son, soff):
+    """son / soff float32 [H, W] <- the on / off centre-surround sums over the scales of the
+    blurred grey g0, from its integral ``integ`` (float32 box sums ``((A + B) - C) - D``, float32
+    ``trunc(g - (box - g) / area)``); g: float32 [W] scratch (one grey row)."""
+    h, w = g0.shape
     zero = np.float32(0)
-    g = gf
     for y in range(h):  # row by row, all scales: the row's sums stay in the L1 cache
         src = g0[y]
         on = son[y]
@@ -198,7 +215,15 @@ def _grey_map(g0, g1, integ, widths, gf, son, soff, sal):
                 d = np.trunc(gx - (box - gx) / area)
                 on[x] += d if d > zero else zero
                 off[x] -= d if d < zero else zero
-    # normalise on / off per image: trunc(255 * float64(float32(s) / float32(max)))
+
+
+@njit(**_JIT)
+def _normalised_argmax(son, soff, sal):
+    """sal int32 [H, W] <- the map of the on / off sums, each normalised by its image maximum:
+    ``trunc(255 * float64(float32(s) / float32(max)))``; returns the flat index of its first
+    maximum (raster order)."""
+    h, w = son.shape
+    zero = np.float32(0)
     # the sums are non-negative floats (never -0.0): their bits order as int32, and integer
     # max reductions vectorise
     ion = son.reshape(h * w).view(np.int32)

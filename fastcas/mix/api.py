@@ -13,7 +13,11 @@ import numpy as np
 from fastcas.core.rng import generator as make
 
 from . import _backend
-from .params import KINDS, MixParams, check_alpha_prob, check_kind, make_params
+from .draw import check_kind, make_params
+from .kinds import KINDS as KIND_OBJECTS
+from .kinds import PARAM_KINDS as KINDS
+from .kinds import get as get_kind
+from .params import MixParams, check_alpha_prob
 
 IMAGE_DTYPES = {
     "numpy": ("uint8", "float16", "float32", "float64"),
@@ -140,7 +144,7 @@ def apply(params: MixParams, background, foreground, *, backend: str = "auto"):
     if (b, h, w) != (params.batch_size, params.height, params.width):
         raise ValueError(f"params are for B={params.batch_size} H={params.height} W={params.width}, "
                          f"images are {[b, c, h, w]}")
-    return _backend.apply(params, background, foreground, backend=backend)
+    return get_kind(params.kind).apply(params, background, foreground, backend=backend)  # (fastcas.mix.kinds)
 
 
 def _generator(generator) -> np.random.Generator:
@@ -164,7 +168,7 @@ def mix(kind, background, foreground, y_bg, y_fg, *, num_classes: int, alpha: fl
     Beta(alpha, alpha) (CAS paper: 0.2; CMO/SaliencyMix: 1). prob: per-sample mix probability
     (samples not mixed keep their background and get lam = 1). generator: NumPy Generator (or
     int seed; None = fresh entropy). opts: ``mode``, FMix ``decay``/``max_soft``, SaliencyMix
-    ``saliency`` (see :func:`~fastcas.mix.params.make_params`). Works for any batch size,
+    ``saliency`` (see :func:`fastcas.mix.make_params`). Works for any batch size,
     including odd and partial batches.
     """
     kind = check_kind(kind)
@@ -176,9 +180,9 @@ def mix(kind, background, foreground, y_bg, y_fg, *, num_classes: int, alpha: fl
         _labels_numpy(y_fg, "y_fg", b, int(num_classes))
     dev = _backend.device_of(background)
     params = make_params(kind, b, h, w, alpha=alpha, prob=prob, generator=gen,
-                         foreground=foreground if kind == "saliencymix" else None,
+                         foreground=foreground if KIND_OBJECTS[kind].needs_foreground else None,
                          device=dev if dev.startswith("cuda") else None, **opts)
-    images = _backend.apply(params, background, foreground, backend=backend)
+    images = KIND_OBJECTS[kind].apply(params, background, foreground, backend=backend)
     targets = soft_targets(params, y_bg, y_fg, num_classes, label_smoothing)
     return (images, targets, params) if return_params else (images, targets)
 

@@ -1,7 +1,7 @@
 """Mixing parameters that live where the images are: the loader's zero-host-sync path.
 
 The random draws of a batch (lambda, mix decisions, box centres, FMix noise) are made on the
-host from position keys (:func:`fastcas.mix.params.make_params_at`); everything after them is
+host from position keys (:func:`fastcas.mix.make_params_at`); everything after them is
 deterministic. This module moves the drawn parameters to the images' device with one
 host-to-device copy each (``to_device``: pinned memory, ``non_blocking``: the host never waits
 for the GPU) and computes what depends on pixels — the SaliencyMix box, whose centre is the

@@ -119,7 +119,7 @@ def noise_shape(height: int, width: int, decay: float) -> tuple[int, int, int]:
 
 def box_noise(noise: np.ndarray, height: int, width: int, decay: float) -> np.ndarray:
     """Host noise float32 ``[m, *noise_shape]`` as given, or the box cut out of full-layout
-    noise ``[m, H, W//2+1, 2]`` (what :func:`~fastcas.mix.params.make_params` draws)."""
+    noise ``[m, H, W//2+1, 2]`` (what :func:`fastcas.mix.make_params` draws)."""
     lo, hi, cols = spectrum_box(height, width, decay)
     box = (lo + hi, cols, 2)
     if noise.ndim == 4 and noise.shape[1:] == box:

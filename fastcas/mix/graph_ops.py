@@ -34,9 +34,38 @@ torch's intra-op threads); in the graph the saliency runs on DALI's threads besi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
+from numba import njit
 
 from ._finegrained_cpu import _grey_map, grey_hwc, scratch
+from .params import box_rule
+
+_box_rule = njit(box_rule)  # the one box rule (fastcas.mix.params.clip_box), compiled for scalars
+
+
+@njit
+def _clip(value, low, high):
+    """``clip`` of one scalar, the argument :func:`fastcas.mix.params.box_rule` takes in Numba."""
+    return min(max(value, low), high)
+
+
+@dataclass(frozen=True)
+class NumbaOp:
+    """One per-sample function of this module as DALI's CPU Numba operator wants it declared:
+    ``run`` (outputs first, then inputs) and its ``setup`` (output shapes), the numpy dtype names
+    of its outputs and inputs and their dimensions. :func:`fastcas.loading.pipeline` builds (and
+    caches) the operator from it; a mix kind's graph fragment names the op it calls
+    (:mod:`fastcas.mix.kinds`)."""
+
+    run: Callable
+    setup: Callable
+    out_types: tuple
+    in_types: tuple
+    outs_ndim: tuple
+    ins_ndim: tuple
 
 
 def saliency_centre_setup(outs, ins):
@@ -98,15 +127,11 @@ def saliency_paste(anchors, shapes, lam, anchors0, shapes0, lam0, half, centre):
     lam ``= 1 - area / (H W)`` in float64, as :func:`fastcas.mix.device.saliency_params`."""
     height = shapes0[0, 0]
     width = shapes0[0, 1]
-    # fastcas.mix.params.clip_box on scalars (a Numba operator cannot take an array module)
     for i in range(2):
         for j in range(2):
             anchors[i, j] = anchors0[i, j]
             shapes[i, j] = shapes0[i, j]
-    y0 = min(max(centre[0] - half[0], 0), height)
-    y1 = min(max(centre[0] + half[0], 0), height)
-    x0 = min(max(centre[1] - half[1], 0), width)
-    x1 = min(max(centre[1] + half[1], 0), width)
+    y0, x0, y1, x1 = _box_rule(_clip, centre[0], centre[1], half[0], half[1], height, width)
     if half[2] == 0 or y1 <= y0 or x1 <= x0:
         anchors[1, 0] = height
         anchors[1, 1] = width
@@ -163,9 +188,15 @@ def pixels_u8(images, mean, std):
     normalised as ``(pixel - 255 mean) / (255 std)`` (DALI's ``crop_mirror_normalize``). Exact:
     float32 normalisation is off by ~1e-5 of a level, float16 by at most ~0.06 of a level at
     224 px ImageNet statistics, both far from the 0.5 that rounding forgives."""
-    import torch
+    import torch  # noqa: PLC0415 (lazy: torch)
 
     x = images.to(torch.float32, copy=True)  # never the caller's tensor; strides kept
     for k in range(x.shape[1]):  # Python scalars: no host-to-device copy of the statistics
         x[:, k].mul_(255.0 * float(std[k])).add_(255.0 * float(mean[k]))
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+SALIENCY_CENTRE = NumbaOp(saliency_centre, saliency_centre_setup, ("int32",), ("uint8", "int32"), (1,), (3, 1))
+SALIENCY_PASTE = NumbaOp(saliency_paste, saliency_paste_setup, ("int32", "int32", "float64"),
+                         ("int32", "int32", "float64", "int32", "int32"), (2, 2, 1), (2, 2, 1, 1, 1))
+FMIX_SELECT = NumbaOp(fmix_select, fmix_select_setup, ("uint8",), ("uint8", "uint8", "uint8"), (3,), (3, 3, 3))

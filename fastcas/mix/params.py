@@ -27,22 +27,13 @@ how the global batch is split over ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from fastcas.core.rng import counter_uniform, derive_key
 
-from .saliency import saliency_centres
-
-KINDS = ("cutmix", "fmix", "saliencymix", "mixup")
 MODES = ("elem", "batch")
-
-
-def check_kind(kind) -> str:
-    if not isinstance(kind, str) or kind.lower() not in KINDS:
-        raise ValueError(f"unknown mix kind {kind!r}; accepted kinds: {', '.join(KINDS)}")
-    return kind.lower()
 
 
 def check_alpha_prob(alpha, prob) -> tuple[float, float]:
@@ -61,7 +52,9 @@ def check_alpha_prob(alpha, prob) -> tuple[float, float]:
 class MixParams:
     """Everything needed to mix one batch; pure data, replayable on any backend.
 
-    kind: one of :data:`KINDS`. height/width: image size the region was drawn for.
+    kind: a name of :data:`fastcas.mix.kinds.PARAM_KINDS` (whose ``region`` made these
+    parameters and checked which of boxes / masks it has). height/width: image size the region
+    was drawn for.
     lam: float64 ``[B]`` host array, measured kept-background fraction (see module doc).
     mixed: bool ``[B]``: the sample was selected by ``prob`` (unmixed samples have lam = 1).
     boxes: int32 ``[B, 4]`` host array (cutmix, saliencymix) or None.
@@ -79,18 +72,17 @@ class MixParams:
     drawn: np.ndarray | None = None
 
     def __post_init__(self):
-        check_kind(self.kind)
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"MixParams.kind must be a mix kind's name, got {self.kind!r}")
         b = len(self.lam)
         if self.lam.dtype != np.float64 or self.lam.ndim != 1:
             raise ValueError(f"MixParams.lam must be float64 [B], got {self.lam.dtype} {self.lam.shape}")
         if self.mixed.shape != (b,):
             raise ValueError(f"MixParams.mixed must be bool [{b}], got {self.mixed.shape}")
-        if self.kind in ("cutmix", "saliencymix"):
-            if self.boxes is None or self.boxes.shape != (b, 4) or self.boxes.dtype != np.int32:
-                raise ValueError(f"{self.kind} MixParams needs int32 boxes [{b}, 4]")
-        if self.kind == "fmix":
-            if self.masks is None or tuple(self.masks.shape) != (b, self.height, self.width):
-                raise ValueError(f"fmix MixParams needs float32 masks [{b}, {self.height}, {self.width}]")
+        if self.boxes is not None and (self.boxes.shape != (b, 4) or self.boxes.dtype != np.int32):
+            raise ValueError(f"{self.kind} MixParams needs int32 boxes [{b}, 4]")
+        if self.masks is not None and tuple(self.masks.shape) != (b, self.height, self.width):
+            raise ValueError(f"{self.kind} MixParams needs float32 masks [{b}, {self.height}, {self.width}]")
 
     @property
     def batch_size(self) -> int:
@@ -129,14 +121,21 @@ def cut_sizes(lam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
 
 
 def clip_box(xp, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
-    """The box rule of CutMix and SaliencyMix, once for any array module ``xp`` with ``clip``
+    """The box rule of CutMix and SaliencyMix for any array module ``xp`` with ``clip``
     (``numpy``, ``torch``): ``(y0, x0, y1, x1)``, the box ``[cy - half_h, cy + half_h) x [cx -
     half_w, cx + half_w)`` clipped to the image (clovaai rule: the unclipped box spans ``2 * half``
-    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. (The DALI graph's
-    Numba operator, :func:`fastcas.mix.graph_ops.saliency_paste`, spells the same rule on scalars:
-    Numba cannot take a module; tests/mix/test_graph_ops.py checks the two agree.)"""
-    return (xp.clip(cy - half_h, 0, height), xp.clip(cx - half_w, 0, width),
-            xp.clip(cy + half_h, 0, height), xp.clip(cx + half_w, 0, width))
+    pixels, ``half = cut // 2``). Integer arrays of ``xp`` shaped like ``cy``. One definition,
+    :func:`box_rule`, which the DALI graph's Numba operator compiles too."""
+    return box_rule(xp.clip, cy, cx, half_h, half_w, height, width)
+
+
+def box_rule(clip, cy, cx, half_h, half_w, height: int, width: int) -> tuple:
+    """:func:`clip_box` over a function ``clip(value, low, high)``: ``xp.clip`` of NumPy or torch,
+    or, in :func:`fastcas.mix.graph_ops.saliency_paste` (Numba, which cannot take a module as an
+    argument but can take a jitted function), a jitted scalar clip; graph_ops compiles this very
+    function with ``numba.njit``, so the rule is written once."""
+    return (clip(cy - half_h, 0, height), clip(cx - half_w, 0, width),
+            clip(cy + half_h, 0, height), clip(cx + half_w, 0, width))
 
 
 def boxes_at(cy: np.ndarray, cx: np.ndarray, cut_h: np.ndarray, cut_w: np.ndarray,
@@ -164,37 +163,57 @@ def _draw_common(generator, batch_size, alpha, prob, mode):
     return lam, mixed
 
 
-def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: float = 1.0,
-                prob: float = 1.0, generator: np.random.Generator, foreground=None,
-                mode: str = "elem", decay: float = 3.0, max_soft: float = 0.0,
-                saliency: str = "finegrained", device=None) -> MixParams:
-    """Draw the parameters of one batch.
+@dataclass(frozen=True)
+class Drawn:
+    """The drawn part of one batch's parameters, from which a mix kind builds its region
+    (:meth:`fastcas.mix.kinds.MixKind.region`): ``drawn`` lambda float64 [B] and ``mixed`` bool
+    [B] (batch mode: one value repeated), and two lazy draws, called at most once each, in this
+    order: ``centres(n)`` -> box centres ``(cy, cx)`` int [n] and ``noise(m)`` -> FMix spectrum
+    noise float32 [m, ...] on the host (from a generator, :func:`generator_draws`, or from
+    position keys, :func:`position_drawn`). ``uniform(purpose)``: more uniforms for a kind that
+    draws something of its own (``purpose >= KIND_PURPOSES``, one per quantity): keyed by
+    ``(seed, purpose, epoch, position)`` from positions, the generator's next ones otherwise; one
+    per sample, or one for the batch in batch mode."""
 
-    kind: cutmix | fmix | saliencymix | mixup. alpha: Beta(alpha, alpha). prob: per-sample
-    probability of mixing (per-batch in ``mode="batch"``). generator: ``numpy.random.Generator``
-    (the only source of randomness). foreground: ``[B, C, H, W]`` NumPy array or torch tensor,
-    required by saliencymix (saliency of the patch source, per sample). FMix options: ``decay``
-    (spectrum decay power, 3), ``max_soft`` (soft ramp, 0). SaliencyMix option: ``saliency`` =
-    "finegrained" (default: the SaliencyMix reference's OpenCV StaticSaliencyFineGrained,
-    batched in torch on the images' device, bit-exact), "opencv" (the same through OpenCV, a
-    host loop) or "spectral" (batched spectral residual).
-    device: where FMix masks are built (None/"cpu": NumPy; a CUDA torch device: torch on it);
-    inferred from a CUDA ``foreground`` tensor when not given. The FMix noise is drawn from
-    ``generator`` on the host either way, so the same generator gives the same mask on every
-    device (only the noise crosses PCIe; FFT and binarisation run on the device).
-    """
-    kind = check_kind(kind)
+    height: int
+    width: int
+    drawn: np.ndarray
+    mixed: np.ndarray
+    centres: Callable
+    noise: Callable
+    uniform: Callable  # uniform(purpose) -> float64 [n] in [0, 1): a kind's own further per-sample draws
+
+
+KIND_PURPOSES = 16  # Drawn.uniform purposes start here (0..3: the decision, lambda and centre draws)
+
+
+def check_draw(alpha, prob, mode: str, height, width) -> tuple:
+    """``(alpha, prob, height, width)`` validated (ValueError naming the value)."""
     alpha, prob = check_alpha_prob(alpha, prob)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    batch_size, height, width = int(batch_size), int(height), int(width)
-    if batch_size < 0 or height < 1 or width < 1:
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"bad batch geometry H={height} W={width}")
+    return alpha, prob, height, width
+
+
+def device_of(foreground, device):
+    """``device``, or a CUDA ``foreground`` tensor's device when not given (FMix masks are built there)."""
+    if device is None and foreground is not None and type(foreground).__module__.startswith("torch"):
+        return foreground.device if foreground.is_cuda else None
+    return device
+
+
+def generator_draws(batch_size: int, height: int, width: int, alpha: float, prob: float, mode: str, decay: float,
+                    generator: np.random.Generator) -> Drawn:
+    """The draws of :func:`fastcas.mix.kinds.make_params` from ``generator`` (the only source of
+    randomness): decisions and lambda, then (lazily) centres and FMix noise."""
+    if int(batch_size) < 0:
         raise ValueError(f"bad batch geometry B={batch_size} H={height} W={width}")
     if not isinstance(generator, np.random.Generator):
         raise ValueError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
-    if device is None and foreground is not None and type(foreground).__module__.startswith("torch"):
-        device = foreground.device if foreground.is_cuda else None
-    drawn, mixed = _draw_common(generator, batch_size, alpha, prob, mode)
+    drawn, mixed = _draw_common(generator, int(batch_size), alpha, prob, mode)
 
     def centres(n):
         return generator.integers(0, height, size=n), generator.integers(0, width, size=n)
@@ -204,51 +223,18 @@ def make_params(kind: str, batch_size: int, height: int, width: int, *, alpha: f
 
         return generator.standard_normal((m,) + noise_shape(height, width, decay), dtype=np.float32)
 
-    return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
-                  decay=decay, max_soft=max_soft, saliency=saliency, device=device)
+    def uniform(purpose):
+        return generator.random(1 if mode == "batch" else int(batch_size))
+
+    return Drawn(height, width, drawn, mixed, centres, noise, uniform)
 
 
-def _build(kind, height, width, drawn, mixed, centres, noise, *, foreground, mode, decay, max_soft,
-           saliency, device) -> MixParams:
-    """MixParams from drawn lambda / decisions; ``centres(n)`` gives CutMix centres and
-    ``noise(m)`` FMix spectrum noise (host float32), called lazily in that order."""
-    batch_size = len(drawn)
-    if kind == "mixup":
-        lam = np.where(mixed, drawn, 1.0)
-        return MixParams(kind, height, width, lam.astype(np.float64), mixed, drawn=drawn)
-
-    if kind == "fmix":
-        from .fmix import masks_from_noise  # noqa: PLC0415 (lazy: numba)
-
-        m = min(batch_size, 1) if mode == "batch" else batch_size
-        masks, lam = masks_from_noise(noise(m), drawn, mixed, height, width, decay=decay,
-                                      max_soft=max_soft, batch_mode=(mode == "batch"), device=device)
-        return MixParams(kind, height, width, lam, mixed, masks=masks, drawn=drawn)
-
-    if kind == "cutmix":
-        if mode == "batch":
-            cy, cx = centres(1)
-            cut_h, cut_w = cut_sizes(drawn[:1], height, width)
-            boxes = np.repeat(boxes_at(cy, cx, cut_h, cut_w, height, width), batch_size, axis=0)
-        else:
-            cy, cx = centres(batch_size)
-            cut_h, cut_w = cut_sizes(drawn, height, width)
-            boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
-    else:  # saliencymix
-        if foreground is None:
-            raise ValueError("saliencymix needs the foreground images (foreground=...) for saliency")
-        shape = tuple(foreground.shape)
-        if len(shape) != 4 or shape[0] != batch_size or shape[2:] != (height, width):
-            raise ValueError(f"foreground must be [{batch_size}, C, {height}, {width}], got {list(shape)}")
-        src = foreground[:1] if (mode == "batch" and batch_size) else foreground
-        cy, cx = saliency_centres(src, method=saliency)
-        cut_h, cut_w = cut_sizes(drawn, height, width)
-        if mode == "batch":
-            cy, cx = np.repeat(cy, batch_size), np.repeat(cx, batch_size)
-        boxes = boxes_at(cy, cx, cut_h, cut_w, height, width)
-    boxes[~mixed] = 0
-    return MixParams(kind, height, width, box_lam(boxes, height, width), mixed, boxes=boxes,
-                     drawn=drawn)
+def box_params(kind: str, d: Drawn, boxes: np.ndarray) -> MixParams:
+    """The parameters of a box kind (CutMix, SaliencyMix): unmixed samples' boxes emptied, lam
+    measured from the clipped box (:func:`box_lam`)."""
+    boxes[~d.mixed] = 0
+    return MixParams(kind, d.height, d.width, box_lam(boxes, d.height, d.width), d.mixed, boxes=boxes,
+                     drawn=d.drawn)
 
 
 _MIX_TAG = 0x313  # purpose tag of the per-position mixing draws
@@ -293,37 +279,17 @@ def saliency_draws(seed: int, epoch: int, positions, height: int, width: int, al
     return drawn, mixed, np.stack([cut_h // 2, cut_w // 2], axis=1).astype(np.int64)
 
 
-def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, width: int, *,
-                   alpha: float = 1.0, prob: float = 1.0, foreground=None, mode: str = "elem",
-                   decay: float = 3.0, max_soft: float = 0.0, saliency: str = "finegrained",
-                   device=None) -> MixParams:
-    """The parameters of a batch whose samples sit at global ``positions`` (int [B]) of ``epoch``.
-
-    Like :func:`make_params` (same kinds, options and conventions), but every random quantity of
-    sample ``j`` is a pure function of ``(seed, purpose, epoch, positions[j])``: the mix
-    decision (uniform < ``prob``), the drawn lambda (Beta(alpha, alpha) by inversion of a
-    counter uniform, :func:`beta_quantile`), the CutMix centre (``floor(u * H)``,
-    ``floor(u * W)``) and the FMix spectrum noise (:func:`fastcas.mix.fmix.noise_at`, NumPy on
-    the host whatever ``device`` is). So a sample's parameters are the same whatever batch,
-    rank or device it is mixed on. ``mode="batch"`` takes the draws of ``positions[0]`` for the
-    whole batch (the references' one region per batch; that does depend on the split).
-    SaliencyMix centres come from the foreground pixels, as in :func:`make_params`.
-    """
-    kind = check_kind(kind)
-    alpha, prob = check_alpha_prob(alpha, prob)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+def position_drawn(seed: int, epoch: int, positions, height: int, width: int, alpha: float, prob: float,
+                   mode: str, decay: float) -> Drawn:
+    """The draws of :func:`fastcas.mix.kinds.make_params_at`: every random quantity of sample
+    ``j`` a pure function of ``(seed, purpose, epoch, positions[j])`` (:func:`position_draws`; the
+    CutMix centre ``floor(u * H)``, ``floor(u * W)``; the FMix noise of
+    :func:`fastcas.mix.fmix.noise_at`); batch mode takes the draws of ``positions[0]``."""
     pos = np.asarray(positions, np.int64).reshape(-1)
-    height, width = int(height), int(width)
-    if height < 1 or width < 1:
-        raise ValueError(f"bad batch geometry H={height} W={width}")
-    if device is None and foreground is not None and type(foreground).__module__.startswith("torch"):
-        device = foreground.device if foreground.is_cuda else None
-    b = len(pos)
     src = pos[:1] if mode == "batch" else pos
     drawn, mixed, uy, ux = position_draws(seed, epoch, src, alpha, prob)
     if mode == "batch":
-        drawn, mixed = np.repeat(drawn, b), np.repeat(mixed, b)
+        drawn, mixed = np.repeat(drawn, len(pos)), np.repeat(mixed, len(pos))
 
     def centres(n):
         return (np.minimum((uy[:n] * height).astype(np.int64), height - 1),
@@ -334,8 +300,12 @@ def make_params_at(kind: str, seed: int, epoch: int, positions, height: int, wid
 
         return noise_at(seed, epoch, src[:m], height, width, decay)
 
-    return _build(kind, height, width, drawn, mixed, centres, noise, foreground=foreground, mode=mode,
-                  decay=decay, max_soft=max_soft, saliency=saliency, device=device)
+    def uniform(purpose):
+        if not isinstance(purpose, int) or purpose < KIND_PURPOSES:
+            raise ValueError(f"a kind's own draws take purposes >= {KIND_PURPOSES}, got {purpose!r}")
+        return counter_uniform(derive_key(int(seed), _MIX_TAG, int(epoch), purpose), src)
+
+    return Drawn(height, width, drawn, mixed, centres, noise, uniform)
 
 
 def pair_partner(positions) -> np.ndarray:

@@ -6,7 +6,7 @@ The key scheme:
   ``g`` is a pure function of ``(seed, purpose, e, stream, g)``: the sample index
   (:class:`fastcas.sampling.sampler.WeightedSampler.global_index_at`), the crop window and flip
   (:mod:`fastcas.loading.augment`, keyed by ``(seed, e, stream)`` with counter ``g``) and the mixing
-  parameters (:func:`fastcas.mix.params.make_params_at`, keyed by ``(seed, e)`` and ``g``).
+  parameters (:func:`fastcas.mix.make_params_at`, keyed by ``(seed, e)`` and ``g``).
 * With ``W`` ranks and per-rank batch ``b`` the global batch is ``G = W * b``. At global
   step ``t`` rank ``r`` consumes positions ``t * G + r * b + i`` for ``i in [0, b)``: one
   contiguous block per rank per step. So the union over ranks of step ``t`` is

@@ -164,15 +164,27 @@ def test_a_dropped_pipeline_is_not_shut_down_by_a_forked_worker(ds, second):
 
 
 @pytest.mark.parametrize("case", ["one-stream", "cmo-two-streams", "channels-last"])
-def test_fmix_select_by_dali_arithmetic_as_on_the_gpu_equals_the_numba_operator(ds, case, monkeypatch):
+def test_fmix_select_by_dali_arithmetic_as_on_the_gpu_equals_the_numba_operator(ds, case):
     """The GPU graph selects FMix pixels with DALI's arithmetic operators, the CPU graph with one
-    Numba operator (fastcas.mix.graph_ops.fmix_select): both give the same batches."""
-    from fastcas.loading import pipeline
-
+    Numba operator (fastcas.mix.graph_ops.fmix_select): both give the same batches (the public
+    seam: the Loader option fmix_select)."""
     kw = {"mix": "fmix", **CASES[case]}
-    numba_op = _epoch(_loader(ds, **kw))
-    monkeypatch.setattr(pipeline, "_FMIX_SELECT_OP", False)
-    arithmetic = _epoch(_loader(ds, **kw))
+    numba_op = _epoch(_loader(ds, **kw, fmix_select="numba"))
+    arithmetic = _epoch(_loader(ds, **kw, fmix_select="arithmetic"))
     assert len(numba_op) == len(arithmetic) >= 5
     for (xa, ya), (xb, yb) in zip(numba_op, arithmetic):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+
+def test_fmix_select_names_a_variant_and_numba_runs_on_cpu_pipelines_only():
+    """The FMix select variant is a validated option (LoaderConfig and the pipeline's own config)."""
+    from fastcas import LoaderConfig
+    from fastcas.loading.graph_config import PipelineConfig
+
+    assert LoaderConfig(batch_size=2).fmix_select == "auto"
+    with pytest.raises(ValueError, match="fmix_select must be one of 'auto', 'numba', 'arithmetic', got 'gpu'"):
+        LoaderConfig(batch_size=2, fmix_select="gpu")
+    with pytest.raises(ValueError, match="fmix_select='numba' runs on CPU pipelines only"):
+        PipelineConfig(batch_size=2, device="cuda", fmix_select="numba")
+    assert PipelineConfig(batch_size=2, device="cpu", fmix_select="numba").fmix_select == "numba"

@@ -352,7 +352,7 @@ def test_cifar_policy_at_native_size_is_the_reference_crop_and_flip(native):
                                        atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["cutmix", "fmix"])
+@pytest.mark.parametrize("kind", ["cutmix", "fmix", "saliencymix"])
 def test_in_graph_mixing_sees_the_transformed_images(textured, kind):
     """The policy's transforms run per stream before the in-graph paste: the graph's mixed batches
     equal torch's mix of the transformed, unmixed images (mix_in_pipeline=False), bit for bit."""

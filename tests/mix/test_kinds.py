@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from fastcas.mix import kinds
-from fastcas.mix.params import KINDS as PARAM_KINDS
 from fastcas.mix.params import boxes_at, clip_box
 
 
 def test_every_kind_is_registered_under_its_name():
-    assert list(kinds.KINDS) == [*PARAM_KINDS, "mixup_cutmix"]
+    assert kinds.PARAM_KINDS == ("cutmix", "fmix", "saliencymix", "mixup")  # the kinds make_params draws
+    assert list(kinds.KINDS) == [*kinds.PARAM_KINDS, "mixup_cutmix"]
     assert all(k.name == name for name, k in kinds.KINDS.items())
     assert kinds.PASTE_KINDS == ("cutmix", "fmix", "saliencymix")
     with pytest.raises(ValueError, match="unknown mix kind 'blend'; accepted kinds: cutmix, fmix"):
@@ -69,3 +69,35 @@ def test_the_box_rule_is_one_function_for_numpy_and_torch():
     ref = boxes_at(cy, cx, 2 * hh, 2 * hw, 40, 56)
     t = clip_box(torch, *(torch.from_numpy(a) for a in (cy, cx, hh, hw)), 40, 56)
     np.testing.assert_array_equal(torch.stack(t, dim=1).numpy(), ref)
+
+
+def test_a_kinds_own_draws_are_keyed_by_position_whatever_the_batch():
+    """Drawn.uniform: the per-sample uniforms a new kind draws for itself (one file: its region)
+    are pure functions of (seed, purpose, epoch, position), like lambda and the centre."""
+    from fastcas.mix.params import KIND_PURPOSES, position_drawn
+
+    def draw(pos):
+        return position_drawn(7, 2, pos, 16, 16, 1.0, 1.0, "elem", 3.0)
+
+    whole = draw(np.arange(8)).uniform(KIND_PURPOSES)
+    halves = np.concatenate([draw(np.arange(4)).uniform(KIND_PURPOSES), draw(np.arange(4, 8)).uniform(KIND_PURPOSES)])
+    np.testing.assert_array_equal(whole, halves)
+    assert ((whole >= 0) & (whole < 1)).all() and len(set(whole.tolist())) == 8
+    assert not np.array_equal(whole, draw(np.arange(8)).uniform(KIND_PURPOSES + 1))
+    with pytest.raises(ValueError, match="a kind's own draws take purposes >= 16, got 1"):
+        draw(np.arange(8)).uniform(1)
+
+
+def test_fastcas_mix_apply_goes_through_the_kind(monkeypatch):
+    """fastcas.mix.apply asks the params' kind for the pixels (a kind whose pixels are not a box,
+    a mask or a blend overrides MixKind.apply)."""
+    from fastcas import mix
+
+    params = mix.make_params("cutmix", 2, 8, 8, generator=np.random.default_rng(0))
+    bg, fg = np.zeros((2, 3, 8, 8), np.float32), np.ones((2, 3, 8, 8), np.float32)
+    expected = mix.apply(params, bg, fg)
+    seen = []
+    monkeypatch.setattr(kinds.KINDS["cutmix"], "apply", lambda p, b, f, backend="auto": seen.append(p.kind) or b)
+    assert mix.apply(params, bg, fg) is bg and seen == ["cutmix"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(mix.apply(params, bg, fg), expected)

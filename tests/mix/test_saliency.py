@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from fastcas.core.rng import generator
+from fastcas.mix import make_params
 from fastcas.mix.finegrained import finegrained_saliency
-from fastcas.mix.params import make_params
 from fastcas.mix.saliency import finegrained_map, saliency_centres
 from fastcas.tools.demo.data import shipped_photos
 

@@ -4,7 +4,7 @@ The DALI loader is not needed to compare recipes, and on a 2-core CPU it costs m
 model; here the data are uint8 tensors ``[N, C, H, W]`` in memory, and every sampling and mixing
 decision is fastcas's own: indices from :class:`~fastcas.sampling.sampler.WeightedSampler` /
 :class:`~fastcas.sampling.plan.PlanSampler` (``global_index_at``), CMO's foreground from a second
-weighted stream (``stream=1``), mixing parameters from :func:`fastcas.mix.params.make_params`
+weighted stream (``stream=1``), mixing parameters from :func:`fastcas.mix.make_params`
 applied by :func:`fastcas.mix.api.apply` and :func:`fastcas.mix.api.soft_targets`.
 
 Augmentation is the ``"cifar"`` policy (naver-ai/cmo ``cifar_train.py``: pad 4 with zeros,
@@ -137,8 +137,8 @@ def train_fast(spec: FastSpec, x, y, *, seed: int, num_classes: int, weights=Non
     """
     import torch
 
+    from fastcas.mix import make_params
     from fastcas.mix.api import apply, soft_targets
-    from fastcas.mix.params import make_params
     from fastcas.train.models import build_model
 
     torch.manual_seed(int(generator(seed, _INIT).integers(2**31)))  # the initialisation, keyed by seed
