@@ -85,8 +85,8 @@ def predict(model_path: Path, tc, dataset: str) -> np.ndarray:
 
     from fastcas.loading.config import resolve_device
     from fastcas.loading.loader import Loader
-    from fastcas.train.models import build_model
     from fastcas.train.loop import policy_options
+    from fastcas.train.models import build_model
 
     device = resolve_device(tc.device)
     loader = Loader(dataset, tc.batch_size, train=False, last_batch="partial", image_size=tc.image_size,
@@ -250,7 +250,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     shown = [g for g in GROUPS if any(r[g] is not None for rs in runs.values() for r in rs)]
     lines = ["# fastcas demo report", "",
              f"Train `{cfg.train}`, validation `{cfg.val}`; {cfg.model}, {cfg.epochs} epochs of "
-             f"{cfg.epoch_length or 'all'} samples, {cfg.image_size}px, {cfg.policy} augmentation, batch {cfg.batch_size}, "
+             f"{cfg.epoch_length or 'all'} samples, {cfg.image_size}px, {cfg.policy} augmentation, "
+             f"batch {cfg.batch_size}, "
              f"{cfg.seeds} seed(s){' (mean ± sd)' if cfg.seeds > 1 else ''}. Many > {cfg.many}, few < {cfg.few} "
              "training images; CAS subsets low/middle/high = 30/30/40% of validation by CAS (pixel encoder, "
              "training-set bins)" + ("; rare_attr = validation images with a tint that is rare (<= 4%) in "
