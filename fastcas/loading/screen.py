@@ -12,10 +12,20 @@ pixel. :func:`jpeg_tables_error` walks the same few segments and applies exactly
 such a sample like a truncated one, with no pipeline failure. It rejects nothing the decoder
 accepts: corrupt entropy-coded data (which libjpeg only warns about) is left to the decoder,
 and anything the screen misses still reaches the quarantine. Microseconds per image.
+
+A progressive (or multi-scan) JPEG is decoded scan after scan, and libjpeg reads every marker
+segment between the scans with the same fatal rules: bit rot anywhere in such a file's body
+(a later scan's Huffman table, component id or band, a marker byte pair that is no marker)
+fails the decoder, while in a one-scan baseline JPEG the same damage only gives warnings
+(measured over DALI 2.4's CPU decoder: 0 of 270 damaged baseline bodies refused, 1 in 4
+progressive ones). So for multi-scan files the screen walks on through the entropy-coded data
+to each next marker (a C-speed regular-expression search, not a decode) and checks every later
+segment too, up to EOI.
 """
 from __future__ import annotations
 
 import functools
+import re
 
 # markers libjpeg's read_markers knows (anything else before the first scan is fatal:
 # "Unsupported marker type"): SOFn/DHT/DAC (C0-CF), RSTn/SOI/EOI/SOS/DQT/DNL/DRI (D0-DD),
@@ -23,6 +33,10 @@ import functools
 _KNOWN = set(range(0xC0, 0xD0)) | set(range(0xD0, 0xDE)) | set(range(0xE0, 0xF0)) | {0xFE, 0x01}
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _CHECKED = {0xC4, 0xDB, 0xDA, 0xDD}  # DHT, DQT, SOS, DRI (and the SOFs)
+# where entropy-coded data ends: 0xFF followed by neither a stuffed 0x00, a fill 0xFF nor RSTn
+# (libjpeg's entropy decoders stop there; jdhuff.c fill_bit_buffer)
+_PARAMETERLESS = set(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def jpeg_tables_error(buf) -> str | None:
@@ -32,16 +46,24 @@ def jpeg_tables_error(buf) -> str | None:
     if b.format != "B" or b.ndim != 1:
         b = b.cast("B")
     n, i = len(b), 2
-    comps: dict[int, int] = {}  # component id -> quantisation table of the frame
+    comps: dict[int, int] = {}  # component id -> quantisation table of the frame; -1: the frame type
     qtables: set[int] = set()
     huff: dict[tuple[int, int], str | None] = {}  # (class, index) -> why the table is unusable, or None
+    restart, scans = 0, 0  # the restart interval (DRI); scans met so far
     while i + 4 <= n:
-        if b[i] != 0xFF:
-            return None  # imagehdr's business
+        if b[i] != 0xFF or (scans and b[i + 1] in _PARAMETERLESS):
+            if not scans:
+                return None  # imagehdr's business
+            i = _scan_end(b, i + 1, 0)  # libjpeg's next_marker skips what is no marker (a warning)
+            if i < 0:
+                return None
+            continue
         marker = b[i + 1]
         if marker == 0xFF:
             i += 1
             continue
+        if marker == 0xD9:
+            return None  # end of image
         if marker not in _KNOWN:
             return f"unsupported marker type 0x{marker:02x} at byte {i}"
         if marker == 0xD8:
@@ -51,7 +73,10 @@ def jpeg_tables_error(buf) -> str | None:
             continue
         length = (b[i + 2] << 8) | b[i + 3]
         if i + 2 + length > n or length < 2:
-            return None  # truncated or corrupt: imagehdr says so
+            # before the first scan imagehdr says so; after it libjpeg reads the end-of-input
+            # filler (FF D9 ...) as the segment's bytes, a fatal error for the checked ones
+            late = scans and (marker in _CHECKED or marker in _SOF)
+            return f"segment 0x{marker:02x} at byte {i} runs past the end of the file" if late else None
         if not (marker in _CHECKED or marker in _SOF):  # APPn, COM, ...: nothing to check, not copied
             i += 2 + length
             continue
@@ -59,10 +84,32 @@ def jpeg_tables_error(buf) -> str | None:
         why = _segment_error(marker, seg, comps, qtables, huff)
         if why is not None:
             return f"{why} (segment 0x{marker:02x} at byte {i})"
-        if marker == 0xDA:
-            return None  # entropy-coded data follows: the decoder's business
+        if marker == 0xDD:
+            restart = (seg[0] << 8) | seg[1]
         i += 2 + length
+        if marker == 0xDA:
+            scans += 1
+            if scans == 1 and comps.get(-1) in (0xC0, 0xC1) and seg[0] == len(comps) - 1:
+                return None  # one interleaved sequential scan: the decoder reads no further marker
+            i = _scan_end(b, i, restart)
+            if i < 0:
+                return None  # no marker after the data: imagehdr's business (no EOI)
     return None
+
+
+def _scan_end(b: memoryview, i: int, restart: int) -> int:
+    """The byte where the entropy-coded data starting at ``i`` ends (its next marker), -1 if
+    none. With a restart interval, libjpeg's resync discards a marker below SOF0 met where a
+    restart was expected (``jpeg_resync_to_restart``), so such a pair does not end the data."""
+    while True:
+        m = _NEXT_MARKER.search(b, i)
+        if m is None:
+            return -1
+        j = m.start()
+        if restart and b[j + 1] < 0xC0 and b[j + 1] != 0x01:
+            i = j + 2
+            continue
+        return j
 
 
 def _segment_error(marker: int, seg, comps: dict, qtables: set, huff: dict) -> str | None:
