@@ -189,7 +189,8 @@ def _huffman_error(cls: int, counts, symbols) -> str | None:
 
 def _scan_tables_error(frame: int, seg, ns: int, huff: dict) -> str | None:
     """The Huffman tables the first scan decodes with (``jdhuff.c`` / ``jdphuff.c``): indices
-    0-3; 2 and 3 must be defined (0 and 1 default to the standard tables); each must pass
+    0-3; 2 and 3 must be defined (0 and 1 default to the standard tables in sequential
+    frames only: the progressive decoder has no defaults, as DALI's refusals show); each must pass
     :func:`_huffman_error`. Progressive scans use only the DC (first DC scan) or the AC table,
     and their band parameters must be valid. Arithmetic-coded frames use no Huffman tables."""
     if frame not in (0xC0, 0xC1, 0xC2):
@@ -211,7 +212,7 @@ def _scan_tables_error(frame: int, seg, ns: int, huff: dict) -> str | None:
             else [(1, ta)]
         )
         for cls, index in used:
-            if index >= 4 or (index >= 2 and (cls, index) not in huff):
+            if index >= 4 or ((index >= 2 or progressive) and (cls, index) not in huff):
                 return f"Huffman table 0x{index:02x} was not defined"
             if huff.get((cls, index)):
                 return huff[cls, index]
