@@ -501,7 +501,7 @@ class Loader:
         skipped = out["skipped"][:n].reshape(-1).numpy()  # a host output: no device round trip
         bad = [self.reader.keys[i] for i in skipped[skipped >= 0]]
         if bad:
-            warn_skipped(bad, self.skipped)
+            warn_skipped(self.reader, skipped[skipped >= 0], self.skipped)
         images = out["images0"][:n]
         dev = images.device
 
