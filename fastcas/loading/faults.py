@@ -12,16 +12,22 @@ loader state, so the same quarantine gives the same stream.
 """
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 from fastcas.loading.source import SampleSource
 
 
-def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe) -> list[tuple[int, str]]:
+def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe,
+                slot: int | None = None) -> list[tuple[int, str]]:
     """``[(sample index, decoder message)]`` for the samples of batch ``iteration`` of
     pipeline epoch ``epoch_idx`` (DALI's ``BatchInfo`` numbering for ``source``) that the
     decoder rejects alone; [] when all decode or the batch is past the end of the epoch.
-    ``probe(jpeg, window)`` returns None or the error. Runs on the host, one decode each."""
+    ``probe(jpeg, window)`` returns None or the error. Runs on the host, one decode each.
+    ``slot``: the batch position DALI's error named (:func:`failed_slot`): probed first, and
+    when it is to blame the others are not decoded at all (one decode instead of a batch's:
+    most of the time a quarantine took); another bad sample of the same batch, rare at a few
+    percent, costs its own failure later."""
     fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
     fresh.trace = []
     try:
@@ -29,15 +35,24 @@ def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe) -> 
     except StopIteration:
         return []
     trace = fresh.trace
-    bad, k = [], 0
+    slots = []  # (sample index, jpeg, window, position in its batch), stream after stream
     for s in range(len(source.config.streams)):
         jpegs, windows = out[f"jpegs{s}"], out[f"windows{s}"]
-        for j, jpeg in enumerate(jpegs):
-            reason = probe(jpeg, windows[j])
-            if reason is not None:
-                bad.append((trace[k], short_reason(reason)))
-            k += 1
-    return bad
+        base = len(slots)
+        slots += [(trace[base + j], jpeg, windows[j], j) for j, jpeg in enumerate(jpegs)]
+    first = [x for x in slots if x[3] == slot]
+    for group in (first, [x for x in slots if x[3] != slot]):
+        bad = [(i, short_reason(why)) for i, jpeg, window, _ in group if (why := probe(jpeg, window)) is not None]
+        if bad:
+            return bad
+    return []
+
+
+def failed_slot(exc: BaseException) -> int | None:
+    """The batch position of the sample DALI's decoder names in ``exc`` ("Failed to decode
+    sample #j"), or None."""
+    m = re.search(r"Failed to decode sample #(\d+)", str(exc))
+    return int(m.group(1)) if m else None
 
 
 def short_reason(message: str) -> str:

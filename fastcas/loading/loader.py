@@ -41,7 +41,7 @@ from fastcas.loading import checks, iteration, mixsched, pipeline, resume, worke
 from fastcas.loading import streams as streaming
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
-from fastcas.loading.faults import undecodable
+from fastcas.loading.faults import failed_slot, undecodable
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.mixsched import mix_at
 from fastcas.loading.prefetch import Prefetcher
@@ -382,7 +382,8 @@ class Loader:
         try:
             for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
                 bad = [
-                    (i, why) for i, why in undecodable(source, first + k, epoch_idx, probe) if i not in self._quarantine
+                    (i, why) for i, why in undecodable(source, first + k, epoch_idx, probe, failed_slot(exc))
+                    if i not in self._quarantine
                 ]
                 if bad:
                     break

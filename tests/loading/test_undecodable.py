@@ -4,6 +4,7 @@ one pipeline rebuild, with no worker left for close() to wait out (issue 36, ite
 import io
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -44,6 +45,73 @@ def test_the_screen_refuses_what_libjpeg_refuses_and_passes_valid_jpegs():
     assert "unsupported marker type 0x5b" in jpeg_tables_error(bytes(b))
     # decoder-only faults are left to the decoder (and the quarantine)
     assert jpeg_tables_error(fractional_sampling(jpeg_bytes(5))) is None
+
+
+def later_scan_damage(jpeg: bytes) -> bytes:
+    """A progressive copy of the image whose second scan's Huffman table has code counts that
+    overflow their lengths: bit rot in the file's body, after the first scan. Every rule before
+    the first scan holds (imagehdr, the first-scan screen); DALI's decoder reads every scan of a
+    progressive file and refuses it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(buf, format="JPEG", progressive=True, quality=90)
+    b = bytearray(buf.getvalue())
+    first_scan = b.index(b"\xff\xda")
+    i = b.index(b"\xff\xc4", b.index(b"\xff\xda", first_scan + 2))  # a DHT after the second scan header
+    b[i + 5:i + 8] = b"\xff\xff\xff"
+    return bytes(b)
+
+
+def test_the_screen_walks_every_scan_of_a_progressive_jpeg():
+    """Damage after the first scan: in a progressive file the decoder refuses it (it reads every
+    scan's tables), so the screen reads on to EOI; in a one-scan baseline file it only warns, so
+    the screen stops at the first scan and such a file is not refused."""
+    from fastcas.dataset import imagehdr
+    from fastcas.loading.pipeline import DecodeProbe
+
+    probe = DecodeProbe("cpu")
+    for seed in range(3):
+        bad = later_scan_damage(jpeg_bytes(seed, size=(64, 48)))
+        assert imagehdr.read(bad) is not None  # the header checks pass
+        assert "bogus Huffman table definition" in jpeg_tables_error(bad)
+        assert probe(np.frombuffer(bad, np.uint8), [0, 0, 1, 1]) is not None  # and the decoder refuses it
+    baseline = bytearray(jpeg_bytes(7, size=(64, 48)))
+    baseline[-40:-38] = b"\xff\xc4"  # a marker pair inside the only scan's data: the decoder warns
+    assert jpeg_tables_error(bytes(baseline)) is None
+    assert probe(np.frombuffer(bytes(baseline), np.uint8), [0, 0, 1, 1]) is None
+
+
+@pytest.fixture(scope="module")
+def screened_ds(tmp_path_factory):
+    """300 samples, 6 undecodable (2%): three with a bogus first Huffman table, three progressive
+    with a bogus table after the first scan; the screen finds all six."""
+    root = tmp_path_factory.mktemp("screened") / "ds"
+    samples = [RawSample(f"k{i:03d}", jpeg_bytes(i), i % 3) for i in range(300)]
+    for i, corrupt in ((17, corrupt_huffman), (140, corrupt_huffman), (299, corrupt_huffman),
+                       (5, later_scan_damage), (101, later_scan_damage), (202, later_scan_damage)):
+        samples[i] = RawSample(f"k{i:03d}", corrupt(jpeg_bytes(i)), i % 3)
+    write_shards(samples, root, ShardWriterConfig(shard_size=100))
+    return root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_screened_corruption_costs_no_rebuild_and_loses_no_sample(screened_ds, workers):
+    """Every damaged sample is skipped and counted, no batch fails (one pipeline build for the
+    epoch, no quarantine), every position is filled: 300 samples, each readable key drawn once
+    or as the substitute of a skipped neighbour."""
+    backend = CountingBackend()
+    loader = Loader(screened_ds, 16, train=False, image_size=16, py_workers=workers, last_batch="partial",
+                    device="cpu", backend=backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = torch.cat([b[1] for b in loader])
+    loader.close()
+    assert len(labels) == 300
+    assert sorted(loader.skipped) == ["k005", "k017", "k101", "k140", "k202", "k299"]
+    assert all(n == 1 for n in loader.skipped.values())
+    assert loader.state_dict()["quarantine"] == [] and backend.builds == 1 and backend.join_timeouts == 0
+    assert sum("skipped unreadable sample" in str(w.message) for w in caught) == 6
 
 
 class CountingBackend(DaliBackend):
@@ -104,3 +172,33 @@ def test_strict_raises_and_close_still_waits_for_no_worker(one_percent_ds):
     else:
         pytest.fail("no CorruptSampleError")
     assert backend.join_timeouts == 0
+
+
+class ProbeCountingBackend(DaliBackend):
+    """DaliBackend whose decode probe counts the samples it decodes."""
+
+    probed = 0
+
+    def decode_probe(self):
+        probe = super().decode_probe()
+
+        def counted(jpeg, window):
+            self.probed += 1
+            return probe(jpeg, window)
+
+        return counted
+
+
+def test_a_quarantine_decodes_the_sample_dali_names_not_the_whole_batch(one_percent_ds):
+    """DALI's error names the failed batch position ("Failed to decode sample #j"): that sample
+    is decoded first and, being the culprit, alone: 2 decoder-only samples, 2 probe decodes
+    (before: every sample of the failed batch, 16 each)."""
+    backend = ProbeCountingBackend()
+    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, last_batch="partial",
+                    device="cpu", backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        n = sum(len(b[1]) for b in loader)
+    loader.close()
+    assert n == 400 and sorted(loader.state_dict()["quarantine"]) == ["k120", "k333"]
+    assert backend.probed == 2 and backend.builds == 3
