@@ -32,6 +32,8 @@ import re
 # APPn (E0-EF), COM (FE), TEM (01)
 _KNOWN = set(range(0xC0, 0xD0)) | set(range(0xD0, 0xDE)) | set(range(0xE0, 0xF0)) | {0xFE, 0x01}
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# differential (hierarchical) frames and the reserved JPG marker: "Unsupported JPEG process" (jdmarker.c)
+_UNSUPPORTED_SOF = {0xC5, 0xC6, 0xC7, 0xC8, 0xCD, 0xCE, 0xCF}
 _CHECKED = {0xC4, 0xDB, 0xDA, 0xDD}  # DHT, DQT, SOS, DRI (and the SOFs)
 # where entropy-coded data ends: 0xFF followed by neither a stuffed 0x00, a fill 0xFF nor RSTn
 # (libjpeg's entropy decoders stop there; jdhuff.c fill_bit_buffer)
@@ -68,15 +70,16 @@ def jpeg_tables_error(buf) -> str | None:
             return f"unsupported marker type 0x{marker:02x} at byte {i}"
         if marker == 0xD8:
             return f"a second start-of-image marker at byte {i}"
+        if marker in _UNSUPPORTED_SOF:
+            return f"unsupported JPEG process: SOF type 0x{marker:02x} at byte {i}"
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
         length = (b[i + 2] << 8) | b[i + 3]
         if i + 2 + length > n or length < 2:
-            # before the first scan imagehdr says so; after it libjpeg reads the end-of-input
-            # filler (FF D9 ...) as the segment's bytes, a fatal error for the checked ones
-            late = scans and (marker in _CHECKED or marker in _SOF)
-            return f"segment 0x{marker:02x} at byte {i} runs past the end of the file" if late else None
+            # before the first scan imagehdr says so; after it the decoder reads past the end of
+            # its input to finish the segment ("Input file read error" in DALI's decoder)
+            return f"segment 0x{marker:02x} at byte {i} runs past the end of the file" if scans else None
         if not (marker in _CHECKED or marker in _SOF):  # APPn, COM, ...: nothing to check, not copied
             i += 2 + length
             continue
@@ -197,8 +200,8 @@ def _scan_tables_error(frame: int, seg, ns: int, huff: dict) -> str | None:
         return None
     ss, se, ah, al = seg[1 + 2 * ns], seg[2 + 2 * ns], seg[3 + 2 * ns] >> 4, seg[3 + 2 * ns] & 15
     progressive = frame == 0xC2
-    if progressive and ((se != 0) if ss == 0 else (ss > se or se >= 64 or ns != 1)
-                        or (ah != 0 and al != ah - 1) or al > 13):
+    band_bad = se != 0 if ss == 0 else (ss > se or se >= 64 or ns != 1)  # jdphuff.c start_pass_phuff_decoder
+    if progressive and (band_bad or (ah != 0 and al != ah - 1) or al > 13):
         return f"invalid progressive parameters Ss={ss} Se={se} Ah={ah} Al={al}"
     for c in range(ns):
         td, ta = seg[2 + 2 * c] >> 4, seg[2 + 2 * c] & 15
