@@ -136,12 +136,14 @@ def _segment_error(marker: int, seg, comps: dict, qtables: set, huff: dict) -> s
         comps[-1] = marker  # the frame type, for the scan's table rules
         if len(seg) < 6 or len(seg) != 6 + 3 * seg[5] or seg[5] == 0:
             return "bogus frame header length"
+        factors = []
         for c in range(seg[5]):
             cid, hv, tq = seg[6 + 3 * c:9 + 3 * c]
             if not (1 <= hv >> 4 <= 4 and 1 <= hv & 15 <= 4):
                 return f"bogus sampling factors of component {cid}"
             comps[cid] = tq
-        return None
+            factors.append((cid, hv >> 4, hv & 15))
+        return _upsampling_error(factors)
     if marker == 0xDA:  # SOS
         if not comps:
             return None  # imagehdr: scan before a frame header
@@ -157,6 +159,18 @@ def _segment_error(marker: int, seg, comps: dict, qtables: set, huff: dict) -> s
         return _scan_tables_error(comps[-1], seg, ns, huff)
     if marker == 0xDD and len(seg) != 2:  # DRI
         return "bogus restart interval length"
+    return None
+
+
+def _upsampling_error(factors: list[tuple[int, int, int]]) -> str | None:
+    """libjpeg upsamples each component by an integral factor only (``jdsample.c``
+    ``jinit_upsampler``, at full scale as DALI decodes): the largest horizontal and vertical
+    sampling factors must be multiples of every component's, else "Fractional sampling not
+    implemented yet", a fatal error before any pixel (e.g. Y 3x2 with Cb 2x1)."""
+    hmax, vmax = max(f[1] for f in factors), max(f[2] for f in factors)
+    for cid, h, v in factors:
+        if hmax % h or vmax % v:
+            return f"fractional sampling: component {cid} is sampled {h}x{v} against {hmax}x{vmax}"
     return None
 
 

@@ -15,7 +15,7 @@ from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards  #
 from fastcas.loading.backends import DaliBackend  # noqa: E402
 from fastcas.loading.screen import jpeg_tables_error  # noqa: E402
 from tests.helpers import jpeg_bytes  # noqa: E402
-from tests.loading.test_faults import corrupt_huffman, fractional_sampling  # noqa: E402
+from tests.loading.test_faults import corrupt_huffman, fractional_sampling, twelve_bit  # noqa: E402
 
 pytestmark = pytest.mark.dali
 
@@ -43,8 +43,10 @@ def test_the_screen_refuses_what_libjpeg_refuses_and_passes_valid_jpegs():
     b = bytearray(jpeg_bytes(5))
     b[2:4] = b"\xff\x5b"  # no such marker
     assert "unsupported marker type 0x5b" in jpeg_tables_error(bytes(b))
-    # decoder-only faults are left to the decoder (and the quarantine)
-    assert jpeg_tables_error(fractional_sampling(jpeg_bytes(5))) is None
+    assert "fractional sampling: component 2 is sampled 2x1 against 3x2" in jpeg_tables_error(
+        fractional_sampling(jpeg_bytes(5)))
+    # what only a given decoder refuses is left to the decoder (and the quarantine)
+    assert jpeg_tables_error(twelve_bit(jpeg_bytes(5))) is None
 
 
 def later_scan_damage(jpeg: bytes) -> bytes:
@@ -84,12 +86,13 @@ def test_the_screen_walks_every_scan_of_a_progressive_jpeg():
 
 @pytest.fixture(scope="module")
 def screened_ds(tmp_path_factory):
-    """300 samples, 6 undecodable (2%): three with a bogus first Huffman table, three progressive
-    with a bogus table after the first scan; the screen finds all six."""
+    """300 samples, 7 undecodable (2%): three with a bogus first Huffman table, three progressive
+    with a bogus table after the first scan, one with fractional sampling; the screen finds all."""
     root = tmp_path_factory.mktemp("screened") / "ds"
     samples = [RawSample(f"k{i:03d}", jpeg_bytes(i), i % 3) for i in range(300)]
     for i, corrupt in ((17, corrupt_huffman), (140, corrupt_huffman), (299, corrupt_huffman),
-                       (5, later_scan_damage), (101, later_scan_damage), (202, later_scan_damage)):
+                       (5, later_scan_damage), (101, later_scan_damage), (202, later_scan_damage),
+                       (250, fractional_sampling)):
         samples[i] = RawSample(f"k{i:03d}", corrupt(jpeg_bytes(i)), i % 3)
     write_shards(samples, root, ShardWriterConfig(shard_size=100))
     return root
@@ -108,10 +111,10 @@ def test_screened_corruption_costs_no_rebuild_and_loses_no_sample(screened_ds, w
         labels = torch.cat([b[1] for b in loader])
     loader.close()
     assert len(labels) == 300
-    assert sorted(loader.skipped) == ["k005", "k017", "k101", "k140", "k202", "k299"]
+    assert sorted(loader.skipped) == ["k005", "k017", "k101", "k140", "k202", "k250", "k299"]
     assert all(n == 1 for n in loader.skipped.values())
     assert loader.state_dict()["quarantine"] == [] and backend.builds == 1 and backend.join_timeouts == 0
-    assert sum("skipped unreadable sample" in str(w.message) for w in caught) == 6
+    assert sum("skipped unreadable sample" in str(w.message) for w in caught) == 7
 
 
 class CountingBackend(DaliBackend):
@@ -121,11 +124,10 @@ class CountingBackend(DaliBackend):
 @pytest.fixture(scope="module")
 def one_percent_ds(tmp_path_factory):
     """400 samples, 4 undecodable (1%): two with a bogus Huffman table (the screen's), two with
-    fractional sampling factors (only the decoder's)."""
+    12-bit samples (only the decoder's)."""
     root = tmp_path_factory.mktemp("onepercent") / "ds"
     samples = [RawSample(f"k{i:03d}", jpeg_bytes(i), i % 3) for i in range(400)]
-    for i, corrupt in ((37, corrupt_huffman), (211, corrupt_huffman), (120, fractional_sampling),
-                       (333, fractional_sampling)):
+    for i, corrupt in ((37, corrupt_huffman), (211, corrupt_huffman), (120, twelve_bit), (333, twelve_bit)):
         samples[i] = RawSample(f"k{i:03d}", corrupt(jpeg_bytes(i)), i % 3)
     write_shards(samples, root, ShardWriterConfig(shard_size=100))
     return root
@@ -163,7 +165,7 @@ def test_strict_raises_and_close_still_waits_for_no_worker(one_percent_ds):
         list(loader)
     loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=1, strict=True, device="cpu",
                     backend=backend)
-    loader.load_state_dict({"epoch": 0, "step": 7, "seed": 0})  # past k037, at k120's batch (fractional sampling)
+    loader.load_state_dict({"epoch": 0, "step": 7, "seed": 0})  # past k037, at k120's batch (12-bit samples)
     try:
         list(loader)
     except CorruptSampleError as exc:
