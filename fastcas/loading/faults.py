@@ -1,11 +1,12 @@
 """Undecodable samples: find which sample of a failed DALI batch the decoder rejects.
 
-A JPEG can pass every header check (SOI, SOF, EOI) and still fail in DALI's decoder
-(corrupt Huffman tables or entropy-coded data: bit rot inside a shard). DALI then fails
+A JPEG can pass every header check (SOI, SOF, EOI) and the screen of
+:mod:`fastcas.loading.screen` and still fail in DALI's decoder (what one decoder supports
+and another not, e.g. 12-bit samples; a rule the screen does not know). DALI then fails
 the whole batch ("Failed to decode sample #j", or ``nvImageCodec failure``) and the
 pipeline is no longer valid. :func:`undecodable` recomputes that batch on the host with
-the stateless source (the same samples and crop windows DALI got) and decodes each sample
-alone with :class:`fastcas.loading.pipeline.DecodeProbe`; the loader then raises naming the key
+the stateless source (the same samples and crop windows DALI got) and decodes the named
+sample (else each) alone with :class:`fastcas.loading.pipeline.DecodeProbe`; the loader then raises naming the key
 and shard (``strict=True``) or quarantines the samples and rebuilds its pipeline at the
 same step (``strict=False``). Quarantined indices are part of the source config and the
 loader state, so the same quarantine gives the same stream.
@@ -18,33 +19,40 @@ from types import SimpleNamespace
 from fastcas.loading.source import SampleSource
 
 
-def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe,
-                slot: int | None = None) -> list[tuple[int, str]]:
-    """``[(sample index, decoder message)]`` for the samples of batch ``iteration`` of
-    pipeline epoch ``epoch_idx`` (DALI's ``BatchInfo`` numbering for ``source``) that the
-    decoder rejects alone; [] when all decode or the batch is past the end of the epoch.
-    ``probe(jpeg, window)`` returns None or the error. Runs on the host, one decode each.
-    ``slot``: the batch position DALI's error named (:func:`failed_slot`): probed first, and
-    when it is to blame the others are not decoded at all (one decode instead of a batch's:
-    most of the time a quarantine took); another bad sample of the same batch, rare at a few
-    percent, costs its own failure later."""
+def _slots(source: SampleSource, iteration: int, epoch_idx: int) -> list[tuple]:
+    """``[(sample index, jpeg, window, position in its batch)]`` of batch ``iteration`` of pipeline
+    epoch ``epoch_idx`` (DALI's ``BatchInfo`` numbering for ``source``), recomputed on the host,
+    stream after stream; [] past the end of the epoch."""
     fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
     fresh.trace = []
     try:
         out = fresh.layout.named(fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx)))
     except StopIteration:
         return []
-    trace = fresh.trace
-    slots = []  # (sample index, jpeg, window, position in its batch), stream after stream
+    slots = []
     for s in range(len(source.config.streams)):
-        jpegs, windows = out[f"jpegs{s}"], out[f"windows{s}"]
-        base = len(slots)
-        slots += [(trace[base + j], jpeg, windows[j], j) for j, jpeg in enumerate(jpegs)]
-    first = [x for x in slots if x[3] == slot]
-    for group in (first, [x for x in slots if x[3] != slot]):
-        bad = [(i, short_reason(why)) for i, jpeg, window, _ in group if (why := probe(jpeg, window)) is not None]
-        if bad:
-            return bad
+        jpegs, windows, base = out[f"jpegs{s}"], out[f"windows{s}"], len(slots)
+        slots += [(fresh.trace[base + j], jpeg, windows[j], j) for j, jpeg in enumerate(jpegs)]
+    return slots
+
+
+def undecodable(source: SampleSource, first: int, batches: int, epoch_idx: int, probe,
+                slot: int | None = None, known=frozenset()) -> list[tuple[int, str]]:
+    """``[(sample index, decoder message)]``: the samples the decoder rejects alone, of the failed
+    batch, which is one of ``batches`` consecutive batches from ``first`` (DALI runs ahead by its
+    prefetch depth) of pipeline epoch ``epoch_idx``; [] when all decode. ``probe(jpeg, window)``
+    returns None or the error; ``known``: indices already quarantined (not reported). ``slot``:
+    the batch position DALI's error named (:func:`failed_slot`): that position of each candidate
+    batch is decoded first, and when it is to blame nothing else is decoded (one decode instead
+    of a batch's or more: most of what a quarantine took); another bad sample of the same batch,
+    rare at a few percent, costs its own failure later. Runs on the host, one decode each."""
+    candidates = [_slots(source, first + k, epoch_idx) for k in range(batches)]
+    for named in (True, False):
+        for slots in candidates:
+            bad = [(i, short_reason(why)) for i, jpeg, window, j in slots
+                   if (j == slot) == named and i not in known and (why := probe(jpeg, window)) is not None]
+            if bad:
+                return bad
     return []
 
 

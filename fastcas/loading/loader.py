@@ -378,15 +378,9 @@ class Loader:
         epoch_idx = self.epoch - epoch0
         at = self._pipe_at[1] if self._pipe_at else self.step  # the batch that failed (the producer's)
         first = at - (step0 if epoch_idx == 0 else 0)
-        bad = []
-        try:
-            for k in range(1 + self.backend.prefetch_depth()):  # the failed batch, else one DALI had prefetched
-                bad = [
-                    (i, why) for i, why in undecodable(source, first + k, epoch_idx, probe, failed_slot(exc))
-                    if i not in self._quarantine
-                ]
-                if bad:
-                    break
+        try:  # the failed batch, or one DALI had prefetched
+            bad = undecodable(source, first, 1 + self.backend.prefetch_depth(), epoch_idx, probe, failed_slot(exc),
+                              self._quarantine)
         except Exception:  # the batch cannot even be recomputed: report the original error
             return False
         del probe  # its pipeline is freed before the rebuild (fastcas.loading.pipeline collects otherwise)
