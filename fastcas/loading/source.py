@@ -274,7 +274,7 @@ def warn_skipped(reader: ShardReader, indices, counts: dict) -> None:
             if s not in reader.broken and reader.shard_urls[s] is None:  # never a download just for a warning
                 try:
                     reader[i]
-                except FastcasError:
+                except (FastcasError, OSError):  # why it is unreadable: the warning below says it was skipped
                     pass
             if s in reader.broken:
                 reader.name_broken(s, stacklevel=3)
