@@ -12,10 +12,14 @@ import re
 
 # scheme://AUTHORITY: the authority ends at the first '/', '?', '#', whitespace or quote; its
 # userinfo runs to the LAST '@' in it (as urllib.parse splits: a raw '@' inside a password).
+# Or, a secret with an unencoded '/' (AWS secret keys are base64: 'wJal/rX...'), which RFC 3986
+# parsers split as host "user" and port "pa": USER:PASS@ where PASS runs to the first '@' and
+# its part before the first '/' is not a port (digits), so host:8080/path@x stays a path.
 # "scheme:/" too: a URL that went through pathlib.Path lost one slash ("http:/user:pw@host/x")
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]+:/{1,2})([^/?#\s'\"<>]*)@")
-
-
+_USERINFO = re.compile(
+    r"\b([A-Za-z][A-Za-z0-9+.-]+:/{1,2})"
+    r"([^/?#\s'\"<>]*|[^/?#\s'\"<>:@\[\]]+:(?!\d*/)[^?#\s'\"<>@]*)@"
+)
 def _hide(m: re.Match) -> str:
     user, colon, _ = m.group(2).partition(":")
     return f"{m.group(1)}{user}:***@" if colon else f"{m.group(1)}***@"
@@ -28,5 +32,6 @@ def redact(text) -> str:
 
 
 def has_userinfo(url: str) -> bool:
-    """True when ``url`` (``scheme://...``) carries a userinfo part (``user[:password]@``)."""
-    return bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@", str(url)))
+    """True when ``url`` (``scheme://...``) carries a userinfo part (``user[:password]@``, the
+    password unencoded '/' included)."""
+    return bool(_USERINFO.match(str(url)))

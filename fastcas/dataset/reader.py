@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +31,10 @@ from fastcas.dataset.tarname import member_name
 from fastcas.dataset.wdsindex import parse_index
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# (shard path, why it is unreadable) already warned about in this process: a changed shard is
+# named once, not once per sample or per reader (ShardReader.name_broken)
+_NAMED: set[tuple[str, str]] = set()
+_NAMED_LOCK = threading.Lock()
 
 
 def _check_labels(raw, keys: list, num_classes: int, manifest: Path) -> np.ndarray:
@@ -416,8 +421,18 @@ class ShardReader:
         self.broken[s] = (f"{self.shard_paths[s]}: index does not match its tar at key {self.keys[i]!r} (the header "
                           f"before byte {offset} names {name!r}): this tar changed since it was indexed; none of its "
                           f"samples is read: re-run `{fix}` for {self.root}")
-        warnings.warn(f"fastcas: {self.broken[s]}", RuntimeWarning, stacklevel=4)
+        self.name_broken(s, stacklevel=5)
         raise CorruptSampleError(self.broken[s], self.keys[i])
+
+    def name_broken(self, s: int, stacklevel: int = 3) -> None:
+        """Warn why shard ``s`` is unreadable (:attr:`broken`), once per shard and process
+        whichever reader finds it (a Loader's own, its source's with ``py_workers=0``)."""
+        key = (str(self.shard_paths[s]), self.broken[s])
+        with _NAMED_LOCK:
+            if key in _NAMED:
+                return
+            _NAMED.add(key)
+        warnings.warn(f"fastcas: {self.broken[s]}", RuntimeWarning, stacklevel=stacklevel)
 
     def __getitem__(self, i: int) -> Sample:
         i = int(i)

@@ -3,7 +3,7 @@ the batch the consumer receives (issue 33).
 
 Torch finishing, on the images' device with no host synchronisation: the mixing the DALI graph
 did not apply (:mod:`fastcas.mix`), the targets (soft [B, K] or hard [B]), the copies of host
-outputs (labels, ``lam``, the valid mask) to the device, and the keys of unreadable samples the
+outputs (labels, ``lam``, the valid mask) to the device, and the indices of unreadable samples the
 source substituted (counted by the consumer when it receives the batch). It runs on the thread
 that runs the :class:`~fastcas.loading.runner.Runner` (the producer thread, or the consumer
 with ``prefetch=0``).
@@ -19,23 +19,23 @@ from fastcas.mix.kinds import KINDS as MIX_KINDS
 
 
 class Finisher:
-    """``finisher(outputs, epoch, step)`` -> ``(batch, skipped_keys)``.
+    """``finisher(outputs, epoch, step)`` -> ``(batch, skipped)``.
 
     ``batch``: ``(images, targets)``, or ``(images, targets, valid)`` with ``valid_mask``
-    (bool [n] on the images' device); ``skipped_keys``: list of str, the unreadable samples the
-    source substituted in this batch. Holds only immutable inputs (the
+    (bool [n] on the images' device); ``skipped``: list of int, the dataset indices of the unreadable samples
+    the source substituted in this batch. Holds only immutable inputs (the
     :class:`~fastcas.loading.plan.StepPlan`, the pipeline's :class:`~fastcas.loading.layout.BatchLayout`,
-    ``num_classes``, the sample keys), so any one thread may call it; the Loader calls it on the
+    ``num_classes``), so any one thread may call it; the Loader calls it on the
     thread that runs its runner."""
 
-    def __init__(self, plan: StepPlan, layout: BatchLayout, num_classes: int, keys):
-        self.plan, self.layout, self.num_classes, self.keys = plan, layout, int(num_classes), keys
+    def __init__(self, plan: StepPlan, layout: BatchLayout, num_classes: int):
+        self.plan, self.layout, self.num_classes = plan, layout, int(num_classes)
 
-    def __call__(self, out, epoch: int, step: int) -> tuple[tuple, list[str]]:
+    def __call__(self, out, epoch: int, step: int) -> tuple[tuple, list[int]]:
         n = self.plan.size(step)
         named = self.layout.named(out, "pipeline")
         skipped = named["skipped"][:n].reshape(-1).numpy()  # a host output: no device round trip
-        bad = [self.keys[i] for i in skipped[skipped >= 0]]
+        bad = [int(i) for i in skipped[skipped >= 0]]
         images, targets = self.images_targets(named, epoch, step, n)
         if not self.plan.config.valid_mask:
             return (images, targets), bad

@@ -108,7 +108,7 @@ class Loader:
         self._plan = StepPlan(cfg, self.streams, self.geometry, self.rank, self.world_size, self.steps, last_size,
                               str(self.dataset), self.reader.keys, paste)
         layout = BatchLayout(len(self.streams), None if paste is None else paste.kind)
-        self._finisher = Finisher(self._plan, layout, self.num_classes, self.reader.keys)
+        self._finisher = Finisher(self._plan, layout, self.num_classes)
         self._runner = Runner(self._plan, backend, self.device, self.reader, self._release_cache)
         self._cursor = Cursor(self._plan, self.reader, self._runner)
         # the iteration rule (__iter__): where the next iter() starts, when set by construction,
@@ -285,7 +285,7 @@ class Loader:
         try:
             for batch, skipped in producer if producer is not None else produce():
                 if skipped:
-                    warn_skipped(skipped, self._cursor.skipped)
+                    warn_skipped(self.reader, skipped, self._cursor.skipped)
                 self.step += 1
                 yield batch
                 if self._iter_id != mine:

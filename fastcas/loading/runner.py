@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from fastcas.core.errors import CorruptSampleError, FastcasError
 from fastcas.loading import workers
-from fastcas.loading.faults import undecodable
+from fastcas.loading.faults import failed_slot, undecodable
 from fastcas.loading.plan import StepPlan
 from fastcas.loading.source import SampleSource
 
@@ -103,13 +103,9 @@ class Runner:
         source = self.backend.built[0]
         (epoch0, step0), (epoch, at) = self.built, self.pipe_at  # `at`: the batch that failed
         first = at - (step0 if epoch == epoch0 else 0)
-        bad = []
-        try:
-            for k in range(1 + self.backend.queue_depth()):  # the failed batch, else one DALI had queued
-                bad = [(i, why) for i, why in undecodable(source, first + k, epoch - epoch0, probe)
-                       if i not in self.quarantine]
-                if bad:
-                    break
+        try:  # the failed batch, or one DALI had queued; the slot DALI named first
+            bad = undecodable(source, first, 1 + self.backend.queue_depth(), epoch - epoch0, probe, failed_slot(exc),
+                              self.quarantine)
         except Exception:  # the batch cannot even be recomputed: report the original error
             return False
         del probe  # its pipeline is freed before the rebuild (fastcas.loading.pipeline collects otherwise)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastcas import mix
-from fastcas.core.errors import CorruptSampleError
+from fastcas.core.errors import CorruptSampleError, FastcasError
 from fastcas.dataset import imagehdr
 from fastcas.dataset.reader import ShardReader
 from fastcas.loading.augment import augment_key
@@ -266,9 +266,25 @@ class SampleSource:
         return self.config.batch_size
 
 
-def warn_skipped(keys: list[str], counts: dict) -> None:
-    for k in keys:
+def warn_skipped(reader: ShardReader, indices, counts: dict) -> None:
+    """Count the samples the source skipped (``indices``: int [k] into ``reader``) in ``counts``
+    (key -> draws) and warn about each new one, except that a shard unreadable as a whole (a tar
+    changed since it was indexed, a missing shard) is named once, with the command that fixes
+    it, instead of once per sample: the first skip of a local shard's sample reads its member
+    header back here (microseconds), which marks a changed tar's whole shard broken."""
+    for i in indices:
+        i = int(i)
+        k = reader.keys[i]
         if k not in counts:
-            warnings.warn(f"fastcas: skipped unreadable sample {k!r} (substituted the next readable one; "
-                          "pass strict=True to raise)", RuntimeWarning, stacklevel=4)
+            s = reader.shard_of(i)
+            if s not in reader.broken and reader.shard_urls[s] is None:  # never a download just for a warning
+                try:
+                    reader[i]
+                except (FastcasError, OSError):  # why it is unreadable: the warning below says it was skipped
+                    pass
+            if s in reader.broken:
+                reader.name_broken(s, stacklevel=3)
+            else:
+                warnings.warn(f"fastcas: skipped unreadable sample {k!r} (substituted the next readable one; "
+                              "pass strict=True to raise)", RuntimeWarning, stacklevel=3)
         counts[k] = counts.get(k, 0) + 1

@@ -103,3 +103,29 @@ def test_a_metadata_offset_landing_on_another_samples_json_is_caught(tmp_path):
     with pytest.raises(CorruptSampleError, match=rf"at key '{keys[0]}' .* names '{keys[1]}\.json'"), \
             pytest.warns(RuntimeWarning, match="this tar changed since it was indexed"):
         ShardReader(tmp_path / "ix").metadata(0)
+
+
+@pytest.mark.dali
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_loader_names_a_changed_shard_once_not_once_per_sample(tmp_path, workers):
+    """strict=False: the six samples of the re-packed tar are skipped and counted, and the
+    shard is named in ONE warning with the command that fixes it (before: one "skipped
+    unreadable sample" warning per sample, and the shard's warning only in a worker's stderr)."""
+    pytest.importorskip("nvidia.dali")
+    from fastcas import Loader
+
+    keys = [_key(j, "gnu") for j in range(12)]
+    (tmp_path / "w").mkdir()
+    _tar(tmp_path / "w" / "a.tar", keys[:6], [j % 3 for j in range(6)], "gnu")
+    _tar(tmp_path / "w" / "b.tar", keys[6:], [j % 3 for j in range(6)], "gnu")
+    index_dataset([tmp_path / "w" / "a.tar", tmp_path / "w" / "b.tar"], tmp_path / "ix", IndexConfig())
+    _tar(tmp_path / "w" / "a.tar", keys[5::-1], [2, 1, 0, 2, 1, 0], "gnu")  # re-packed at the same size
+    loader = Loader(tmp_path / "ix", 4, train=False, image_size=16, py_workers=workers, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n = sum(len(b[1]) for b in loader)
+    loader.close()
+    assert n == 12 and sorted(loader.skipped) == sorted(keys[:6])
+    named = [str(w.message) for w in caught if "this tar changed since it was indexed" in str(w.message)]
+    assert len(named) == 1 and "a.tar" in named[0] and "re-run `fastcas index`" in named[0]
+    assert not [w for w in caught if "skipped unreadable sample" in str(w.message)]

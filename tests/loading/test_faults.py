@@ -180,9 +180,9 @@ def corrupt_huffman(jpeg: bytes) -> bytes:
 
 
 def fractional_sampling(jpeg: bytes) -> bytes:
-    """The 4:2:0 JPEG with sampling factors Y 3x2, Cb 2x1: every header rule holds (also
-    fastcas.loading.screen's), but libjpeg refuses to upsample ("Fractional sampling not
-    implemented yet"), so only DALI's decoder finds it."""
+    """The 4:2:0 JPEG with sampling factors Y 3x2, Cb 2x1: every header check of
+    fastcas.dataset.imagehdr holds, but libjpeg refuses to upsample ("Fractional sampling not
+    implemented yet"); fastcas.loading.screen applies that rule too."""
     b = bytearray(jpeg)
     i = 2
     while b[i + 1] != 0xC0:
@@ -192,11 +192,25 @@ def fractional_sampling(jpeg: bytes) -> bytes:
     return bytes(b)
 
 
+def twelve_bit(jpeg: bytes) -> bytes:
+    """The 8-bit JPEG with its frame header saying 12-bit samples: every rule of the JPEG
+    format the screen checks holds (12-bit JPEGs are valid), but DALI's 8-bit decoder refuses
+    it ("Unsupported JPEG data precision 12"): a sample only the decoder finds, left to it
+    because what a decoder supports differs between decoders (CPU, nvJPEG)."""
+    b = bytearray(jpeg)
+    i = 2
+    while b[i + 1] != 0xC0:
+        i += 2 + struct.unpack(">H", b[i + 2 : i + 4])[0]
+    assert b[i + 4] == 8
+    b[i + 4] = 12
+    return bytes(b)
+
+
 @pytest.fixture(scope="module")
 def bad_ds(tmp_path_factory):
     root = tmp_path_factory.mktemp("undecodable") / "ds"
     samples = [RawSample(f"k{i:02d}", jpeg_bytes(i), i % 2) for i in range(12)]
-    samples[5] = RawSample("k05", fractional_sampling(jpeg_bytes(5)), 1)
+    samples[5] = RawSample("k05", twelve_bit(jpeg_bytes(5)), 1)
     write_shards(samples, root, ShardWriterConfig(shard_size=6))
     return root
 
@@ -205,9 +219,9 @@ def test_the_fixture_passes_header_checks_but_not_the_decoder():
     from fastcas.loading.pipeline import DecodeProbe
     from fastcas.loading.screen import jpeg_tables_error
 
-    bad = fractional_sampling(jpeg_bytes(5))
+    bad = twelve_bit(jpeg_bytes(5))
     assert jpeg_size(bad) == jpeg_size(jpeg_bytes(5))  # headers and end marker intact
-    assert jpeg_tables_error(bad) is None  # and the screen's table rules too
+    assert jpeg_tables_error(bad) is None  # and the screen's rules too
     probe = DecodeProbe()
     assert probe(np.frombuffer(jpeg_bytes(5), np.uint8), [0, 0, 1, 1]) is None
     assert probe(np.frombuffer(bad, np.uint8), [0, 0, 1, 1]) is not None
