@@ -61,7 +61,7 @@ class DaliBackend:
         """One batch (pipeline layout); a dead worker raises WorkerDiedError, never hangs."""
         try:
             with self.watch or workers.NO_WATCH:
-                return pipeline.run(self.pipe, self.device)
+                return self._outputs()
         except BaseException as exc:
             # the finished frames of the traceback (pipeline.run, DALI's Pipeline methods) hold the
             # failed pipeline in their locals: cleared, so close() really stops it and its workers
@@ -77,6 +77,10 @@ class DaliBackend:
             if restored is not None:  # a fastcas error raised in a DALI worker arrives as its own type
                 raise restored from exc
             raise
+
+    def _outputs(self) -> list:
+        """The pipeline's outputs of one batch as torch tensors (a subclass may keep DALI's)."""
+        return pipeline.run(self.pipe, self.device)
 
     def worker_pids(self) -> list[int]:
         """The pids of the pipeline's source worker processes ([] without a pipeline or workers)."""

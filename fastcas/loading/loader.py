@@ -37,9 +37,8 @@ from fastcas.core.errors import ClassMassShiftWarning, CorruptSampleError, Fastc
 from fastcas.dataset.classes import check_same_classes
 from fastcas.dataset.derived import cached_array, check_vector, score_column
 from fastcas.dataset.reader import ShardReader
-from fastcas.loading import checks, iteration, mixsched, pipeline, resume, workers
+from fastcas.loading import checks, cpu_resize, iteration, mixsched, pipeline, resume, workers
 from fastcas.loading import streams as streaming
-from fastcas.loading.backends import DaliBackend
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 from fastcas.loading.faults import undecodable
 from fastcas.loading.layout import BatchLayout
@@ -76,8 +75,10 @@ class Loader:
                  world_size: int | None = None, backend=None, class_names=None, **options):
         check_option_names(options)
         self.config = LoaderConfig(batch_size=batch_size, **options)
-        # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
-        self.backend = DaliBackend() if backend is None else backend
+        # the execution engine (fastcas.loading.backends): DALI (+ torch resize on a CPU with cpu_resize="torch",
+        # fastcas.loading.cpu_resize) unless a twin asks for another
+        self.backend = backend if backend is not None else cpu_resize.make_backend(
+            self.config, resolve_device(self.config.device))
         self._stage = None  # the prefetch thread of the current iteration
         self._iter_owner: threading.Thread | None = None  # the thread iterating (guarded by _ITER_LOCK)
         cfg = self.config

@@ -476,3 +476,39 @@ class DecodeProbe:
             self._pipe = None
             return str(exc)
         return None
+
+
+# -- the decode-only graph of the torch CPU resize (fastcas.loading.cpu_resize; issue 37) --------------
+def build_decode_pipeline(source: SampleSource, cfg: PipelineConfig):
+    """A built CPU DALI pipeline whose outputs are the source's outputs (``layout.source_names``,
+    in order) with each stream's ``jpegs{s}`` replaced by its ROI-decoded crop window (uint8 HWC
+    RGB, ragged: ``decoders.image_slice`` exactly as in :func:`build_pipeline`); every other
+    output (labels, windows, flips, paste arguments, skipped) passes through. Resizing, flipping,
+    mixing and normalising happen after it, in torch (:class:`fastcas.loading.cpu_resize.TorchResizeBackend`)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    layout = source.layout
+    parallel = cfg.py_workers > 0
+    dtypes = {"uint8": types.UINT8, "int32": types.INT32, "int64": types.INT64, "float32": types.FLOAT,
+              "float64": types.FLOAT64}
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=None, seed=1,
+                  prefetch_queue_depth=cfg.prefetch, py_num_workers=max(cfg.py_workers, 1),
+                  py_start_method=worker_start_method(False), exec_dynamic=True)
+    def pipe():
+        raw = layout.named(fn.external_source(
+            source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
+            prefetch_queue_depth=source_prefetch(cfg) if parallel else None,
+            dtype=[dtypes[d] for d in layout.source_dtypes()]), "source")
+        for s in range(len(source.config.streams)):
+            window = raw[f"windows{s}"]
+            raw[f"jpegs{s}"] = fn.decoders.image_slice(raw[f"jpegs{s}"], window[0:2], window[2:4], device="cpu",
+                                                       output_type=types.RGB, axis_names="WH")
+        return tuple(raw.values())
+
+    if parallel and worker_start_method(False) == "fork" and len(_NOT_FREED):
+        gc.collect()  # as in build_pipeline: a forked worker must not inherit a dropped pipeline
+    p = pipe()
+    _NOT_FREED.add(p)
+    p.build()
+    return p
