@@ -5,11 +5,15 @@
 A backend builds (for a source whose next batch is a given step), runs one batch (raising
 StopIteration at the end of the pipeline's epoch), resets after an epoch, and closes. The
 Loader owns the rest: samplers and stream geometry, the source, finishing (mixing, targets),
-state and quarantine. Two backends:
+state and quarantine. Three backends:
 
 * :class:`DaliBackend` — the DALI graph (:mod:`fastcas.loading.pipeline`, the only module that
   imports DALI), its worker processes and the watcher that turns a dead worker into an error;
   it can mix in the graph.
+* :class:`fastcas.loading.cpu_resize.TorchResizeBackend` — a DaliBackend whose graph only
+  decodes (the same ROI decode); resize, flip, CutMix / FMix and normalisation follow in torch on
+  a thread pool (``cpu_resize="torch"`` on a CPU device; the Loader's choice is
+  :func:`fastcas.loading.cpu_resize.make_backend`).
 * :class:`fastcas.loading.baseline.TorchvisionBackend` — the same source through
   ``torch.utils.data.DataLoader``, PIL and torchvision v2 (the honest baseline); it never mixes
   in a graph (mixing happens after it, like every torch-side mix). It lives beside the
