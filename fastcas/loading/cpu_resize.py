@@ -9,14 +9,15 @@ the DALI path up to the pixels of the crop window and replaces what follows:
       -> DALI: external_source -> decoders.image_slice (the same ROI decode, on DALI's threads)
          (:func:`fastcas.loading.pipeline.build_decode_pipeline`)
       -> torch, on a pool of ``num_threads`` threads with one intra-op thread each:
-         per sample: resize the uint8 crop to S x S (bilinear, antialiased), flip if drawn;
-         per sample: normalise to float (ImageNet mean/std), with the in-graph mix applied as a
-           copy of whole pixels — CutMix: the partner's box normalised into the box; FMix (binary
-           masks): the select ``bg ^ ((bg ^ fg) & mask)`` on uint8, then normalised
+         per sample (with its partner: pairs swap, so a pair is one unit of work): resize the
+           uint8 crop to S x S (bilinear, antialiased), flip if drawn; mix as the DALI graph does,
+           copies of whole uint8 pixels (CutMix: the partner's box; FMix, binary masks: the
+           select ``bg ^ ((bg ^ fg) & mask)``); normalise to float (ImageNet mean/std) into the
+           sample's row of the batch
       -> the pipeline layout (:class:`fastcas.loading.layout.BatchLayout`), so the Loader's
          finishing (targets from ``lam``, skips) is unchanged.
 
-Normalisation is per pixel, so pasting normalised pixels equals :func:`fastcas.mix.apply` on
+Normalisation is per pixel, so normalising pasted pixels equals :func:`fastcas.mix.apply` on
 the normalised images bit for bit (tested); the pixels differ from DALI's resize within the
 tolerance stated in ``tests/loading/test_cpu_resize.py`` (two bilinear antialiased resamplers
 rounding differently). The pool's threads run torch with one intra-op thread each
@@ -85,7 +86,7 @@ class TorchResizeBackend(DaliBackend):
         self.builds += 1
         policy = source.config.policy
         self._finish = Finisher(source.layout, cfg.image_size, policy.mean, policy.std, cfg.dtype,
-                                cfg.channels_last)
+                                cfg.channels_last, cfg.num_threads)
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(cfg.num_threads, thread_name_prefix="fastcas-resize",
@@ -115,12 +116,13 @@ def _one_torch_thread() -> None:
 
 class Finisher:
     """Decode-graph outputs (the source layout, crops as uint8 HWC) -> pipeline-layout outputs.
-    ``mean``/``std``: the policy's, in [0, 1] units; ``dtype``: "float32" | "float16"."""
+    ``mean``/``std``: the policy's, in [0, 1] units; ``dtype``: "float32" | "float16";
+    ``threads``: the pool's size (the batch is cut into ``2 * threads`` tasks)."""
 
-    def __init__(self, layout, size: int, mean, std, dtype: str, channels_last: bool):
+    def __init__(self, layout, size: int, mean, std, dtype: str, channels_last: bool, threads: int = 2):
         import torch
 
-        self.layout, self.size, self.channels_last = layout, int(size), channels_last
+        self.layout, self.size, self.channels_last, self.threads = layout, int(size), channels_last, threads
         self.mean = torch.tensor([255 * m for m in mean], dtype=torch.float32).view(3, 1, 1)
         self.inv_std = torch.tensor([1 / (255 * s) for s in std], dtype=torch.float32).view(3, 1, 1)
         self.dtype = torch.float16 if dtype == "float16" else torch.float32
@@ -129,33 +131,57 @@ class Finisher:
         import torch
 
         src = self.layout.named(raw, "source")
-        streams = self.layout.streams
         host = {k: pipeline.to_torch(v) for k, v in src.items() if not k.startswith("jpegs")}
-        b = len(host["skipped"])
-        # phase 1: every crop of every stream resized and flipped (uint8 CHW views, channels-last strides)
-        jobs = [(s, i) for s in range(streams) for i in range(b)]
+        b, streams, mix = len(host["skipped"]), self.layout.streams, self.layout.mix
+        crops = [src[f"jpegs{s}"] for s in range(streams)]
         flips = [host[f"flips{s}"].reshape(-1).tolist() for s in range(streams)]
-        resized = list(pool.map(lambda job: self._resize(src[f"jpegs{job[0]}"][job[1]], flips[job[0]][job[1]]),
-                                jobs))
-        u8 = [resized[s * b:(s + 1) * b] for s in range(streams)]
         S = self.size
         shape = (b, S, S, 3) if self.channels_last else (b, 3, S, S)
-        mix = self.layout.mix
-        named = {"skipped": host["skipped"]}
-        for s in range(streams):
-            named[f"labels{s}"] = host[f"labels{s}"]
         outs = [torch.empty(shape, dtype=self.dtype) for _ in range(1 if mix else streams)]
-        # phase 2: per sample, the (mixed) uint8 image normalised into its row of the batch
-        if mix is None:
-            rows = [(s, i, None) for s in range(streams) for i in range(b)]
-        else:
-            rows = [(0, i, self._mix_args(host, mix, i, u8)) for i in range(b)]
-        list(pool.map(lambda row: self._row(outs[row[0]][row[1]], u8[row[0]][row[1]], row[2]), rows))
-        for s, out in enumerate(outs):
-            named[f"images{s}"] = out
+        fg_of = self._foregrounds(host, mix, b)
+
+        def task(groups):  # a few groups: their crops resized, then their rows mixed and normalised
+            for group in groups:
+                u8 = {(s, i): self._resize(crops[s][i], flips[s][i]) for s, i in group}
+                for s, i in group:
+                    if mix is None:
+                        self._normalise(u8[s, i], self._row(outs[s], i))
+                    elif s == 0:
+                        img = self._mixed(host, mix, i, u8[0, i], u8[fg_of[i]])
+                        self._normalise(img, self._row(outs[0], i))
+
+        groups = self._groups(fg_of, b, streams)
+        n = min(len(groups), 2 * self.threads)
+        list(pool.map(task, [groups[k::n] for k in range(n)]))
+        named = {"skipped": host["skipped"], **{f"labels{s}": host[f"labels{s}"] for s in range(streams)}}
+        named.update({f"images{s}": out for s, out in enumerate(outs)})
         if mix is not None:
             named["lam"] = host["lam"]
         return list(self.layout.pack(named, "pipeline"))
+
+    def _foregrounds(self, host: dict, mix, b: int) -> list | None:
+        """Per sample, the (stream, sample) it mixes in: the in-batch partner, or stream 1's sample."""
+        if mix is None:
+            return None
+        if self.layout.streams == 2:
+            return [(1, i) for i in range(b)]
+        partner = host["in_ids"][:, 1] if mix == "cutmix" else host["partner"][:, 0]
+        return [(0, int(p)) for p in partner.tolist()]
+
+    def _groups(self, fg_of, b: int, streams: int) -> list:
+        """The batch cut into groups of (stream, sample) whose rows need only their own crops:
+        sample i of every stream; with an in-batch partner the pair (partners swap:
+        :func:`fastcas.mix.pair_partner`), or the whole batch if some partner is not mutual."""
+        if fg_of is None or streams == 2:
+            return [[(s, i) for s in range(streams)] for i in range(b)]
+        p = [j for _, j in fg_of]
+        if any(p[j] != i for i, j in enumerate(p)):
+            return [[(0, i) for i in range(b)]]
+        return [[(0, i)] + ([(0, p[i])] if p[i] != i else []) for i in range(b) if p[i] >= i]
+
+    def _row(self, out, i: int):
+        """Row ``i`` of a batch as a CHW view (the batch may be HWC)."""
+        return out[i].permute(2, 0, 1) if self.channels_last else out[i]
 
     def _resize(self, crop, flip: int):
         """One uint8 HWC crop (a DALI tensor) -> uint8 [3, S, S] resized (bilinear, antialiased), flipped."""
@@ -166,34 +192,18 @@ class Finisher:
         out = F.resize(chw, [self.size, self.size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
         return out.flip(-1) if flip else out
 
-    def _mix_args(self, host: dict, mix: str, i: int, u8: list):
-        """What sample ``i`` mixes in: ("box", foreground, (y0, x0, y1, x1)) or ("mask", foreground,
-        uint8 mask [S, S, 1]), or None when it keeps its own pixels."""
-        two = self.layout.streams == 2
-        if mix == "cutmix":
-            (y0, x0), (h, w) = host["anchors"][i, 1].tolist(), host["shapes"][i, 1].tolist()
-            if h == 0 or w == 0:
-                return None
-            fg = u8[1][i] if two else u8[0][int(host["in_ids"][i, 1])]
-            return "box", fg, (y0, x0, y0 + h, x0 + w)
-        fg = u8[1][i] if two else u8[0][int(host["partner"][i, 0])]
-        return "mask", fg, host["masks"][i]
-
-    def _row(self, out, img, mixed) -> None:
-        """Normalise uint8 [3, S, S] ``img`` (with ``mixed`` applied) into ``out`` (a row of the batch)."""
-        import torch
-
-        if self.channels_last:
-            out = out.permute(2, 0, 1)
-        if mixed is not None and mixed[0] == "mask":  # the graph's exact bitwise select, on uint8
-            fg, mask = mixed[1], mixed[2].permute(2, 0, 1)
-            img = img ^ ((img ^ fg) & mask)
-        self._normalise(img, out)
-        if mixed is not None and mixed[0] == "box":  # a copy of the partner's normalised pixels
-            y0, x0, y1, x1 = mixed[2]
-            box = torch.empty((3, y1 - y0, x1 - x0), dtype=self.dtype)
-            self._normalise(mixed[1][:, y0:y1, x0:x1], box)
-            out[:, y0:y1, x0:x1] = box
+    def _mixed(self, host: dict, mix: str, i: int, bg, fg):
+        """Sample ``i``'s uint8 pixels mixed with its foreground's, as the DALI graph mixes them
+        (copies of whole pixels, before normalisation): CutMix the foreground's box, FMix the
+        select ``bg ^ ((bg ^ fg) & mask)``."""
+        if mix == "fmix":
+            return bg ^ ((bg ^ fg) & host["masks"][i].permute(2, 0, 1))
+        (y0, x0), (h, w) = host["anchors"][i, 1].tolist(), host["shapes"][i, 1].tolist()
+        if h == 0 or w == 0:
+            return bg
+        out = bg.clone()
+        out[:, y0:y0 + h, x0:x0 + w] = fg[:, y0:y0 + h, x0:x0 + w]
+        return out
 
     def _normalise(self, img, out) -> None:
         """``(img - 255 mean) * 1 / (255 std)``, two rounded float32 steps, written into ``out``."""
