@@ -37,7 +37,6 @@ from fastcas.loading import pipeline, workers
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.pipeline import PipelineConfig, build_decode_pipeline
 
-CPU_RESIZE = ("dali", "torch")  # LoaderConfig.cpu_resize
 TORCH_MIXES = ("cutmix", "fmix")  # in-graph kinds this backend mixes itself (SaliencyMix: torch after)
 
 
