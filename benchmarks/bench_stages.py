@@ -18,7 +18,8 @@ and, with CutMix, ``build_pipeline`` and the Loader with the paste in the graph.
 options: the whole image decoded (``decoders.image``) instead of the ROI, the resize without the
 flip folded into its ROI or without antialiasing, and the source run in the main thread
 (``py_workers=0``, no worker process), the ROI decode with libjpeg-turbo's fast IDCT, DALI's
-ROI decode followed by torchvision's resize and one normalise per batch (a candidate design); and,
+ROI decode followed by torchvision's resize and one normalise per batch (a candidate design), and the
+Loader with ``cpu_resize="torch"`` (that design, built: mix none and CutMix); and,
 as references for a torch CPU backend, torchvision's whole-image decode, its uint8 resize of
 the same kind of crops and a per-batch normalise (one torch thread, CPU of this thread). The difference between
 consecutive rows is that stage's cost.
@@ -186,6 +187,11 @@ def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
         _reduced(src, pcfg, "decode"), size)
     out["variant: build_pipeline, source in the main thread"] = build_pipeline(
         src, dataclasses.replace(pcfg, py_workers=0)).run
+    # the design that came of it (issue 37): the whole Loader with cpu_resize="torch" (fastcas.loading.cpu_resize)
+    for mix in (None, "cutmix"):
+        torch_path = Loader(dataset, batch, cpu_resize="torch", **opts, **({"mix": mix} if mix else {}))
+        out[f"variant: Loader, cpu_resize='torch' (ROI decode by DALI, the rest in torch), {mix or 'mix none'}"] = \
+            iter(torch_path).__next__
     return out
 
 

@@ -11,8 +11,8 @@ def add_arguments(p) -> None:
 
     p.add_argument("dataset", help="dataset directory or manifest (e.g. demo-data/photo-corpus)")
     p.add_argument("--loaders", default="fastcas,torchvision,dali-plain,decode-only",
-                   help=f"comma-separated, from {', '.join(LOADERS)}; 'all': fastcas, torchvision, dali-plain "
-                   "and every peer (a peer not installed is skipped with the reason)")
+                   help=f"comma-separated, from {', '.join(LOADERS)}; 'all': fastcas, fastcas-torchresize, "
+                   "torchvision, dali-plain and every peer (a peer not installed is skipped with the reason)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="fastcas: DALI python source workers")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count() or 2,

@@ -5,11 +5,15 @@
 A backend builds (for a source whose next batch is a given step), runs one batch (raising
 StopIteration at the end of the pipeline's epoch), resets after an epoch, and closes. The
 Loader owns the rest: samplers and stream geometry, the source, finishing (mixing, targets),
-state and quarantine. Two backends:
+state and quarantine. Three backends:
 
 * :class:`DaliBackend` — the DALI graph (:mod:`fastcas.loading.pipeline`, the only module that
   imports DALI), its worker processes and the watcher that turns a dead worker into an error;
   it can mix in the graph.
+* :class:`fastcas.loading.cpu_resize.TorchResizeBackend` — a DaliBackend whose graph only
+  decodes (the same ROI decode); resize, flip, CutMix / FMix and normalisation follow in torch on
+  a thread pool (``cpu_resize="torch"`` on a CPU device; the Loader's choice is
+  :func:`fastcas.loading.cpu_resize.make_backend`).
 * :class:`fastcas.loading.baseline.TorchvisionBackend` — the same source through
   ``torch.utils.data.DataLoader``, PIL and torchvision v2 (the honest baseline); it never mixes
   in a graph (mixing happens after it, like every torch-side mix). It lives beside the
@@ -62,7 +66,7 @@ class DaliBackend:
         """One batch (pipeline layout); a dead worker raises WorkerDiedError, never hangs."""
         try:
             with self.watch or workers.NO_WATCH:
-                return pipeline.run(self.pipe, self.device)
+                return self._outputs()
         except BaseException as exc:
             # the finished frames of the traceback (pipeline.run, DALI's Pipeline methods) hold the
             # failed pipeline in their locals: cleared, so close() really stops it and its workers
@@ -78,6 +82,10 @@ class DaliBackend:
             if restored is not None:  # a fastcas error raised in a DALI worker arrives as its own type
                 raise restored from exc
             raise
+
+    def _outputs(self) -> list:
+        """The pipeline's outputs of one batch as torch tensors (a subclass may keep DALI's)."""
+        return pipeline.run(self.pipe, self.device)
 
     def worker_pids(self) -> list[int]:
         """The pids of the pipeline's source worker processes ([] without a pipeline or workers)."""

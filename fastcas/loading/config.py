@@ -152,6 +152,9 @@ class LoaderConfig:
     mix_start_epoch: int = 0
     mix_stop_epoch: int | None = None
     batch_timeout: float | None = None  # seconds to wait for a batch before raising BatchTimeoutError
+    # on a CPU device in training: who resizes the decoded crops, DALI ("dali") or torch on a thread pool
+    # ("torch", fastcas.loading.cpu_resize; ~1.7x less CPU an image); ignored on a GPU (always DALI)
+    cpu_resize: str = "dali"
 
     def __post_init__(self):
         checks.check_option_types(self)  # types and bounds first: no TypeError from the checks below
@@ -196,6 +199,8 @@ class LoaderConfig:
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
         _check_mix_options(self.mix_kind, self.mix_options)
+        if self.cpu_resize not in ("dali", "torch"):
+            raise ValueError(f"cpu_resize must be 'dali' or 'torch', got {self.cpu_resize!r}")
         if self.mode not in MODES_READ:
             raise ValueError(f"mode must be 'exact' or 'streaming', got {self.mode!r}")
         if self.shuffle_buffer is not None:

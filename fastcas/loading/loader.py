@@ -33,8 +33,7 @@ import numpy as np
 
 from fastcas.dataset.classes import check_same_classes
 from fastcas.dataset.reader import ShardReader
-from fastcas.loading import checks, iteration, workers
-from fastcas.loading.backends import DaliBackend
+from fastcas.loading import checks, cpu_resize, iteration, workers
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 from fastcas.loading.finisher import Finisher
 from fastcas.loading.layout import BatchLayout
@@ -87,8 +86,9 @@ class Loader:
         self._iter_id = 0  # names the newest iteration (guarded by _ITER_LOCK)
         check_option_names(options)
         self.config = cfg = LoaderConfig(batch_size=batch_size, **options)
-        # the execution engine (fastcas.loading.backends): DALI unless a twin asks for another
-        backend = DaliBackend() if backend is None else backend
+        # the execution engine (fastcas.loading.backends): DALI (+ torch resize on a CPU with cpu_resize="torch",
+        # fastcas.loading.cpu_resize) unless a twin asks for another
+        backend = cpu_resize.make_backend(cfg, resolve_device(cfg.device)) if backend is None else backend
         self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
         self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
             self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)

@@ -61,13 +61,16 @@ def worker_start_method(gpu: bool) -> str:
     return "spawn" if gpu or backend.IsDriverInitialized() else "fork"
 
 
-def build_pipeline(source: SampleSource, cfg: PipelineConfig):
+def build_pipeline(source: SampleSource, cfg: PipelineConfig, decode_only: bool = False):
     """A built DALI pipeline whose outputs are, per stream, (images, labels), then skipped; with
     ``source.config.paste`` (mixing in the graph): (mixed images, each stream's labels, lam float64
     [B, 1], skipped), the uint8 images mixed by the mix kind's fragment
     (:meth:`fastcas.mix.kinds.MixKind.graph_mix`) before one normalisation without mirror. Mixing
     copies whole pixels and normalisation is per pixel, so the pixels equal ``fastcas.mix.apply``
-    on the normalised, flipped images (tested against the torch path on the CPU)."""
+    on the normalised, flipped images (tested against the torch path on the CPU). ``decode_only``
+    (CPU): the source's outputs with each stream's ``jpegs{s}`` replaced by its ROI-decoded crop
+    window (uint8 HWC RGB, ragged); torch resizes, flips, mixes and normalises after it
+    (:class:`fastcas.loading.cpu_resize.TorchResizeBackend`, ``cpu_resize="torch"``)."""
     from nvidia.dali import fn, pipeline_def, types
 
     c, name = source.config, source.config.policy.interpolation
@@ -77,7 +80,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
 
     @pipeline_def(**pipeline_args(cfg, bool(g.train and g.policy.auto), worker_start_method(cfg.gpu)))
     def pipe():
-        return _graph(g, source, kind)
+        return _decoded(g, source) if decode_only else _graph(g, source, kind)
 
     if cfg.py_workers > 0 and worker_start_method(cfg.gpu) == "fork" and len(_NOT_FREED):
         # a forked worker inherits every unreachable object not yet collected here; an earlier,
@@ -94,12 +97,7 @@ def build_pipeline(source: SampleSource, cfg: PipelineConfig):
 def _graph(g: Graph, source: SampleSource, kind) -> tuple:
     """The pipeline's outputs (``source.layout``'s pipeline names): each stream decoded and resized,
     mixed by ``kind`` (a :class:`fastcas.mix.kinds.MixKind`; None: not in the graph), normalised."""
-    layout, parallel = source.layout, g.cfg.py_workers > 0
-    # batch mode: the source computes a whole batch vectorised (sampler, crop windows)
-    raw = layout.named(g.fn.external_source(
-        source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
-        prefetch_queue_depth=source_prefetch(g.cfg) if parallel else None,
-        dtype=dali_types(g.types, layout.source_dtypes())), "source")
+    layout, raw = source.layout, _source(g, source)
     streams = [_stream(g, raw, s) for s in range(layout.streams)]
     named = {"skipped": raw["skipped"]}
     named.update({f"labels{s}": label for s, (_, _, label, _) in enumerate(streams)})
@@ -112,15 +110,37 @@ def _graph(g: Graph, source: SampleSource, kind) -> tuple:
     return layout.pack(named, "pipeline")
 
 
+def _source(g: Graph, source: SampleSource) -> dict:
+    """The external source's outputs by name. Batch mode: the source computes a whole batch
+    vectorised (sampler, crop windows)."""
+    layout, parallel = source.layout, g.cfg.py_workers > 0
+    return layout.named(g.fn.external_source(
+        source=source, num_outputs=len(layout.source_names), batch=True, batch_info=True, parallel=parallel,
+        prefetch_queue_depth=source_prefetch(g.cfg) if parallel else None,
+        dtype=dali_types(g.types, layout.source_dtypes())), "source")
+
+
+def _decoded(g: Graph, source: SampleSource) -> tuple:
+    raw = _source(g, source)
+    raw.update({f"jpegs{s}": _decode(g, raw, s) for s in range(source.layout.streams)})
+    return tuple(raw.values())
+
+
+def _decode(g: Graph, raw: dict, s: int):
+    """Stream ``s``'s ROI decode of its crop window (the whole image in evaluation), uint8 HWC RGB."""
+    window = raw[f"windows{s}"]
+    return g.fn.decoders.image_slice(raw[f"jpegs{s}"], window[0:2], window[2:4], device="mixed" if g.gpu else "cpu",
+                                     output_type=g.types.RGB, axis_names="WH")
+
+
 def _stream(g: Graph, raw: dict, s: int) -> tuple:
     """``(image uint8 HWC, mirror, labels, extra draws)`` of stream ``s``: the ROI decode of the crop
     window (the whole image in evaluation), resized; in training flipped by the resize's ROI and
     given the policy's per-sample transforms; in evaluation centre-cropped by the normalisation."""
     fn, types, S = g.fn, g.types, g.size
-    jpeg, label, window, flip = (raw[f"{f}{s}"] for f in STREAM_FIELDS)
+    _, label, _, flip = (raw[f"{f}{s}"] for f in STREAM_FIELDS)
     extra = {f: raw[f"{f}{s}"] for f in g.policy.extra_fields(g.train)}
-    img = fn.decoders.image_slice(jpeg, window[0:2], window[2:4], device="mixed" if g.gpu else "cpu",
-                                  output_type=types.RGB, axis_names="WH")
+    img = _decode(g, raw, s)
     if g.train:
         # the flip is folded into the resize (its ROI runs right to left): no extra pass, and
         # pasted pixels carry their own sample's flip

@@ -9,6 +9,9 @@ reader, and the consuming (training) thread's own CPU time per batch (``time.thr
 work a loader does on the training thread is time the model cannot use.
 
 * ``fastcas``: :class:`fastcas.Loader` (stateless weighted source -> DALI -> mixing)
+* ``fastcas-torchresize``: the same Loader with ``cpu_resize="torch"`` (on a CPU device: DALI's ROI
+  decode, then resize, flip, CutMix and normalise in torch on a thread pool,
+  :mod:`fastcas.loading.cpu_resize`; on a GPU the same as ``fastcas``)
 * ``fastcas-torchmix``: the same Loader with ``mix_in_pipeline=False`` (CutMix / FMix applied
   with torch after the pipeline instead of by DALI operators: the same pixels), to measure
   where mixing should run
@@ -18,8 +21,8 @@ work a loader does on the training thread is time the model cannot use.
 * ``decode-only``: DALI reader + decode alone: the hardware ceiling
 * the peers a user would pick instead (:mod:`fastcas.tools.peers`: webdataset + DataLoader,
   timm, torchdata.nodes threads, SPDL, FFCV), mix ``none`` or ``cutmix``; one not installed is
-  listed under ``skipped`` with the reason. ``all`` names fastcas, torchvision, dali-plain and
-  every peer.
+  listed under ``skipped`` with the reason. ``all`` names fastcas, fastcas-torchresize,
+  torchvision, dali-plain and every peer.
 
 Each round also reads the CPU seconds of this process tree from ``/proc`` (every thread of
 this process and of every live worker process: :mod:`fastcas.tools.proctime`), so each loader
@@ -37,8 +40,8 @@ from dataclasses import dataclass
 from fastcas.tools.peers import PEER_MIXES, PEERS, check_batch, make_peer, peer_status
 from fastcas.tools.proctime import load_average, machine_cpu_seconds, tree_cpu_seconds
 
-LOADERS = ("fastcas", "fastcas-torchmix", "torchvision", "dali-plain", "decode-only") + PEERS
-ALL = ("fastcas", "torchvision", "dali-plain") + PEERS  # what ``--loaders all`` means
+LOADERS = ("fastcas", "fastcas-torchresize", "fastcas-torchmix", "torchvision", "dali-plain", "decode-only") + PEERS
+ALL = ("fastcas", "fastcas-torchresize", "torchvision", "dali-plain") + PEERS  # what ``--loaders all`` means
 MIXES = ("none", "cutmix", "fmix", "saliencymix", "cmo")
 
 
@@ -105,11 +108,12 @@ class _DaliPlain:
 
 
 def _make(name: str, cfg: BenchConfig, device: str):
-    if name in ("fastcas", "fastcas-torchmix"):
+    if name in ("fastcas", "fastcas-torchresize", "fastcas-torchmix"):
         from fastcas.loading.loader import Loader
 
         return Loader(cfg.dataset, cfg.batch_size, **_loader_options(cfg, device),
-                      mix_in_pipeline=name == "fastcas")
+                      mix_in_pipeline=name != "fastcas-torchmix",
+                      cpu_resize="torch" if name == "fastcas-torchresize" else "dali")
     if name == "torchvision":
         from fastcas.loading.baseline import TorchvisionLoader
 
