@@ -36,8 +36,7 @@ import numpy as np
 from fastcas.loading import pipeline, workers
 from fastcas.loading.backends import DaliBackend
 from fastcas.loading.pipeline import PipelineConfig, build_pipeline
-
-TORCH_MIXES = ("cutmix", "fmix")  # in-graph kinds this backend mixes itself (SaliencyMix: torch after)
+from fastcas.mix.kinds import KINDS as MIX_KINDS
 
 
 def applies(cfg, device: str) -> bool:
@@ -58,15 +57,16 @@ def make_backend(cfg, device: str):
 class TorchResizeBackend(DaliBackend):
     """DALI's ROI decode, then torch resize + flip + (CutMix / FMix) + normalise on a thread
     pool (see the module docstring). ``mix_kind``: the Loader's mix; the graph-side mixing
-    (``mixes_in_graph``) is done here for :data:`TORCH_MIXES` and left to the Loader's torch
-    mixing after the backend otherwise. Outputs: the pipeline layout, images float32/float16
+    (``mixes_in_graph``) is done here for the kinds that mix host pixels
+    (:attr:`fastcas.mix.kinds.MixKind.host_pixels`: CutMix, FMix) and left to the Loader's torch
+    mixing after the backend otherwise (SaliencyMix). Outputs: the pipeline layout, images float32/float16
     [B, 3, S, S] (HWC with ``channels_last``) on the CPU."""
 
     name = "dali+torch"
 
     def __init__(self, mix_kind: str | None = None):
         super().__init__()
-        self.mixes_in_graph = mix_kind in TORCH_MIXES
+        self.mixes_in_graph = mix_kind is not None and MIX_KINDS[mix_kind].host_pixels
         self._pool = None
         self._lock = threading.Lock()
 
@@ -84,7 +84,7 @@ class TorchResizeBackend(DaliBackend):
         self.built, self.device = (source, pcfg), "cpu"
         self.builds += 1
         policy = source.config.policy
-        self._finish = Finisher(source.layout, cfg.image_size, policy.mean, policy.std, cfg.dtype,
+        self._resizer = TorchResizer(source.layout, cfg.image_size, policy.mean, policy.std, cfg.dtype,
                                 cfg.channels_last, cfg.num_threads)
         with self._lock:
             if self._pool is None:
@@ -94,7 +94,7 @@ class TorchResizeBackend(DaliBackend):
     def run(self) -> list:
         """One batch in the pipeline layout (decode by DALI, the rest by the pool)."""
         raw = super().run()  # DaliBackend.run: the dead-worker watch and error restoring
-        return self._finish(raw, self._pool)
+        return self._resizer(raw, self._pool)
 
     def _outputs(self) -> list:
         return list(self.pipe.run())  # DALI's TensorLists: the crops are ragged
@@ -113,7 +113,7 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)  # per thread (OpenMP): the user's threads keep their setting
 
 
-class Finisher:
+class TorchResizer:
     """Decode-graph outputs (the source layout, crops as uint8 HWC) -> pipeline-layout outputs.
     ``mean``/``std``: the policy's, in [0, 1] units; ``dtype``: "float32" | "float16";
     ``threads``: the pool's size (the batch is cut into ``2 * threads`` tasks)."""
@@ -131,7 +131,8 @@ class Finisher:
 
         src = self.layout.named(raw, "source")
         host = {k: pipeline.to_torch(v) for k, v in src.items() if not k.startswith("jpegs")}
-        b, streams, mix = len(host["skipped"]), self.layout.streams, self.layout.mix
+        b, streams = len(host["skipped"]), self.layout.streams
+        mix = None if self.layout.mix is None else MIX_KINDS[self.layout.mix]
         crops = [src[f"jpegs{s}"] for s in range(streams)]
         flips = [host[f"flips{s}"].reshape(-1).tolist() for s in range(streams)]
         S = self.size
@@ -146,7 +147,7 @@ class Finisher:
                     if mix is None:
                         self._normalise(u8[s, i], self._row(outs[s], i))
                     elif s == 0:
-                        img = self._mixed(host, mix, i, u8[0, i], u8[fg_of[i]])
+                        img = mix.mix_pixels(host, i, u8[0, i], u8[fg_of[i]])
                         self._normalise(img, self._row(outs[0], i))
 
         groups = self._groups(fg_of, b, streams)
@@ -164,8 +165,7 @@ class Finisher:
             return None
         if self.layout.streams == 2:
             return [(1, i) for i in range(b)]
-        partner = host["in_ids"][:, 1] if mix == "cutmix" else host["partner"][:, 0]
-        return [(0, int(p)) for p in partner.tolist()]
+        return [(0, int(p)) for p in mix.partners(host).tolist()]
 
     def _groups(self, fg_of, b: int, streams: int) -> list:
         """The batch cut into groups of (stream, sample) whose rows need only their own crops:
@@ -190,19 +190,6 @@ class Finisher:
         chw = torch.from_numpy(np.asarray(crop)).permute(2, 0, 1)  # channels-last strides: torch's uint8 fast path
         out = F.resize(chw, [self.size, self.size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
         return out.flip(-1) if flip else out
-
-    def _mixed(self, host: dict, mix: str, i: int, bg, fg):
-        """Sample ``i``'s uint8 pixels mixed with its foreground's, as the DALI graph mixes them
-        (copies of whole pixels, before normalisation): CutMix the foreground's box, FMix the
-        select ``bg ^ ((bg ^ fg) & mask)``."""
-        if mix == "fmix":
-            return bg ^ ((bg ^ fg) & host["masks"][i].permute(2, 0, 1))
-        (y0, x0), (h, w) = host["anchors"][i, 1].tolist(), host["shapes"][i, 1].tolist()
-        if h == 0 or w == 0:
-            return bg
-        out = bg.clone()
-        out[:, y0:y0 + h, x0:x0 + w] = fg[:, y0:y0 + h, x0:x0 + w]
-        return out
 
     def _normalise(self, img, out) -> None:
         """``(img - 255 mean) * 1 / (255 std)``, two rounded float32 steps, written into ``out``."""

@@ -82,6 +82,7 @@ class MixKind:
     options: tuple = ("mode",)
     graph: str | None = None
     draws_params = True  # False: the kind resolves to another one per batch (:meth:`at`) and draws nothing itself
+    host_pixels = False  # True: :meth:`partners` and :meth:`mix_pixels` mix its in-graph pixels in torch too
     needs_foreground = False  # the region depends on the foreground's pixels (SaliencyMix)
 
     def region(self, d: Drawn, *, foreground, mode: str, decay: float, max_soft: float, saliency: str,
@@ -122,6 +123,16 @@ class MixKind:
         """Names of the source outputs of in-graph mixing, in order (one stream mixes with an
         in-batch partner: ``in_ids`` / ``partner``; two take the foreground from stream 1)."""
         return ()
+
+    def partners(self, args: dict):
+        """int [B]: each sample's in-batch partner (one stream), from the source outputs ``args``."""
+        raise NotImplementedError(f"{self.name}: no host pixel mixing")
+
+    def mix_pixels(self, args: dict, i: int, bg, fg):
+        """Sample ``i``'s uint8 [3, H, W] torch pixels ``bg`` mixed with its foreground's ``fg`` as
+        :meth:`graph_mix` mixes them, bit for bit (``cpu_resize="torch"``, fastcas.loading.cpu_resize);
+        ``args``: the source outputs :meth:`paste_names` as torch tensors."""
+        raise NotImplementedError(f"{self.name}: no host pixel mixing")
 
     def paste_dtype(self, name: str) -> str:
         """The numpy dtype name of the source output ``name`` of :meth:`paste_names` (``lam``:
@@ -172,6 +183,7 @@ class MixUp(MixKind):
 class CutMix(MixKind):
     name = "cutmix"
     graph = "box"
+    host_pixels = True
 
     def region(self, d, *, mode, **_) -> MixParams:
         """clovaai's box: ``cut = int(side * sqrt(1 - lam))`` at the drawn centre, clipped (batch
@@ -196,11 +208,21 @@ class CutMix(MixKind):
         lam = args.pop("lam")
         return paste_box(g, images, args), lam
 
+    def partners(self, args: dict):
+        return args["in_ids"][:, 1]
+
+    def mix_pixels(self, args: dict, i: int, bg, fg):
+        (y0, x0), (h, w) = args["anchors"][i, 1].tolist(), args["shapes"][i, 1].tolist()
+        out = bg.clone() if h and w else bg
+        out[:, y0:y0 + h, x0:x0 + w] = fg[:, y0:y0 + h, x0:x0 + w]
+        return out
+
 
 class FMix(MixKind):
     name = "fmix"
     options = ("mode", "decay", "max_soft")
     graph = "mask"
+    host_pixels = True
 
     def region(self, d, *, mode, decay, max_soft, device, **_) -> MixParams:
         """Masks from low-frequency noise (:func:`fastcas.mix.fmix.masks_from_noise`), built on ``device``."""
@@ -254,6 +276,12 @@ class FMix(MixKind):
         from .graph_ops import FMIX_SELECT  # noqa: PLC0415 (lazy: graph_ops loads numba)
 
         return g.numba(FMIX_SELECT)(bg, fg, args["masks"]), args["lam"]
+
+    def partners(self, args: dict):
+        return args["partner"][:, 0]
+
+    def mix_pixels(self, args: dict, i: int, bg, fg):
+        return bg ^ ((bg ^ fg) & args["masks"][i].permute(2, 0, 1))
 
 
 class SaliencyMix(MixKind):
