@@ -17,6 +17,7 @@ import json
 import mmap
 import os
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,6 +67,71 @@ def resolve_manifest(path: str | Path) -> Path:
     return manifest
 
 
+@dataclass(frozen=True)
+class ReopenSpec:
+    """How a :class:`ShardReader` opens again in another process (a DALI worker, an unpickled
+    copy): the manifest file it read (absolute), its ``on_error`` and its cache settings. The
+    reader exposes its own (:attr:`ShardReader.reopen_spec`), so a worker opens the dataset the
+    caller opened: the same manifest file and cache, not the dataset root with other settings."""
+
+    manifest: str  # the manifest file, absolute (its directory is the dataset root)
+    on_error: str = "raise"
+    cache_dir: str | None = None  # None: the manifest's cache_dir, else the default shard cache
+    cache_max_bytes: int | None = None
+    remote: RemoteOptions | None = None  # timeouts and retries for remote shards (None: the defaults)
+
+    def __post_init__(self):
+        if not isinstance(self.manifest, str) or not os.path.isabs(self.manifest):
+            raise ValueError(f"manifest must be an absolute path (str), got {self.manifest!r}")
+        if self.on_error not in ("raise", "defer"):
+            raise ValueError(f"on_error must be 'raise' or 'defer', got {self.on_error!r}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise ValueError(f"cache_dir must be a str or None, got {self.cache_dir!r}")
+        if self.cache_max_bytes is not None and (isinstance(self.cache_max_bytes, bool)
+                                                 or not isinstance(self.cache_max_bytes, int)
+                                                 or self.cache_max_bytes < 0):
+            raise ValueError(f"cache_max_bytes must be an int >= 0 or None, got {self.cache_max_bytes!r}")
+
+    @classmethod
+    def of(cls, dataset: "str | os.PathLike | ReopenSpec") -> "ReopenSpec":
+        """``dataset`` as a spec: a spec as it is, a path (dataset directory or manifest file)
+        with the default settings."""
+        if isinstance(dataset, ReopenSpec):
+            return dataset
+        return cls(os.path.abspath(resolve_manifest(dataset)))
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest).parent
+
+    def with_errors(self, on_error: str) -> "ReopenSpec":
+        return replace(self, on_error=on_error)
+
+    def open(self) -> "ShardReader":
+        return ShardReader(self.manifest, on_error=self.on_error, cache_dir=self.cache_dir,
+                           cache_max_bytes=self.cache_max_bytes, remote=self.remote)
+
+
+def reader_for(dataset, *, cache_dir=None, cache_max_bytes: int | None = None,
+               remote: RemoteOptions | None = None) -> tuple["ShardReader", bool]:
+    """``(reader, opened)``: the caller's :class:`ShardReader` as it is (``opened`` False: the
+    caller owns and closes it), or ``dataset`` (a path) opened with these cache settings
+    (``opened`` True). A reader given with cache settings of its own that differ is a
+    ValueError: the workers reopen the dataset from the reader's :attr:`~ShardReader.reopen_spec`."""
+    if not isinstance(dataset, ShardReader):
+        return ShardReader(dataset, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes, remote=remote), True
+    spec = dataset.reopen_spec
+    given = {"cache_dir": None if cache_dir is None else str(cache_dir), "cache_max_bytes": cache_max_bytes,
+             "remote": remote}
+    own = {"cache_dir": spec.cache_dir, "cache_max_bytes": spec.cache_max_bytes, "remote": spec.remote}
+    for name, value in given.items():
+        if value is not None and value != own[name]:
+            raise ValueError(f"{name}={value!r} given with a ShardReader opened with {name}={own[name]!r}: the "
+                             f"reader's settings are what its workers use; open the ShardReader with {name}={value!r}, "
+                             "or pass the dataset path")
+    return dataset, False
+
+
 class ShardReader:
     """Indexed, read-only view of a dataset written by :func:`fastcas.dataset.shards.write_shards`.
 
@@ -90,6 +156,9 @@ class ShardReader:
         self.root = self.manifest_path.parent
         self.on_error = on_error
         self._cache_dir, self._cache_max_bytes, self._remote = cache_dir, cache_max_bytes, remote
+        #: how this reader opens again elsewhere (DALI workers, pickling): this manifest file and settings
+        self.reopen_spec = ReopenSpec(os.path.abspath(self.manifest_path), on_error,
+                                      None if cache_dir is None else str(cache_dir), cache_max_bytes, remote)
         try:
             m = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
@@ -346,12 +415,12 @@ class ShardReader:
     # -- pickling: drop the mmaps, workers re-open them ------------------------------------
     def __getstate__(self):
         # the columns re-map in the receiving process (O(1)); never pickle N-sized data
-        return {"_reopen": (str(self.manifest_path), self.on_error, self._cache_dir, self._cache_max_bytes,
-                            self._remote)}
+        return {"reopen_spec": self.reopen_spec}
 
     def __setstate__(self, state):
-        path, on_error, cache_dir, cache_max, remote = state["_reopen"]
-        self.__init__(path, on_error=on_error, cache_dir=cache_dir, cache_max_bytes=cache_max, remote=remote)
+        spec = state["reopen_spec"]
+        self.__init__(spec.manifest, on_error=spec.on_error, cache_dir=spec.cache_dir,
+                      cache_max_bytes=spec.cache_max_bytes, remote=spec.remote)
 
     def close(self) -> None:
         self._prefetcher = None

@@ -36,7 +36,7 @@ from fastcas import mix
 from fastcas.core.errors import ClassMassShiftWarning, CorruptSampleError, FastcasError
 from fastcas.dataset.classes import check_same_classes
 from fastcas.dataset.derived import cached_array, check_vector, score_column
-from fastcas.dataset.reader import ShardReader
+from fastcas.dataset.reader import reader_for
 from fastcas.loading import checks, iteration, mixsched, pipeline, resume, workers
 from fastcas.loading import streams as streaming
 from fastcas.loading.backends import DaliBackend
@@ -81,9 +81,10 @@ class Loader:
         self._stage = None  # the prefetch thread of the current iteration
         self._iter_owner: threading.Thread | None = None  # the thread iterating (guarded by _ITER_LOCK)
         cfg = self.config
-        self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
-        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
-            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
+        # a reader the caller passed stays theirs (close() leaves it open); the workers reopen its reopen_spec
+        self.reader, self._owns_reader = reader_for(dataset, cache_dir=cfg.cache_dir,
+                                                    cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
+        self.dataset = Path(self.reader.root)
         self.num_classes = self.reader.num_classes
         if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
             check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
@@ -314,11 +315,11 @@ class Loader:
     def _source_config(self, epoch: int, step: int) -> SourceConfig:
         cfg = self.config
         return SourceConfig(
-            dataset=str(self.dataset), streams=self.streams, positions=self.steps * cfg.batch_size,
+            dataset=self.reader.reopen_spec, streams=self.streams, positions=self.steps * cfg.batch_size,
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(self._quarantine), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote, paste=self._paste,
+            paste=self._paste,
             augment=cfg.transforms, image_size=cfg.image_size)
 
     def _paste_spec(self) -> PasteSpec | None:
@@ -592,9 +593,8 @@ class Loader:
         self.backend.close()
         self._pipe_at = None
         reader = self.__dict__.get("reader")  # None: construction failed before the reader existed
-        cache = None if reader is None else reader.cache
-        if cache is not None:  # the workers are gone with their pins: trim the cache to its limit
-            cache.release()
+        if reader is not None and self._owns_reader:  # a reader the caller passed is theirs to close
+            reader.close()  # the workers are gone with their pins: trim the cache to its limit
 
     def __del__(self):
         try:

@@ -16,7 +16,7 @@ import numpy as np
 from fastcas import mix
 from fastcas.core.errors import CorruptSampleError
 from fastcas.dataset import imagehdr
-from fastcas.dataset.reader import ShardReader
+from fastcas.dataset.reader import ReopenSpec
 from fastcas.loading.augment import augment_key
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
@@ -67,7 +67,7 @@ class SourceConfig:
     of the epoch's one stream (training); None: the streams take rank-local positions
     (evaluation's :class:`SequentialIndex`)."""
 
-    dataset: str
+    dataset: ReopenSpec | str  # the caller's reader's reopen spec (a dataset path: opened with the defaults)
     streams: tuple
     positions: int
     seed: int = 0
@@ -80,9 +80,6 @@ class SourceConfig:
     quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
     geometry: object = None
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
-    cache_dir: str | None = None  # local cache for remote shards (None: fastcas.dataset.remote's default)
-    cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
-    remote: object = None  # fastcas.dataset.fetch.RemoteOptions: timeouts and retries (None: the defaults)
     paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
     augment: object = None  # fastcas.loading.transforms.AugmentPolicy (None: the default imagenet policy)
     image_size: int = 224  # the output side S (the transform draws that depend on it: erasing)
@@ -114,8 +111,8 @@ class SampleSource:
     @property
     def reader(self):
         if self._reader is None:
-            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
-                                       cache_max_bytes=self.config.cache_max_bytes, remote=self.config.remote)
+            # the caller's reader's own manifest file and cache settings (a path: the defaults)
+            self._reader = ReopenSpec.of(self.config.dataset).with_errors("defer").open()
         return self._reader
 
     @property
