@@ -22,13 +22,12 @@ def undecodable(source: SampleSource, iteration: int, epoch_idx: int, probe) -> 
     pipeline epoch ``epoch_idx`` (DALI's ``BatchInfo`` numbering for ``source``) that the
     decoder rejects alone; [] when all decode or the batch is past the end of the epoch.
     ``probe(jpeg, window)`` returns None or the error. Runs on the host, one decode each."""
-    fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
-    fresh.trace = []
+    trace: list[int] = []  # the sample index of each slot, in fetch order
+    fresh = SampleSource(source.config, on_fetch=trace.append)  # the pipeline's own copy may be mid-use
     try:
         out = fresh.layout.named(fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx)))
     except StopIteration:
         return []
-    trace = fresh.trace
     bad, k = [], 0
     for s in range(len(source.config.streams)):
         jpegs, windows = out[f"jpegs{s}"], out[f"windows{s}"]

@@ -311,6 +311,22 @@ class Loader:
         resume.load_state_dict(self, state)
         self._next_start, self._loaded = (self.epoch, self.step), True
 
+    @property
+    def graph_mix(self) -> str | None:
+        """The mix kind mixed inside the DALI graph for this config, backend and device
+        ("cutmix", "fmix" with binary masks, "saliencymix" on the CPU with the fine-grained
+        saliency), or None: no mixing, or mixed by torch after the pipeline (mixup, soft FMix
+        masks, erasing, ``mix_in_pipeline=False``, GPU SaliencyMix). The stream is the same."""
+        spec = self._paste_spec()
+        return None if spec is None else spec.kind
+
+    def source(self, epoch: int | None = None, step: int | None = None) -> SampleSource:
+        """The stateless sample source the pipeline is built from at ``step`` of ``epoch``
+        (default: the next batch), what the DALI workers run: ``source.batch(epoch, offsets)``
+        computes its outputs on the host, named by ``source.layout``."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        return SampleSource(self._source_config(epoch, self.step if step is None else int(step)))
+
     # -- iteration ---------------------------------------------------------------------------
     def _source_config(self, epoch: int, step: int) -> SourceConfig:
         cfg = self.config

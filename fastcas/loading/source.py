@@ -91,16 +91,16 @@ class SourceConfig:
 
 
 class SampleSource:
-    # the sample index each :meth:`fetch` returned, appended while a list (fastcas.loading.faults
-    # finds which sample each slot of a failed batch got); None: not recorded
-    trace: list | None = None
-
-    def __init__(self, config: SourceConfig):
+    def __init__(self, config: SourceConfig, *, on_fetch=None):
+        """``on_fetch(i)``: called with the sample index each fetch returns (a substitute's for
+        a skipped one), in the process that runs this source (fastcas.loading.faults finds
+        which sample each slot of a failed batch got); DALI workers get a copy without it."""
         self.config = config
+        self.on_fetch = on_fetch
         self._reader = None
 
     def __getstate__(self):
-        return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
+        return {"config": self.config, "on_fetch": None, "_reader": None, "_parent": spawn_parent_hint()}
 
     def __setstate__(self, state):
         state = dict(state)
@@ -151,8 +151,8 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
-            if self.trace is not None:  # fastcas.loading.faults records which sample each slot got
-                self.trace.append(i)
+            if self.on_fetch is not None:
+                self.on_fetch(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 

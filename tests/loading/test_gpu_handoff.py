@@ -105,10 +105,10 @@ def test_labels_and_targets_follow_the_images_device(tiny, mix, monkeypatch):
     labels = torch.tensor([[0], [1], [0], [1]])  # host outputs of the pipeline
     skipped = torch.full((4, 1), -1)
     lam = torch.full((4, 1), 0.75, dtype=torch.float64)  # mixed in the pipeline: lam is a host output too
-    out = [images, labels, lam, skipped] if loader._paste_spec() is not None else [images, labels, skipped]
+    out = [images, labels, lam, skipped] if loader.graph_mix is not None else [images, labels, skipped]
     out_images, targets = loader._finish(out)
     assert out_images.device.type == "meta" and targets.device.type == "meta"
     if mix is not None:
         assert {k: seen[k] for k in ("y_bg", "y_fg")} == {"y_bg": "meta", "y_fg": "meta"}
-        if loader._paste_spec() is not None:  # mixed by DALI: targets from the lam that came with the batch
+        if loader.graph_mix is not None:  # mixed by DALI: targets from the lam that came with the batch
             assert seen["lam"] == "meta"

@@ -5,7 +5,6 @@ import pytest
 
 from fastcas import Loader, TorchvisionLoader
 from fastcas.loading.layout import BatchLayout
-from fastcas.loading.source import SampleSource
 from tests.helpers import make_dataset
 
 
@@ -62,7 +61,7 @@ def test_pack_and_named_round_trip_and_name_what_is_wrong():
                                   dict(mix="saliencymix")])
 def test_the_source_writes_what_the_layout_names(ds, opts):
     loader = Loader(ds, 4, device="cpu", py_workers=0, seed=3, **opts)
-    source = SampleSource(loader._source_config(0, 0))
+    source = loader.source(0, 0)
     out = source.layout.named(source.batch(0, np.arange(4)))
     assert source.layout == loader._layout
     for name, dtype in zip(source.layout.source_names, source.layout.source_dtypes()):

@@ -100,8 +100,7 @@ def test_producer_errors_reach_the_consumer(ds, monkeypatch):
 @pytest.mark.parametrize("kind", ["cutmix", "fmix", "mixup"])
 def test_device_params_are_the_host_params(ds, kind):
     loader = _loader(ds, mix=kind)
-    pos = loader.positions(1)
-    host = loader._mix_params(0, pos, 24)
+    host = loader.plan(1, epoch=0)["params"]  # the host parameters of step 1 (image_size 24)
     dev = on_device(host, lambda t: t.clone()).host()
     for f in ("lam", "mixed", "boxes", "masks"):
         a, b = getattr(host, f), getattr(dev, f)

@@ -33,14 +33,14 @@ def _epoch(loader):
 
 
 def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
-    assert _loader(ds, mix="fmix")._paste_spec().kind == "fmix"
-    assert _loader(ds, mix="fmix", mix_options={"max_soft": 0.1})._paste_spec() is None
-    assert _loader(ds, mix="mixup")._paste_spec() is None
+    assert _loader(ds, mix="fmix").graph_mix == "fmix"
+    assert _loader(ds, mix="fmix", mix_options={"max_soft": 0.1}).graph_mix is None
+    assert _loader(ds, mix="mixup").graph_mix is None
     # SaliencyMix: the fine-grained saliency in the graph; other saliency methods after it
-    assert _loader(ds, mix="saliencymix")._paste_spec().kind == "saliencymix"
-    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"})._paste_spec() is None
-    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"})._paste_spec() is None
-    assert _loader(ds, mix="cutmix", mix_in_pipeline=False)._paste_spec() is None
+    assert _loader(ds, mix="saliencymix").graph_mix == "saliencymix"
+    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"}).graph_mix is None
+    assert _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"}).graph_mix is None
+    assert _loader(ds, mix="cutmix", mix_in_pipeline=False).graph_mix is None
     with pytest.raises(ValueError, match="mix_in_pipeline must be True or False"):
         _loader(ds, mix_in_pipeline="yes")
 
@@ -51,7 +51,7 @@ def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds):
     for kind, in_graph in (("saliencymix", False), ("cutmix", True), ("fmix", True)):
         loader = _loader(ds, mix=kind)
         loader.device = "cuda"  # what resolve_device gives on a GPU machine; nothing is built here
-        assert (loader._paste_spec() is not None) == in_graph, kind
+        assert (loader.graph_mix is not None) == in_graph, kind
 
 
 def test_paste_args_copy_the_box_at_its_place():
@@ -80,7 +80,7 @@ def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
     kw = {"mix": kind, **CASES[case]}
     graph = _loader(ds, **kw)
     torch_ = _loader(ds, mix_in_pipeline=False, **kw)
-    assert graph._paste_spec() is not None and torch_._paste_spec() is None
+    assert graph.graph_mix is not None and torch_.graph_mix is None
     a, b = _epoch(graph), _epoch(torch_)
     assert len(a) == len(b) >= 5
     mixed = 0
