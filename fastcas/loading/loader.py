@@ -172,8 +172,8 @@ class Loader:
             return PlanSampler(plan, len(self.reader), cfg.epoch_length, **common)
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
-        cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id,
-                             b=cfg.b, r=cfg.r, threshold=cfg.threshold if name.endswith("sample-expected") else None)
+        cdf, wd = shared_cdf(self.reader, name, scores=self.scores, scores_id=self._scores_id, b=cfg.cas_power,
+                             r=cfg.cmo_power, threshold=cfg.threshold if name.endswith("sample-expected") else None)
         if cdf is None:
             return WeightedSampler(len(self.reader), num, weights_digest=wd, **common)
         # the weights' concentration: computed once per node beside the shared CDF

@@ -18,7 +18,7 @@ def config_digest(self) -> dict:
     cfg = self.config
     if "dataset" not in self._digests:
         self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
-        self._digests["weights"] = weights_digest(self.streams, cfg.b, cfg.r)
+        self._digests["weights"] = weights_digest(self.streams, cfg.cas_power, cfg.cmo_power)
     return {
         "dataset": self._digests["dataset"],
         "seed": cfg.seed,
@@ -50,7 +50,7 @@ def _streaming_keys(cfg) -> dict:
 def legacy_weights_digest(self) -> str:
     """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
     computed only to accept an older checkpoint."""
-    return digest([s.legacy_digest() for s in self.streams], self.config.b, self.config.r)
+    return digest([s.legacy_digest() for s in self.streams], self.config.cas_power, self.config.cmo_power)
 
 def state_dict(self) -> dict:
     """Where the next batch comes from: ``epoch``, ``position`` (the global position consumed

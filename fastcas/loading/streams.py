@@ -185,7 +185,8 @@ def from_loader(loader, name: str, stream: int) -> StreamIndex:
                          f"{loader.world_size}: some ranks would draw no sample; use epoch_length >= world size")
     p = np.ones(len(reader))
     if name != "uniform":
-        cdf, _ = shared_cdf(reader, name, scores=loader.scores, scores_id=loader._scores_id, b=cfg.b, r=cfg.r)
+        cdf, _ = shared_cdf(reader, name, scores=loader.scores, scores_id=loader._scores_id, b=cfg.cas_power,
+                            r=cfg.cmo_power)
         if cdf is not None:
             p = np.diff(np.asarray(cdf, np.float64), prepend=0.0)
     geometry = StreamGeometry(num, loader.world_size, cfg.batch_size, cfg.last_batch)

@@ -191,15 +191,16 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
     common.update(_policy_option(cfg))
+    powers = dict(cas_power=cfg.b, cmo_power=cfg.r)  # the recipe's b and r: the training streams' weights
     scores = cfg.scores
     plain = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
-                   label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **common)
+                   label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **powers, **common)
     mixed = None
     if cfg.mix != "none":
         mixed = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores,
                        foreground_weights=cfg.foreground_weights, mix=cfg.mix, alpha=cfg.alpha,
                        mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length, threshold=cfg.threshold,
-                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **common)
+                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **powers, **common)
     val = None
     if cfg.val:  # refused unless its class ids mean the training set's classes (fastcas.dataset.classes)
         val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", class_names=plain.reader, **common)

@@ -156,7 +156,7 @@ def test_a_state_with_the_older_cdf_hash_digest_still_loads(tmp_path):
     make_dataset(tmp_path / "ds", counts=(6, 3, 1), shard_size=4)
     loader = Loader(tmp_path / "ds", 2, weights="cmo", image_size=16, device="cpu", py_workers=0)
     state = loader.state_dict()
-    old = digest([digest(np.asarray(loader.streams[0]._cdf))], loader.config.b, loader.config.r)
+    old = digest([digest(np.asarray(loader.streams[0]._cdf))], loader.config.cas_power, loader.config.cmo_power)
     state["config"] = {**state["config"], "weights_digest": old}
     loader.load_state_dict({**state, "step": 1, "position": 2})
     assert loader.step == 1
