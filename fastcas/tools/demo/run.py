@@ -58,7 +58,7 @@ def recipes(cfg: DemoConfig) -> dict:
     cutmix = dict(mix="cutmix", alpha=1.0, mix_prob=0.5)
     return {
         "CutMix": dict(weights="uniform", **cutmix),
-        "CutMix + CAS": dict(weights="cas", cas_power=1.2, **cutmix),
+        "CutMix + CAS": dict(weights="cas", b=1.2, **cutmix),
         "CE": dict(weights="uniform", mix="none"),
         "CE + CMO": dict(weights="uniform", foreground_weights="cmo", **cutmix),
     }
