@@ -1,5 +1,6 @@
-"""The CAS and CMO exponents by their explicit names: ``cas_power`` / ``cmo_power`` on the Loader
-(``b`` / ``r`` deprecated aliases that warn), and a run's ``b`` / ``r`` reach its loaders."""
+"""Explicit names: the CAS and CMO exponents are ``cas_power`` / ``cmo_power`` on the Loader
+(``b`` / ``r`` deprecated aliases that warn), a run's ``b`` / ``r`` reach its loaders, and a
+run's training dataset is ``TrainConfig.train_data`` (``train``: its recipe / CLI name)."""
 from __future__ import annotations
 
 import warnings
@@ -50,3 +51,24 @@ def test_a_runs_b_and_r_reach_its_loaders(tmp_path, monkeypatch):
                       progress=False)
     train(cfg)
     assert seen and all((c.cas_power, c.cmo_power) == (1.0, 0.5) for c in seen if c.train)
+
+
+def test_train_data_is_the_training_dataset_and_train_its_recipe_name(tmp_path):
+    from dataclasses import asdict
+
+    from fastcas.train.rundir import config_changes
+
+    a, b = TrainConfig(train="d"), TrainConfig(train_data="d")
+    assert a == b and a.train_data == "d" and "train_data" in asdict(a) and "train" not in asdict(a)
+    with pytest.raises(ValueError, match="both given"):
+        TrainConfig(train="d", train_data="e")
+    with pytest.raises(ValueError, match=r"train_data \(the training dataset.*is required"):
+        TrainConfig()
+    (tmp_path / "r.json").write_text('{"train": "from-recipe", "epochs": 3}')
+    assert TrainConfig.from_file(tmp_path / "r.json").train_data == "from-recipe"
+    assert TrainConfig.from_file(tmp_path / "r.json", train="cli").train_data == "cli"
+    # a run.json of an earlier fastcas (its config says "train"): a changed dataset is still named and refused
+    old = {"config": {**asdict(a), "train": "old"}}
+    del old["config"]["train_data"]
+    refused, _ = config_changes(old, a, 1)
+    assert any(line.startswith("train_data: 'old' -> 'd'") for line in refused)
