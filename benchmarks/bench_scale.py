@@ -208,8 +208,9 @@ def replicate_manifest(src: Path, dst: Path, k: int, tars: Path) -> None:
                     _renamed_tar(data, j * n).tofile(tmp)
                     os.replace(tmp, tar)
             keys = [f"s{int(key[1:]) + j * n:09d}" for key in cols.keys[int(a):int(b)]]
-            w.add_many(keys, cols.label[a:b], cols.offset[a:b], cols.size[a:b], cols.wh[a:b],
-                       cols.meta_offset[a:b], cols.meta_size[a:b], [exts[e] for e in cols.ext[a:b]])
+            w.add_rows({"keys": keys, "labels": cols.label[a:b], "image_offset": cols.offset[a:b],
+                        "image_size": cols.size[a:b], "sizes": cols.wh[a:b], "meta_offset": cols.meta_offset[a:b],
+                        "meta_size": cols.meta_size[a:b], "image_ext": [exts[e] for e in cols.ext[a:b]]})
             # the DALI-reader index of a replica lists the same offsets and extensions: shared
             shards.append({**s, "tar": str(tar), "sha256": None})
     new = dict(header)

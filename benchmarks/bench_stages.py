@@ -169,8 +169,8 @@ def _variants(dataset: str, batch: int, threads: int, size: int) -> dict:
     opts = dict(image_size=size, device="cpu", epoch_length=10**9, py_workers=1, num_threads=threads, seed=0)
     plain, cutmix = Loader(dataset, batch, **opts), Loader(dataset, batch, mix="cutmix", **opts)
     pcfg = PipelineConfig(batch_size=batch, image_size=size, num_threads=threads, py_workers=1)
-    src = plain.sample_source(0, 0)
-    src_mix = cutmix.sample_source(0, 0)
+    src = plain.source(0, 0)
+    src_mix = cutmix.source(0, 0)
     calls = iter(range(10**9))
     out = {"source call": lambda: src(SimpleNamespace(iteration=next(calls), epoch_idx=0))}
     for name, upto in (("+ worker + IPC", "ipc"), ("+ ROI decode", "decode"), ("+ resize (+ flip), uint8", "resize")):

@@ -25,7 +25,9 @@ def jpeg_bytes(seed: int, size=(40, 32), quality: int = 90) -> bytes:
 def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), seed=0, meta=False,
                  manifest: str = "columns"):
     """Write a tiny sharded dataset with ``counts[k]`` samples of class k; returns the manifest.
-    ``manifest``: "columns" (memory-mapped columns) or "json" (per-sample lists in manifest.json)."""
+    ``manifest``: "columns" (memory-mapped columns, what fastcas reads) or "json" (per-sample lists
+    in manifest.json, the format of older datasets: written by ``fastcas convert --to json``; the
+    reader refuses it until ``fastcas convert`` turns it back into columns)."""
     from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 
     samples, i = [], 0
@@ -35,9 +37,34 @@ def make_dataset(out: Path, counts=(6, 4, 2), *, shard_size=5, size=(40, 32), se
                                      {"i": i} if meta else None))
             i += 1
     order = np.random.default_rng(seed).permutation(len(samples))
-    cfg = ShardWriterConfig(shard_size=shard_size, class_names=tuple(f"c{k}" for k in range(len(counts))),
-                            manifest=manifest)
-    return write_shards([samples[j] for j in order], out, cfg)
+    cfg = ShardWriterConfig(shard_size=shard_size, class_names=tuple(f"c{k}" for k in range(len(counts))))
+    m = write_shards([samples[j] for j in order], out, cfg)
+    return _as(out, m, manifest)
+
+
+def _as(out: Path, m, manifest: str):
+    if manifest == "json":
+        from fastcas.dataset.convert import convert_manifest
+
+        return convert_manifest(out, to="json")
+    return m
+
+
+def index_json(sources, out: Path, config=None):
+    """``fastcas index`` then ``fastcas convert --to json``: an index in the JSON format of older
+    fastcas versions (per-sample lists with member offsets); returns that manifest."""
+    from fastcas.dataset.indexer import index_dataset
+
+    return _as(out, index_dataset(sources, out, config), "json")
+
+
+def convert(root: Path, **reader_options):
+    """``fastcas convert ROOT`` (JSON -> columns), then the dataset opened."""
+    from fastcas.dataset.convert import convert_manifest
+    from fastcas.dataset.reader import ShardReader
+
+    convert_manifest(root)
+    return ShardReader(root, **reader_options)
 
 
 def make_image_folder(root: Path, per_class=(3, 2), png_every: int = 2) -> Path:

@@ -1,4 +1,5 @@
-"""``fastcas convert DIR``: a JSON manifest (per-sample lists) -> a memory-mapped columnar one."""
+"""``fastcas convert DIR``: a JSON manifest (per-sample lists) -> a memory-mapped columnar one, the
+only format fastcas opens at run time (``--to json`` exports one back, for small datasets)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,8 @@ HELP = "convert a dataset's JSON manifest to memory-mapped columns (or back)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset directory (with manifest.json)")
     p.add_argument("--to", choices=["columns", "json"], default="columns",
-                   help="target format (default columns; json only for small datasets)")
+                   help="target format (default columns, what fastcas reads; json: an export for small datasets "
+                   "and other tools, which fastcas itself does not open)")
 
 
 def run(args) -> int:

@@ -42,12 +42,7 @@ def format_summary(s: dict) -> str:
 
 def verify(reader) -> str:
     """Hash ``reader``'s columns again (ignoring the per-node marker); ShardError on a mismatch."""
-    if not reader.columnar:
-        return "verified: a JSON manifest (labels and keys in manifest.json; no columns to hash)"
-    from fastcas.dataset.integrity import verified_counts
-    from fastcas.dataset.manifest import COLUMN_FILES
-
-    verified_counts(reader, reader.manifest.header, reader._columns, COLUMN_FILES, force=True)
+    reader.verify_columns()
     return f"verified: the columns match columns.hash and class_counts ({len(reader)} labels)"
 
 

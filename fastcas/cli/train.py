@@ -79,10 +79,10 @@ def add_arguments(p) -> None:
                    "match the saved one except: epochs, max-steps, eval/checkpoint frequency, val, workers, device)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in OUT (deletes its files)")
     p.add_argument("--crash-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL
-    defaults = TrainConfig(train="")
+    defaults = TrainConfig(train_data="")
     choices = _choices()
     for f in TrainConfig.__dataclass_fields__.values():
-        if f.name in ("train", "val"):
+        if f.name in ("train", "train_data", "val"):  # TRAIN (positional) and --val above
             continue
         flag = "--" + f.name.replace("_", "-")
         d = getattr(defaults, f.name)
@@ -102,8 +102,9 @@ def add_arguments(p) -> None:
 def config_from_args(args):
     from fastcas.train.loop import TrainConfig
 
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-    overrides["train"], overrides["val"] = args.train, args.val
+    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None
+                 and k != "train"}
+    overrides["train_data"], overrides["val"] = args.train, args.val
     for key in ("step_epochs", "step_factors"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])

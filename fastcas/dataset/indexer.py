@@ -37,14 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.core.errors import ShardError
-from fastcas.core.io import atomic_open, atomic_write_json
+from fastcas.core.io import atomic_write_json
 from fastcas.dataset import imagehdr
 from fastcas.dataset.fetch import RemoteOptions
+from fastcas.dataset.manifest import PER_SAMPLE
 from fastcas.dataset.remote import ShardCache, is_url, refuse_credentials
 from fastcas.dataset.shards import MANIFEST, MAX_CLASSES, check_class_bound
 from fastcas.dataset.wdsindex import Member, format_index
 
-FORMAT = "fastcas-index/1"  # manifest.json with per-sample lists
+FORMAT_JSON = "fastcas-index/1"  # per-sample lists in manifest.json: older indexes (`fastcas convert` reads them)
 FORMAT_COLUMNS = "fastcas-index/2"  # manifest.json + manifest.cols/ (fastcas.dataset.manifest)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -63,11 +64,8 @@ class IndexConfig:
     hash_local: bool = False
     max_classes: int = MAX_CLASSES  # integer labels must be < this (fastcas.dataset.shards.MAX_CLASSES)
     extra: dict = field(default_factory=dict)
-    manifest: str = "columns"  # or "json": per-sample lists in manifest.json (the format before columns)
 
     def __post_init__(self):
-        if self.manifest not in ("columns", "json"):
-            raise ValueError(f"manifest must be 'columns' or 'json', got {self.manifest!r}")
         if not self.image_keys or any(not k or "/" in k or k.startswith(".") for k in self.image_keys):
             raise ValueError(f"image_keys must be non-empty extensions like 'jpg', got {self.image_keys!r}")
         if isinstance(self.max_classes, bool) or not isinstance(self.max_classes, int) or self.max_classes < 1:
@@ -274,8 +272,7 @@ def scan_tar(path: Path, where: str, config: IndexConfig) -> dict:
     data = memoryview(mm)
     try:
         samples = _samples(path, where, data)
-        cols = {k: [] for k in ("keys", "labels", "image_offset", "image_size", "image_ext",
-                                "meta_offset", "meta_size", "sizes")}
+        cols = {k: [] for k in PER_SAMPLE}
         skipped = []
         for smp in samples:
             img = next((x for k in config.image_keys for x in smp.members if x.ext == k), None)
@@ -335,39 +332,15 @@ def index_dataset(sources, out, config: IndexConfig | None = None, *, progress: 
         it = tqdm(total=len(tars), unit="tar", desc=f"index {out.name}")
     scans = _scan_all(tars, config, cache, workers)
     try:
-        if config.manifest == "json":
-            results = _collect(tars, scans, out, {}, it if progress else None)
-        else:
-            return _stream(tars, scans, out, config, it if progress else None)
+        return _stream(tars, scans, out, config, it if progress else None)
     finally:
         scans.close()  # stops the worker processes at once on an error
         if progress:
             it.close()
-    return _write(results, out, config, tars)
 
 
 def _index_name(n: int, src: str) -> str:
     return f"{n:06d}-{re.sub(r'[^A-Za-z0-9_-]', '_', Path(src.rsplit('/', 1)[-1]).stem)}.idx"
-
-
-def _collect(tars, scans, out: Path, owner: dict, bar) -> list[dict]:
-    results = []
-    for n, (src, r) in enumerate(zip(tars, scans)):
-        if is_url(src):
-            r["tar"] = src
-        else:
-            r["tar"] = _relative(Path(src), out)
-        if bar is not None:
-            bar.update(1)
-        for key in r["cols"]["keys"] + [s["key"] for s in r["skipped"]]:
-            if key in owner:
-                raise ValueError(f"duplicate key {key!r}: in {owner[key]} and in {src}")
-            owner[key] = src
-        r["index_name"] = _index_name(n, src)
-        results.append(r)
-        if bar is not None:
-            bar.set_postfix(samples=len(owner))
-    return results
 
 
 def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
@@ -398,8 +371,7 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
                 j = next(j for j, y in enumerate(c["labels"]) if y >= len(config.class_names))
                 raise ValueError(f"label {c['labels'][j]} of {c['keys'][j]!r} is >= the number of class names "
                                  f"({len(config.class_names)})")
-            cols.add_many(c["keys"], c["labels"], c["image_offset"], c["image_size"], c["sizes"] or np.zeros((0, 2)),
-                          c["meta_offset"], c["meta_size"], c["image_ext"])
+            cols.add_rows({**c, "sizes": c["sizes"] or np.zeros((0, 2))})
             name = _index_name(n, src)
             (stage / name).write_text(r["index"])
             shards.append({"tar": tar, "index": name, "count": len(c["keys"]), "samples_in_tar": r["samples"],
@@ -424,7 +396,7 @@ def _stream(tars, scans, out: Path, config: IndexConfig, bar) -> dict:
         dup = keys.first_duplicate()
         if dup is not None:
             raise ValueError(f"duplicate key {keys[dup[0]]!r}: in {tar_of(dup[0])} and in {tar_of(dup[1])}")
-        if skipped:  # skipped samples' keys count as taken too, as in the JSON writer
+        if skipped:  # skipped samples' keys count as taken too
             seen: dict[str, str] = {}
             for sk in skipped:
                 if sk["key"] in seen:
@@ -521,7 +493,7 @@ def _check_own_index(out: Path) -> None:
         old = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         old = None
-    if not isinstance(old, dict) or old.get("format") not in (FORMAT, FORMAT_COLUMNS):
+    if not isinstance(old, dict) or old.get("format") not in (FORMAT_JSON, FORMAT_COLUMNS):
         raise FileExistsError(f"--overwrite: {out} holds no index written by `fastcas index` ({MANIFEST} missing or "
                               "of another format); refusing to delete its files. Choose an empty or new --out")
 
@@ -531,68 +503,3 @@ def _relative(tar: Path, out: Path) -> str:
     two move together), else absolute."""
     tar, out = tar.resolve(), out.resolve()
     return str(tar.relative_to(out)) if tar.is_relative_to(out) else str(tar)
-
-
-def _write(results: list[dict], out: Path, config: IndexConfig, tars: list[str]) -> dict:
-    empty = [r["tar"] for r in results if r["samples"] == 0]  # DALI refuses an index of 0 samples
-    results = [r for r in results if r["samples"] > 0]
-    cols = {k: [] for k in results[0]["cols"]} if results else {}
-    for r in results:
-        for k, v in r["cols"].items():
-            cols[k] += v
-    skipped = [s for r in results for s in r["skipped"]]
-    if not results or not cols["keys"]:
-        raise ValueError(
-            f"no usable samples in {len(tars)} tar(s) ({len(skipped)} skipped"
-            + (f", first: {skipped[0]['key']!r} in {skipped[0]['tar']}: {skipped[0]['reason']})" if skipped else ")")
-        )
-    labels = cols["labels"]
-    if config.class_names:
-        bad = next((k for k, y in zip(cols["keys"], labels) if y >= len(config.class_names)), None)
-        if bad is not None:
-            y = labels[cols["keys"].index(bad)]
-            raise ValueError(f"label {y} of {bad!r} is >= the number of class names ({len(config.class_names)})")
-        class_names = list(config.class_names)
-    else:
-        class_names = [str(k) for k in range(max(labels) + 1)]
-    shards = [{"tar": r["tar"], "index": r["index_name"], "count": len(r["cols"]["keys"]),
-               "samples_in_tar": r["samples"], "size": r["size"], "sha256": r["sha256"]} for r in results]
-    content = hashlib.sha256("".join(f"{s['tar']}:{s['size']}:{s['sha256']}" for s in shards).encode()).hexdigest()
-    manifest = {
-        "format": FORMAT,
-        "num_samples": len(cols["keys"]),
-        "shards": shards,
-        "class_names": class_names,
-        "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
-        "label_ext": config.label_ext,
-        **cols,
-        "skipped": skipped,
-        "empty_tars": empty,
-        "content_hash": content,
-        "source": {"sources": tars, "image_keys": list(config.image_keys), "label_key": config.label_key},
-        # readers default to the cache the index filled (commands without --cache-dir use it)
-        "cache_dir": str(Path(config.cache_dir).resolve())
-        if config.cache_dir and any(is_url(t) for t in tars)
-        else None,
-        **config.extra,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    ours = set()
-    if (out / MANIFEST).exists():  # the earlier fastcas index (checked by _check_own_index): its own .idx only
-        ours = {s.get("index") for s in json.loads((out / MANIFEST).read_text()).get("shards", [])}
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on: no manifest until all indexes are in
-    written = []
-    try:
-        for old in out.glob("*.idx"):
-            if old.name in ours:
-                old.unlink()
-        for r in results:
-            with atomic_open(out / r["index_name"], "w") as f:
-                f.write(r["index"])
-            written.append(out / r["index_name"])
-        atomic_write_json(out / MANIFEST, manifest, indent=None)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    return manifest

@@ -46,6 +46,13 @@ COLUMNS: dict[str, tuple[str, tuple]] = {
     "meta_offset": ("<i8", ()), "meta_size": ("<u4", ()), "ext": ("|u1", ()),
 }
 _KEY_FILES = {"key_offsets": "<i8", "key_bytes": "|u1"}
+#: the per-sample fields, declared once: a manifest's name for each (the rows the writers add,
+#: the lists of a JSON manifest that `fastcas convert` reads or writes) -> its column here
+#: (``image_ext`` is stored as a code into the header's ``image_exts``)
+PER_SAMPLE: dict[str, str] = {
+    "keys": "key", "labels": "label", "image_offset": "offset", "image_size": "size", "sizes": "wh",
+    "meta_offset": "meta_offset", "meta_size": "meta_size", "image_ext": "ext",
+}
 COLUMN_FILES = (*COLUMNS, *_KEY_FILES)  # every file of manifest.cols/, hashed into columns.hash
 _COPY = 1 << 20
 
@@ -93,12 +100,13 @@ class ColumnWriter:
         if len(r["key"]) >= self.chunk:
             self.flush()
 
-    def add_many(self, keys: list[str], labels, offsets, sizes, wh, meta_offsets, meta_sizes, exts: list[str]) -> None:
-        """Rows of one shard at once (lists or arrays of equal length)."""
+    def add_rows(self, rows: Mapping[str, Sequence]) -> None:
+        """Many rows at once (a shard's): ``rows`` maps every name of :data:`PER_SAMPLE` to a list
+        or array, all of one length (``sizes``: [M, 2]; ``image_ext``: extension strings)."""
         self.flush()
-        codes = [self.ext_code(e) for e in exts]
-        self._write({"key": keys, "label": labels, "offset": offsets, "size": sizes, "wh": wh,
-                     "meta_offset": meta_offsets, "meta_size": meta_sizes, "ext": codes})
+        cols = {PER_SAMPLE[k]: v for k, v in rows.items()}
+        cols["ext"] = [self.ext_code(e) for e in rows["image_ext"]]
+        self._write(cols)
 
     def flush(self) -> None:
         if self._rows["key"]:
@@ -201,6 +209,8 @@ class Columns:
         self.ext = arrays["ext"]
         self.keys = KeyColumn(arrays["key_offsets"], arrays["key_bytes"])
         self.keys.source = self.dir / "key_bytes.npy"  # named when a key is not UTF-8
+        # every per-sample column by its name in COLUMNS ("key": the KeyColumn)
+        self.named = {**{k: arrays[k] for k in COLUMNS}, "key": self.keys}
 
 
 def header_digest(header: dict) -> str:
@@ -474,32 +484,25 @@ def _gather(offsets, blob, idx: np.ndarray, width: int) -> np.ndarray:
 
 
 # -- the manifest as a mapping ----------------------------------------------------------------------
-_PER_SAMPLE = ("keys", "labels", "sizes", "image_offset", "image_size", "image_ext", "meta_offset", "meta_size")
-
-
 class ManifestView(Mapping):
-    """A columnar manifest read like the JSON manifest it replaces: the header's fields, and the
-    per-sample lists (``keys``, ``labels``, ``sizes``, ``image_offset``, ``image_size``,
-    ``image_ext``, ``meta_offset``, ``meta_size``) built from the columns when first asked for
-    (O(N) Python objects: for small datasets and tests; no fastcas code path asks)."""
+    """What the writers return: a columnar manifest's header fields, and the per-sample lists
+    (the names of :data:`PER_SAMPLE`) built from the columns when first asked for (O(N) Python
+    objects: for small datasets and tests; no run-time path asks, the reader maps the columns)."""
 
     def __init__(self, header: dict, columns: Columns):
         self.header, self.columns = header, columns
         self._lists: dict = {}
 
-    def _build(self, key: str):
-        c = self.columns
-        exts = self.header.get("image_exts", ["jpg"])
-        make = {"keys": lambda: c.keys.tolist(), "labels": lambda: c.label.tolist(), "sizes": lambda: c.wh.tolist(),
-                "image_offset": lambda: c.offset.tolist(), "image_size": lambda: c.size.tolist(),
-                "image_ext": lambda: [exts[e] for e in c.ext.tolist()],
-                "meta_offset": lambda: c.meta_offset.tolist(), "meta_size": lambda: c.meta_size.tolist()}
-        return make[key]()
+    def _build(self, key: str) -> list:
+        if key == "image_ext":
+            exts = self.header.get("image_exts", ["jpg"])
+            return [exts[e] for e in self.columns.ext.tolist()]
+        return self.columns.named[PER_SAMPLE[key]].tolist()
 
     def __getitem__(self, key):
         if key in self.header:
             return self.header[key]
-        if key in _PER_SAMPLE:
+        if key in PER_SAMPLE:
             if key not in self._lists:
                 self._lists[key] = self._build(key)
             return self._lists[key]
@@ -507,11 +510,10 @@ class ManifestView(Mapping):
 
     def __iter__(self):
         yield from self.header
-        yield from (k for k in _PER_SAMPLE if k not in self.header)
+        yield from (k for k in PER_SAMPLE if k not in self.header)
 
     def __len__(self) -> int:
-        return len(set(self.header) | set(_PER_SAMPLE))
-
+        return len(set(self.header) | set(PER_SAMPLE))
 
 
 def open_view(root: str | Path, header: dict) -> ManifestView:

@@ -3,13 +3,13 @@
 ``ShardReader(path)[i]`` returns the ``i``-th sample (global order = shard order) as a
 :class:`Sample` whose ``data`` is a zero-copy ``memoryview`` into the tar's mmap, so a DALI
 external source can hand JPEG bytes to the decoder without copying them in Python.
-A columnar manifest (:mod:`fastcas.dataset.manifest`, what ``fastcas shard`` and ``fastcas
-index`` write) is opened by mapping its columns: O(1) in N, nothing of size N as Python
-objects, the pages shared by every process on the node; ``keys`` is then a
-:class:`~fastcas.dataset.manifest.KeyColumn` and pickling carries only the path. A JSON
-manifest (per-sample lists, older datasets) is parsed with its per-shard indexes (O(N) per
-process, 16 bytes per sample of offsets); pickling then carries the parsed arrays. Every
-access is O(1); workers re-open the mmaps lazily.
+The manifest is columnar (:mod:`fastcas.dataset.manifest`, what ``fastcas shard`` and ``fastcas
+index`` write), opened by mapping its columns: O(1) in N, nothing of size N as Python objects,
+the pages shared by every process on the node; ``keys`` is a
+:class:`~fastcas.dataset.manifest.KeyColumn` and pickling carries only the path. It is the one
+format read at run time: a JSON manifest of an older dataset (per-sample lists) is refused with
+the command that converts it (``fastcas convert DIR``, :mod:`fastcas.dataset.convert`, the only
+reader of JSON manifests). Every access is O(1); workers re-open the mmaps lazily.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import mmap
 import os
 import threading
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,31 +29,24 @@ from fastcas.dataset.fetch import RemoteOptions
 from fastcas.dataset.remote import Prefetcher, ShardCache, is_url
 from fastcas.dataset.shards import MANIFEST
 from fastcas.dataset.tarname import member_name
-from fastcas.dataset.wdsindex import parse_index
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # (shard path, why it is unreadable) already warned about in this process: a changed shard is
 # named once, not once per sample or per reader (ShardReader.name_broken)
 _NAMED: set[tuple[str, str]] = set()
 _NAMED_LOCK = threading.Lock()
+CONVERT = "fastcas convert"  # the one command that turns a JSON manifest into the runtime (columnar) one
 
 
-def _check_labels(raw, keys: list, num_classes: int, manifest: Path) -> np.ndarray:
-    """int64 [N] labels of a manifest; ShardError naming the manifest and the first bad key for a
-    label that is not an integer (``1.7``, ``"2"``, ``true``, null: never cast) or is outside
-    ``[0, num_classes)``."""
-    arr = np.asarray(raw) if len(raw) else np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu" or arr.ndim != 1:
-        j = next((i for i, y in enumerate(raw) if isinstance(y, bool) or not isinstance(y, int)), 0)
-        shown = raw[j] if j < len(raw) else raw
-        raise ShardError(f"{manifest}: label {json.dumps(shown)[:40]} of sample {keys[j] if j < len(keys) else j!r} "
-                         "is not an integer class id")
-    bad = (arr < 0) | (arr >= num_classes)
-    if bad.any():
-        j = int(np.argmax(bad))
-        raise ShardError(f"{manifest}: label {int(arr[j])} of sample {keys[j] if j < len(keys) else j!r} is outside "
-                         f"[0, {num_classes}) (the manifest's {num_classes} class names)")
-    return arr.astype(np.int64)
+def not_columnar(manifest: Path, m) -> str:
+    """The message for a manifest.json that is not a columnar manifest: a JSON manifest of an
+    older dataset (per-sample lists) names the command that converts it."""
+    if isinstance(m, dict) and "keys" in m:
+        return (f"{manifest}: a JSON manifest (per-sample lists, format {m.get('format', '?')!r}); fastcas reads "
+                f"only the columnar manifest at run time: convert this dataset once with "
+                f"`{CONVERT} {manifest.parent}` (tars and indexes stay as they are)")
+    return (f"{manifest}: not a fastcas columnar manifest (no 'columns'): write the dataset with `fastcas shard` "
+            f"or `fastcas index`, or convert an older one with `{CONVERT} {manifest.parent}`")
 
 
 class Sample(NamedTuple):
@@ -79,17 +73,82 @@ def resolve_manifest(path: str | Path) -> Path:
     return manifest
 
 
+@dataclass(frozen=True)
+class ReopenSpec:
+    """How a :class:`ShardReader` opens again in another process (a DALI worker, an unpickled
+    copy): the manifest file it read (absolute), its ``on_error`` and its cache settings. The
+    reader exposes its own (:attr:`ShardReader.reopen_spec`), so a worker opens the dataset the
+    caller opened: the same manifest file and cache, not the dataset root with other settings."""
+
+    manifest: str  # the manifest file, absolute (its directory is the dataset root)
+    on_error: str = "raise"
+    cache_dir: str | None = None  # None: the manifest's cache_dir, else the default shard cache
+    cache_max_bytes: int | None = None
+    remote: RemoteOptions | None = None  # timeouts and retries for remote shards (None: the defaults)
+
+    def __post_init__(self):
+        if not isinstance(self.manifest, str) or not os.path.isabs(self.manifest):
+            raise ValueError(f"manifest must be an absolute path (str), got {self.manifest!r}")
+        if self.on_error not in ("raise", "defer"):
+            raise ValueError(f"on_error must be 'raise' or 'defer', got {self.on_error!r}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise ValueError(f"cache_dir must be a str or None, got {self.cache_dir!r}")
+        if self.cache_max_bytes is not None and (isinstance(self.cache_max_bytes, bool)
+                                                 or not isinstance(self.cache_max_bytes, int)
+                                                 or self.cache_max_bytes < 0):
+            raise ValueError(f"cache_max_bytes must be an int >= 0 or None, got {self.cache_max_bytes!r}")
+
+    @classmethod
+    def of(cls, dataset: "str | os.PathLike | ReopenSpec") -> "ReopenSpec":
+        """``dataset`` as a spec: a spec as it is, a path (dataset directory or manifest file)
+        with the default settings."""
+        if isinstance(dataset, ReopenSpec):
+            return dataset
+        return cls(os.path.abspath(resolve_manifest(dataset)))
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest).parent
+
+    def with_errors(self, on_error: str) -> "ReopenSpec":
+        return replace(self, on_error=on_error)
+
+    def open(self) -> "ShardReader":
+        return ShardReader(self.manifest, on_error=self.on_error, cache_dir=self.cache_dir,
+                           cache_max_bytes=self.cache_max_bytes, remote=self.remote)
+
+
+def reader_for(dataset, *, cache_dir=None, cache_max_bytes: int | None = None,
+               remote: RemoteOptions | None = None) -> tuple["ShardReader", bool]:
+    """``(reader, opened)``: the caller's :class:`ShardReader` as it is (``opened`` False: the
+    caller owns and closes it), or ``dataset`` (a path) opened with these cache settings
+    (``opened`` True). A reader given with cache settings of its own that differ is a
+    ValueError: the workers reopen the dataset from the reader's :attr:`~ShardReader.reopen_spec`."""
+    if not isinstance(dataset, ShardReader):
+        return ShardReader(dataset, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes, remote=remote), True
+    spec = dataset.reopen_spec
+    given = {"cache_dir": None if cache_dir is None else str(cache_dir), "cache_max_bytes": cache_max_bytes,
+             "remote": remote}
+    own = {"cache_dir": spec.cache_dir, "cache_max_bytes": spec.cache_max_bytes, "remote": spec.remote}
+    for name, value in given.items():
+        if value is not None and value != own[name]:
+            raise ValueError(f"{name}={value!r} given with a ShardReader opened with {name}={own[name]!r}: the "
+                             f"reader's settings are what its workers use; open the ShardReader with {name}={value!r}, "
+                             "or pass the dataset path")
+    return dataset, False
+
+
 class ShardReader:
     """Indexed, read-only view of a dataset written by :func:`fastcas.dataset.shards.write_shards`.
 
     ``on_error="raise"`` (default) checks every shard at open and raises :class:`ShardError`
-    naming the shard for a missing or truncated tar, a malformed index or unsafe member names.
+    naming the shard for a missing, truncated or changed tar, or offsets outside their tar.
     ``on_error="defer"`` records such problems and raises :class:`CorruptSampleError` only when
     a sample of a broken shard is read, so a loader can skip and count it.
 
-    Datasets made by ``fastcas index`` (foreign WebDataset tars) carry per-sample member
-    offsets, sizes and extensions in the manifest, so no index file is parsed at open. Their
-    shards may be URLs: those are fetched whole into ``cache_dir`` (:class:`fastcas.dataset.remote.
+    The manifest's columns carry every sample's member offsets, sizes and extensions, so no
+    index file is parsed at open. Shards of ``fastcas index`` datasets (foreign WebDataset tars)
+    may be URLs: those are fetched whole into ``cache_dir`` (:class:`fastcas.dataset.remote.
     ShardCache`) when a sample of theirs is first read, in the process that reads it;
     ``cache_dir=None`` means the directory given to ``fastcas index --cache-dir``, else
     :func:`fastcas.dataset.remote.default_cache_dir`.
@@ -103,74 +162,24 @@ class ShardReader:
         self.root = self.manifest_path.parent
         self.on_error = on_error
         self._cache_dir, self._cache_max_bytes, self._remote = cache_dir, cache_max_bytes, remote
+        #: how this reader opens again elsewhere (DALI workers, pickling): this manifest file and settings
+        self.reopen_spec = ReopenSpec(os.path.abspath(self.manifest_path), on_error,
+                                      None if cache_dir is None else str(cache_dir), cache_max_bytes, remote)
         try:
-            self.manifest = json.loads(self.manifest_path.read_text())
+            m = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise ShardError(f"{self.manifest_path}: manifest is not valid JSON ({exc})") from None
         except UnicodeDecodeError:  # a binary file (an image, a tar) given as the dataset
             raise ShardError(f"{self.manifest_path}: not a fastcas manifest (binary, not JSON): give the dataset "
                              f"directory (the one with {MANIFEST})") from None
-        m = self.manifest
-        self.columnar = "columns" in m
-        if self.columnar:
-            self._open_columns(m)
-            return
-        for field in ("shards", "keys", "labels", "class_names"):
-            if field not in m:
-                raise ShardError(f"{self.manifest_path}: manifest has no {field!r}")
-        self.keys: list[str] = list(m["keys"])
-        self.class_names: list[str] = list(m["class_names"])
-        self.num_classes = len(self.class_names)
-        self.labels = _check_labels(m["labels"], self.keys, self.num_classes, self.manifest_path)
-        self.class_counts = np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
-        counts = [int(s["count"]) for s in m["shards"]]
-        if sum(counts) != len(self.keys) or len(self.labels) != len(self.keys):
-            raise ShardError(f"{self.manifest_path}: shard counts ({sum(counts)}), keys "
-                             f"({len(self.keys)}) and labels ({len(self.labels)}) disagree")
-        self.shard_urls = [s["tar"] if is_url(s["tar"]) else None for s in m["shards"]]
-        if cache_dir is None:
-            cache_dir = m.get("cache_dir")  # where `fastcas index --cache-dir` put them
-        self.cache = ShardCache(cache_dir, cache_max_bytes, remote) if any(self.shard_urls) else None
-        self.indexed = "image_offset" in m  # written by `fastcas index`
-        self.shard_paths = [self.cache.path_for(u) if u else self._local_path(s["tar"], "tar", self.indexed)
-                            for u, s in zip(self.shard_urls, m["shards"])]
-        self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        n = len(self.keys)
-        self.sizes = np.asarray(m["sizes"], np.int64).reshape(n, 2) if m.get("sizes") else None  # displayed (w, h)
-        if self.indexed:
-            self._offset = np.asarray(m["image_offset"], np.int64)
-            self._size = np.asarray(m["image_size"], np.int64)
-            self._meta_offset = np.asarray(m["meta_offset"], np.int64)
-            self._meta_size = np.asarray(m["meta_size"], np.int64)
-            self.image_exts = sorted(set(m["image_ext"]))
-            code = {e: j for j, e in enumerate(self.image_exts)}  # small ints, not N strings per process
-            self._ext = np.array([code[e] for e in m["image_ext"]], np.uint8)
-            if not all(len(a) == n for a in (self._offset, self._size, self._meta_offset, self._meta_size, self._ext)):
-                raise ShardError(f"{self.manifest_path}: per-sample columns do not have {n} entries")
-        else:
-            self._offset = np.zeros(n, np.int64)
-            self._size = np.zeros(n, np.int64)
-            self._meta_offset = np.full(n, -1, np.int64)
-            self._meta_size = np.zeros(n, np.int64)
-            self.image_exts = ["jpg"]
-        self.label_ext = m.get("label_ext", "cls")  # the member holding the label (for DALI's reader)
-        self.broken: dict[int, str] = {}
-        self._prefetcher = None
-        for s in range(len(counts)):
-            try:
-                self._load_shard(s)
-            except (ShardError, FileNotFoundError) as exc:
-                if on_error == "raise":
-                    raise ShardError(str(exc)) from None
-                self.broken[s] = str(exc)
-        self._maps: dict[int, mmap.mmap] = {}
-        self._fds: dict[int, int] = {}  # open descriptors of the mapped shards, for the size check
+        if not isinstance(m, dict) or "columns" not in m:
+            raise ShardError(not_columnar(self.manifest_path, m))
+        self._open_columns(m)
 
     def _open_columns(self, m: dict) -> None:
         """A columnar manifest (:mod:`fastcas.dataset.manifest`): map the columns, O(shards) checks."""
         from fastcas.dataset.integrity import verified_counts
-        from fastcas.dataset.manifest import COLUMN_FILES, Columns, ManifestView
+        from fastcas.dataset.manifest import COLUMN_FILES, Columns
 
         for field in ("shards", "class_names", "class_counts"):
             if field not in m:
@@ -181,7 +190,7 @@ class ShardReader:
         except (FileNotFoundError, ValueError) as exc:
             raise ShardError(f"{self.manifest_path}: {exc}") from None
         self._columns = cols
-        self.manifest = ManifestView(m, cols)
+        self.manifest = m  # the header: shards, class names and counts, hashes (no per-sample lists)
         self.keys = cols.keys
         self.labels = cols.label
         self.class_names = list(m["class_names"])
@@ -200,7 +209,6 @@ class ShardReader:
                             for u, s in zip(self.shard_urls, m["shards"])]
         self.index_paths = [self._local_path(s["index"], "index", False) for s in m["shards"]]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.indexed = True  # member offsets come from the manifest: no index file is parsed
         self.sizes = cols.wh
         self._offset, self._size = cols.offset, cols.size
         self._meta_offset, self._meta_size = cols.meta_offset, cols.meta_size
@@ -215,34 +223,33 @@ class ShardReader:
         self._prefetcher = None
         for s in range(len(counts)):
             try:
-                self._check_indexed_shard(s)
+                self._check_shard(s)
             except (ShardError, FileNotFoundError) as exc:
                 if self.on_error == "raise":
                     raise ShardError(str(exc)) from None
                 self.broken[s] = str(exc)
         self._maps, self._fds = {}, {}
 
+    def verify_columns(self) -> np.ndarray:
+        """Hash the columns again, ignoring the per-node marker that trusts an earlier check:
+        int64 [num_classes] class counts; ShardError naming the column when it does not match
+        the manifest's ``columns.hash`` or ``class_counts``."""
+        from fastcas.dataset.integrity import verified_counts
+        from fastcas.dataset.manifest import COLUMN_FILES
+
+        return verified_counts(self, self.manifest, self._columns, COLUMN_FILES, force=True)
+
     @property
     def digest(self) -> str:
-        """A short digest of the dataset's identity (what a checkpoint must match): O(1) for a
-        columnar manifest (its content and column hashes); a JSON manifest's text otherwise."""
-        if self.columnar:
-            from fastcas.dataset.manifest import header_digest
+        """A short digest of the dataset's identity (what a checkpoint must match), O(1): the
+        manifest's content and column hashes."""
+        from fastcas.dataset.manifest import header_digest
 
-            return header_digest(self.manifest.header)
-        import hashlib
-
-        # the same value as fastcas.sampling.geometry.digest(text), so checkpoints of JSON
-        # datasets saved before columnar manifests existed still resume
-        text = self.manifest_path.read_bytes().decode("utf-8", "replace")
-        return hashlib.sha256(json.dumps(text, sort_keys=True).encode() + b"\x00").hexdigest()[:16]
+        return header_digest(self.manifest)
 
     def indices_of(self, keys) -> np.ndarray:
         """int64 [M]: the sample index of each of ``keys`` (Python strings), -1 when absent."""
-        if self.columnar:
-            return self.keys.positions(list(keys))
-        where = {k: i for i, k in enumerate(self.keys)}
-        return np.array([where.get(k, -1) for k in keys], np.int64)
+        return self.keys.positions(list(keys))
 
     def _local_path(self, name, field: str, absolute_ok: bool) -> Path:
         """A manifest's ``tar`` / ``index`` path, refused (ShardError naming the manifest) when it
@@ -258,40 +265,7 @@ class ShardReader:
         raise ShardError(f"{self.manifest_path}: shard {field} {str(name)!r} points outside the dataset directory "
                          f"{self.root} (absolute or '..'); refused")
 
-    def _load_shard(self, s: int) -> None:
-        tar, idx = self.shard_paths[s], self.index_paths[s]
-        if self.indexed:
-            self._check_indexed_shard(s)
-            return
-        if not tar.exists():
-            raise ShardError(f"{tar}: shard is missing")
-        try:
-            entries = parse_index(idx)
-        except ValueError as exc:
-            raise ShardError(str(exc)) from None
-        lo, hi = self.starts[s], self.starts[s + 1]
-        if len(entries) != hi - lo:
-            raise ShardError(f"{idx}: index lists {len(entries)} samples, manifest says {hi - lo} for {tar.name}")
-        size = tar.stat().st_size
-        for j, members in enumerate(entries):
-            key = self.keys[lo + j]
-            for mem in members:
-                if "/" in mem.name or ".." in mem.name:
-                    raise ShardError(f"{tar}: unsafe member name {mem.name!r}")
-                if mem.offset + mem.size > size:
-                    raise ShardError(f"{tar}: truncated (member {mem.name} ends at byte "
-                                     f"{mem.offset + mem.size}, file has {size})")
-                if mem.name.split(".", 1)[0] != key:
-                    raise ShardError(f"{idx}: index does not match the manifest at sample {j} "
-                                     f"(member {mem.name!r}, expected key {key!r})")
-                if mem.ext in _IMAGE_EXTS:
-                    self._offset[lo + j], self._size[lo + j] = mem.offset, mem.size
-                elif mem.ext == "json":
-                    self._meta_offset[lo + j], self._meta_size[lo + j] = mem.offset, mem.size
-            if self._size[lo + j] == 0:
-                raise ShardError(f"{tar}: sample {key!r} has no image member")
-
-    def _check_indexed_shard(self, s: int) -> None:
+    def _check_shard(self, s: int) -> None:
         if self.shard_urls[s]:
             return  # checked (size, hash) when it is downloaded
         tar, info = self.shard_paths[s], self.manifest["shards"][s]
@@ -301,8 +275,8 @@ class ShardReader:
             raise ShardError(f"{tar}: shard is not a regular file")
         size = tar.stat().st_size
         if info.get("size") is not None and size != info["size"]:
-            raise ShardError(f"{tar}: shard changed since `fastcas index` ({size:,} bytes, the manifest "
-                             f"recorded {info['size']:,}); re-run `fastcas index`")
+            raise ShardError(f"{tar}: shard changed since it was written ({size:,} bytes, the manifest recorded "
+                             f"{info['size']:,}: truncated or replaced); re-run `{self._writer()}`")
         lo, hi = int(self.starts[s]), int(self.starts[s + 1])
         ends = np.maximum(self._offset[lo:hi] + self._size[lo:hi], self._meta_offset[lo:hi] + self._meta_size[lo:hi])
         if hi > lo and (ends.max() > size or self._offset[lo:hi].min() < 512):
@@ -310,6 +284,10 @@ class ShardReader:
             raise ShardError(f"{self.manifest_path}: sample {self.keys[j]!r} lies outside its tar {tar} (offset "
                              f"{int(self._offset[j])}, ends at byte {int(ends[j - lo])}, the tar has {size:,} bytes): "
                              "the manifest does not describe this tar; re-run `fastcas index`")
+
+    def _writer(self) -> str:
+        """The command that wrote this dataset (named in errors that need it run again)."""
+        return "fastcas index" if str(self.manifest.get("format", "")).startswith("fastcas-index") else "fastcas shard"
 
     def local_shard(self, s: int) -> Path:
         """The local file of shard ``s``, downloading a remote shard into the cache first."""
@@ -396,20 +374,15 @@ class ShardReader:
                 f"{self.shard_paths[s]}: truncated or changed at key {self.keys[i]!r}", self.keys[i]
             )
         name = bytes(m[offset - 512 : offset - 412]).rstrip(b"\0").decode("utf-8", "replace")
-        if self.indexed:
-            expected = (f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i]
-                        else f"{self.keys[i]}.json" if offset == self._meta_offset[i] else None)
-            # non-ASCII names live in a pax header too; the ustar field holds what the writer could
-            # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
-            ok = (expected is None or name == expected
-                  or (not expected.isascii() and name == expected.encode("ascii", "replace").decode()))
-            if not ok:  # a long name: in a GNU longname or pax header before the member's own
-                name = member_name(m, offset)
-                ok = name == expected
-        else:
-            ok = (
-                name.split(".", 1)[0] == self.keys[i] or (member_name(m, offset) or "").split(".", 1)[0] == self.keys[i]
-            )
+        expected = (f"{self.keys[i]}.{self.image_exts[self._ext[i]]}" if offset == self._offset[i]
+                    else f"{self.keys[i]}.json" if offset == self._meta_offset[i] else None)
+        # non-ASCII names live in a pax header too; the ustar field holds what the writer could
+        # fit there: UTF-8 bytes, or (Python's tarfile, webdataset) '?' for each non-ASCII character
+        ok = (expected is None or name == expected
+              or (not expected.isascii() and name == expected.encode("ascii", "replace").decode()))
+        if not ok:  # a long name: in a GNU longname or pax header before the member's own
+            name = member_name(m, offset)
+            ok = name == expected
         if not ok:
             self._changed(s, i, offset, name)
         return memoryview(m)[offset : offset + size]
@@ -417,7 +390,7 @@ class ShardReader:
     def _changed(self, s: int, i: int, offset: int, name: str | None) -> None:
         """A member header that names another member (or none): the whole shard is marked broken
         and named once (a warning), every later read of it raises at once."""
-        fix = "fastcas index" if str(self.manifest.get("format", "")).startswith("fastcas-index") else "fastcas shard"
+        fix = self._writer()
         self.broken[s] = (f"{self.shard_paths[s]}: index does not match its tar at key {self.keys[i]!r} (the header "
                           f"before byte {offset} names {name!r}): this tar changed since it was indexed; none of its "
                           f"samples is read: re-run `{fix}` for {self.root}")
@@ -457,22 +430,13 @@ class ShardReader:
 
     # -- pickling: drop the mmaps, workers re-open them ------------------------------------
     def __getstate__(self):
-        if getattr(self, "columnar", False):
-            # the columns re-map in the receiving process (O(1)); never pickle N-sized data
-            return {"_reopen": (str(self.manifest_path), self.on_error, self._cache_dir, self._cache_max_bytes,
-                                self._remote)}
-        state = self.__dict__.copy()
-        state["_maps"] = {}
-        state["_fds"] = {}
-        state["_prefetcher"] = None
-        return state
+        # the columns re-map in the receiving process (O(1)); never pickle N-sized data
+        return {"reopen_spec": self.reopen_spec}
 
     def __setstate__(self, state):
-        if "_reopen" in state:
-            path, on_error, cache_dir, cache_max, remote = state["_reopen"]
-            self.__init__(path, on_error=on_error, cache_dir=cache_dir, cache_max_bytes=cache_max, remote=remote)
-            return
-        self.__dict__.update(state)
+        spec = state["reopen_spec"]
+        self.__init__(spec.manifest, on_error=spec.on_error, cache_dir=spec.cache_dir,
+                      cache_max_bytes=spec.cache_max_bytes, remote=spec.remote)
 
     def close(self) -> None:
         self._prefetcher = None

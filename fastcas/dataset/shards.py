@@ -25,11 +25,11 @@ import numpy as np
 
 from fastcas.core.io import atomic_open, atomic_write_json
 from fastcas.dataset import imagehdr
-from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, ManifestView, install, open_view
+from fastcas.dataset.manifest import COLUMNS_DIR, Columns, ColumnWriter, install, open_view
 from fastcas.dataset.wdsindex import Member, format_index
 
 MANIFEST = "manifest.json"
-FORMAT = "fastcas-shards/1"  # manifest.json with per-sample lists
+FORMAT_JSON = "fastcas-shards/1"  # per-sample lists in manifest.json: older datasets (`fastcas convert` reads them)
 WRITING = ".fastcas-shards-writing"  # names of the files a write in progress made (gone once it completes)
 FORMAT_COLUMNS = "fastcas-shards/2"  # manifest.json + manifest.cols/ (fastcas.dataset.manifest)
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -67,13 +67,8 @@ class ShardWriterConfig:
     class_names: tuple[str, ...] | None = None
     max_classes: int = MAX_CLASSES  # labels must be < this (without class_names), see MAX_CLASSES
     extra: dict = field(default_factory=dict)  # copied into the manifest (source, skipped, ...)
-    # "columns": memory-mapped columns beside a small manifest.json (fastcas.dataset.manifest);
-    # "json": per-sample lists inside manifest.json (the format before columns; small datasets)
-    manifest: str = "columns"
 
     def __post_init__(self):
-        if self.manifest not in ("columns", "json"):
-            raise ValueError(f"manifest must be 'columns' or 'json', got {self.manifest!r}")
         if int(self.shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if not _KEY_RE.match(self.prefix):
@@ -219,10 +214,10 @@ def _own_files(out: Path) -> list[Path]:
     except FileNotFoundError:
         if names is None:
             raise FileExistsError(refuse.format("missing")) from None
-        m = {"format": FORMAT, "shards": []}  # an unfinished write of ours: its record names its files
+        m = {"format": FORMAT_COLUMNS, "shards": []}  # an unfinished write of ours: its record names its files
     except (OSError, ValueError):
         raise FileExistsError(refuse.format("unreadable")) from None
-    if not isinstance(m, dict) or m.get("format") not in (FORMAT, FORMAT_COLUMNS):
+    if not isinstance(m, dict) or m.get("format") not in (FORMAT_JSON, FORMAT_COLUMNS):
         raise FileExistsError(refuse.format(f"of format {m.get('format') if isinstance(m, dict) else None!r}"))
     listed = [n for sh in m.get("shards", []) if isinstance(sh, dict) for n in (sh.get("tar"), sh.get("index"))]
     return [out / n for n in [*listed, *(names or [])]
@@ -292,7 +287,7 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
     class_names = list(config.class_names) if config.class_names else [str(k) for k in range(num_classes)]
     content = hashlib.sha256("".join(s["sha256"] for s in sink.shards).encode()).hexdigest()
     header = {
-        "format": FORMAT if config.manifest == "json" else FORMAT_COLUMNS,
+        "format": FORMAT_COLUMNS,
         "num_samples": info["num_samples"],
         "shards": sink.shards,
         "class_names": class_names,
@@ -301,14 +296,6 @@ def write_shards(samples: Iterable[RawSample | tuple], out: str | Path,
         "content_hash": content,
         **config.extra,
     }
-    if config.manifest == "json":
-        view = ManifestView({**header, "columns": info}, view)
-        manifest = {**header, "keys": view["keys"], "labels": view["labels"], "sizes": view["sizes"]}
-        del manifest["image_exts"]
-        atomic_write_json(out / MANIFEST, manifest)
-        shutil.rmtree(cols.dir)
-        (out / WRITING).unlink(missing_ok=True)
-        return manifest
     del view
     install(cols.dir, out)
     header["columns"] = info

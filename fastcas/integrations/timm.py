@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fastcas.loading.augment import IMAGENET_MEAN, IMAGENET_STD, RATIO, SCALE
-from fastcas.loading.config import LoaderConfig
+from fastcas.loading.config import DEPRECATED_OPTIONS, LoaderConfig
 
 EVAL_CROP_PCT = 0.875  # = fastcas.loading.pipeline.EVAL_CROP_FRACTION (that module imports DALI)
 
@@ -62,7 +62,7 @@ _TRAIN_SETS: dict[Path, Path] = {}  # dataset root -> its training split: an eva
 
 
 def _loader_options() -> set[str]:
-    return {f.name for f in fields(LoaderConfig)}
+    return {f.name for f in fields(LoaderConfig)} | set(DEPRECATED_OPTIONS)
 
 
 def _same(a, b) -> bool:

@@ -100,13 +100,13 @@ INT_BOUNDS = {  # name: (minimum, maximum or None, why the maximum)
 }
 BOOL_OPTIONS = ("train", "strict", "channels_last", "mix_in_pipeline")
 CHOICE_OPTIONS = {"fmix_select": FMIX_SELECTS}  # name: its accepted values
-MAX_EXPONENT = 16.0  # b and r: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
+MAX_EXPONENT = 16.0  # cas_power, cmo_power: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
 NUMBER_OPTIONS = {  # name: (low, high, low open, high open)
     "mix_prob": (0.0, 1.0, False, False),
     "alpha": (0.0, 1e6, True, False),
     "label_smoothing": (0.0, 1.0, False, True),
-    "b": (0.0, MAX_EXPONENT, False, False),
-    "r": (0.0, MAX_EXPONENT, False, False),
+    "cas_power": (0.0, MAX_EXPONENT, False, False),
+    "cmo_power": (0.0, MAX_EXPONENT, False, False),
 }
 
 
@@ -124,7 +124,7 @@ def check_int_option(name: str, value, minimum: int, maximum: int | None = None,
 def check_option_types(cfg) -> None:
     """Strict types and bounds of :class:`~fastcas.loading.config.LoaderConfig` options, before
     any other check compares them: real bools (``train="no"`` is truthy), real integers
-    (``seed=1.5`` would be seed 1), finite numbers in range (``b=-1``), no raw TypeError.
+    (``seed=1.5`` would be seed 1), finite numbers in range (``cas_power=-1``), no raw TypeError.
     The tables above name the fields; their values come from the dataclass's own field dict."""
     options = vars(cfg)  # LoaderConfig's fields by name (a frozen dataclass: no attribute probing)
     for name in BOOL_OPTIONS:

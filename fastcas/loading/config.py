@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import InitVar, dataclass, field, fields
 
 import numpy as np
 
@@ -114,8 +115,8 @@ class LoaderConfig:
     # batches are (images, targets, valid): valid bool [B] on the images' device, False for the padding
     # repeats that give every rank of an evaluation as many batches (Loader.valid)
     valid_mask: bool = False
-    b: float = 1.2
-    r: float = 1.0
+    cas_power: float = 1.2  # CAS weights: w = CAS ** cas_power (the paper's b)
+    cmo_power: float = 1.0  # CMO weights: w = 1 / n_k ** cmo_power (the paper's r)
     threshold: float | None = None  # over/undersampling threshold (None: the largest class / 25th percentile)
     dtype: str = "float32"
     channels_last: bool = False
@@ -155,8 +156,12 @@ class LoaderConfig:
     # on a CPU device in training: who resizes the decoded crops, DALI ("dali") or torch on a thread pool
     # ("torch", fastcas.loading.cpu_resize; ~1.7x less CPU an image); ignored on a GPU (always DALI)
     cpu_resize: str = "dali"
+    # deprecated keywords (a DeprecationWarning each): b -> cas_power, r -> cmo_power
+    b: InitVar[float | None] = None
+    r: InitVar[float | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, b=None, r=None):
+        _apply_deprecated(self, {"b": b, "r": r})
         checks.check_option_types(self)  # types and bounds first: no TypeError from the checks below
         _check_int("batch_size", self.batch_size, 1)
         _check_int("prefetch", self.prefetch, 0)
@@ -264,11 +269,32 @@ _OPTION_HINTS = {
 }
 
 
+#: deprecated option names -> the explicit ones (still accepted, with a DeprecationWarning)
+DEPRECATED_OPTIONS = {"b": "cas_power", "r": "cmo_power"}
+_POWER_DEFAULTS = {"cas_power": 1.2, "cmo_power": 1.0}
+
+
+def _apply_deprecated(cfg, given: dict) -> None:
+    """``b`` / ``r`` given: warn, and set ``cas_power`` / ``cmo_power`` (a ValueError when the
+    new name was given too, with another value)."""
+    for old, value in given.items():
+        if value is None:
+            continue
+        new = DEPRECATED_OPTIONS[old]
+        warnings.warn(f"fastcas: the option {old!r} is deprecated: use {new}={value!r}", DeprecationWarning,
+                      stacklevel=4)
+        now = cfg.cas_power if new == "cas_power" else cfg.cmo_power
+        if now != _POWER_DEFAULTS[new] and now != value:
+            raise ValueError(f"{old}={value!r} and {new}={now!r} both given: {old} is the deprecated name of {new}; "
+                             f"give {new} only")
+        object.__setattr__(cfg, new, value)  # frozen: set once, during construction
+
+
 def check_option_names(options: dict) -> None:
     """A TypeError naming each unknown option and what fastcas calls it (``num_workers`` ->
     ``py_workers``), instead of the dataclass's bare "unexpected keyword argument"."""
     valid = [f.name for f in fields(LoaderConfig) if f.name != "batch_size"]
-    unknown = [k for k in options if k not in valid]
+    unknown = [k for k in options if k not in valid and k not in DEPRECATED_OPTIONS]
     if not unknown:
         return
     parts = []

@@ -23,8 +23,8 @@ def _slots(source: SampleSource, iteration: int, epoch_idx: int) -> list[tuple]:
     """``[(sample index, jpeg, window, position in its batch)]`` of batch ``iteration`` of pipeline
     epoch ``epoch_idx`` (DALI's ``BatchInfo`` numbering for ``source``), recomputed on the host,
     stream after stream; [] past the end of the epoch."""
-    fresh = SampleSource(source.config)  # the pipeline's own copy may be mid-use
-    fresh.trace = []
+    trace: list[int] = []  # the sample index of each slot, in fetch order
+    fresh = SampleSource(source.config, on_fetch=trace.append)  # the pipeline's own copy may be mid-use
     try:
         out = fresh.layout.named(fresh(SimpleNamespace(iteration=iteration, epoch_idx=epoch_idx)))
     except StopIteration:
@@ -32,7 +32,7 @@ def _slots(source: SampleSource, iteration: int, epoch_idx: int) -> list[tuple]:
     slots = []
     for s in range(len(source.config.streams)):
         jpegs, windows, base = out[f"jpegs{s}"], out[f"windows{s}"], len(slots)
-        slots += [(fresh.trace[base + j], jpeg, windows[j], j) for j, jpeg in enumerate(jpegs)]
+        slots += [(trace[base + j], jpeg, windows[j], j) for j, jpeg in enumerate(jpegs)]
     return slots
 
 

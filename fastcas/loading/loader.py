@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcas.dataset.classes import check_same_classes
-from fastcas.dataset.reader import ShardReader
+from fastcas.dataset.reader import reader_for
 from fastcas.loading import checks, cpu_resize, iteration, workers
 from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
 from fastcas.loading.finisher import Finisher
@@ -89,9 +89,10 @@ class Loader:
         # the execution engine (fastcas.loading.backends): DALI (+ torch resize on a CPU with cpu_resize="torch",
         # fastcas.loading.cpu_resize) unless a twin asks for another
         backend = cpu_resize.make_backend(cfg, resolve_device(cfg.device)) if backend is None else backend
-        self.dataset = Path(dataset.root if isinstance(dataset, ShardReader) else dataset)
-        self.reader = dataset if isinstance(dataset, ShardReader) else ShardReader(
-            self.dataset, cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
+        # a reader the caller passed stays theirs (close() leaves it open); the workers reopen its reopen_spec
+        self.reader, self._owns_reader = reader_for(dataset, cache_dir=cfg.cache_dir,
+                                                    cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote)
+        self.dataset = Path(self.reader.root)
         self.num_classes = self.reader.num_classes
         if class_names is not None:  # the training set's vocabulary (fastcas.dataset.classes)
             check_same_classes(class_names, self.reader.class_names, what=str(self.dataset))
@@ -106,7 +107,7 @@ class Loader:
         self.geometry, self.steps, last_size = step_counts(cfg, self.streams, len(self.reader), self.world_size)
         paste = paste_spec(cfg, backend.mixes_in_graph, self.device)
         self._plan = StepPlan(cfg, self.streams, self.geometry, self.rank, self.world_size, self.steps, last_size,
-                              str(self.dataset), self.reader.keys, paste)
+                              self.reader.reopen_spec, self.reader.keys, paste)
         layout = BatchLayout(len(self.streams), None if paste is None else paste.kind)
         self._finisher = Finisher(self._plan, layout, self.num_classes)
         self._runner = Runner(self._plan, backend, self.device, self.reader, self._release_cache)
@@ -154,11 +155,12 @@ class Loader:
 
     # -- the plan (pure; any thread) ---------------------------------------------------------
     @property
-    def mixes_in_pipeline(self) -> bool:
-        """Whether the DALI graph applies the mixing (``mix_in_pipeline`` asked for it and this
-        kind, its options, the device and the backend allow it); False: torch mixes after the
-        pipeline, or no mixing."""
-        return self._plan.paste is not None
+    def graph_mix(self) -> str | None:
+        """The mix kind mixed inside the DALI graph for this config, backend and device
+        ("cutmix", "fmix" with binary masks, "saliencymix" on the CPU with the fine-grained
+        saliency), or None: no mixing, or mixed by torch after the pipeline (mixup, soft FMix
+        masks, erasing, ``mix_in_pipeline=False``, GPU SaliencyMix). The stream is the same."""
+        return None if self._plan.paste is None else self._plan.paste.kind
 
     def sampler_indices(self, epoch: int) -> list[np.ndarray]:
         """Per stream, the global indices this rank reads in ``epoch`` (before padding)."""
@@ -169,11 +171,14 @@ class Loader:
         rank's local positions)."""
         return self._plan.positions(step)
 
-    def sample_source(self, epoch: int = 0, step: int = 0) -> SampleSource:
-        """The stateless per-sample source (what each DALI worker runs) of a pipeline whose first
-        batch is ``step`` of ``epoch``, with the current quarantine: to time or inspect the host
-        stage on its own (``source.batch(epoch, positions)``, named by ``source.layout``)."""
-        return SampleSource(self._plan.source_config(int(epoch), int(step), self._runner.quarantine))
+    def source(self, epoch: int | None = None, step: int | None = None) -> SampleSource:
+        """The stateless sample source (what each DALI worker runs) of a pipeline whose first
+        batch is ``step`` of ``epoch`` (default: the next batch), with the current quarantine: to
+        time or inspect the host stage on its own (``source.batch(epoch, positions)``, named by
+        ``source.layout``)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        step = self.step if step is None else int(step)
+        return SampleSource(self._plan.source_config(epoch, step, self._runner.quarantine))
 
     def valid(self, step: int) -> np.ndarray:
         """bool [n] for this rank's batch ``step``: False marks a padding repeat (evaluation with
@@ -316,11 +321,11 @@ class Loader:
         return workers.timeout_error(self.worker_pids(), seconds, f"epoch {self.epoch}, step {self.step}")
 
     def _release_cache(self) -> None:
-        """After the pipeline closed: its workers are gone with their pins, so the shard cache
-        is trimmed to its limit."""
-        cache = self.reader.cache
-        if cache is not None:
-            cache.release()
+        """After the pipeline closed: its workers are gone with their pins, so a reader this
+        Loader opened is closed (its shard cache trimmed to its limit); a reader the caller
+        passed is theirs to close."""
+        if self._owns_reader:
+            self.reader.close()
 
     def close(self) -> None:
         """Stop the producer thread, the DALI pipeline and its worker processes."""

@@ -87,7 +87,7 @@ class StepPlan:
     world_size: int
     steps: int
     last_size: int
-    dataset: str
+    dataset: object  # the reader's ReopenSpec (fastcas.dataset.reader): what the DALI workers reopen
     keys: object = field(repr=False)
     paste: PasteSpec | None = None
 
@@ -135,7 +135,6 @@ class StepPlan:
             seed=cfg.seed, rank=self.rank, epoch0=epoch, offset=step * cfg.batch_size,
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(quarantine), max_pixels=cfg.max_pixels,
-            cache_dir=cfg.cache_dir, cache_max_bytes=cfg.cache_max_bytes, remote=cfg.remote,
             paste=self.paste if paste else None, augment=cfg.transforms, image_size=cfg.image_size)
 
     def mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):

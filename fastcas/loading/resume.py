@@ -51,7 +51,7 @@ class Cursor:
         cfg, geo = p.config, p.geometry
         if "dataset" not in self._digests:
             self._digests["dataset"] = self.reader.digest  # O(1) for a columnar manifest
-            self._digests["weights"] = weights_digest(p.streams, cfg.b, cfg.r)
+            self._digests["weights"] = weights_digest(p.streams, cfg.cas_power, cfg.cmo_power)
         return {
             "dataset": self._digests["dataset"],
             "seed": cfg.seed,
@@ -75,7 +75,8 @@ class Cursor:
     def legacy_weights_digest(self) -> str:
         """The weights digest fastcas wrote before O(1) digests (a hash of every CDF value):
         computed only to accept an older checkpoint."""
-        return digest([s.legacy_digest() for s in self.plan.streams], self.plan.config.b, self.plan.config.r)
+        cfg = self.plan.config
+        return digest([s.legacy_digest() for s in self.plan.streams], cfg.cas_power, cfg.cmo_power)
 
     def state_dict(self) -> dict:
         """See :meth:`fastcas.loading.loader.Loader.state_dict` (the format is fixed: old

@@ -66,7 +66,8 @@ class StreamFactory:
 
         # the CDF is built once per node and memory-mapped; its digest is O(1) (fastcas.sampling.shared)
         cdf, wd = shared_cdf(reader, name, scores=self.scores, scores_id=self.scores_id,
-                             b=cfg.b, r=cfg.r, threshold=cfg.threshold if name.endswith("sample-expected") else None)
+                             b=cfg.cas_power, r=cfg.cmo_power,
+                             threshold=cfg.threshold if name.endswith("sample-expected") else None)
         if cdf is None:
             return WeightedSampler(len(reader), num, weights_digest=wd, **common)
         # the weights' concentration: computed once per node beside the shared CDF

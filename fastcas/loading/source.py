@@ -16,7 +16,7 @@ import numpy as np
 from fastcas import mix
 from fastcas.core.errors import CorruptSampleError, FastcasError
 from fastcas.dataset import imagehdr
-from fastcas.dataset.reader import ShardReader
+from fastcas.dataset.reader import ReopenSpec, ShardReader
 from fastcas.loading.augment import augment_key
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.screen import jpeg_tables_error
@@ -77,7 +77,7 @@ class SourceConfig:
     of the epoch's one stream (training); None: the streams take rank-local positions
     (evaluation's :class:`SequentialIndex`)."""
 
-    dataset: str
+    dataset: ReopenSpec | str  # the caller's reader's reopen spec (a dataset path: opened with the defaults)
     streams: tuple
     positions: int
     seed: int = 0
@@ -90,9 +90,6 @@ class SourceConfig:
     quarantine: frozenset = frozenset()  # sample indices DALI cannot decode: substituted like broken ones
     geometry: object = None
     max_pixels: int | None = imagehdr.DEFAULT_MAX_PIXELS  # refuse larger images (decompression bombs)
-    cache_dir: str | None = None  # local cache for remote shards (None: fastcas.dataset.remote's default)
-    cache_max_bytes: int | None = None  # evict least-recently-used shards beyond this size
-    remote: object = None  # fastcas.dataset.fetch.RemoteOptions: timeouts and retries (None: the defaults)
     paste: PasteSpec | None = None  # mixing in the graph: its parameters as outputs (training only)
     augment: object = None  # fastcas.loading.transforms.AugmentPolicy (None: the default imagenet policy)
     image_size: int = 224  # the output side S (the transform draws that depend on it: erasing)
@@ -104,16 +101,16 @@ class SourceConfig:
 
 
 class SampleSource:
-    # the sample index each :meth:`fetch` returned, appended while a list (fastcas.loading.faults
-    # finds which sample each slot of a failed batch got); None: not recorded
-    trace: list | None = None
-
-    def __init__(self, config: SourceConfig):
+    def __init__(self, config: SourceConfig, *, on_fetch=None):
+        """``on_fetch(i)``: called with the sample index each fetch returns (a substitute's for
+        a skipped one), in the process that runs this source (fastcas.loading.faults finds
+        which sample each slot of a failed batch got); DALI workers get a copy without it."""
         self.config = config
+        self.on_fetch = on_fetch
         self._reader = None
 
     def __getstate__(self):
-        return {"config": self.config, "_reader": None, "_parent": spawn_parent_hint()}
+        return {"config": self.config, "on_fetch": None, "_reader": None, "_parent": spawn_parent_hint()}
 
     def __setstate__(self, state):
         state = dict(state)
@@ -124,8 +121,8 @@ class SampleSource:
     @property
     def reader(self):
         if self._reader is None:
-            self._reader = ShardReader(self.config.dataset, on_error="defer", cache_dir=self.config.cache_dir,
-                                       cache_max_bytes=self.config.cache_max_bytes, remote=self.config.remote)
+            # the caller's reader's own manifest file and cache settings (a path: the defaults)
+            self._reader = ReopenSpec.of(self.config.dataset).with_errors("defer").open()
         return self._reader
 
     @property
@@ -164,8 +161,8 @@ class SampleSource:
                 if skipped < 0:
                     skipped = i
                 continue
-            if self.trace is not None:  # fastcas.loading.faults records which sample each slot got
-                self.trace.append(i)
+            if self.on_fetch is not None:
+                self.on_fetch(i)
             return np.frombuffer(sample.data, np.uint8), sample.label, size, skipped
         raise CorruptSampleError(f"{reader.root}: no readable sample at all")
 

@@ -186,7 +186,7 @@ def from_options(cfg, reader, name: str, stream: int, *, rank: int, world_size: 
                          f"{world_size}: some ranks would draw no sample; use epoch_length >= world size")
     p = np.ones(len(reader))
     if name != "uniform":
-        cdf, _ = shared_cdf(reader, name, scores=scores, scores_id=scores_id, b=cfg.b, r=cfg.r)
+        cdf, _ = shared_cdf(reader, name, scores=scores, scores_id=scores_id, b=cfg.cas_power, r=cfg.cmo_power)
         if cdf is not None:
             p = np.diff(np.asarray(cdf, np.float64), prepend=0.0)
     geometry = StreamGeometry(num, world_size, cfg.batch_size, cfg.last_batch)

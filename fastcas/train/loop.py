@@ -22,7 +22,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ from fastcas.train.models import MODELS
 
 @dataclass(frozen=True)
 class TrainConfig:
-    train: str
+    # the training dataset (a path). Named train_data, not train: LoaderConfig.train is a bool (training
+    # or evaluation order); ``train=`` (the recipe key, the CLI's TRAIN, run.json of earlier runs) sets it too
+    train_data: str | None = None
     val: str | None = None
     out: str = "runs/fastcas"
     model: str = "resnet32"
@@ -85,8 +87,16 @@ class TrainConfig:
     connect_timeout: float = 10.0     # remote shards: seconds to connect (fastcas.dataset.fetch.RemoteOptions)
     read_timeout: float = 30.0        # remote shards: seconds without a byte (no limit on a whole download)
     retries: int = 3                  # remote shards: further attempts after a transient failure
+    train: InitVar[str | None] = None  # the same as train_data (its recipe / CLI / run.json name)
 
-    def __post_init__(self):
+    def __post_init__(self, train=None):
+        if train is not None:
+            if self.train_data is not None and self.train_data != train:
+                raise ValueError(f"train={train!r} and train_data={self.train_data!r} both given: they name the "
+                                 "same field (the training dataset); give one")
+            object.__setattr__(self, "train_data", train)  # frozen: set once, during construction
+        if self.train_data is None:
+            raise ValueError("train_data (the training dataset, `fastcas train TRAIN`) is required")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
         from fastcas.train import schedule
@@ -125,7 +135,7 @@ class TrainConfig:
         data = json.loads(Path(path).read_text())
         data.pop("description", None)
         data.pop("sources", None)  # per value: the reference file and line it follows (docs/recipes.md)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"train"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
@@ -191,15 +201,16 @@ def _loaders(cfg: TrainConfig, dist: _Dist):
                   world_size=dist.world_size, py_workers=cfg.py_workers, num_threads=cfg.num_threads,
                   channels_last=cfg.channels_last and dist.device == "cuda")
     common.update(policy_options(cfg))
+    powers = dict(cas_power=cfg.b, cmo_power=cfg.r)  # the recipe's b and r: the training streams' weights
     scores = cfg.scores
-    plain = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
-                   label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **common)
+    plain = Loader(cfg.train_data, cfg.batch_size, weights=cfg.weights, scores=scores, epoch_length=cfg.epoch_length,
+                   label_smoothing=cfg.label_smoothing, threshold=cfg.threshold, **powers, **common)
     mixed = None
     if cfg.mix != "none":
-        mixed = Loader(cfg.train, cfg.batch_size, weights=cfg.weights, scores=scores,
+        mixed = Loader(cfg.train_data, cfg.batch_size, weights=cfg.weights, scores=scores,
                        foreground_weights=cfg.foreground_weights, mix=cfg.mix, alpha=cfg.alpha,
                        mix_prob=cfg.mix_prob, epoch_length=cfg.epoch_length, threshold=cfg.threshold,
-                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **common)
+                       mix_options=_mix_options(cfg), label_smoothing=cfg.label_smoothing, **powers, **common)
     val = None
     if cfg.val:  # refused unless its class ids mean the training set's classes (fastcas.dataset.classes)
         val = Loader(cfg.val, cfg.batch_size, train=False, last_batch="partial", class_names=plain.reader, **common)
@@ -356,7 +367,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, crash_at_step: int | None =
     if cfg.val:  # refused before OUT is claimed: a fixed --val re-runs into the same OUT
         from fastcas.dataset.classes import check_same_classes, class_names_of
 
-        check_same_classes(cfg.train, class_names_of(cfg.val), what=str(cfg.val))
+        check_same_classes(cfg.train_data, class_names_of(cfg.val), what=str(cfg.val))
     run_dir = claim_run_dir(cfg, resume=resume, overwrite=overwrite, rank=dist.rank, world_size=dist.world_size)
     out.mkdir(parents=True, exist_ok=True)
     plain, mixed, val = _loaders(cfg, dist)

@@ -160,7 +160,7 @@ def log_epoch(out, epoch: int, loader, scores=None) -> dict:
     out = Path(out)
     reports = {}
     for stream, (name, drawn) in zip(("background", "foreground"), zip(names, loader.sampler_indices(epoch))):
-        w = sample_weights.make(name, reader.labels, scores=loader.scores, b=cfg.b, r=cfg.r)
+        w = sample_weights.make(name, reader.labels, scores=loader.scores, b=cfg.cas_power, r=cfg.cmo_power)
         reports[stream] = {"weights": name, **drawn_report(reader.labels, drawn, w, class_names=reader.class_names,
                                                            **att)}
     atomic_write_json(out / f"monitor-epoch{epoch:03d}.json", {"epoch": epoch, "streams": reports})

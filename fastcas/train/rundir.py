@@ -51,11 +51,11 @@ CHECKPOINT = "checkpoint.pt"
 #: TrainConfig fields a resumed run may change: they alter neither the sampled data stream nor
 #: the model and optimiser state. (``epochs`` stretches the learning-rate and mixing schedules
 #: from the resume point on, as a user extending a run expects; ``batch_size`` may change
-#: only with the world size, keeping the global batch; ``train`` may point elsewhere if the
+#: only with the world size, keeping the global batch; ``train_data`` may point elsewhere if the
 #: dataset's content hash is unchanged.)
 RESUMABLE_CHANGES = frozenset({
     "epochs", "max_steps", "eval_every", "checkpoint_every", "val", "val_scores", "many", "few",
-    "out", "py_workers", "num_threads", "device", "amp", "channels_last", "batch_size", "train",
+    "out", "py_workers", "num_threads", "device", "amp", "channels_last", "batch_size", "train_data",
     "progress", "connect_timeout", "read_timeout", "retries",
 })
 
@@ -77,6 +77,8 @@ def config_changes(saved: dict, cfg, world_size: int) -> tuple[list[str], list[s
     """(refused, allowed) changes of ``cfg`` (a TrainConfig on ``world_size`` ranks) against a
     ``run.json`` record ``saved``; each entry is ``"name: saved -> new"``."""
     old, new = saved.get("config", {}), asdict(cfg)
+    if "train" in old and "train_data" not in old:  # run.json of fastcas before the rename
+        old = {("train_data" if k == "train" else k): v for k, v in old.items()}
     refused, allowed = [], []
     for name, value in new.items():
         if name not in old:  # a field newer than the saved run: nothing to compare
@@ -89,8 +91,8 @@ def config_changes(saved: dict, cfg, world_size: int) -> tuple[list[str], list[s
         if a == b:
             continue
         line = f"{name}: {_fmt(a)} -> {_fmt(b)}"
-        if name == "train":
-            h_old, h_new = saved.get("dataset_hash"), _dataset_hash(cfg.train)
+        if name == "train_data":
+            h_old, h_new = saved.get("dataset_hash"), _dataset_hash(cfg.train_data)
             (allowed if h_old is not None and h_old == h_new else refused).append(
                 line + ("" if h_old is not None and h_old == h_new else " (dataset content differs or unknown)"))
         elif name in RESUMABLE_CHANGES:
@@ -257,7 +259,7 @@ def claim_run_dir(cfg, *, resume: bool, overwrite: bool, rank: int = 0, world_si
     run = RunDir(out, _lock(out))
     try:
         record = {"config": asdict(cfg), "world_size": world_size, "global_batch": cfg.batch_size * world_size,
-                  "dataset_hash": _dataset_hash(cfg.train), "resumed": []}
+                  "dataset_hash": _dataset_hash(cfg.train_data), "resumed": []}
         if resume:
             # the checkpoint is loaded (safely) before run.json records a resume: a bad one
             # leaves run.json as it was

@@ -11,10 +11,10 @@ import warnings
 import pytest
 
 from fastcas.core.errors import CorruptSampleError
-from fastcas.dataset.indexer import IndexConfig, index_dataset
+from fastcas.dataset.indexer import index_dataset
 from fastcas.dataset.reader import ShardReader
 from fastcas.dataset.tarname import member_name
-from tests.helpers import jpeg_bytes
+from tests.helpers import convert, index_json, jpeg_bytes
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT, "ustar": tarfile.USTAR_FORMAT}
 IMAGE = jpeg_bytes(0, (24, 20))  # one image for all: members of equal size, so a re-pack keeps the tar's size
@@ -36,10 +36,11 @@ def _tar(path, keys, labels, fmt: str) -> None:
 
 
 def _indexed(tmp_path, fmt: str, n: int = 6, manifest: str = "columns"):
+    """``manifest="json"``: the index in the JSON format of older versions (edited, then converted)."""
     keys = [_key(j, fmt) for j in range(n)]
     (tmp_path / "w").mkdir()
     _tar(tmp_path / "w" / "a.tar", keys, [j % 3 for j in range(n)], fmt)
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest=manifest))
+    (index_json if manifest == "json" else index_dataset)([tmp_path / "w" / "a.tar"], tmp_path / "ix")
     return keys
 
 
@@ -79,7 +80,7 @@ def test_an_offset_landing_on_another_long_named_member_is_caught(tmp_path, fmt)
     m = json.loads(p.read_text())
     m["image_offset"][0], m["image_size"][0] = m["image_offset"][1], m["image_size"][1]
     p.write_text(json.dumps(m))
-    r = ShardReader(tmp_path / "ix")
+    r = convert(tmp_path / "ix")
     with pytest.raises(CorruptSampleError, match=rf"at key '{m['keys'][0]}' .* names '{m['keys'][1]}\.jpg'"), \
             pytest.warns(RuntimeWarning, match="this tar changed since it was indexed"):
         r[0]
@@ -94,15 +95,16 @@ def test_a_metadata_offset_landing_on_another_samples_json_is_caught(tmp_path):
                 info = tarfile.TarInfo(f"{k}.{ext}")
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
-    assert ShardReader(tmp_path / "ix").metadata(1) == {"j": 1}
+    index_json([tmp_path / "w" / "a.tar"], tmp_path / "ix")
     p = tmp_path / "ix" / "manifest.json"
     m = json.loads(p.read_text())
     m["meta_offset"][0], m["meta_size"][0] = m["meta_offset"][1], m["meta_size"][1]
     p.write_text(json.dumps(m))
+    r = convert(tmp_path / "ix")
+    assert r.metadata(1) == {"j": 1} and r.metadata(2) == {"j": 2}  # the members not edited
     with pytest.raises(CorruptSampleError, match=rf"at key '{keys[0]}' .* names '{keys[1]}\.json'"), \
             pytest.warns(RuntimeWarning, match="this tar changed since it was indexed"):
-        ShardReader(tmp_path / "ix").metadata(0)
+        r.metadata(0)
 
 
 @pytest.mark.dali
@@ -118,7 +120,7 @@ def test_a_loader_names_a_changed_shard_once_not_once_per_sample(tmp_path, worke
     (tmp_path / "w").mkdir()
     _tar(tmp_path / "w" / "a.tar", keys[:6], [j % 3 for j in range(6)], "gnu")
     _tar(tmp_path / "w" / "b.tar", keys[6:], [j % 3 for j in range(6)], "gnu")
-    index_dataset([tmp_path / "w" / "a.tar", tmp_path / "w" / "b.tar"], tmp_path / "ix", IndexConfig())
+    index_dataset([tmp_path / "w" / "a.tar", tmp_path / "w" / "b.tar"], tmp_path / "ix")
     _tar(tmp_path / "w" / "a.tar", keys[5::-1], [2, 1, 0, 2, 1, 0], "gnu")  # re-packed at the same size
     loader = Loader(tmp_path / "ix", 4, train=False, image_size=16, py_workers=workers, device="cpu")
     with warnings.catch_warnings(record=True) as caught:

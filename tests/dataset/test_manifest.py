@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from fastcas.cli import main
+from fastcas.core.errors import ShardError
 from fastcas.dataset.manifest import COLUMNS_DIR, KeyColumn, encode_keys, key_hashes
 from fastcas.dataset.reader import ShardReader
 from fastcas.dataset.scorefile import read_scores, write_scores
-from tests.helpers import make_dataset
+from tests.helpers import convert, make_dataset
 
 
 def test_columnar_manifest_holds_no_per_sample_lists_and_maps_its_columns(tmp_path):
@@ -21,11 +22,13 @@ def test_columnar_manifest_holds_no_per_sample_lists_and_maps_its_columns(tmp_pa
     assert header["format"] == "fastcas-shards/2" and "keys" not in header and "labels" not in header
     assert header["columns"]["num_samples"] == 10 and len(header["columns"]["hash"]) == 64
     r = ShardReader(tmp_path / "ds")
-    assert r.columnar and isinstance(r.keys, KeyColumn) and isinstance(r.labels, np.memmap)
+    assert isinstance(r.keys, KeyColumn) and isinstance(r.labels, np.memmap)
     assert r.labels.dtype == np.int64 and r.class_counts.tolist() == [5, 3, 2]
+    assert "keys" not in r.manifest and "labels" not in r.manifest  # the header only, no per-sample lists
     j = make_dataset(tmp_path / "js", counts=(5, 3, 2), shard_size=4, meta=True, manifest="json")
-    q = ShardReader(tmp_path / "js")
-    assert not q.columnar and r.keys == q.keys and m["keys"] == j["keys"]
+    assert m["keys"] == j["keys"]
+    q = convert(tmp_path / "js")  # the JSON manifest's index files read once, into columns
+    assert r.keys == q.keys
     assert r.labels.tolist() == q.labels.tolist() and r.sizes.tolist() == q.sizes.tolist()
     for i in range(len(r)):
         assert bytes(r[i].data) == bytes(q[i].data) and r.metadata(i) == q.metadata(i)
@@ -76,19 +79,23 @@ def test_changed_or_missing_shard_and_missing_column_are_named(tmp_path):
         ShardReader(root)
 
 
-def test_convert_json_manifest_to_columns_and_back(tmp_path, capsys):
-    make_dataset(tmp_path / "ds", counts=(4, 4), shard_size=3, meta=True, manifest="json")
+def test_convert_columns_to_json_and_back(tmp_path, capsys):
+    make_dataset(tmp_path / "ds", counts=(4, 4), shard_size=3, meta=True)
     before = ShardReader(tmp_path / "ds")
     keys, labels, data = list(before.keys), before.labels.tolist(), [bytes(s.data) for s in before]
+    assert main(["convert", str(tmp_path / "ds"), "--to", "json"]) == 0
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert m["format"] == "fastcas-shards/1" and m["keys"] == keys and m["labels"] == labels
+    assert not (tmp_path / "ds" / COLUMNS_DIR).exists()
+    with pytest.raises(ShardError, match=r"a JSON manifest .*`fastcas convert .*ds`"):
+        ShardReader(tmp_path / "ds")
     assert main(["convert", str(tmp_path / "ds")]) == 0
     assert "fastcas-shards/2" in capsys.readouterr().out
     r = ShardReader(tmp_path / "ds")
-    assert r.columnar and r.keys == keys and r.labels.tolist() == labels and [bytes(s.data) for s in r] == data
+    assert r.keys == keys and r.labels.tolist() == labels and [bytes(s.data) for s in r] == data
+    assert r.metadata(0) == before.metadata(0) and r.sizes.tolist() == before.sizes.tolist()
     assert (tmp_path / "ds" / "manifest.json.v1").exists()
     assert main(["convert", str(tmp_path / "ds")]) == 2  # already columnar
-    assert main(["convert", str(tmp_path / "ds"), "--to", "json"]) == 0
-    back = ShardReader(tmp_path / "ds")
-    assert not back.columnar and back.keys == keys and [bytes(s.data) for s in back] == data
 
 
 def test_score_join_by_key_in_bulk_names_the_first_missing_key(tmp_path):
@@ -149,7 +156,7 @@ def test_a_state_with_the_older_cdf_hash_digest_still_loads(tmp_path):
     make_dataset(tmp_path / "ds", counts=(6, 3, 1), shard_size=4)
     loader = Loader(tmp_path / "ds", 2, weights="cmo", image_size=16, device="cpu", py_workers=0)
     state = loader.state_dict()
-    old = digest([digest(np.asarray(loader.streams[0]._cdf))], loader.config.b, loader.config.r)
+    old = digest([digest(np.asarray(loader.streams[0]._cdf))], loader.config.cas_power, loader.config.cmo_power)
     state["config"] = {**state["config"], "weights_digest": old}
     loader.load_state_dict({**state, "step": 1, "position": 2})
     assert loader.step == 1

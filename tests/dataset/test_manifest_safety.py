@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from fastcas.core.errors import ShardError
-from fastcas.dataset.indexer import IndexConfig, index_dataset
 from fastcas.dataset.reader import ShardReader
-from tests.helpers import jpeg_bytes, make_dataset
+from tests.helpers import convert, index_json, jpeg_bytes, make_dataset
 
 
 def _edit(ds, fn):
@@ -30,7 +29,7 @@ def test_a_bad_manifest_label_names_the_manifest_and_the_key(tmp_path, label, ma
         m["labels"][3] = label
     _edit(tmp_path / "d", bad)
     with pytest.raises(ShardError, match="manifest.json: " + match):
-        ShardReader(tmp_path / "d")
+        convert(tmp_path / "d")  # the JSON manifest's labels are checked where it is read
 
 
 @pytest.mark.parametrize("field, value", [("tar", "/etc/passwd"), ("tar", "../../outside.tar"),
@@ -58,22 +57,22 @@ def _wds(root, keys, label=1):
 
 def test_an_index_offset_past_the_end_of_its_tar_says_the_manifest_is_wrong(tmp_path):
     _wds(tmp_path / "w", ["k0", "k1"])
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
+    index_json([tmp_path / "w" / "a.tar"], tmp_path / "ix")
 
     def bad(m):
         m["image_offset"][1] = m["shards"][0]["size"] + 4096
     _edit(tmp_path / "ix", bad)
     with pytest.raises(ShardError, match="sample 'k1' lies outside its tar .*the manifest does not describe this tar"):
-        ShardReader(tmp_path / "ix")
+        convert(tmp_path / "ix")
 
 
 def test_non_ascii_keys_in_pax_headers_are_read_not_counted_corrupt(tmp_path):
     """webdataset/tarfile store ``café_0.jpg`` in a pax header, ``caf?_0.jpg`` in the ustar field."""
     keys = ["café_0", "猫", "naïve-κ", "plain"]
     _wds(tmp_path / "w", keys)
-    m = index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
+    m = index_json([tmp_path / "w" / "a.tar"], tmp_path / "ix")
     assert m["keys"] == keys and m["skipped"] == []
-    r = ShardReader(tmp_path / "ix")
+    r = convert(tmp_path / "ix")
     for i, k in enumerate(keys):
         s = r[i]
         assert s.key == k and bytes(s.data) == jpeg_bytes(i, (24, 20)) and s.label == 1
@@ -83,11 +82,11 @@ def test_a_non_ascii_key_whose_header_names_another_member_is_still_refused(tmp_
     from fastcas.core.errors import CorruptSampleError
 
     _wds(tmp_path / "w", ["café_0", "cafe_1"])
-    index_dataset([tmp_path / "w" / "a.tar"], tmp_path / "ix", IndexConfig(manifest="json"))
+    index_json([tmp_path / "w" / "a.tar"], tmp_path / "ix")
 
     def swap(m):  # sample 0's offset now points at sample 1's member
         m["image_offset"][0], m["image_size"][0] = m["image_offset"][1], m["image_size"][1]
     _edit(tmp_path / "ix", swap)
     with pytest.raises(CorruptSampleError, match="index does not match its tar at key 'café_0'"):
-        ShardReader(tmp_path / "ix")[0]
+        convert(tmp_path / "ix")[0]
     np.testing.assert_array_equal(ShardReader(tmp_path / "ix").labels, [1, 1])

@@ -1,5 +1,6 @@
 """ShardReader / index error paths, indexing, deferred errors, and multi-digit ``.cls`` labels
-read by DALI's own webdataset reader."""
+read by DALI's own webdataset reader. The checks of a JSON manifest and its index files run in
+``fastcas convert`` (the only reader of JSON manifests): those tests convert an edited one."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 from fastcas.core.errors import CorruptSampleError, ShardError
+from fastcas.dataset.convert import convert_manifest
 from fastcas.dataset.reader import ShardReader
-from tests.helpers import make_dataset
+from tests.helpers import convert, make_dataset
 
 COUNTS = (3, 2, 2)  # 7 samples, shards of 3: 3 + 3 + 1
 
@@ -18,14 +20,17 @@ COUNTS = (3, 2, 2)  # 7 samples, shards of 3: 3 + 3 + 1
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("rd") / "ds"
-    make_dataset(root, counts=COUNTS, shard_size=3, size=(16, 12), manifest="json")  # JSON manifest + index checks
+    make_dataset(root, counts=COUNTS, shard_size=3, size=(16, 12))
     return root
 
 
 @pytest.fixture
 def ds(pristine, tmp_path):
+    """A copy of ``pristine`` with a JSON manifest (per-sample lists + index files, the format of
+    older datasets), which ``fastcas convert`` checks."""
     root = tmp_path / "ds"
     shutil.copytree(pristine, root)
+    convert_manifest(root, to="json")
     return root
 
 
@@ -77,7 +82,7 @@ def test_invalid_on_error(pristine):
 def test_malformed_index_names_the_file(ds, edit, message):
     idx = edit_index(ds, edit)
     with pytest.raises(ShardError, match=message) as info:
-        ShardReader(ds)
+        convert(ds)
     assert idx.name in str(info.value)
 
 
@@ -91,7 +96,7 @@ def test_sample_without_an_image_member(ds):
     edit_index(ds, drop_image)
     first_key = json.loads((ds / "manifest.json").read_text())["keys"][0]
     with pytest.raises(ShardError, match=f"sample '{first_key}' has no image member"):
-        ShardReader(ds)
+        convert(ds)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -106,8 +111,19 @@ def test_sample_without_an_image_member(ds):
 def test_incomplete_manifest(ds, edit, message):
     edit_manifest(ds, edit)
     with pytest.raises(ShardError, match=message) as info:
-        ShardReader(ds)
+        convert(ds)
     assert "manifest.json" in str(info.value)
+
+
+def test_a_json_manifest_is_refused_at_run_time_naming_the_command_that_converts_it(ds):
+    from fastcas.loading.loader import Loader
+
+    for open_ in (ShardReader, lambda p: Loader(p, batch_size=2, device="cpu")):
+        with pytest.raises(ShardError, match=rf"{ds / 'manifest.json'}: a JSON manifest .*fastcas reads only the "
+                                             rf"columnar manifest .*`fastcas convert {ds}`"):
+            open_(ds)
+    r = convert(ds)  # the one command: then it opens, the same samples
+    assert len(r) == sum(COUNTS) and bytes(r[0].data)[:2] == b"\xff\xd8"
 
 
 def test_invalid_manifest_and_missing_dataset(ds, tmp_path):
@@ -124,7 +140,14 @@ def test_invalid_manifest_and_missing_dataset(ds, tmp_path):
 def test_missing_and_truncated_shards_raise_or_defer(ds, pristine):
     tars = sorted(ds.glob("*.tar"))
     m = json.loads((ds / "manifest.json").read_text())
-    tars[1].write_bytes(tars[1].read_bytes()[:1500])  # truncated mid-member
+    good = tars[1].read_bytes()
+    tars[1].write_bytes(good[:1500])  # truncated mid-member: the JSON manifest's index check at convert
+    with pytest.raises(ShardError, match="truncated") as info:
+        convert(ds)
+    assert tars[1].name in str(info.value)
+    tars[1].write_bytes(good)
+    convert(ds)
+    tars[1].write_bytes(good[:1500])  # and the columnar manifest's size check at open
     with pytest.raises(ShardError, match="truncated") as info:
         ShardReader(ds)
     assert tars[1].name in str(info.value)
@@ -154,7 +177,7 @@ def test_index_regenerated_for_another_tar_is_caught_at_read(ds):
         pytest.skip("shards differ in size")
     tars[0].write_bytes(b)
     tars[1].write_bytes(a)
-    r = ShardReader(ds)
+    r = convert(ds)
     with pytest.raises(CorruptSampleError, match="index does not match its tar") as err:
         r[0]
     assert err.value.key == r.keys[0]

@@ -12,7 +12,7 @@ from fastcas.dataset.lt import lt_counts, lt_indices
 from fastcas.dataset.reader import ShardReader
 from fastcas.dataset.shards import RawSample, ShardWriterConfig, write_shards
 from fastcas.dataset.wdsindex import parse_index
-from tests.helpers import jpeg_bytes, make_dataset, make_image_folder
+from tests.helpers import convert, jpeg_bytes, make_dataset, make_image_folder
 
 
 def test_round_trip_bytes_labels_and_layout(tmp_path):
@@ -167,7 +167,7 @@ def test_crash_while_writing_leaves_no_manifest(tmp_path):
 
 
 def test_reader_errors_name_the_shard(tmp_path):
-    m = make_dataset(tmp_path / "ds", shard_size=5, manifest="json")
+    m = make_dataset(tmp_path / "ds", shard_size=5, manifest="json")  # index files checked by `fastcas convert`
     root = tmp_path / "ds"
     tar1 = root / m["shards"][1]["tar"]
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
@@ -175,20 +175,30 @@ def test_reader_errors_name_the_shard(tmp_path):
     data = tar1.read_bytes()
     tar1.write_bytes(data[:1000])
     with pytest.raises(ShardError, match=f"{tar1.name}: truncated"):
+        convert(root)
+    tar1.unlink()
+    with pytest.raises(ShardError, match=f"{tar1.name}: shard is missing"):
+        convert(root)
+    tar1.write_bytes(data)
+    # an index regenerated for another tar
+    idx0, idx1 = root / m["shards"][0]["index"], root / m["shards"][1]["index"]
+    good = idx1.read_text()
+    idx1.write_text(idx0.read_text())
+    with pytest.raises(ShardError, match="index does not match the manifest"):
+        convert(root)
+    idx1.write_text(good)
+    convert(root)
+    # the columnar manifest: the same shard named at open; deferred, other shards stay readable
+    # and the broken one raises per sample with its key
+    tar1.write_bytes(data[:1000])
+    with pytest.raises(ShardError, match=f"{tar1.name}: shard changed since it was written .*truncated"):
         ShardReader(root)
-    # deferred: other shards stay readable, the broken one raises per sample with its key
     r = ShardReader(root, on_error="defer")
     assert bytes(r[0].data)[:2] == b"\xff\xd8"
     with pytest.raises(CorruptSampleError, match=r.keys[5]):
         r[5]
     tar1.unlink()
     with pytest.raises(ShardError, match=f"{tar1.name}: shard is missing"):
-        ShardReader(root)
-    tar1.write_bytes(data)
-    # an index regenerated for another tar
-    idx0, idx1 = root / m["shards"][0]["index"], root / m["shards"][1]["index"]
-    idx1.write_text(idx0.read_text())
-    with pytest.raises(ShardError, match="index does not match the manifest"):
         ShardReader(root)
 
 
@@ -197,7 +207,7 @@ def test_reader_rejects_unsafe_member_names(tmp_path):
     idx = tmp_path / "ds" / m["shards"][0]["index"]
     idx.write_text(idx.read_text().replace(f" {m['keys'][0]}.jpg", f" ../{m['keys'][0]}.jpg", 1))
     with pytest.raises(ShardError, match="unsafe member name '../"):
-        ShardReader(tmp_path / "ds")
+        convert(tmp_path / "ds")
 
 
 def test_header_check_catches_swapped_offsets(tmp_path):
@@ -209,7 +219,7 @@ def test_header_check_catches_swapped_offsets(tmp_path):
     a, b = entries[0][1], entries[1][1]
     lines[1] = lines[1].replace(f"jpg {a.offset} {a.size}", f"jpg {b.offset} {b.size}")
     idx.write_text("\n".join(lines) + "\n")
-    r = ShardReader(tmp_path / "ds")
+    r = convert(tmp_path / "ds")
     with pytest.raises(CorruptSampleError, match="index does not match its tar"):
         r[0]
 

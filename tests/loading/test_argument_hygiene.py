@@ -39,9 +39,11 @@ def ds(tmp_path_factory):
     (dict(epoch_length=1e15), r"epoch_length must be an integer, got 1000000000000000\.0"),
     (dict(prefetch=1e6), r"prefetch must be an integer, got 1000000\.0"),
     # exponents
-    (dict(b=-1), r"b must be in \[0, 16\], got -1"),
-    (dict(r=float("inf")), r"r must be in \[0, 16\], got inf"),
-    (dict(b="1.2"), r"b must be in \[0, 16\], got '1\.2'"),
+    (dict(cas_power=-1), r"cas_power must be in \[0, 16\], got -1"),
+    (dict(cmo_power=float("inf")), r"cmo_power must be in \[0, 16\], got inf"),
+    (dict(cas_power="1.2"), r"cas_power must be in \[0, 16\], got '1\.2'"),
+    (dict(b=-1), r"cas_power must be in \[0, 16\], got -1"),  # the deprecated name, checked as cas_power
+    (dict(r="1"), r"cmo_power must be in \[0, 16\], got '1'"),
     # upper bounds
     (dict(image_size=30000), r"image_size must be <= 4096 \(pixels per side\), got 30000"),
     (dict(py_workers=500), r"py_workers must be <= 128 \(worker processes, each with its own memory\), got 500"),

@@ -71,7 +71,7 @@ for run in range(5):
     for _ in range(5):
         assert next(it)[1].tolist() == reference[loader.step - 1]
     time.sleep(0.5)                       # idle: the worker sleeps on its task queue
-    pid = loader.backend.pipe._py_pool.pids()[0]
+    pid = loader.worker_pids()[0]
     os.kill(pid, signal.SIGKILL)
     t = time.monotonic()
     try:
@@ -103,7 +103,7 @@ import sys, time
 import fastcas
 loader = fastcas.Loader(sys.argv[1], 4, image_size=16, epoch_length=400, py_workers=int(sys.argv[2]), device="cpu")
 it = iter(loader); next(it)
-print(*loader.backend.pipe._py_pool.pids(), flush=True)
+print(*loader.worker_pids(), flush=True)
 time.sleep(120)
 """
 

@@ -138,6 +138,6 @@ def test_labels_and_targets_follow_the_images_device(tiny, mix, monkeypatch):
     assert out_images.device.type == "meta" and targets.device.type == "meta"
     if mix is not None:
         assert {k: seen[k] for k in ("y_bg", "y_fg")} == {"y_bg": "meta", "y_fg": "meta"}
-        if loader.mixes_in_pipeline:  # mixed by DALI: targets from the lam that came with the batch
+        if loader.graph_mix:  # mixed by DALI: targets from the lam that came with the batch
             assert seen["lam"] == "meta"
     loader.close()

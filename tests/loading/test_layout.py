@@ -61,10 +61,10 @@ def test_pack_and_named_round_trip_and_name_what_is_wrong():
                                   dict(mix="saliencymix")])
 def test_the_source_writes_what_the_layout_names(ds, opts):
     loader = Loader(ds, 4, device="cpu", py_workers=0, seed=3, **opts)
-    source = loader.sample_source(0, 0)
+    source = loader.source(0, 0)
     out = source.layout.named(source.batch(0, np.arange(4)))
     assert source.layout.streams == len(loader.streams)
-    assert source.layout.mix == (opts["mix"] if loader.mixes_in_pipeline else None)
+    assert source.layout.mix == (opts["mix"] if loader.graph_mix else None)
     for name, dtype in zip(source.layout.source_names, source.layout.source_dtypes()):
         if name.startswith("jpegs"):
             assert len(out[name]) == 4 and all(j.dtype == np.uint8 for j in out[name])
@@ -79,8 +79,8 @@ def test_the_baseline_is_the_loader_with_another_backend(ds):
                                             "__static_attributes__"} == {"__init__"}
     tv = TorchvisionLoader(ds, 4, device="cpu", py_workers=0, seed=3, mix="cutmix")
     dali = Loader(ds, 4, device="cpu", py_workers=0, seed=3, mix="cutmix")
-    assert tv.backend.name == "torchvision" and not tv.backend.mixes_in_graph and not tv.mixes_in_pipeline
-    assert dali.backend.name == "dali" and dali.mixes_in_pipeline
+    assert tv.backend.name == "torchvision" and not tv.backend.mixes_in_graph and not tv.graph_mix
+    assert dali.backend.name == "dali" and dali.graph_mix
     images, targets = next(iter(tv))
     assert images.shape[0] == 4 and targets.shape == (4, tv.num_classes)
     # the same labels in the same order: the same samples reach both engines

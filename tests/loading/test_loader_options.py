@@ -242,7 +242,7 @@ def test_cas_weights_follow_scores_to_the_power_b(ds):
     r = ShardReader(ds)
     scores = 1.0 + (np.arange(len(r)) % 5) + 3.0 * r.labels  # differs within and across classes
     b = 2.0
-    loader = Loader(ds, 16, weights="cas", scores=scores, b=b, image_size=8, epoch_length=640, py_workers=0,
+    loader = Loader(ds, 16, weights="cas", scores=scores, cas_power=b, image_size=8, epoch_length=640, py_workers=0,
                     seed=9, device="cpu", targets="hard")
     labels = torch.cat([y for _, y in loader]).numpy()
     assert len(labels) == 640

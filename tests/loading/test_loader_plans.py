@@ -58,11 +58,11 @@ def test_cas_weights_that_move_class_mass_warn(data):
     head_heavy = np.where(labels == 0, 40.0, 10.0)  # CAS-like: the large class reaches high ranks
     with pytest.warns(ClassMassShiftWarning, match=r"weights 'cas' move the class mass .* head class 'c0' "
                                                    r"0\.556 -> .*'cas-cmo'"):
-        ld = loader(data, weights="cas", scores=head_heavy, b=1.0)
+        ld = loader(data, weights="cas", scores=head_heavy, cas_power=1.0)
     assert len(ld.notes) == 1 and "head class 'c0'" in ld.notes[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ClassMassShiftWarning)
-        even = loader(data, weights="cas", scores=np.full(len(labels), 7.0), b=1.0)
+        even = loader(data, weights="cas", scores=np.full(len(labels), 7.0), cas_power=1.0)
         assert even.notes == []
 
 

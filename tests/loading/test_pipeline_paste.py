@@ -33,14 +33,14 @@ def _epoch(loader):
 
 
 def test_soft_fmix_masks_and_the_option_off_mix_after_the_pipeline(ds):
-    assert _loader(ds, mix="fmix").mixes_in_pipeline
-    assert not _loader(ds, mix="fmix", mix_options={"max_soft": 0.1}).mixes_in_pipeline
-    assert not _loader(ds, mix="mixup").mixes_in_pipeline
+    assert _loader(ds, mix="fmix").graph_mix
+    assert not _loader(ds, mix="fmix", mix_options={"max_soft": 0.1}).graph_mix
+    assert not _loader(ds, mix="mixup").graph_mix
     # SaliencyMix: the fine-grained saliency in the graph; other saliency methods after it
-    assert _loader(ds, mix="saliencymix").mixes_in_pipeline
-    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"}).mixes_in_pipeline
-    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"}).mixes_in_pipeline
-    assert not _loader(ds, mix="cutmix", mix_in_pipeline=False).mixes_in_pipeline
+    assert _loader(ds, mix="saliencymix").graph_mix
+    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "spectral"}).graph_mix
+    assert not _loader(ds, mix="saliencymix", mix_options={"saliency": "opencv"}).graph_mix
+    assert not _loader(ds, mix="cutmix", mix_in_pipeline=False).graph_mix
     with pytest.raises(ValueError, match="mix_in_pipeline must be True or False"):
         _loader(ds, mix_in_pipeline="yes")
 
@@ -52,7 +52,7 @@ def test_a_gpu_loader_computes_saliencymix_boxes_after_the_pipeline(ds, monkeypa
     monkeypatch.setattr("fastcas.loading.loader.resolve_device", lambda d: "cuda")
     for kind, in_graph in (("saliencymix", False), ("cutmix", True), ("fmix", True)):
         loader = _loader(ds, mix=kind)
-        assert loader.device == "cuda" and loader.mixes_in_pipeline == in_graph, kind
+        assert loader.device == "cuda" and (loader.graph_mix is not None) == in_graph, kind
 
 
 def test_paste_args_copy_the_box_at_its_place():
@@ -81,7 +81,7 @@ def test_mixed_in_the_pipeline_equals_the_torch_path(ds, kind, case):
     kw = {"mix": kind, **CASES[case]}
     graph = _loader(ds, **kw)
     torch_ = _loader(ds, mix_in_pipeline=False, **kw)
-    assert graph.mixes_in_pipeline and not torch_.mixes_in_pipeline
+    assert graph.graph_mix and not torch_.graph_mix
     a, b = _epoch(graph), _epoch(torch_)
     assert len(a) == len(b) >= 5
     mixed = 0

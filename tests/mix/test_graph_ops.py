@@ -142,7 +142,7 @@ def test_default_saliencymix_pastes_the_box_around_opencvs_peak_on_real_photos(p
     sal = cv2.saliency.StaticSaliencyFineGrained_create()
     kw = dict(image_size=96, epoch_length=48, seed=2, device="cpu", py_workers=0)
     graph = Loader(photo_ds, 16, mix="saliencymix", **kw)
-    assert graph.mixes_in_pipeline  # the default path is the graph
+    assert graph.graph_mix  # the default path is the graph
     plain = Loader(photo_ds, 16, targets="hard", **kw)
     inside, boxes = [], 0
     for step, ((xm, tm), (xp, yp)) in enumerate(zip(graph, plain)):

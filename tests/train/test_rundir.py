@@ -94,7 +94,7 @@ def test_resume_with_a_moved_dataset_compares_its_content(tmp_path):
 
     shutil.copytree(tmp_path / "train", tmp_path / "moved")
     claim_run_dir(cfg_for(tmp_path, train=str(tmp_path / "moved")), resume=True, overwrite=False).release()
-    with pytest.raises(ValueError, match="train: .* -> .*other.* content differs"):
+    with pytest.raises(ValueError, match="train_data: .* -> .*other.* content differs"):
         claim_run_dir(cfg_for(tmp_path, train=str(tmp_path / "other")), resume=True, overwrite=False)
 
 

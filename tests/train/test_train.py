@@ -90,7 +90,7 @@ def test_every_recipe_validates_and_dry_runs(data, tmp_path, recipe, monkeypatch
     for e, loader in used:
         c = loader.config
         assert (c.mix_kind is not None) == mixing[e], (e, c.mix_kind)
-        assert (c.weights, c.b, c.r) == (full.weights, full.b, full.r)
+        assert (c.weights, c.cas_power, c.cmo_power) == (full.weights, full.b, full.r)
         if mixing[e]:
             assert (c.mix_kind, c.alpha, c.mix_prob, c.foreground_weights) == (
                 full.mix, full.alpha, full.mix_prob, full.foreground_weights)

@@ -96,7 +96,8 @@ def _ensure_dataset(root: Path, cfg: SelftestConfig) -> dict:
     if m.exists():
         man = json.loads(m.read_text())
         src = man.get("source", {})
-        if man.get("num_samples") == cfg.samples and src.get("seed") == cfg.seed:
+        # a JSON manifest of an older fastcas is written again (runs read only columnar manifests)
+        if man.get("num_samples") == cfg.samples and src.get("seed") == cfg.seed and "columns" in man:
             return man
     return make_dataset(root, cfg.samples, cfg.seed, overwrite=m.exists())  # replaces only its own shards
 
