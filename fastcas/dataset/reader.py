@@ -82,7 +82,7 @@ class ReopenSpec:
 
     manifest: str  # the manifest file, absolute (its directory is the dataset root)
     on_error: str = "raise"
-    cache_dir: str | None = None  # None: the manifest's cache_dir, else the default shard cache
+    cache_dir: str | None = None  # absolute (a worker's cwd may differ); None: the manifest's, or the default
     cache_max_bytes: int | None = None
     remote: RemoteOptions | None = None  # timeouts and retries for remote shards (None: the defaults)
 
@@ -127,8 +127,8 @@ def reader_for(dataset, *, cache_dir=None, cache_max_bytes: int | None = None,
     if not isinstance(dataset, ShardReader):
         return ShardReader(dataset, cache_dir=cache_dir, cache_max_bytes=cache_max_bytes, remote=remote), True
     spec = dataset.reopen_spec
-    given = {"cache_dir": None if cache_dir is None else str(cache_dir), "cache_max_bytes": cache_max_bytes,
-             "remote": remote}
+    given = {"cache_dir": None if cache_dir is None else os.path.abspath(cache_dir),
+             "cache_max_bytes": cache_max_bytes, "remote": remote}
     own = {"cache_dir": spec.cache_dir, "cache_max_bytes": spec.cache_max_bytes, "remote": spec.remote}
     for name, value in given.items():
         if value is not None and value != own[name]:
@@ -163,8 +163,8 @@ class ShardReader:
         self.on_error = on_error
         self._cache_dir, self._cache_max_bytes, self._remote = cache_dir, cache_max_bytes, remote
         #: how this reader opens again elsewhere (DALI workers, pickling): this manifest file and settings
-        self.reopen_spec = ReopenSpec(os.path.abspath(self.manifest_path), on_error,
-                                      None if cache_dir is None else str(cache_dir), cache_max_bytes, remote)
+        cache = None if cache_dir is None else os.path.abspath(cache_dir)  # a worker may run elsewhere
+        self.reopen_spec = ReopenSpec(os.path.abspath(self.manifest_path), on_error, cache, cache_max_bytes, remote)
         try:
             m = json.loads(self.manifest_path.read_text())
         except json.JSONDecodeError as exc:

@@ -99,7 +99,7 @@ INT_BOUNDS = {  # name: (minimum, maximum or None, why the maximum)
     "cache_max_bytes": (0, None, ""),
 }
 BOOL_OPTIONS = ("train", "strict", "channels_last", "mix_in_pipeline")
-CHOICE_OPTIONS = {"fmix_select": FMIX_SELECTS}  # name: its accepted values
+CHOICE_OPTIONS = {"fmix_select": FMIX_SELECTS, "cpu_resize": ("dali", "torch")}  # name: its accepted values
 MAX_EXPONENT = 16.0  # cas_power, cmo_power: CAS ** b and n_k ** -r stay far inside float64 (CAS < 10^4, n_k < 10^9)
 NUMBER_OPTIONS = {  # name: (low, high, low open, high open)
     "mix_prob": (0.0, 1.0, False, False),

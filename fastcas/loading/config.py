@@ -204,8 +204,6 @@ class LoaderConfig:
         if self.foreground_weights and not self.mix_kind:
             raise ValueError("foreground_weights (a two-stream recipe such as CMO) needs mix= to paste the foreground")
         _check_mix_options(self.mix_kind, self.mix_options)
-        if self.cpu_resize not in ("dali", "torch"):
-            raise ValueError(f"cpu_resize must be 'dali' or 'torch', got {self.cpu_resize!r}")
         if self.mode not in MODES_READ:
             raise ValueError(f"mode must be 'exact' or 'streaming', got {self.mode!r}")
         if self.shuffle_buffer is not None:
@@ -288,6 +286,24 @@ def _apply_deprecated(cfg, given: dict) -> None:
             raise ValueError(f"{old}={value!r} and {new}={now!r} both given: {old} is the deprecated name of {new}; "
                              f"give {new} only")
         object.__setattr__(cfg, new, value)  # frozen: set once, during construction
+
+
+def translate_deprecated(options: dict, stacklevel: int = 3) -> dict:
+    """``options`` with each deprecated name (``b``, ``r``) replaced by its explicit one, a
+    DeprecationWarning attributed to the caller ``stacklevel`` frames up (so Python shows it),
+    and a ValueError when both names are given with different values."""
+    out = dict(options)
+    for old, new in DEPRECATED_OPTIONS.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        warnings.warn(f"fastcas: the option {old!r} is deprecated: use {new}={value!r}", DeprecationWarning,
+                      stacklevel=stacklevel)
+        if new in out and out[new] != value:
+            raise ValueError(f"{old}={value!r} and {new}={out[new]!r} both given: {old} is the deprecated name of "
+                             f"{new}; give {new} only")
+        out[new] = value
+    return out
 
 
 def check_option_names(options: dict) -> None:

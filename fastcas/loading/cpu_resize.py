@@ -24,7 +24,8 @@ rounding differently). The pool's threads run torch with one intra-op thread eac
 (``torch.set_num_threads`` is per thread with OpenMP): torch's default intra-op workers would spin
 beside DALI's threads on a small machine (measured 9.7 ms an image instead of 1.3). Where this
 path does not apply (:func:`applies`: a GPU, evaluation, transform extras, a non-linear
-interpolation, SaliencyMix in the graph) the Loader uses the DALI graph.
+interpolation) the Loader uses the DALI graph; SaliencyMix (whose box needs the foreground's
+pixels) runs on this path with torch mixing after it, like MixUp and soft FMix masks.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ import numpy as np
 from fastcas.dataset.classes import check_same_classes
 from fastcas.dataset.reader import reader_for
 from fastcas.loading import checks, cpu_resize, iteration, workers
-from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device
+from fastcas.loading.config import LoaderConfig, check_option_names, resolve_device, translate_deprecated
 from fastcas.loading.finisher import Finisher
 from fastcas.loading.layout import BatchLayout
 from fastcas.loading.plan import StepPlan, paste_spec, step_counts
@@ -85,6 +85,7 @@ class Loader:
         self._iter_owner: threading.Thread | None = None  # the thread iterating (guarded by _ITER_LOCK)
         self._iter_id = 0  # names the newest iteration (guarded by _ITER_LOCK)
         check_option_names(options)
+        options = translate_deprecated(options)  # b / r: a DeprecationWarning at the caller's line
         self.config = cfg = LoaderConfig(batch_size=batch_size, **options)
         # the execution engine (fastcas.loading.backends): DALI (+ torch resize on a CPU with cpu_resize="torch",
         # fastcas.loading.cpu_resize) unless a twin asks for another
@@ -110,7 +111,7 @@ class Loader:
                               self.reader.reopen_spec, self.reader.keys, paste)
         layout = BatchLayout(len(self.streams), None if paste is None else paste.kind)
         self._finisher = Finisher(self._plan, layout, self.num_classes)
-        self._runner = Runner(self._plan, backend, self.device, self.reader, self._release_cache)
+        self._runner = Runner(self._plan, backend, self.device, self.reader, trim_cache=self._owns_reader)
         self._cursor = Cursor(self._plan, self.reader, self._runner)
         # the iteration rule (__iter__): where the next iter() starts, when set by construction,
         # set_epoch or load_state_dict (_loaded)
@@ -240,6 +241,7 @@ class Loader:
         ``iter(loader)`` starts there (an evaluation loader too, once: e.g. a long scoring pass
         resumed)."""
         self._check_not_iterating("load_state_dict")
+        self._stop_producer()  # after a batch timeout it may still run the pipeline the load closes
         self._cursor.load_state_dict(state)
         self._next_start, self._loaded = (self.epoch, self.step), True
 
@@ -320,19 +322,14 @@ class Loader:
         """No batch within ``batch_timeout``: the error names each worker's pid and /proc state."""
         return workers.timeout_error(self.worker_pids(), seconds, f"epoch {self.epoch}, step {self.step}")
 
-    def _release_cache(self) -> None:
-        """After the pipeline closed: its workers are gone with their pins, so a reader this
-        Loader opened is closed (its shard cache trimmed to its limit); a reader the caller
-        passed is theirs to close."""
-        if self._owns_reader:
-            self.reader.close()
-
     def close(self) -> None:
         """Stop the producer thread, the DALI pipeline and its worker processes."""
         if self._runner is None:  # construction failed before the runner existed
             return
         self._stop_producer()
         self._runner.close()
+        if self._owns_reader:  # a reader the caller passed is theirs to close
+            self.reader.close()
 
     def __del__(self):
         try:

@@ -75,8 +75,10 @@ def step_counts(cfg: LoaderConfig, streams: tuple, num_samples: int, world_size:
 class StepPlan:
     """Everything about step ``t`` of an epoch that needs no pixels (see the module docstring).
 
-    Immutable; shared by the consumer thread (``Loader.plan``, ``positions``, ``valid``,
-    ``state_dict``), the runner (the source it builds) and the finisher (positions, mixing).
+    Immutable (its fields; a streaming-mode sampler's shuffle state is restored in place by
+    ``load_state_dict``, between iterations, on the consumer thread); shared by the consumer thread
+    (``Loader.plan``, ``positions``, ``valid``, ``state_dict``), the runner (the source it builds)
+    and the finisher (positions, mixing).
     ``keys``: the dataset's sample keys (a sequence of str, index -> key); ``paste``: the mixing
     in the DALI graph (None: torch mixes, or no mixing)."""
 
@@ -136,18 +138,6 @@ class StepPlan:
             train=cfg.train, strict=cfg.strict, batch_size=cfg.batch_size, geometry=self.geometry,
             quarantine=frozenset(quarantine), max_pixels=cfg.max_pixels,
             paste=self.paste if paste else None, augment=cfg.transforms, image_size=cfg.image_size)
-
-    def mix_params(self, epoch: int, positions, size: int, step: int | None = None, **extra):
-        """Mixing parameters (:class:`fastcas.mix.MixParams`) of the samples at global
-        ``positions`` (batch ``step``), keyed by (seed, epoch, position) only; the kind
-        (``mixup_cutmix``) and whether the epoch mixes by (seed, epoch, step)
-        (:func:`fastcas.loading.mixsched.mix_at`)."""
-        if step is None:  # the global step holding these positions (steps are global_batch apart)
-            pos = np.asarray(positions, np.int64).reshape(-1)
-            step = int(pos[0]) // self.geometry.global_batch if self.geometry is not None and len(pos) else 0
-        kind, alpha, prob, opts = mix_at(self.config, epoch, step)
-        return mix.make_params_at(kind, self.config.seed, epoch, positions, size, size, alpha=alpha, prob=prob,
-                                  **extra, **opts)
 
     def describe(self, epoch: int, step: int, quarantine: frozenset = frozenset()) -> dict:
         """:meth:`Loader.plan <fastcas.loading.loader.Loader.plan>` of ``step`` of ``epoch``

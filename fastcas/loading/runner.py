@@ -38,9 +38,11 @@ class Runner:
     diagnostic: ``backend.worker_pids()`` / ``backend.kill_workers`` after a batch timeout.
     """
 
-    def __init__(self, plan: StepPlan, backend, device: str, reader, release: Callable[[], None]):
+    def __init__(self, plan: StepPlan, backend, device: str, reader, trim_cache: bool):
         self.plan, self.backend, self.device, self.reader = plan, backend, device, reader
-        self._release = release  # after the pipeline closed: trim the shard cache (its pins are gone)
+        # after the pipeline closed, its workers' pins are gone: this process's pins are dropped and the
+        # shard cache trimmed (only for a reader the Loader opened: a caller's reader keeps its pins)
+        self._trim_cache = trim_cache
         self.quarantine: frozenset[int] = frozenset()
         self.pipe_at: tuple[int, int] | None = None
         self.built: tuple[int, int] | None = None
@@ -136,4 +138,5 @@ class Runner:
         """Stop the pipeline and its worker processes; the next iteration rebuilds."""
         self.backend.close()
         self.pipe_at = None
-        self._release()
+        if self._trim_cache and self.reader.cache is not None:
+            self.reader.cache.release()  # never reader.close(): the consumer may be reading the reader

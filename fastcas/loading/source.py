@@ -277,8 +277,8 @@ def warn_skipped(reader: ShardReader, indices, counts: dict) -> None:
             if s not in reader.broken and reader.shard_urls[s] is None:  # never a download just for a warning
                 try:
                     reader[i]
-                except (FastcasError, OSError):  # why it is unreadable: the warning below says it was skipped
-                    pass
+                except (FastcasError, OSError, ValueError):  # ValueError: the mmap of a shard truncated to 0
+                    pass  # why it is unreadable: the warning below says it was skipped
             if s in reader.broken:
                 reader.name_broken(s, stacklevel=3)
             else:

@@ -105,3 +105,63 @@ def test_worker_pids_is_empty_without_workers_and_before_the_first_batch(ds):
     images, _ = next(iter(loader))
     assert images.shape == (4, 3, 16, 16) and loader.worker_pids() == []
     loader.close()
+
+
+class _Stuck:
+    """A backend (the ``backend=`` seam) whose ``run`` blocks until ``kill_workers``: a stopped
+    worker. Records on which thread ``close`` ran and whether ``run`` had returned by then."""
+
+    name, mixes_in_graph, pipe, built = "stuck", False, None, None
+
+    def __init__(self):
+        import threading
+
+        self.released, self.running, self.closes = threading.Event(), threading.Event(), []
+
+    def build(self, source, cfg, device):
+        self.pipe, self.built = object(), (source, None)
+
+    def run(self):
+        self.running.set()
+        self.released.wait(30)  # bounded: never a thread left waiting
+        self.running.clear()
+        raise RuntimeError("killed")
+
+    def kill_workers(self):
+        self.released.set()
+
+    def worker_pids(self):
+        return []
+
+    def queue_depth(self):
+        return 0
+
+    def decode_probe(self):
+        return None
+
+    def reset(self):
+        pass
+
+    def close(self):
+        self.closes.append(self.running.is_set())
+        self.pipe = None
+
+
+def test_load_state_dict_after_a_timeout_stops_the_stuck_producer_first(ds, monkeypatch):
+    """After a BatchTimeoutError the producer thread may still be inside the backend's ``run``;
+    ``load_state_dict`` (which closes the pipeline for a changed quarantine) must first end it
+    (kill the workers, join), never close the pipeline under it from the consumer thread."""
+    from fastcas.core.errors import BatchTimeoutError
+    from fastcas.loading import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "STARTUP_S", 0.0)
+    backend = _Stuck()
+    loader = Loader(ds, 4, image_size=16, epoch_length=40, py_workers=0, device="cpu", batch_timeout=0.3,
+                    backend=backend)
+    state = loader.state_dict()
+    with pytest.raises(BatchTimeoutError):
+        next(iter(loader))
+    state["quarantine"] = [loader.reader.keys[0]]  # a changed quarantine: the load closes the pipeline
+    loader.load_state_dict(state)
+    assert backend.released.is_set() and backend.closes and not any(backend.closes)
+    loader.close()

@@ -111,7 +111,7 @@ def test_falls_back_to_dali_where_it_does_not_apply(data):
                 assert images.shape == (4, 3, 16, 16) and torch.allclose(targets.sum(1), torch.ones(4))
         finally:
             loader.close()
-    with pytest.raises(ValueError, match="cpu_resize must be 'dali' or 'torch'"):
+    with pytest.raises(ValueError, match="cpu_resize must be one of 'dali', 'torch'"):
         Loader(data, 4, cpu_resize="pil", **KW)
 
 

@@ -33,6 +33,14 @@ def test_loader_accepts_the_old_names_with_a_warning_and_the_same_plan(tmp_path)
     with pytest.warns(DeprecationWarning, match="'r' is deprecated: use cmo_power=0.5"):
         old = Loader(tmp_path / "ds", 4, r=0.5, **kw)
     assert old.config.cmo_power == 0.5 and old.plan(1)["indices"][0].tolist() == new.plan(1)["indices"][0].tolist()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Loader(tmp_path / "ds", 4, r=0.5, **kw)
+    # attributed to the caller's line, so Python's default filters show it in a user's script
+    assert [w.filename for w in caught if w.category is DeprecationWarning] == [__file__]
+    with pytest.raises(ValueError, match=r"b=1\.0 and cas_power=1\.2 both given"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        Loader(tmp_path / "ds", 4, b=1.0, cas_power=1.2, **kw)  # an explicit default counts as given
     assert old.state_dict()["config"] == new.state_dict()["config"]  # one stream, one digest
 
 
