@@ -35,7 +35,8 @@ SUMMARY: dict[str, str] = {
                  "paired by seed",
     "shard": "write WebDataset shards + DALI indexes + manifest from images",
     "index": "index existing WebDataset tars (local or URLs) without rewriting them",
-    "convert": "convert a dataset's JSON manifest to memory-mapped columns (or back)",
+    "convert": "convert an older dataset's JSON manifest to memory-mapped columns, the one format read at run "
+               "time (or export back)",
     "make-lt": "make a long-tailed subset of a sharded dataset",
     "info": "print a sharded dataset's statistics",
     "sample": "draw weighted sample indices (CAS, CMO, over/under-sampling)",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "convert a dataset's JSON manifest to memory-mapped columns (or back)"
+HELP = ("convert an older dataset's JSON manifest to memory-mapped columns, the one format read at run time "
+        "(or export back)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
