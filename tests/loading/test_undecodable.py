@@ -103,13 +103,7 @@ def test_screened_corruption_costs_no_rebuild_and_loses_no_sample(screened_ds, w
     """Every damaged sample is skipped and counted, no batch fails (one pipeline build for the
     epoch, no quarantine), every position is filled: 300 samples, each readable key drawn once
     or as the substitute of a skipped neighbour."""
-    backend = CountingBackend()
-    loader = Loader(screened_ds, 16, train=False, image_size=16, py_workers=workers, last_batch="partial",
-                    device="cpu", backend=backend)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        labels = torch.cat([b[1] for b in loader])
-    loader.close()
+    loader, backend, labels, caught = _one_pass(screened_ds, workers)
     assert len(labels) == 300
     assert sorted(loader.skipped) == ["k005", "k017", "k101", "k140", "k202", "k250", "k299"]
     assert all(n == 1 for n in loader.skipped.values())
@@ -119,6 +113,19 @@ def test_screened_corruption_costs_no_rebuild_and_loses_no_sample(screened_ds, w
 
 class CountingBackend(DaliBackend):
     """DaliBackend; ``builds`` and ``join_timeouts`` are its own diagnostics."""
+
+
+def _one_pass(ds, workers: int):
+    """One evaluation pass over ``ds`` through a :class:`CountingBackend`, the loader closed:
+    ``(loader, backend, labels int64 [N], warnings caught)``."""
+    backend = CountingBackend()
+    loader = Loader(ds, 16, train=False, image_size=16, py_workers=workers, last_batch="partial",
+                    device="cpu", backend=backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = torch.cat([b[1] for b in loader])
+    loader.close()
+    return loader, backend, labels, caught
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +145,7 @@ def test_one_percent_corrupt_jpegs_cost_one_rebuild_each_and_no_join_timeout(one
     """Before: each bad sample failed a batch, and close() waited out a 10 s join per worker
     (the failed batch's traceback kept the pipeline alive), ~13 s a sample. Now the screen's
     two cost no rebuild, the decoder's two one each, and no worker outlives its close()."""
-    backend = CountingBackend()
-    loader = Loader(one_percent_ds, 16, train=False, image_size=16, py_workers=workers, last_batch="partial",
-                    device="cpu", backend=backend)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        labels = torch.cat([b[1] for b in loader])
-    loader.close()
+    loader, backend, labels, caught = _one_pass(one_percent_ds, workers)
     assert len(labels) == 400
     assert sorted(loader.skipped) == ["k037", "k120", "k211", "k333"]
     assert sorted(loader.state_dict()["quarantine"]) == ["k120", "k333"]
